@@ -1,1 +1,23 @@
-//! (being written)
+//! baton's pure core: locks (mutexes and semaphores), leases with time-to-live, global fencing
+//! tokens, FIFO tickets, owner keys, request ids, revocation, lock-delay and history, as
+//! deterministic transitions of one table ([`State`]).
+//!
+//! **Architecture invariant:** this crate performs no I/O, never reads a clock, never draws a
+//! random number and never spawns a task. Time (`now`, in milliseconds) and fresh ids are
+//! arguments of every transition, so the same inputs always give the same table, and tests can
+//! replay any interleaving. Stores persist the [`Change`]s a transition records; servers wake
+//! the waiters it names.
+
+pub mod ids;
+pub mod limits;
+pub mod state;
+
+pub use ids::{
+    LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId, validate_owner,
+    validate_request_id,
+};
+pub use state::{
+    Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
+    LeaseError, LockRecord, LockView, QueuedTicket, Released, RestoreError, Snapshot, State,
+    Ticket, TicketEnd, TicketError, TicketStatus, TokenError,
+};

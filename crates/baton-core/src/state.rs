@@ -1,0 +1,1526 @@
+//! The lock table: every lock, lease and ticket, and the transitions between them.
+//!
+//! [`State`] is the single owner of the lock table. Each public method is one transition: it
+//! takes the current time as an argument, changes the table, and records what a store must make
+//! durable ([`Change`]) and which parked waiters must be woken (tickets whose status changed).
+//! Nothing here blocks, reads a clock, draws a random number or performs I/O, so a transition
+//! is a pure function of (state, command, now), and a test can replay any history exactly.
+//!
+//! Invariants, checked by [`State::check_invariants`] in tests:
+//! - a lock never has more live leases than its capacity (G1);
+//! - every token granted is greater than every token granted before (G3);
+//! - the queue of a lock is served strictly in arrival order, and a request that does not queue
+//!   is never granted while the queue is non-empty (G4).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+
+use crate::ids::{LeaseId, LockName, Millis, TicketId};
+use crate::limits;
+
+/// Tunables of the lock table. Every bound here keeps memory finite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// After an unclean end of a lease (expiry, revocation) the lock grants nothing for this
+    /// long, so a holder that is alive but cut off has time to notice and stop. A clean release
+    /// hands the lock on at once.
+    pub lock_delay_ms: u64,
+    /// A queued ticket lapses (leaves the queue) when nobody waits on it for this long.
+    pub ticket_lapse_ms: u64,
+    /// Ended holds stay in a lock's history for this long.
+    pub history_retention_ms: u64,
+    /// At most this many history records per lock; the oldest go first.
+    pub history_per_lock_max: usize,
+    /// At most this many history records in all; the oldest go first.
+    pub history_total_max: usize,
+    /// Ended leases and tickets, and request ids, are remembered for this long after they end,
+    /// so a late renewal hears "lost" rather than "unknown" and a late retry gets its outcome.
+    pub ended_retention_ms: u64,
+    /// At most this many ended leases, ended tickets and request ids are remembered (each).
+    pub ended_max: usize,
+    /// A lock with no holders and no waiters is forgotten after this long. Its fencing tokens
+    /// stay unique: the counter is global.
+    pub idle_lock_retention_ms: u64,
+    /// At most this many tickets queued on one lock.
+    pub waiters_per_lock_max: usize,
+    /// At most this many tickets queued in all.
+    pub waiters_total_max: usize,
+    /// At most this many live leases in all.
+    pub leases_total_max: usize,
+    /// At most this many locks known at once.
+    pub locks_max: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            lock_delay_ms: 1_000,
+            ticket_lapse_ms: 10_000,
+            history_retention_ms: 7 * 24 * 3_600_000,
+            history_per_lock_max: 1_000,
+            history_total_max: 1_000_000,
+            ended_retention_ms: 3_600_000,
+            ended_max: 200_000,
+            idle_lock_retention_ms: 3_600_000,
+            waiters_per_lock_max: 10_000,
+            waiters_total_max: 100_000,
+            leases_total_max: 1_000_000,
+            locks_max: 1_000_000,
+        }
+    }
+}
+
+/// How often housekeeping (pruning remembered ends, history and request ids) runs at least.
+pub const HOUSEKEEPING_INTERVAL_MS: u64 = 10_000;
+
+/// A live lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The secret id.
+    pub id: LeaseId,
+    /// The lock it holds.
+    pub lock: LockName,
+    /// The owner label.
+    pub owner: String,
+    /// The owner key, for reentrant acquires.
+    pub owner_key: Option<String>,
+    /// The fencing token.
+    pub token: u64,
+    /// Time-to-live; a renewal extends the lease to now + ttl.
+    pub ttl_ms: u64,
+    /// When it was granted.
+    pub granted_at: Millis,
+    /// When it ends unless renewed.
+    pub expires_at: Millis,
+    /// The request id of the acquire that created it (directly or through a ticket).
+    pub request_id: Option<String>,
+    /// The ticket it was granted through, if it waited in the queue: a wait on that ticket
+    /// returns this lease, also after a restart.
+    pub ticket: Option<TicketId>,
+}
+
+/// A queued ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ticket {
+    /// The secret id.
+    pub id: TicketId,
+    /// The lock it waits for.
+    pub lock: LockName,
+    /// The owner label.
+    pub owner: String,
+    /// The owner key, for reentrant acquires.
+    pub owner_key: Option<String>,
+    /// The time-to-live of the lease it will become.
+    pub ttl_ms: u64,
+    /// The request id of the acquire that created it.
+    pub request_id: Option<String>,
+    /// The id of the lease it will become, chosen when it was queued so the grant needs no
+    /// randomness.
+    pub lease_id: LeaseId,
+    /// When it joined the queue.
+    pub queued_at: Millis,
+    /// When it lapses unless a waiter extends it.
+    pub lapse_at: Millis,
+    /// Arrival order across the whole table: a later ticket has a greater sequence number.
+    pub seq: u64,
+}
+
+/// A ticket with its place in the queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedTicket {
+    /// The ticket.
+    pub ticket: Ticket,
+    /// 1 for the head of the queue.
+    pub position: u64,
+}
+
+/// How a lease ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LeaseEnd {
+    /// Its holder released it.
+    Released,
+    /// Its holder stopped renewing.
+    Expired,
+    /// An administrator revoked it.
+    Revoked,
+}
+
+/// How a ticket stopped being queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TicketEnd {
+    /// It reached the head of the queue and became this lease.
+    Granted(LeaseId),
+    /// Nobody waited on it in time.
+    Lapsed,
+    /// Its waiter cancelled it.
+    Cancelled,
+}
+
+/// One ended hold, as history keeps it. No lease id: history is for everyone to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryRecord {
+    /// The lock.
+    pub lock: LockName,
+    /// The owner label.
+    pub owner: String,
+    /// The fencing token.
+    pub token: u64,
+    /// When it was granted.
+    pub granted_at: Millis,
+    /// When it ended.
+    pub ended_at: Millis,
+    /// How it ended.
+    pub end: LeaseEnd,
+}
+
+/// A lock's public description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockView {
+    /// The name.
+    pub name: LockName,
+    /// The capacity.
+    pub capacity: u32,
+    /// Live leases, oldest grant first.
+    pub holders: Vec<Lease>,
+    /// Queued tickets, head first.
+    pub waiters: Vec<Ticket>,
+    /// The lock grants nothing before this time (lock-delay after an unclean end).
+    pub delayed_until: Option<Millis>,
+    /// The newest token granted on, or accepted by a fence check for, this lock.
+    pub newest_token: u64,
+}
+
+/// A lock's durable metadata, as stores keep it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockRecord {
+    /// The name.
+    pub name: LockName,
+    /// The capacity.
+    pub capacity: u32,
+    /// The newest token granted on, or accepted by a fence check for, this lock.
+    pub newest_token: u64,
+    /// The newest token granted on this lock.
+    pub newest_granted: u64,
+    /// The lock-delay in force, if any.
+    pub delayed_until: Option<Millis>,
+}
+
+/// Something a store must make durable before it acknowledges the transition that caused it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// Create or update a lock's metadata.
+    LockPut(LockRecord),
+    /// The lock was forgotten (idle too long).
+    LockForget(LockName),
+    /// Create or update a lease (a grant, or a renewal that changed its ttl). Renewals that
+    /// keep the ttl are not recorded: recovery treats every lease as renewed at recovery time,
+    /// which can only lengthen a deadline (G2).
+    LeasePut(Lease),
+    /// A lease ended (its history record is a separate change).
+    LeaseDelete(LeaseId),
+    /// A ticket joined a queue.
+    TicketPut(Ticket),
+    /// A ticket left its queue (granted, lapsed or cancelled).
+    TicketDelete(TicketId),
+    /// The global counters moved.
+    Counters {
+        /// The next fencing token to grant.
+        next_token: u64,
+        /// Every token of a forgotten lock is at most this.
+        forgotten_token_floor: u64,
+    },
+    /// A hold ended.
+    HistoryAppend(HistoryRecord),
+    /// History before this time may be deleted.
+    HistoryPrune {
+        /// Records that ended before this are past retention.
+        ended_before: Millis,
+    },
+}
+
+/// Everything a store recovers after a restart.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// The next fencing token to grant.
+    pub next_token: u64,
+    /// Every token of a forgotten lock is at most this.
+    pub forgotten_token_floor: u64,
+    /// Every lock's metadata.
+    pub locks: Vec<LockRecord>,
+    /// Every live lease.
+    pub leases: Vec<Lease>,
+    /// Every queued ticket, in any order (the sequence numbers give the order).
+    pub tickets: Vec<Ticket>,
+    /// History records, in any order.
+    pub history: Vec<HistoryRecord>,
+}
+
+/// An acquire request, with the ids it will use if it needs them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquire {
+    /// The lock.
+    pub lock: LockName,
+    /// The owner label (validated by the caller).
+    pub owner: String,
+    /// The owner key, for reentrant acquires.
+    pub owner_key: Option<String>,
+    /// The lease's time-to-live.
+    pub ttl_ms: u64,
+    /// The capacity asked for; `None` keeps the lock's (1 for a new lock).
+    pub capacity: Option<u32>,
+    /// Join the queue when the lock is busy (otherwise answer [`Acquired::Busy`]).
+    pub queue: bool,
+    /// Makes retries idempotent.
+    pub request_id: Option<String>,
+    /// The id of the lease, if one is granted (fresh 128 random bits from the caller).
+    pub lease_id: LeaseId,
+    /// The id of the ticket, if one is queued (fresh 128 random bits from the caller).
+    pub ticket_id: TicketId,
+}
+
+/// What an acquire did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Acquired {
+    /// A lease was granted (or, for a retry or a reentrant acquire, is already held).
+    Granted(Lease),
+    /// The request waits in the queue.
+    Queued(QueuedTicket),
+    /// The lock is busy and the request did not queue. The holders are given for the answer.
+    Busy(Vec<Lease>),
+}
+
+/// Why an acquire was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// The ttl is out of bounds.
+    #[error("ttl_ms must be between {min} and {max}", min = limits::TTL_MS_MIN, max = limits::TTL_MS_MAX)]
+    InvalidTtl,
+    /// The capacity is out of bounds.
+    #[error("capacity must be between 1 and {max}", max = limits::CAPACITY_MAX)]
+    InvalidCapacity,
+    /// The lock is in use with another capacity.
+    #[error("the lock is in use with capacity {current}; wait until it is idle to change it")]
+    CapacityConflict {
+        /// The lock's capacity.
+        current: u32,
+    },
+    /// The request id was used for an acquire on another lock.
+    #[error("this request id was already used for lock {lock}")]
+    RequestIdConflict {
+        /// The lock it was used for.
+        lock: LockName,
+    },
+    /// A retry of a request whose lease has already ended.
+    #[error("the lease this request was granted has already ended ({0:?})")]
+    LeaseEnded(LeaseEnd),
+    /// A retry of a request whose ticket has already ended without a live lease.
+    #[error("the ticket this request was given has already ended ({0:?})")]
+    TicketEnded(TicketEnd),
+    /// A limit on locks, leases or waiters is reached.
+    #[error("limit reached: {0}")]
+    LimitReached(&'static str),
+}
+
+/// The status of a ticket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TicketStatus {
+    /// Granted: here is the lease.
+    Granted(Lease),
+    /// Still queued.
+    Queued(QueuedTicket),
+}
+
+/// Why a ticket cannot be waited on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TicketError {
+    /// No such ticket (or it ended too long ago to remember).
+    #[error("no ticket has this id")]
+    NotFound,
+    /// It lapsed, or its lease ended before a wait collected it.
+    #[error("the ticket lapsed: nobody waited on it in time")]
+    Lapsed,
+    /// It was cancelled.
+    #[error("the ticket was cancelled")]
+    Cancelled,
+}
+
+/// What cancelling a ticket did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// It left the queue.
+    Cancelled,
+    /// It had been granted but no wait had collected the lease: the lease was released.
+    ReleasedUncollected,
+    /// Nothing: it had been granted and collected (release the lease instead), or had already
+    /// ended this way.
+    NotCancelled(TicketEnd),
+}
+
+/// Why a lease cannot be renewed or released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum LeaseError {
+    /// No such lease (or it ended too long ago to remember).
+    #[error("no lease has this id")]
+    NotFound,
+    /// It ended.
+    #[error("the lease has ended ({0:?})")]
+    Ended(LeaseEnd),
+    /// The new ttl is out of bounds.
+    #[error("ttl_ms must be between {min} and {max}", min = limits::TTL_MS_MIN, max = limits::TTL_MS_MAX)]
+    InvalidTtl,
+}
+
+/// What a release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// This call ended the lease.
+    Released,
+    /// It had already ended.
+    AlreadyEnded(LeaseEnd),
+}
+
+/// Why a fence check or revocation was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    /// A newer token of the lock was seen.
+    #[error("a newer token ({newest}) was seen for this lock")]
+    Stale {
+        /// The newest token seen.
+        newest: u64,
+    },
+    /// The token was never granted on this lock.
+    #[error("this token was never granted on this lock")]
+    Unknown,
+    /// No live lease of the lock has this token.
+    #[error("no live lease of this lock has this token")]
+    HolderNotFound,
+    /// No such lock.
+    #[error("no lock has this name")]
+    LockNotFound,
+}
+
+/// Why a snapshot could not be restored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the stored state is inconsistent: {0}")]
+pub struct RestoreError(pub String);
+
+#[derive(Debug, Clone)]
+struct LockEntry {
+    capacity: u32,
+    /// Live leases in grant order.
+    holders: Vec<LeaseId>,
+    /// Queued tickets in arrival order.
+    queue: VecDeque<TicketId>,
+    delayed_until: Option<Millis>,
+    newest_token: u64,
+    newest_granted: u64,
+    /// When the lock last became idle (no holders, no waiters).
+    idle_since: Millis,
+}
+
+impl LockEntry {
+    fn new(capacity: u32, now: Millis) -> LockEntry {
+        LockEntry {
+            capacity,
+            holders: Vec::new(),
+            queue: VecDeque::new(),
+            delayed_until: None,
+            newest_token: 0,
+            newest_granted: 0,
+            idle_since: now,
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.queue.is_empty()
+    }
+
+    fn delayed(&self, now: Millis) -> bool {
+        self.delayed_until.is_some_and(|until| until > now)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Deadline {
+    LeaseExpiry(LeaseId),
+    TicketLapse(TicketId),
+    LockCheck,
+    Housekeeping,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum RequestTarget {
+    Lease(LeaseId),
+    Ticket(TicketId),
+}
+
+#[derive(Debug, Clone)]
+struct RequestRecord {
+    lock: LockName,
+    target: RequestTarget,
+}
+
+#[derive(Debug, Clone)]
+struct EndedTicket {
+    end: TicketEnd,
+    /// For a granted ticket: whether a wait has returned the lease.
+    collected: bool,
+}
+
+/// The lock table. See the module documentation.
+#[derive(Debug, Clone)]
+pub struct State {
+    config: Config,
+    locks: BTreeMap<LockName, LockEntry>,
+    leases: HashMap<LeaseId, Lease>,
+    tickets: HashMap<TicketId, Ticket>,
+    /// Leases that ended recently, so renewals hear "lost" rather than "unknown".
+    ended_leases: HashMap<LeaseId, LeaseEnd>,
+    ended_leases_order: VecDeque<(Millis, LeaseId)>,
+    ended_tickets: HashMap<TicketId, EndedTicket>,
+    ended_tickets_order: VecDeque<(Millis, TicketId)>,
+    requests: HashMap<String, RequestRecord>,
+    requests_order: VecDeque<(Millis, String)>,
+    history: HashMap<LockName, VecDeque<HistoryRecord>>,
+    /// Which lock each history record belongs to, oldest first, for the global bound.
+    history_order: VecDeque<LockName>,
+    /// Deadlines by time. Stale entries (a lease renewed since) are skipped when they come due.
+    deadlines: BTreeSet<(Millis, Deadline, Option<LockName>)>,
+    /// Locks with a lock-delay or idle deadline pending, by time.
+    next_token: u64,
+    forgotten_token_floor: u64,
+    next_ticket_seq: u64,
+    /// The latest `now` seen: time never runs backwards inside the table.
+    now: Millis,
+    changes: Vec<Change>,
+    dirty_locks: BTreeSet<LockName>,
+    counters_dirty: bool,
+    wakeups: Vec<TicketId>,
+}
+
+impl State {
+    /// An empty table.
+    pub fn new(config: Config, now: Millis) -> State {
+        let mut state = State {
+            config,
+            locks: BTreeMap::new(),
+            leases: HashMap::new(),
+            tickets: HashMap::new(),
+            ended_leases: HashMap::new(),
+            ended_leases_order: VecDeque::new(),
+            ended_tickets: HashMap::new(),
+            ended_tickets_order: VecDeque::new(),
+            requests: HashMap::new(),
+            requests_order: VecDeque::new(),
+            history: HashMap::new(),
+            history_order: VecDeque::new(),
+            deadlines: BTreeSet::new(),
+            next_token: 1,
+            forgotten_token_floor: 0,
+            next_ticket_seq: 1,
+            now,
+            changes: Vec::new(),
+            dirty_locks: BTreeSet::new(),
+            counters_dirty: false,
+            wakeups: Vec::new(),
+        };
+        state.schedule(now + HOUSEKEEPING_INTERVAL_MS, Deadline::Housekeeping, None);
+        state
+    }
+
+    /// Rebuilds the table from what a store recovered, conservatively: every lease is treated as
+    /// renewed at `now` (a deadline can only move later), and every ticket gets a fresh lapse
+    /// period so waiters have time to reconnect.
+    pub fn restore(config: Config, snapshot: Snapshot, now: Millis) -> Result<State, RestoreError> {
+        let mut state = State::new(config, now);
+        state.next_token = snapshot.next_token.max(1);
+        state.forgotten_token_floor = snapshot.forgotten_token_floor;
+        for record in snapshot.locks {
+            if record.newest_token >= state.next_token || record.newest_granted >= state.next_token
+            {
+                return Err(RestoreError(format!(
+                    "lock {} has token {} but the next token is {}",
+                    record.name, record.newest_token, state.next_token
+                )));
+            }
+            let mut entry = LockEntry::new(record.capacity.max(1), now);
+            entry.newest_token = record.newest_token;
+            entry.newest_granted = record.newest_granted;
+            entry.delayed_until = record.delayed_until;
+            state.locks.insert(record.name, entry);
+        }
+        let mut leases = snapshot.leases;
+        leases.sort_by_key(|lease| lease.token);
+        for mut lease in leases {
+            if lease.token >= state.next_token {
+                return Err(RestoreError(format!(
+                    "lease with token {} but the next token is {}",
+                    lease.token, state.next_token
+                )));
+            }
+            lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+            let entry = state
+                .locks
+                .entry(lease.lock.clone())
+                .or_insert_with(|| LockEntry::new(1, now));
+            entry.holders.push(lease.id);
+            entry.newest_granted = entry.newest_granted.max(lease.token);
+            entry.newest_token = entry.newest_token.max(lease.token);
+            if let Some(request_id) = &lease.request_id {
+                state.requests.insert(
+                    request_id.clone(),
+                    RequestRecord {
+                        lock: lease.lock.clone(),
+                        target: RequestTarget::Lease(lease.id),
+                    },
+                );
+                state.requests_order.push_back((now, request_id.clone()));
+            }
+            if let Some(ticket) = lease.ticket {
+                state.ended_tickets.insert(
+                    ticket,
+                    EndedTicket {
+                        end: TicketEnd::Granted(lease.id),
+                        collected: false,
+                    },
+                );
+                state.ended_tickets_order.push_back((now, ticket));
+            }
+            state.schedule(lease.expires_at, Deadline::LeaseExpiry(lease.id), None);
+            state.leases.insert(lease.id, lease);
+        }
+        let mut tickets = snapshot.tickets;
+        tickets.sort_by_key(|ticket| ticket.seq);
+        for mut ticket in tickets {
+            ticket.lapse_at = now + state.config.ticket_lapse_ms;
+            state.next_ticket_seq = state.next_ticket_seq.max(ticket.seq + 1);
+            let entry = state
+                .locks
+                .entry(ticket.lock.clone())
+                .or_insert_with(|| LockEntry::new(1, now));
+            entry.queue.push_back(ticket.id);
+            if let Some(request_id) = &ticket.request_id {
+                state.requests.insert(
+                    request_id.clone(),
+                    RequestRecord {
+                        lock: ticket.lock.clone(),
+                        target: RequestTarget::Ticket(ticket.id),
+                    },
+                );
+                state.requests_order.push_back((now, request_id.clone()));
+            }
+            state.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
+            state.tickets.insert(ticket.id, ticket);
+        }
+        let mut history = snapshot.history;
+        history.sort_by_key(|record| (record.ended_at, record.token));
+        for record in history {
+            state.push_history(record);
+        }
+        let names: Vec<LockName> = state.locks.keys().cloned().collect();
+        for name in names {
+            if let Some(entry) = state.locks.get(&name)
+                && entry.holders.len() > entry.capacity as usize
+            {
+                return Err(RestoreError(format!(
+                    "lock {name} has {} holders but capacity {}",
+                    entry.holders.len(),
+                    entry.capacity
+                )));
+            }
+            state.settle(&name, now);
+        }
+        Ok(state)
+    }
+
+    /// The table's configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    fn observe(&mut self, now: Millis) -> Millis {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    fn schedule(&mut self, at: Millis, deadline: Deadline, lock: Option<LockName>) {
+        self.deadlines.insert((at, deadline, lock));
+    }
+
+    fn unschedule(&mut self, at: Millis, deadline: Deadline) {
+        self.deadlines.remove(&(at, deadline, None));
+    }
+
+    /// Acquires a lease, joins the queue, or reports the lock busy.
+    pub fn acquire(&mut self, command: Acquire, now: Millis) -> Result<Acquired, AcquireError> {
+        let now = self.observe(now);
+        if !(limits::TTL_MS_MIN..=limits::TTL_MS_MAX).contains(&command.ttl_ms) {
+            return Err(AcquireError::InvalidTtl);
+        }
+        if let Some(capacity) = command.capacity
+            && !(1..=limits::CAPACITY_MAX).contains(&capacity)
+        {
+            return Err(AcquireError::InvalidCapacity);
+        }
+        if let Some(request_id) = &command.request_id
+            && let Some(record) = self.requests.get(request_id)
+        {
+            if record.lock != command.lock {
+                return Err(AcquireError::RequestIdConflict {
+                    lock: record.lock.clone(),
+                });
+            }
+            return match record.target.clone() {
+                RequestTarget::Lease(id) => self.lease_outcome(id).map(Acquired::Granted),
+                RequestTarget::Ticket(id) => match self.ticket_status(id, None, now) {
+                    Ok(TicketStatus::Granted(lease)) => Ok(Acquired::Granted(lease)),
+                    Ok(TicketStatus::Queued(queued)) => Ok(Acquired::Queued(queued)),
+                    Err(_) => Err(AcquireError::TicketEnded(
+                        self.ended_tickets
+                            .get(&id)
+                            .map_or(TicketEnd::Lapsed, |ended| ended.end),
+                    )),
+                },
+            };
+        }
+
+        if !self.locks.contains_key(&command.lock) && self.locks.len() >= self.config.locks_max {
+            return Err(AcquireError::LimitReached("too many locks"));
+        }
+        let entry = self
+            .locks
+            .entry(command.lock.clone())
+            .or_insert_with(|| LockEntry::new(command.capacity.unwrap_or(1), now));
+        if let Some(capacity) = command.capacity
+            && capacity != entry.capacity
+        {
+            if !entry.is_idle() {
+                return Err(AcquireError::CapacityConflict {
+                    current: entry.capacity,
+                });
+            }
+            entry.capacity = capacity;
+            self.dirty_locks.insert(command.lock.clone());
+        }
+
+        // A reentrant acquire returns what this owner key already has.
+        if let Some(key) = &command.owner_key {
+            let entry = &self.locks[&command.lock];
+            for id in &entry.holders {
+                if let Some(lease) = self.leases.get(id)
+                    && lease.owner_key.as_deref() == Some(key)
+                {
+                    return Ok(Acquired::Granted(lease.clone()));
+                }
+            }
+            for (index, id) in entry.queue.iter().enumerate() {
+                if let Some(ticket) = self.tickets.get(id)
+                    && ticket.owner_key.as_deref() == Some(key)
+                {
+                    return Ok(Acquired::Queued(QueuedTicket {
+                        ticket: ticket.clone(),
+                        position: index as u64 + 1,
+                    }));
+                }
+            }
+        }
+
+        let entry = &self.locks[&command.lock];
+        let free = entry.holders.len() < entry.capacity as usize;
+        if free && entry.queue.is_empty() && !entry.delayed(now) {
+            if self.leases.len() >= self.config.leases_total_max {
+                // The lock may have just been created: schedule it to be forgotten.
+                self.settle(&command.lock, now);
+                return Err(AcquireError::LimitReached("too many leases"));
+            }
+            let lease = self.grant(
+                &command.lock,
+                None,
+                command.lease_id,
+                command.owner,
+                command.owner_key,
+                command.ttl_ms,
+                command.request_id.clone(),
+                now,
+            );
+            if let Some(request_id) = command.request_id {
+                self.remember_request(
+                    request_id,
+                    command.lock,
+                    RequestTarget::Lease(lease.id),
+                    now,
+                );
+            }
+            return Ok(Acquired::Granted(lease));
+        }
+        if !command.queue {
+            return Ok(Acquired::Busy(self.holders_of(&command.lock)));
+        }
+        if entry.queue.len() >= self.config.waiters_per_lock_max {
+            return Err(AcquireError::LimitReached("too many waiters on this lock"));
+        }
+        if self.tickets.len() >= self.config.waiters_total_max {
+            return Err(AcquireError::LimitReached("too many waiters"));
+        }
+        let ticket = Ticket {
+            id: command.ticket_id,
+            lock: command.lock.clone(),
+            owner: command.owner,
+            owner_key: command.owner_key,
+            ttl_ms: command.ttl_ms,
+            request_id: command.request_id.clone(),
+            lease_id: command.lease_id,
+            queued_at: now,
+            lapse_at: now + self.config.ticket_lapse_ms,
+            seq: self.next_ticket_seq,
+        };
+        self.next_ticket_seq += 1;
+        self.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
+        if let Some(entry) = self.locks.get_mut(&command.lock) {
+            entry.queue.push_back(ticket.id);
+        }
+        self.changes.push(Change::TicketPut(ticket.clone()));
+        self.tickets.insert(ticket.id, ticket.clone());
+        if let Some(request_id) = command.request_id {
+            self.remember_request(
+                request_id,
+                command.lock.clone(),
+                RequestTarget::Ticket(ticket.id),
+                now,
+            );
+        }
+        let position = self.position(&ticket);
+        // The lock may be free but delayed; the grant happens when the delay ends.
+        Ok(Acquired::Queued(QueuedTicket { ticket, position }))
+    }
+
+    fn lease_outcome(&self, id: LeaseId) -> Result<Lease, AcquireError> {
+        match self.leases.get(&id) {
+            Some(lease) => Ok(lease.clone()),
+            None => Err(AcquireError::LeaseEnded(
+                self.ended_leases
+                    .get(&id)
+                    .copied()
+                    .unwrap_or(LeaseEnd::Expired),
+            )),
+        }
+    }
+
+    fn remember_request(
+        &mut self,
+        request_id: String,
+        lock: LockName,
+        target: RequestTarget,
+        now: Millis,
+    ) {
+        self.requests
+            .insert(request_id.clone(), RequestRecord { lock, target });
+        self.requests_order.push_back((now, request_id));
+    }
+
+    fn holders_of(&self, name: &LockName) -> Vec<Lease> {
+        self.locks.get(name).map_or_else(Vec::new, |entry| {
+            entry
+                .holders
+                .iter()
+                .filter_map(|id| self.leases.get(id).cloned())
+                .collect()
+        })
+    }
+
+    fn position(&self, ticket: &Ticket) -> u64 {
+        self.locks.get(&ticket.lock).map_or(0, |entry| {
+            entry
+                .queue
+                .iter()
+                .position(|id| *id == ticket.id)
+                .map_or(0, |index| index as u64 + 1)
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        name: &LockName,
+        ticket: Option<TicketId>,
+        id: LeaseId,
+        owner: String,
+        owner_key: Option<String>,
+        ttl_ms: u64,
+        request_id: Option<String>,
+        now: Millis,
+    ) -> Lease {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.counters_dirty = true;
+        let lease = Lease {
+            id,
+            lock: name.clone(),
+            owner,
+            owner_key,
+            token,
+            ttl_ms,
+            granted_at: now,
+            expires_at: now + ttl_ms,
+            request_id,
+            ticket,
+        };
+        if let Some(entry) = self.locks.get_mut(name) {
+            assert!(
+                entry.holders.len() < entry.capacity as usize,
+                "grant beyond capacity on {name}"
+            );
+            entry.holders.push(id);
+            entry.newest_granted = token;
+            entry.newest_token = entry.newest_token.max(token);
+        }
+        self.dirty_locks.insert(name.clone());
+        self.schedule(lease.expires_at, Deadline::LeaseExpiry(id), None);
+        self.changes.push(Change::LeasePut(lease.clone()));
+        self.leases.insert(id, lease.clone());
+        lease
+    }
+
+    /// Grants queued tickets while the lock has room, and notes an idle lock. Called after
+    /// anything that may free room or end a delay.
+    fn settle(&mut self, name: &LockName, now: Millis) {
+        loop {
+            let Some(entry) = self.locks.get(name) else {
+                return;
+            };
+            if entry.delayed(now) || entry.holders.len() >= entry.capacity as usize {
+                break;
+            }
+            let Some(ticket_id) = entry.queue.front().copied() else {
+                break;
+            };
+            if let Some(entry) = self.locks.get_mut(name) {
+                entry.queue.pop_front();
+            }
+            let Some(ticket) = self.tickets.remove(&ticket_id) else {
+                debug_assert!(false, "queued ticket missing from the table");
+                continue;
+            };
+            self.unschedule(ticket.lapse_at, Deadline::TicketLapse(ticket_id));
+            self.changes.push(Change::TicketDelete(ticket_id));
+            self.end_ticket(ticket_id, TicketEnd::Granted(ticket.lease_id), now);
+            let lease = self.grant(
+                name,
+                Some(ticket_id),
+                ticket.lease_id,
+                ticket.owner,
+                ticket.owner_key,
+                ticket.ttl_ms,
+                ticket.request_id.clone(),
+                now,
+            );
+            if let Some(request_id) = ticket.request_id {
+                // The request now stands for the lease; keep answering retries with it.
+                if let Some(record) = self.requests.get_mut(&request_id) {
+                    record.target = RequestTarget::Lease(lease.id);
+                }
+            }
+        }
+        let idle_lock_retention_ms = self.config.idle_lock_retention_ms;
+        let Some(entry) = self.locks.get_mut(name) else {
+            return;
+        };
+        if let Some(until) = entry.delayed_until
+            && until <= now
+        {
+            entry.delayed_until = None;
+            self.dirty_locks.insert(name.clone());
+        }
+        let entry = &self.locks[name];
+        if entry.is_idle() {
+            let at = entry.idle_since + idle_lock_retention_ms;
+            self.schedule(at, Deadline::LockCheck, Some(name.clone()));
+        }
+    }
+
+    fn end_ticket(&mut self, id: TicketId, end: TicketEnd, now: Millis) {
+        self.ended_tickets.insert(
+            id,
+            EndedTicket {
+                end,
+                collected: false,
+            },
+        );
+        self.ended_tickets_order.push_back((now, id));
+        self.wakeups.push(id);
+    }
+
+    /// Ends a live lease: removes it, records history and, after an unclean end, starts the
+    /// lock-delay. Does not grant; the caller settles the lock.
+    fn end_lease(&mut self, id: LeaseId, end: LeaseEnd, now: Millis) -> Option<Lease> {
+        let lease = self.leases.remove(&id)?;
+        self.unschedule(lease.expires_at, Deadline::LeaseExpiry(id));
+        let lock_delay_ms = self.config.lock_delay_ms;
+        if let Some(entry) = self.locks.get_mut(&lease.lock) {
+            entry.holders.retain(|holder| *holder != id);
+            if end != LeaseEnd::Released && lock_delay_ms > 0 {
+                let until = now + lock_delay_ms;
+                entry.delayed_until = Some(entry.delayed_until.map_or(until, |u| u.max(until)));
+                self.deadlines
+                    .insert((until, Deadline::LockCheck, Some(lease.lock.clone())));
+            }
+            if entry.is_idle() {
+                entry.idle_since = now;
+            }
+        }
+        self.dirty_locks.insert(lease.lock.clone());
+        self.ended_leases.insert(id, end);
+        self.ended_leases_order.push_back((now, id));
+        self.changes.push(Change::LeaseDelete(id));
+        let record = HistoryRecord {
+            lock: lease.lock.clone(),
+            owner: lease.owner.clone(),
+            token: lease.token,
+            granted_at: lease.granted_at,
+            ended_at: now,
+            end,
+        };
+        self.changes.push(Change::HistoryAppend(record.clone()));
+        self.push_history(record);
+        Some(lease)
+    }
+
+    fn push_history(&mut self, record: HistoryRecord) {
+        let lock = record.lock.clone();
+        let per_lock = self.history.entry(lock.clone()).or_default();
+        per_lock.push_back(record);
+        if per_lock.len() > self.config.history_per_lock_max {
+            per_lock.pop_front();
+        } else {
+            self.history_order.push_back(lock);
+        }
+        while self.history_order.len() > self.config.history_total_max {
+            if let Some(oldest) = self.history_order.pop_front()
+                && let Some(records) = self.history.get_mut(&oldest)
+            {
+                records.pop_front();
+                if records.is_empty() {
+                    self.history.remove(&oldest);
+                }
+            }
+        }
+    }
+
+    /// Waits on a ticket: returns its lease once granted, or its place in the queue. A queued
+    /// ticket's lapse is pushed back to at least `keep_until`, so a waiter parked on it (whose
+    /// wait ends at some time) keeps it alive: pass the end of the park plus the lapse period.
+    pub fn wait_ticket(
+        &mut self,
+        id: TicketId,
+        keep_until: Option<Millis>,
+        now: Millis,
+    ) -> Result<TicketStatus, TicketError> {
+        let now = self.observe(now);
+        self.ticket_status(id, keep_until, now)
+    }
+
+    fn ticket_status(
+        &mut self,
+        id: TicketId,
+        keep_until: Option<Millis>,
+        now: Millis,
+    ) -> Result<TicketStatus, TicketError> {
+        if let Some(ticket) = self.tickets.get(&id) {
+            let old = ticket.lapse_at;
+            let new = keep_until
+                .unwrap_or(now + self.config.ticket_lapse_ms)
+                .max(old);
+            if new != old {
+                self.unschedule(old, Deadline::TicketLapse(id));
+                self.schedule(new, Deadline::TicketLapse(id), None);
+                if let Some(ticket) = self.tickets.get_mut(&id) {
+                    ticket.lapse_at = new;
+                }
+            }
+            let ticket = self.tickets[&id].clone();
+            let position = self.position(&ticket);
+            return Ok(TicketStatus::Queued(QueuedTicket { ticket, position }));
+        }
+        let Some(ended) = self.ended_tickets.get_mut(&id) else {
+            return Err(TicketError::NotFound);
+        };
+        match ended.end {
+            TicketEnd::Granted(lease_id) => match self.leases.get(&lease_id) {
+                Some(lease) => {
+                    ended.collected = true;
+                    Ok(TicketStatus::Granted(lease.clone()))
+                }
+                None => Err(TicketError::Lapsed),
+            },
+            TicketEnd::Lapsed => Err(TicketError::Lapsed),
+            TicketEnd::Cancelled => Err(TicketError::Cancelled),
+        }
+    }
+
+    /// Takes a ticket out of the queue. A ticket granted but not yet collected by a wait has its
+    /// lease released (nobody will use it). With `forget_request`, the request id that created
+    /// the ticket is forgotten too, so a retry of a "busy" acquire tries afresh.
+    pub fn cancel_ticket(
+        &mut self,
+        id: TicketId,
+        forget_request: bool,
+        now: Millis,
+    ) -> Result<Cancelled, TicketError> {
+        let now = self.observe(now);
+        if let Some(ticket) = self.tickets.remove(&id) {
+            self.unschedule(ticket.lapse_at, Deadline::TicketLapse(id));
+            if let Some(entry) = self.locks.get_mut(&ticket.lock) {
+                entry.queue.retain(|queued| *queued != id);
+                if entry.is_idle() {
+                    entry.idle_since = now;
+                }
+            }
+            self.changes.push(Change::TicketDelete(id));
+            self.end_ticket(id, TicketEnd::Cancelled, now);
+            if forget_request && let Some(request_id) = &ticket.request_id {
+                self.requests.remove(request_id);
+            }
+            // Removing a ticket from the queue can unblock nobody (the head is only blocked by
+            // capacity or a delay), but it may leave the lock idle.
+            self.settle(&ticket.lock, now);
+            return Ok(Cancelled::Cancelled);
+        }
+        let Some(ended) = self.ended_tickets.get(&id).cloned() else {
+            return Err(TicketError::NotFound);
+        };
+        match ended.end {
+            TicketEnd::Granted(lease_id)
+                if !ended.collected && self.leases.contains_key(&lease_id) =>
+            {
+                if let Some(lease) = self.end_lease(lease_id, LeaseEnd::Released, now) {
+                    self.settle(&lease.lock, now);
+                }
+                if let Some(ended) = self.ended_tickets.get_mut(&id) {
+                    ended.end = TicketEnd::Cancelled;
+                }
+                Ok(Cancelled::ReleasedUncollected)
+            }
+            end => Ok(Cancelled::NotCancelled(end)),
+        }
+    }
+
+    /// Renews a live lease until now + ttl (the new ttl, if given).
+    pub fn renew(
+        &mut self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        now: Millis,
+    ) -> Result<Lease, LeaseError> {
+        let now = self.observe(now);
+        if let Some(ttl) = ttl_ms
+            && !(limits::TTL_MS_MIN..=limits::TTL_MS_MAX).contains(&ttl)
+        {
+            return Err(LeaseError::InvalidTtl);
+        }
+        let Some(lease) = self.leases.get_mut(&id) else {
+            return Err(match self.ended_leases.get(&id) {
+                Some(end) => LeaseError::Ended(*end),
+                None => LeaseError::NotFound,
+            });
+        };
+        let old_expiry = lease.expires_at;
+        let ttl_changed = ttl_ms.is_some_and(|ttl| ttl != lease.ttl_ms);
+        lease.ttl_ms = ttl_ms.unwrap_or(lease.ttl_ms);
+        // A renewal never shortens the deadline a holder was already promised.
+        lease.expires_at = (now + lease.ttl_ms).max(old_expiry);
+        let lease = lease.clone();
+        if ttl_changed {
+            self.changes.push(Change::LeasePut(lease.clone()));
+        }
+        if lease.expires_at != old_expiry {
+            self.unschedule(old_expiry, Deadline::LeaseExpiry(id));
+            self.schedule(lease.expires_at, Deadline::LeaseExpiry(id), None);
+        }
+        Ok(lease)
+    }
+
+    /// Releases a lease and hands the lock on at once.
+    pub fn release(&mut self, id: LeaseId, now: Millis) -> Result<Released, LeaseError> {
+        let now = self.observe(now);
+        match self.end_lease(id, LeaseEnd::Released, now) {
+            Some(lease) => {
+                self.settle(&lease.lock, now);
+                Ok(Released::Released)
+            }
+            None => match self.ended_leases.get(&id) {
+                Some(end) => Ok(Released::AlreadyEnded(*end)),
+                None => Err(LeaseError::NotFound),
+            },
+        }
+    }
+
+    /// Revokes the live lease of `lock` that carries `token`.
+    pub fn revoke(
+        &mut self,
+        lock: &LockName,
+        token: u64,
+        now: Millis,
+    ) -> Result<Lease, TokenError> {
+        let now = self.observe(now);
+        let Some(entry) = self.locks.get(lock) else {
+            return Err(TokenError::LockNotFound);
+        };
+        let found = entry
+            .holders
+            .iter()
+            .find(|id| {
+                self.leases
+                    .get(id)
+                    .is_some_and(|lease| lease.token == token)
+            })
+            .copied();
+        let Some(id) = found else {
+            return Err(TokenError::HolderNotFound);
+        };
+        let lease = self
+            .end_lease(id, LeaseEnd::Revoked, now)
+            .ok_or(TokenError::HolderNotFound)?;
+        self.settle(lock, now);
+        Ok(lease)
+    }
+
+    /// Checks a fencing token for a resource guarded by `lock`. Accepted when no newer token of
+    /// the lock has been seen (or the token belongs to a live holder, which matters for
+    /// semaphores); an accepted token becomes the newest seen. Returns the newest token.
+    pub fn fence(&mut self, lock: &LockName, token: u64, now: Millis) -> Result<u64, TokenError> {
+        self.observe(now);
+        let Some(entry) = self.locks.get_mut(lock) else {
+            // A forgotten lock: every token it granted is at most the floor, and any token
+            // above the floor was granted on some other lock.
+            return Err(if token > 0 && token <= self.forgotten_token_floor {
+                TokenError::Stale {
+                    newest: self.forgotten_token_floor,
+                }
+            } else {
+                TokenError::Unknown
+            });
+        };
+        if token == 0 || token > entry.newest_granted {
+            return Err(TokenError::Unknown);
+        }
+        let live = entry.holders.iter().any(|id| {
+            self.leases
+                .get(id)
+                .is_some_and(|lease| lease.token == token)
+        });
+        if !live && token < entry.newest_token {
+            return Err(TokenError::Stale {
+                newest: entry.newest_token,
+            });
+        }
+        if token > entry.newest_token {
+            entry.newest_token = token;
+            self.dirty_locks.insert(lock.clone());
+        }
+        Ok(entry.newest_token)
+    }
+
+    /// Runs every deadline due at `now`: expires leases, lapses tickets, ends lock-delays,
+    /// forgets idle locks and prunes what is past retention.
+    pub fn tick(&mut self, now: Millis) {
+        let now = self.observe(now);
+        while let Some(first) = self.deadlines.first().cloned() {
+            if first.0 > now {
+                break;
+            }
+            self.deadlines.pop_first();
+            let (at, deadline, lock) = first;
+            match deadline {
+                Deadline::LeaseExpiry(id) => {
+                    if self
+                        .leases
+                        .get(&id)
+                        .is_some_and(|lease| lease.expires_at <= now)
+                        && let Some(lease) = self.end_lease(id, LeaseEnd::Expired, now)
+                    {
+                        self.settle(&lease.lock, now);
+                    }
+                }
+                Deadline::TicketLapse(id) => {
+                    if self
+                        .tickets
+                        .get(&id)
+                        .is_some_and(|ticket| ticket.lapse_at <= now)
+                        && let Some(ticket) = self.tickets.remove(&id)
+                    {
+                        if let Some(entry) = self.locks.get_mut(&ticket.lock) {
+                            entry.queue.retain(|queued| *queued != id);
+                            if entry.is_idle() {
+                                entry.idle_since = now;
+                            }
+                        }
+                        self.changes.push(Change::TicketDelete(id));
+                        self.end_ticket(id, TicketEnd::Lapsed, now);
+                        self.settle(&ticket.lock, now);
+                    }
+                }
+                Deadline::LockCheck => {
+                    let Some(name) = lock else { continue };
+                    let Some(entry) = self.locks.get(&name) else {
+                        continue;
+                    };
+                    if entry.is_idle()
+                        && !entry.delayed(now)
+                        && entry.idle_since + self.config.idle_lock_retention_ms <= now
+                    {
+                        self.forget_lock(&name);
+                    } else {
+                        self.settle(&name, now);
+                    }
+                }
+                Deadline::Housekeeping => {
+                    self.housekeeping(now);
+                    self.schedule(
+                        at.max(now) + HOUSEKEEPING_INTERVAL_MS,
+                        Deadline::Housekeeping,
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn forget_lock(&mut self, name: &LockName) {
+        if let Some(entry) = self.locks.remove(name) {
+            self.forgotten_token_floor = self.forgotten_token_floor.max(entry.newest_token);
+            self.counters_dirty = true;
+            self.dirty_locks.remove(name);
+            self.changes.push(Change::LockForget(name.clone()));
+        }
+    }
+
+    fn housekeeping(&mut self, now: Millis) {
+        let horizon = now.saturating_sub(self.config.ended_retention_ms);
+        let max = self.config.ended_max;
+        while let Some((at, id)) = self.ended_leases_order.front().copied() {
+            if at > horizon && self.ended_leases_order.len() <= max {
+                break;
+            }
+            self.ended_leases_order.pop_front();
+            self.ended_leases.remove(&id);
+        }
+        while let Some((at, id)) = self.ended_tickets_order.front().copied() {
+            if at > horizon && self.ended_tickets_order.len() <= max {
+                break;
+            }
+            self.ended_tickets_order.pop_front();
+            self.ended_tickets.remove(&id);
+        }
+        // Request ids whose lease or ticket is still live are kept: a retry must never get a
+        // second lease. They go to the back of the line.
+        let mut rounds = self.requests_order.len();
+        while rounds > 0 {
+            rounds -= 1;
+            let Some((at, request_id)) = self.requests_order.front().cloned() else {
+                break;
+            };
+            if at > horizon && self.requests_order.len() <= max {
+                break;
+            }
+            self.requests_order.pop_front();
+            let live = self.requests.get(&request_id).is_some_and(|record| match record.target {
+                RequestTarget::Lease(id) => self.leases.contains_key(&id),
+                RequestTarget::Ticket(id) => {
+                    self.tickets.contains_key(&id)
+                        || matches!(self.ended_tickets.get(&id), Some(EndedTicket { end: TicketEnd::Granted(lease), .. }) if self.leases.contains_key(lease))
+                }
+            });
+            if live {
+                self.requests_order.push_back((now, request_id));
+            } else {
+                self.requests.remove(&request_id);
+            }
+        }
+        let history_horizon = now.saturating_sub(self.config.history_retention_ms);
+        while let Some(lock) = self.history_order.front().cloned() {
+            let expired = self
+                .history
+                .get(&lock)
+                .and_then(|records| records.front())
+                .is_none_or(|record| record.ended_at < history_horizon);
+            if !expired {
+                break;
+            }
+            self.history_order.pop_front();
+            if let Some(records) = self.history.get_mut(&lock) {
+                records.pop_front();
+                if records.is_empty() {
+                    self.history.remove(&lock);
+                }
+            }
+        }
+        if history_horizon > 0 {
+            self.changes.push(Change::HistoryPrune {
+                ended_before: history_horizon,
+            });
+        }
+    }
+
+    /// When [`State::tick`] next has work to do.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        self.deadlines.first().map(|(at, _, _)| *at)
+    }
+
+    /// Takes what must be made durable since the last call, in order. Lock metadata and the
+    /// counters come last, coalesced.
+    pub fn drain_changes(&mut self) -> Vec<Change> {
+        let mut changes = std::mem::take(&mut self.changes);
+        for name in std::mem::take(&mut self.dirty_locks) {
+            if let Some(entry) = self.locks.get(&name) {
+                changes.push(Change::LockPut(LockRecord {
+                    name,
+                    capacity: entry.capacity,
+                    newest_token: entry.newest_token,
+                    newest_granted: entry.newest_granted,
+                    delayed_until: entry.delayed_until,
+                }));
+            }
+        }
+        if std::mem::take(&mut self.counters_dirty) {
+            changes.push(Change::Counters {
+                next_token: self.next_token,
+                forgotten_token_floor: self.forgotten_token_floor,
+            });
+        }
+        changes
+    }
+
+    /// True when a transition since the last [`State::drain_changes`] left something to persist.
+    pub fn has_changes(&self) -> bool {
+        !self.changes.is_empty() || !self.dirty_locks.is_empty() || self.counters_dirty
+    }
+
+    /// Takes the tickets whose status changed (granted, lapsed, cancelled) since the last call,
+    /// so their parked waiters can be woken.
+    pub fn drain_wakeups(&mut self) -> Vec<TicketId> {
+        std::mem::take(&mut self.wakeups)
+    }
+
+    /// One lock's description.
+    pub fn lock(&self, name: &LockName) -> Option<LockView> {
+        let entry = self.locks.get(name)?;
+        Some(LockView {
+            name: name.clone(),
+            capacity: entry.capacity,
+            holders: entry
+                .holders
+                .iter()
+                .filter_map(|id| self.leases.get(id).cloned())
+                .collect(),
+            waiters: entry
+                .queue
+                .iter()
+                .filter_map(|id| self.tickets.get(id).cloned())
+                .collect(),
+            delayed_until: entry.delayed_until,
+            newest_token: entry.newest_token,
+        })
+    }
+
+    /// Every lock, by name, from `after` (exclusive), at most `limit`.
+    pub fn locks(&self, after: Option<&LockName>, limit: usize) -> Vec<LockView> {
+        let range = match after {
+            Some(after) => self.locks.range::<LockName, _>((
+                std::ops::Bound::Excluded(after),
+                std::ops::Bound::Unbounded,
+            )),
+            None => self.locks.range::<LockName, _>(..),
+        };
+        range
+            .take(limit)
+            .filter_map(|(name, _)| self.lock(name))
+            .collect()
+    }
+
+    /// A lock's history, newest first, at most `limit` records, within retention at `now`.
+    pub fn history(&self, name: &LockName, limit: usize, now: Millis) -> Vec<HistoryRecord> {
+        let horizon = now.saturating_sub(self.config.history_retention_ms);
+        self.history.get(name).map_or_else(Vec::new, |records| {
+            records
+                .iter()
+                .rev()
+                .filter(|r| r.ended_at >= horizon)
+                .take(limit)
+                .cloned()
+                .collect()
+        })
+    }
+
+    /// A live lease by id.
+    pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.leases.get(&id)
+    }
+
+    /// The next fencing token this table will grant.
+    pub fn next_token(&self) -> u64 {
+        self.next_token
+    }
+
+    /// How many locks, live leases and queued tickets the table holds.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.locks.len(), self.leases.len(), self.tickets.len())
+    }
+
+    /// Checks every structural invariant; panics with a description if one is broken. Cheap
+    /// enough for tests after every step, too slow for production hot paths.
+    pub fn check_invariants(&self) {
+        let mut holders_seen = 0;
+        let mut waiters_seen = 0;
+        for (name, entry) in &self.locks {
+            assert!(
+                entry.holders.len() <= entry.capacity as usize,
+                "G1: {name} has {} holders, capacity {}",
+                entry.holders.len(),
+                entry.capacity
+            );
+            assert!(
+                entry.newest_granted < self.next_token,
+                "G3: {name} granted a future token"
+            );
+            let mut last_token = 0;
+            for id in &entry.holders {
+                let lease = self
+                    .leases
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{name}: holder not in table"));
+                assert_eq!(&lease.lock, name);
+                assert!(
+                    lease.token > last_token,
+                    "{name}: holders out of grant order"
+                );
+                last_token = lease.token;
+            }
+            let mut last_seq = 0;
+            for id in &entry.queue {
+                let ticket = self
+                    .tickets
+                    .get(id)
+                    .unwrap_or_else(|| panic!("{name}: queued ticket not in table"));
+                assert_eq!(&ticket.lock, name);
+                assert!(
+                    ticket.seq > last_seq,
+                    "G4: {name}: queue out of arrival order"
+                );
+                last_seq = ticket.seq;
+            }
+            if !entry.queue.is_empty() {
+                assert!(
+                    entry.holders.len() >= entry.capacity as usize || entry.delayed(self.now),
+                    "G5: {name} has room and waiters but granted nothing"
+                );
+            }
+            holders_seen += entry.holders.len();
+            waiters_seen += entry.queue.len();
+        }
+        assert_eq!(holders_seen, self.leases.len(), "leases outside any lock");
+        assert_eq!(
+            waiters_seen,
+            self.tickets.len(),
+            "tickets outside any queue"
+        );
+    }
+}
