@@ -1450,6 +1450,11 @@ impl State {
         })
     }
 
+    /// The live leases of the lock that a queued ticket waits for.
+    pub fn lock_holders(&self, ticket: TicketId) -> Vec<Lease> {
+        self.tickets.get(&ticket).map_or_else(Vec::new, |ticket| self.holders_of(&ticket.lock))
+    }
+
     /// A live lease by id.
     pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
         self.leases.get(&id)

@@ -1,1 +1,496 @@
-//! (being written)
+//! The embedded store: the lock table's changes persisted in SQLite, one file in the data
+//! folder, in WAL mode with `synchronous = FULL`, so a commit that returned is on disk.
+//!
+//! This crate is a [`Persister`]: the engine in `baton-store` owns the lock table and calls
+//! [`SqlitePersister::commit`] from its single committer thread with every change recorded
+//! since the last commit, which is how group commit shares one fsync among many requests.
+//!
+//! **API boundary:** no rusqlite type leaves this crate; errors become [`PersistError`].
+//! Data is checked after it is read: a row that cannot be decoded fails the load loudly rather
+//! than being skipped, and the core's restore checks tokens against the counter.
+
+use std::path::{Path, PathBuf};
+
+use baton_core::{
+    Change, HistoryRecord, Lease, LeaseEnd, LeaseId, LockName, LockRecord, Snapshot, Ticket,
+    TicketId,
+};
+use baton_store::{PersistError, Persister};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// The database file's name inside the data folder.
+pub const DATABASE_FILE: &str = "baton.sqlite3";
+
+/// The schema version this build writes. Migrations run in order from the stored version.
+const SCHEMA_VERSION: i64 = 1;
+
+const MIGRATIONS: &[&str] = &[
+    // Version 1: the lock table.
+    "
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+    CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        capacity INTEGER NOT NULL,
+        newest_token INTEGER NOT NULL,
+        newest_granted INTEGER NOT NULL,
+        delayed_until INTEGER
+    ) STRICT;
+    CREATE TABLE leases (
+        id BLOB PRIMARY KEY,
+        lock TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        owner_key TEXT,
+        token INTEGER NOT NULL UNIQUE,
+        ttl_ms INTEGER NOT NULL,
+        granted_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        request_id TEXT,
+        ticket BLOB
+    ) STRICT;
+    CREATE TABLE tickets (
+        id BLOB PRIMARY KEY,
+        lock TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        owner_key TEXT,
+        ttl_ms INTEGER NOT NULL,
+        request_id TEXT,
+        lease_id BLOB NOT NULL,
+        queued_at INTEGER NOT NULL,
+        lapse_at INTEGER NOT NULL,
+        seq INTEGER NOT NULL
+    ) STRICT;
+    CREATE TABLE history (
+        lock TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        token INTEGER NOT NULL,
+        granted_at INTEGER NOT NULL,
+        ended_at INTEGER NOT NULL,
+        end_reason TEXT NOT NULL
+    ) STRICT;
+    CREATE INDEX history_by_end ON history (ended_at);
+    ",
+];
+
+/// The SQLite persister. See the crate documentation.
+pub struct SqlitePersister {
+    connection: Connection,
+    path: PathBuf,
+    /// Held for the persister's life: a second server on the same folder would keep its own
+    /// lock table and break every guarantee, so it is refused at start.
+    _folder_lock: std::fs::File,
+}
+
+impl std::fmt::Debug for SqlitePersister {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqlitePersister")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+fn sql_error(context: &str) -> impl Fn(rusqlite::Error) -> PersistError + '_ {
+    move |error| PersistError(format!("{context}: {error}"))
+}
+
+impl SqlitePersister {
+    /// Opens (creating if needed) the database in `data_dir`, and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<SqlitePersister, PersistError> {
+        std::fs::create_dir_all(data_dir).map_err(|error| {
+            PersistError(format!(
+                "cannot create the data folder {}: {error}",
+                data_dir.display()
+            ))
+        })?;
+        let lock_path = data_dir.join("baton.lock");
+        let folder_lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|error| {
+                PersistError(format!("cannot open {}: {error}", lock_path.display()))
+            })?;
+        folder_lock.try_lock().map_err(|_| {
+            PersistError(format!(
+                "another baton server is using {}; stop it or choose another --data-dir",
+                data_dir.display()
+            ))
+        })?;
+        let path = data_dir.join(DATABASE_FILE);
+        let connection = Connection::open(&path)
+            .map_err(|error| PersistError(format!("cannot open {}: {error}", path.display())))?;
+        // WAL with synchronous=FULL: a commit returns only once its WAL frames are fsynced.
+        // busy_timeout guards against an operator's sqlite3 shell holding a read lock.
+        connection
+            .execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = FULL;
+                 PRAGMA foreign_keys = OFF;
+                 PRAGMA busy_timeout = 5000;",
+            )
+            .map_err(sql_error("cannot configure the database"))?;
+        let mode: String = connection
+            .query_row("PRAGMA journal_mode", [], |row| row.get(0))
+            .map_err(sql_error("cannot read the journal mode"))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(PersistError(format!(
+                "{} refuses WAL mode (got {mode}); is it on a network file system?",
+                path.display()
+            )));
+        }
+        let mut persister = SqlitePersister {
+            connection,
+            path,
+            _folder_lock: folder_lock,
+        };
+        persister.migrate()?;
+        Ok(persister)
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn migrate(&mut self) -> Result<(), PersistError> {
+        let version: i64 = self
+            .connection
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(sql_error("cannot read the schema version"))?;
+        if version > SCHEMA_VERSION {
+            return Err(PersistError(format!(
+                "{} has schema version {version}, newer than this baton understands ({SCHEMA_VERSION}); \
+                 run a newer baton",
+                self.path.display()
+            )));
+        }
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(sql_error("cannot migrate"))?;
+        for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+            transaction
+                .execute_batch(migration)
+                .map_err(sql_error("migration failed"))?;
+            transaction
+                .pragma_update(None, "user_version", index as i64 + 1)
+                .map_err(sql_error("cannot record the schema version"))?;
+        }
+        transaction
+            .commit()
+            .map_err(sql_error("cannot commit the migration"))
+    }
+}
+
+fn end_text(end: LeaseEnd) -> &'static str {
+    match end {
+        LeaseEnd::Released => "released",
+        LeaseEnd::Expired => "expired",
+        LeaseEnd::Revoked => "revoked",
+    }
+}
+
+fn end_parse(text: &str) -> Option<LeaseEnd> {
+    match text {
+        "released" => Some(LeaseEnd::Released),
+        "expired" => Some(LeaseEnd::Expired),
+        "revoked" => Some(LeaseEnd::Revoked),
+        _ => None,
+    }
+}
+
+fn to_i64(value: u64) -> i64 {
+    // Times are milliseconds since 1970 and tokens count grants: both far below 2^63.
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn bytes16(bytes: Vec<u8>, what: &str) -> Result<[u8; 16], PersistError> {
+    <[u8; 16]>::try_from(bytes.as_slice())
+        .map_err(|_| PersistError(format!("a stored {what} is not 16 bytes")))
+}
+
+fn name(text: String) -> Result<LockName, PersistError> {
+    LockName::new(&text)
+        .map_err(|error| PersistError(format!("a stored lock name is invalid: {error}")))
+}
+
+fn unsigned(value: i64, what: &str) -> Result<u64, PersistError> {
+    u64::try_from(value).map_err(|_| PersistError(format!("a stored {what} is negative")))
+}
+
+impl Persister for SqlitePersister {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn load(&mut self) -> Result<Snapshot, PersistError> {
+        let c = &self.connection;
+        let meta = |key: &str| -> Result<u64, PersistError> {
+            let value: Option<i64> = c
+                .query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| {
+                    row.get(0)
+                })
+                .optional()
+                .map_err(sql_error("cannot read counters"))?;
+            unsigned(value.unwrap_or(0), key)
+        };
+        let mut snapshot = Snapshot {
+            next_token: meta("next_token")?.max(1),
+            forgotten_token_floor: meta("forgotten_token_floor")?,
+            ..Snapshot::default()
+        };
+
+        let mut statement = c
+            .prepare(
+                "SELECT name, capacity, newest_token, newest_granted, delayed_until FROM locks",
+            )
+            .map_err(sql_error("cannot read locks"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                ))
+            })
+            .map_err(sql_error("cannot read locks"))?;
+        for row in rows {
+            let (lock, capacity, newest_token, newest_granted, delayed_until) =
+                row.map_err(sql_error("cannot read a lock"))?;
+            snapshot.locks.push(LockRecord {
+                name: name(lock)?,
+                capacity: u32::try_from(capacity)
+                    .map_err(|_| PersistError("a stored capacity is out of range".into()))?,
+                newest_token: unsigned(newest_token, "token")?,
+                newest_granted: unsigned(newest_granted, "token")?,
+                delayed_until: delayed_until.map(|v| unsigned(v, "time")).transpose()?,
+            });
+        }
+
+        let mut statement = c
+            .prepare(
+                "SELECT id, lock, owner, owner_key, token, ttl_ms, granted_at, expires_at, \
+                 request_id, ticket FROM leases",
+            )
+            .map_err(sql_error("cannot read leases"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, i64>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, Option<Vec<u8>>>(9)?,
+                ))
+            })
+            .map_err(sql_error("cannot read leases"))?;
+        for row in rows {
+            let (id, lock, owner, owner_key, token, ttl, granted, expires, request_id, ticket) =
+                row.map_err(sql_error("cannot read a lease"))?;
+            snapshot.leases.push(Lease {
+                id: LeaseId(bytes16(id, "lease id")?),
+                lock: name(lock)?,
+                owner,
+                owner_key,
+                token: unsigned(token, "token")?,
+                ttl_ms: unsigned(ttl, "ttl")?,
+                granted_at: unsigned(granted, "time")?,
+                expires_at: unsigned(expires, "time")?,
+                request_id,
+                ticket: ticket
+                    .map(|t| bytes16(t, "ticket id").map(TicketId))
+                    .transpose()?,
+            });
+        }
+
+        let mut statement = c
+            .prepare(
+                "SELECT id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, \
+                 lapse_at, seq FROM tickets",
+            )
+            .map_err(sql_error("cannot read tickets"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, Option<String>>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, Option<String>>(5)?,
+                    row.get::<_, Vec<u8>>(6)?,
+                    row.get::<_, i64>(7)?,
+                    row.get::<_, i64>(8)?,
+                    row.get::<_, i64>(9)?,
+                ))
+            })
+            .map_err(sql_error("cannot read tickets"))?;
+        for row in rows {
+            let (id, lock, owner, owner_key, ttl, request_id, lease_id, queued, lapse, seq) =
+                row.map_err(sql_error("cannot read a ticket"))?;
+            snapshot.tickets.push(Ticket {
+                id: TicketId(bytes16(id, "ticket id")?),
+                lock: name(lock)?,
+                owner,
+                owner_key,
+                ttl_ms: unsigned(ttl, "ttl")?,
+                request_id,
+                lease_id: LeaseId(bytes16(lease_id, "lease id")?),
+                queued_at: unsigned(queued, "time")?,
+                lapse_at: unsigned(lapse, "time")?,
+                seq: unsigned(seq, "sequence")?,
+            });
+        }
+
+        let mut statement = c
+            .prepare(
+                "SELECT lock, owner, token, granted_at, ended_at, end_reason FROM history \
+                 ORDER BY ended_at",
+            )
+            .map_err(sql_error("cannot read history"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, i64>(2)?,
+                    row.get::<_, i64>(3)?,
+                    row.get::<_, i64>(4)?,
+                    row.get::<_, String>(5)?,
+                ))
+            })
+            .map_err(sql_error("cannot read history"))?;
+        for row in rows {
+            let (lock, owner, token, granted, ended, end) =
+                row.map_err(sql_error("cannot read a history record"))?;
+            snapshot.history.push(HistoryRecord {
+                lock: name(lock)?,
+                owner,
+                token: unsigned(token, "token")?,
+                granted_at: unsigned(granted, "time")?,
+                ended_at: unsigned(ended, "time")?,
+                end: end_parse(&end).ok_or_else(|| {
+                    PersistError(format!("a stored end reason is unknown: {end}"))
+                })?,
+            });
+        }
+        Ok(snapshot)
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), PersistError> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let transaction = self
+            .connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(sql_error("cannot begin a transaction"))?;
+        for change in changes {
+            apply(&transaction, change)?;
+        }
+        transaction.commit().map_err(sql_error("commit failed"))
+    }
+}
+
+fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistError> {
+    let result = match change {
+        Change::LockPut(record) => c
+            .prepare_cached(
+                "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET \
+                 capacity = excluded.capacity, newest_token = excluded.newest_token, \
+                 newest_granted = excluded.newest_granted, delayed_until = excluded.delayed_until",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    record.name.as_str(),
+                    record.capacity,
+                    to_i64(record.newest_token),
+                    to_i64(record.newest_granted),
+                    record.delayed_until.map(to_i64),
+                ])
+            }),
+        Change::LockForget(lock) => c
+            .prepare_cached("DELETE FROM locks WHERE name = ?1")
+            .and_then(|mut s| s.execute([lock.as_str()])),
+        Change::LeasePut(lease) => c
+            .prepare_cached(
+                "INSERT OR REPLACE INTO leases (id, lock, owner, owner_key, token, ttl_ms, \
+                 granted_at, expires_at, request_id, ticket) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &lease.id.0[..],
+                    lease.lock.as_str(),
+                    lease.owner,
+                    lease.owner_key,
+                    to_i64(lease.token),
+                    to_i64(lease.ttl_ms),
+                    to_i64(lease.granted_at),
+                    to_i64(lease.expires_at),
+                    lease.request_id,
+                    lease.ticket.map(|t| t.0.to_vec()),
+                ])
+            }),
+        Change::LeaseDelete(id) => c
+            .prepare_cached("DELETE FROM leases WHERE id = ?1")
+            .and_then(|mut s| s.execute([&id.0[..]])),
+        Change::TicketPut(ticket) => c
+            .prepare_cached(
+                "INSERT OR REPLACE INTO tickets (id, lock, owner, owner_key, ttl_ms, request_id, \
+                 lease_id, queued_at, lapse_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    &ticket.id.0[..],
+                    ticket.lock.as_str(),
+                    ticket.owner,
+                    ticket.owner_key,
+                    to_i64(ticket.ttl_ms),
+                    ticket.request_id,
+                    &ticket.lease_id.0[..],
+                    to_i64(ticket.queued_at),
+                    to_i64(ticket.lapse_at),
+                    to_i64(ticket.seq),
+                ])
+            }),
+        Change::TicketDelete(id) => c
+            .prepare_cached("DELETE FROM tickets WHERE id = ?1")
+            .and_then(|mut s| s.execute([&id.0[..]])),
+        Change::Counters { next_token, forgotten_token_floor } => c
+            .prepare_cached(
+                "INSERT INTO meta (key, value) VALUES ('next_token', ?1), \
+                 ('forgotten_token_floor', ?2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            )
+            .and_then(|mut s| s.execute(params![to_i64(*next_token), to_i64(*forgotten_token_floor)])),
+        Change::HistoryAppend(record) => c
+            .prepare_cached(
+                "INSERT INTO history (lock, owner, token, granted_at, ended_at, end_reason) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    record.lock.as_str(),
+                    record.owner,
+                    to_i64(record.token),
+                    to_i64(record.granted_at),
+                    to_i64(record.ended_at),
+                    end_text(record.end),
+                ])
+            }),
+        Change::HistoryPrune { ended_before } => c
+            .prepare_cached("DELETE FROM history WHERE ended_at < ?1")
+            .and_then(|mut s| s.execute([to_i64(*ended_before)])),
+    };
+    result
+        .map(|_| ())
+        .map_err(|error| PersistError(format!("cannot write a change: {error}")))
+}

@@ -1,0 +1,146 @@
+//! The one place where failures become HTTP answers: every error is
+//! `{"error": {"code", "message"}}` with the status its [`ErrorCode`] carries. Internal details
+//! (store failures) are logged, never sent.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use baton_core::{AcquireError, LeaseEnd, LeaseError, TicketEnd, TicketError, TokenError};
+use baton_proto::{ErrorBody, ErrorCode, ErrorDetail, Holder};
+use baton_store::StoreError;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The stable code (and so the status).
+    pub code: ErrorCode,
+    /// What happened, for a person.
+    pub message: String,
+    /// With `busy`: the holders.
+    pub holders: Option<Vec<Holder>>,
+    /// With `stale_token`: the newest token.
+    pub newest_token: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a code and a message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            holders: None,
+            newest_token: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.as_str().to_owned(),
+                message: self.message,
+            },
+            holders: self.holders,
+            newest_token: self.newest_token,
+        };
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+fn lease_end(end: LeaseEnd) -> ApiError {
+    match end {
+        LeaseEnd::Revoked => ApiError::new(
+            ErrorCode::Revoked,
+            "the lease was revoked by an administrator; stop work that needs the lock",
+        ),
+        LeaseEnd::Expired => ApiError::new(
+            ErrorCode::LeaseLost,
+            "the lease expired before it was renewed; stop work that needs the lock",
+        ),
+        LeaseEnd::Released => ApiError::new(ErrorCode::LeaseLost, "the lease was released"),
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> ApiError {
+        match error {
+            StoreError::Acquire(error) => match error {
+                AcquireError::InvalidTtl => ApiError::new(ErrorCode::InvalidTtl, error.to_string()),
+                AcquireError::InvalidCapacity => {
+                    ApiError::new(ErrorCode::InvalidCapacity, error.to_string())
+                }
+                AcquireError::CapacityConflict { .. } => {
+                    ApiError::new(ErrorCode::CapacityConflict, error.to_string())
+                }
+                AcquireError::RequestIdConflict { .. } => {
+                    ApiError::new(ErrorCode::RequestIdConflict, error.to_string())
+                }
+                AcquireError::LeaseEnded(end) => lease_end(end),
+                AcquireError::TicketEnded(TicketEnd::Cancelled) => ApiError::new(
+                    ErrorCode::TicketCancelled,
+                    "the ticket of this request was cancelled",
+                ),
+                AcquireError::TicketEnded(_) => ApiError::new(
+                    ErrorCode::TicketLapsed,
+                    "the ticket of this request lapsed or its lease ended",
+                ),
+                AcquireError::LimitReached(what) => {
+                    ApiError::new(ErrorCode::LimitReached, format!("{what}; try again later"))
+                }
+            },
+            StoreError::Ticket(error) => match error {
+                TicketError::NotFound => ApiError::new(
+                    ErrorCode::TicketNotFound,
+                    "no ticket has this id (tickets are forgotten an hour after they end)",
+                ),
+                TicketError::Lapsed => ApiError::new(
+                    ErrorCode::TicketLapsed,
+                    "the ticket lapsed: nobody waited on it in time, or its lease ended before a \
+                     wait collected it; acquire again",
+                ),
+                TicketError::Cancelled => {
+                    ApiError::new(ErrorCode::TicketCancelled, "the ticket was cancelled")
+                }
+            },
+            StoreError::Lease(error) => match error {
+                LeaseError::NotFound => ApiError::new(
+                    ErrorCode::LeaseNotFound,
+                    "no lease has this id (leases are forgotten an hour after they end)",
+                ),
+                LeaseError::Ended(end) => lease_end(end),
+                LeaseError::InvalidTtl => ApiError::new(ErrorCode::InvalidTtl, error.to_string()),
+            },
+            StoreError::Token(error) => match error {
+                TokenError::Stale { newest } => ApiError {
+                    newest_token: Some(newest),
+                    ..ApiError::new(
+                        ErrorCode::StaleToken,
+                        format!(
+                            "a newer token ({newest}) was seen for this lock; this holder is stale"
+                        ),
+                    )
+                },
+                TokenError::Unknown => ApiError::new(
+                    ErrorCode::UnknownToken,
+                    "this token was never granted on this lock",
+                ),
+                TokenError::HolderNotFound => ApiError::new(
+                    ErrorCode::HolderNotFound,
+                    "no live lease of this lock has this token",
+                ),
+                TokenError::LockNotFound => {
+                    ApiError::new(ErrorCode::LockNotFound, "no lock has this name")
+                }
+            },
+            StoreError::Unavailable(reason) => {
+                tracing::error!(%reason, "store unavailable");
+                ApiError::new(
+                    ErrorCode::Unavailable,
+                    "the store cannot make changes durable right now; see the server's log",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Request extractors whose every rejection is a JSON error with a stable code: bodies (size
+//! cap, content type, unknown fields), lock names and secret ids in paths, query strings.
+
+use std::collections::HashMap;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::request::Parts;
+use baton_core::{LeaseId, LockName, TicketId};
+use baton_proto::ErrorCode;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+
+/// The largest request body accepted, in bytes. Every body of the API is a few hundred bytes.
+pub const BODY_BYTES_MAX: usize = 16 * 1024;
+
+/// A JSON body: at most [`BODY_BYTES_MAX`] bytes, `Content-Type: application/json` when not
+/// empty (which also keeps web pages from posting to a local server), no unknown fields. An
+/// empty body reads as `{}`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
+        let json_type = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .map(|value| {
+                let essence = value.split(';').next().unwrap_or("").trim();
+                essence.eq_ignore_ascii_case("application/json")
+            });
+        let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::BodyTooLarge,
+                    format!("the body is larger than {BODY_BYTES_MAX} bytes"),
+                )
+            })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        if text != b"{}" && json_type != Some(true) {
+            return Err(ApiError::new(
+                ErrorCode::UnsupportedMediaType,
+                "send the body with Content-Type: application/json",
+            ));
+        }
+        serde_json::from_slice(text).map(JsonBody).map_err(|error| {
+            ApiError::new(
+                ErrorCode::InvalidBody,
+                format!("the body is not valid: {error}"),
+            )
+        })
+    }
+}
+
+/// The `{name}` path segment, percent-decoded and validated as a lock name.
+pub struct LockPath(pub LockName);
+
+impl<S: Send + Sync> FromRequestParts<S> for LockPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(name) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    ErrorCode::InvalidName,
+                    "the lock name in the path is not valid UTF-8",
+                )
+            })?;
+        LockName::new(&name)
+            .map(LockPath)
+            .map_err(|error| ApiError::new(ErrorCode::InvalidName, error.to_string()))
+    }
+}
+
+/// The `{id}` path segment as a lease id.
+pub struct LeasePath(pub LeaseId);
+
+impl<S: Send + Sync> FromRequestParts<S> for LeasePath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::InvalidId, "the lease id is not valid"))?;
+        LeaseId::parse(&id).map(LeasePath).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidId,
+                "a lease id is `lease_` followed by 32 lowercase hex digits",
+            )
+        })
+    }
+}
+
+/// The `{id}` path segment as a ticket id.
+pub struct TicketPath(pub TicketId);
+
+impl<S: Send + Sync> FromRequestParts<S> for TicketPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::InvalidId, "the ticket id is not valid"))?;
+        TicketId::parse(&id).map(TicketPath).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidId,
+                "a ticket id is `ticket_` followed by 32 lowercase hex digits",
+            )
+        })
+    }
+}
+
+/// The query string as key/value pairs; unknown keys are refused by the handler.
+pub struct QueryMap(pub HashMap<String, String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for QueryMap {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query).ok_or_else(|| {
+            ApiError::new(ErrorCode::InvalidQuery, "the query string is malformed")
+        })?;
+        Ok(QueryMap(pairs.into_iter().collect()))
+    }
+}
+
+fn serde_urlencoded_pairs(query: &str) -> Option<Vec<(String, String)>> {
+    axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&format!("/?{query}").parse().ok()?)
+        .ok()
+        .map(|axum::extract::Query(pairs)| pairs)
+}
+
+impl QueryMap {
+    /// Refuses keys other than `allowed`.
+    pub fn only(&self, allowed: &[&str]) -> Result<(), ApiError> {
+        match self.0.keys().find(|key| !allowed.contains(&key.as_str())) {
+            Some(key) => Err(ApiError::new(
+                ErrorCode::InvalidQuery,
+                format!(
+                    "unknown query parameter {key:?}; known: {}",
+                    allowed.join(", ")
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// A whole number between 1 and `max`, or `default` when absent.
+    pub fn limit(&self, key: &str, default: usize, max: usize) -> Result<usize, ApiError> {
+        match self.0.get(key) {
+            None => Ok(default),
+            Some(text) => match text.parse::<usize>() {
+                Ok(value) if (1..=max).contains(&value) => Ok(value),
+                _ => Err(ApiError::new(
+                    ErrorCode::InvalidQuery,
+                    format!("{key} must be a whole number from 1 to {max}"),
+                )),
+            },
+        }
+    }
+}

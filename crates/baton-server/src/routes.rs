@@ -1,0 +1,538 @@
+//! The `/v1` API: each handler turns wire types into a store call and the outcome back into
+//! wire types. No domain rule lives here: outcomes come from the core through the store.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use baton_core::{
+    Cancelled, HistoryRecord, Lease, LeaseEnd, LockName, LockView, Millis, QueuedTicket, Released,
+    TicketEnd, TicketStatus, limits, validate_owner, validate_request_id,
+};
+use baton_proto as proto;
+use baton_proto::ErrorCode;
+use baton_store::{AcquireArgs, AcquireOutcome, Store};
+use jiff::Timestamp;
+
+use crate::error::ApiError;
+use crate::extract::{JsonBody, LeasePath, LockPath, QueryMap, TicketPath};
+
+/// The longest a request may be held open waiting (`wait_ms`).
+pub const WAIT_MS_MAX: u64 = 60_000;
+/// Most locks one `GET /v1/locks` returns.
+pub const LIST_LIMIT_MAX: usize = 10_000;
+/// Most history records one `GET /v1/locks/{name}/history` returns.
+pub const HISTORY_LIMIT_MAX: usize = 1_000;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Lease time-to-live when a request gives none.
+    pub default_ttl_ms: u64,
+}
+
+/// The `/v1` routes plus health, readiness and the OpenAPI document.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/locks", get(list_locks))
+        .route("/v1/locks/{name}", get(get_lock))
+        .route("/v1/locks/{name}/acquire", post(acquire))
+        .route("/v1/locks/{name}/revoke", post(revoke))
+        .route("/v1/locks/{name}/fence", post(fence))
+        .route("/v1/locks/{name}/history", get(history))
+        .route("/v1/tickets/{id}/wait", post(wait_ticket))
+        .route("/v1/tickets/{id}", delete(cancel_ticket))
+        .route("/v1/leases/{id}/renew", post(renew))
+        .route("/v1/leases/{id}/release", post(release))
+        .route("/v1/openapi.json", get(openapi))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::NotFound,
+        "no such path; the API is described at /v1/openapi.json",
+    )
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this path does not take this method",
+    )
+}
+
+pub(crate) fn timestamp(ms: Millis) -> Timestamp {
+    Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or(Timestamp::MAX)
+}
+
+fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
+    proto::Lease {
+        id: lease.id.to_string(),
+        lock: lease.lock.to_string(),
+        owner: lease.owner,
+        owner_key: lease.owner_key,
+        token: lease.token,
+        ttl_ms: lease.ttl_ms,
+        granted_at: timestamp(lease.granted_at),
+        expires_at: timestamp(lease.expires_at),
+        expires_in_ms: lease.expires_at.saturating_sub(now),
+    }
+}
+
+fn ticket_wire(queued: QueuedTicket, now: Millis) -> proto::Ticket {
+    proto::Ticket {
+        id: queued.ticket.id.to_string(),
+        lock: queued.ticket.lock.to_string(),
+        owner: queued.ticket.owner,
+        position: queued.position,
+        queued_at: timestamp(queued.ticket.queued_at),
+        lapses_in_ms: queued.ticket.lapse_at.saturating_sub(now),
+    }
+}
+
+fn holder_wire(lease: &Lease) -> proto::Holder {
+    proto::Holder {
+        owner: lease.owner.clone(),
+        token: lease.token,
+        since: timestamp(lease.granted_at),
+        expires_at: timestamp(lease.expires_at),
+    }
+}
+
+fn lock_wire(view: LockView) -> proto::LockInfo {
+    proto::LockInfo {
+        name: view.name.to_string(),
+        capacity: view.capacity,
+        holders: view.holders.iter().map(holder_wire).collect(),
+        waiters: view
+            .waiters
+            .iter()
+            .enumerate()
+            .map(|(index, ticket)| proto::Waiter {
+                position: index as u64 + 1,
+                owner: ticket.owner.clone(),
+                since: timestamp(ticket.queued_at),
+            })
+            .collect(),
+        delayed_until: view.delayed_until.map(timestamp),
+        newest_token: view.newest_token,
+    }
+}
+
+fn history_wire(record: HistoryRecord) -> proto::HistoryEntry {
+    proto::HistoryEntry {
+        owner: record.owner,
+        token: record.token,
+        granted_at: timestamp(record.granted_at),
+        ended_at: timestamp(record.ended_at),
+        held_ms: record.ended_at.saturating_sub(record.granted_at),
+        end: match record.end {
+            LeaseEnd::Released => proto::HoldEnd::Released,
+            LeaseEnd::Expired => proto::HoldEnd::Expired,
+            LeaseEnd::Revoked => proto::HoldEnd::Revoked,
+        },
+    }
+}
+
+fn granted(lease: Lease, now: Millis) -> Response {
+    (
+        StatusCode::OK,
+        Json(proto::LeaseResponse {
+            lease: lease_wire(lease, now),
+        }),
+    )
+        .into_response()
+}
+
+fn queued(queued: QueuedTicket, now: Millis) -> Response {
+    (
+        StatusCode::ACCEPTED,
+        Json(proto::TicketResponse {
+            ticket: ticket_wire(queued, now),
+        }),
+    )
+        .into_response()
+}
+
+fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
+    match wait_ms {
+        Some(ms) if ms > WAIT_MS_MAX => Err(ApiError::new(
+            ErrorCode::InvalidWait,
+            format!(
+                "wait_ms must be at most {WAIT_MS_MAX}; to wait longer, acquire with \
+                 \"queue\": true and wait on the ticket again"
+            ),
+        )),
+        ms => Ok(Duration::from_millis(ms.unwrap_or(0))),
+    }
+}
+
+fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiError> {
+    let ttl_ms = ttl_ms.unwrap_or(default_ttl_ms);
+    if (limits::TTL_MS_MIN..=limits::TTL_MS_MAX).contains(&ttl_ms) {
+        Ok(ttl_ms)
+    } else {
+        Err(ApiError::new(
+            ErrorCode::InvalidTtl,
+            format!(
+                "ttl_ms must be between {} and {}",
+                limits::TTL_MS_MIN,
+                limits::TTL_MS_MAX
+            ),
+        ))
+    }
+}
+
+/// Acquire a lease.
+#[utoipa::path(post, path = "/v1/locks/{name}/acquire", tag = "locks",
+    params(("name" = String, Path, description = "The lock's name, one percent-encoded segment")),
+    request_body = proto::AcquireRequest,
+    responses(
+        (status = 200, description = "Granted", body = proto::LeaseResponse),
+        (status = 202, description = "Still queued after wait_ms (queue: true)", body = proto::TicketResponse),
+        (status = 409, description = "busy, capacity_conflict or request_id_conflict", body = proto::ErrorBody),
+        (status = 400, description = "Invalid input", body = proto::ErrorBody),
+    ))]
+async fn acquire(
+    State(state): State<AppState>,
+    LockPath(lock): LockPath,
+    JsonBody(request): JsonBody<proto::AcquireRequest>,
+) -> Result<Response, ApiError> {
+    validate_owner(&request.owner)
+        .map_err(|error| ApiError::new(ErrorCode::InvalidOwner, format!("owner {error}")))?;
+    if let Some(key) = &request.owner_key {
+        validate_owner(key).map_err(|error| {
+            ApiError::new(ErrorCode::InvalidOwner, format!("owner_key {error}"))
+        })?;
+    }
+    if let Some(request_id) = &request.request_id {
+        validate_request_id(request_id)
+            .map_err(|error| ApiError::new(ErrorCode::InvalidRequestId, error.to_string()))?;
+    }
+    if let Some(capacity) = request.capacity
+        && !(1..=limits::CAPACITY_MAX).contains(&capacity)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidCapacity,
+            format!("capacity must be between 1 and {}", limits::CAPACITY_MAX),
+        ));
+    }
+    let args = AcquireArgs {
+        lock,
+        owner: request.owner,
+        owner_key: request.owner_key,
+        ttl_ms: ttl(request.ttl_ms, state.default_ttl_ms)?,
+        capacity: request.capacity,
+        wait: wait_duration(request.wait_ms)?,
+        queue: request.queue.unwrap_or(false),
+        request_id: request.request_id,
+    };
+    let outcome = state.store.acquire(args).await?;
+    let now = state.store.now_ms();
+    Ok(match outcome {
+        AcquireOutcome::Granted(lease) => granted(lease, now),
+        AcquireOutcome::Queued(ticket) => queued(ticket, now),
+        AcquireOutcome::Busy(holders) => ApiError {
+            holders: Some(holders.iter().map(holder_wire).collect()),
+            ..ApiError::new(
+                ErrorCode::Busy,
+                "the lock is held to capacity or has waiters",
+            )
+        }
+        .into_response(),
+    })
+}
+
+/// Wait on a ticket.
+#[utoipa::path(post, path = "/v1/tickets/{id}/wait", tag = "tickets",
+    params(("id" = String, Path, description = "The ticket's id")),
+    request_body = proto::WaitRequest,
+    responses(
+        (status = 200, description = "Granted", body = proto::LeaseResponse),
+        (status = 202, description = "Still queued", body = proto::TicketResponse),
+        (status = 410, description = "ticket_lapsed or ticket_cancelled", body = proto::ErrorBody),
+        (status = 404, description = "ticket_not_found", body = proto::ErrorBody),
+    ))]
+async fn wait_ticket(
+    State(state): State<AppState>,
+    TicketPath(id): TicketPath,
+    JsonBody(request): JsonBody<proto::WaitRequest>,
+) -> Result<Response, ApiError> {
+    let wait = wait_duration(request.wait_ms)?;
+    let status = state.store.wait_ticket(id, wait).await?;
+    let now = state.store.now_ms();
+    Ok(match status {
+        TicketStatus::Granted(lease) => granted(lease, now),
+        TicketStatus::Queued(ticket) => queued(ticket, now),
+    })
+}
+
+/// Leave the queue.
+#[utoipa::path(delete, path = "/v1/tickets/{id}", tag = "tickets",
+    params(("id" = String, Path, description = "The ticket's id")),
+    responses(
+        (status = 200, description = "Done (see `cancelled`)", body = proto::CancelResponse),
+        (status = 404, description = "ticket_not_found", body = proto::ErrorBody),
+    ))]
+async fn cancel_ticket(
+    State(state): State<AppState>,
+    TicketPath(id): TicketPath,
+) -> Result<Json<proto::CancelResponse>, ApiError> {
+    let outcome = state.store.cancel_ticket(id).await?;
+    Ok(Json(match outcome {
+        Cancelled::Cancelled | Cancelled::ReleasedUncollected => proto::CancelResponse {
+            cancelled: true,
+            reason: None,
+        },
+        Cancelled::NotCancelled(end) => proto::CancelResponse {
+            cancelled: false,
+            reason: Some(
+                match end {
+                    TicketEnd::Granted(_) => "already_granted",
+                    TicketEnd::Lapsed => "lapsed",
+                    TicketEnd::Cancelled => "cancelled",
+                }
+                .to_owned(),
+            ),
+        },
+    }))
+}
+
+/// Renew a lease.
+#[utoipa::path(post, path = "/v1/leases/{id}/renew", tag = "leases",
+    params(("id" = String, Path, description = "The lease's id")),
+    request_body = proto::RenewRequest,
+    responses(
+        (status = 200, description = "Renewed", body = proto::LeaseResponse),
+        (status = 410, description = "lease_lost or revoked: stop", body = proto::ErrorBody),
+        (status = 404, description = "lease_not_found", body = proto::ErrorBody),
+    ))]
+async fn renew(
+    State(state): State<AppState>,
+    LeasePath(id): LeasePath,
+    JsonBody(request): JsonBody<proto::RenewRequest>,
+) -> Result<Response, ApiError> {
+    if let Some(ttl_ms) = request.ttl_ms {
+        ttl(Some(ttl_ms), state.default_ttl_ms)?;
+    }
+    let lease = state.store.renew(id, request.ttl_ms).await?;
+    Ok(granted(lease, state.store.now_ms()))
+}
+
+/// Release a lease.
+#[utoipa::path(post, path = "/v1/leases/{id}/release", tag = "leases",
+    params(("id" = String, Path, description = "The lease's id")),
+    responses(
+        (status = 200, description = "Done (see `released`)", body = proto::ReleaseResponse),
+        (status = 404, description = "lease_not_found", body = proto::ErrorBody),
+    ))]
+async fn release(
+    State(state): State<AppState>,
+    LeasePath(id): LeasePath,
+    JsonBody(_body): JsonBody<serde_json::Map<String, serde_json::Value>>,
+) -> Result<Json<proto::ReleaseResponse>, ApiError> {
+    let outcome = state.store.release(id).await?;
+    Ok(Json(match outcome {
+        Released::Released => proto::ReleaseResponse {
+            released: true,
+            reason: None,
+        },
+        Released::AlreadyEnded(end) => proto::ReleaseResponse {
+            released: false,
+            reason: Some(
+                match end {
+                    LeaseEnd::Released => "already_released",
+                    LeaseEnd::Expired => "expired",
+                    LeaseEnd::Revoked => "revoked",
+                }
+                .to_owned(),
+            ),
+        },
+    }))
+}
+
+/// List locks.
+#[utoipa::path(get, path = "/v1/locks", tag = "locks",
+    params(
+        ("after" = Option<String>, Query, description = "Only locks whose name sorts after this"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 1000)"),
+    ),
+    responses((status = 200, description = "Locks by name", body = proto::LockList)))]
+async fn list_locks(
+    State(state): State<AppState>,
+    query: QueryMap,
+) -> Result<Json<proto::LockList>, ApiError> {
+    query.only(&["after", "limit"])?;
+    let limit = query.limit("limit", 1_000, LIST_LIMIT_MAX)?;
+    let after =
+        match query.0.get("after") {
+            Some(name) => Some(LockName::new(name).map_err(|error| {
+                ApiError::new(ErrorCode::InvalidQuery, format!("after: {error}"))
+            })?),
+            None => None,
+        };
+    let locks = state.store.locks(after, limit).await?;
+    Ok(Json(proto::LockList {
+        locks: locks.into_iter().map(lock_wire).collect(),
+    }))
+}
+
+/// Describe one lock.
+#[utoipa::path(get, path = "/v1/locks/{name}", tag = "locks",
+    params(("name" = String, Path, description = "The lock's name")),
+    responses(
+        (status = 200, description = "The lock", body = proto::LockInfo),
+        (status = 404, description = "lock_not_found", body = proto::ErrorBody),
+    ))]
+async fn get_lock(
+    State(state): State<AppState>,
+    LockPath(name): LockPath,
+) -> Result<Json<proto::LockInfo>, ApiError> {
+    match state.store.lock(name).await? {
+        Some(view) => Ok(Json(lock_wire(view))),
+        None => Err(ApiError::new(
+            ErrorCode::LockNotFound,
+            "no lock has this name (locks are created by their first acquire)",
+        )),
+    }
+}
+
+/// Revoke a holder's lease (administrators).
+#[utoipa::path(post, path = "/v1/locks/{name}/revoke", tag = "locks",
+    params(("name" = String, Path, description = "The lock's name")),
+    request_body = proto::TokenRequest,
+    responses(
+        (status = 200, description = "Revoked", body = proto::RevokeResponse),
+        (status = 404, description = "holder_not_found or lock_not_found", body = proto::ErrorBody),
+    ))]
+async fn revoke(
+    State(state): State<AppState>,
+    LockPath(name): LockPath,
+    JsonBody(request): JsonBody<proto::TokenRequest>,
+) -> Result<Json<proto::RevokeResponse>, ApiError> {
+    let lease = state.store.revoke(name.clone(), request.token).await?;
+    tracing::warn!(lock = %name, token = lease.token, owner = %lease.owner, "lease revoked");
+    Ok(Json(proto::RevokeResponse {
+        revoked: true,
+        holder: holder_wire(&lease),
+    }))
+}
+
+/// Check a fencing token.
+#[utoipa::path(post, path = "/v1/locks/{name}/fence", tag = "locks",
+    params(("name" = String, Path, description = "The lock's name")),
+    request_body = proto::TokenRequest,
+    responses(
+        (status = 200, description = "Accepted", body = proto::FenceResponse),
+        (status = 409, description = "stale_token", body = proto::ErrorBody),
+        (status = 400, description = "unknown_token", body = proto::ErrorBody),
+    ))]
+async fn fence(
+    State(state): State<AppState>,
+    LockPath(name): LockPath,
+    JsonBody(request): JsonBody<proto::TokenRequest>,
+) -> Result<Json<proto::FenceResponse>, ApiError> {
+    let newest = state.store.fence(name, request.token).await?;
+    Ok(Json(proto::FenceResponse {
+        accepted: true,
+        newest_token: newest,
+    }))
+}
+
+/// A lock's past holds.
+#[utoipa::path(get, path = "/v1/locks/{name}/history", tag = "locks",
+    params(
+        ("name" = String, Path, description = "The lock's name"),
+        ("limit" = Option<usize>, Query, description = "At most this many (default 100)"),
+    ),
+    responses((status = 200, description = "Newest first", body = proto::History)))]
+async fn history(
+    State(state): State<AppState>,
+    LockPath(name): LockPath,
+    query: QueryMap,
+) -> Result<Json<proto::History>, ApiError> {
+    query.only(&["limit"])?;
+    let limit = query.limit("limit", 100, HISTORY_LIMIT_MAX)?;
+    let records = state.store.history(name.clone(), limit).await?;
+    Ok(Json(proto::History {
+        lock: name.to_string(),
+        entries: records.into_iter().map(history_wire).collect(),
+    }))
+}
+
+fn health(state: &AppState, status: &str) -> proto::Health {
+    proto::Health {
+        status: status.to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        store: state.store.kind().to_owned(),
+    }
+}
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "Alive", body = proto::Health)))]
+async fn healthz(State(state): State<AppState>) -> Json<proto::Health> {
+    Json(health(&state, "ok"))
+}
+
+/// Readiness: the store takes writes.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses(
+        (status = 200, description = "Ready", body = proto::Health),
+        (status = 503, description = "The store cannot commit", body = proto::Health),
+    ))]
+async fn readyz(State(state): State<AppState>) -> Response {
+    match state.store.ready().await {
+        Ok(()) => Json(health(&state, "ok")).into_response(),
+        Err(error) => {
+            tracing::error!(%error, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(health(&state, "store unavailable")),
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "baton",
+        description = "Leases, fencing tokens and fair queues across machines."
+    ),
+    paths(
+        acquire,
+        wait_ticket,
+        cancel_ticket,
+        renew,
+        release,
+        list_locks,
+        get_lock,
+        revoke,
+        fence,
+        history,
+        healthz,
+        readyz
+    )
+)]
+pub(crate) struct ApiDoc;

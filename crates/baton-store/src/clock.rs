@@ -1,0 +1,62 @@
+//! Where time comes from. The core never reads a clock; stores do, through this trait, so tests
+//! can drive time by hand.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use baton_core::Millis;
+
+/// A source of the current time in milliseconds since the Unix epoch.
+pub trait Clock: Send + Sync + 'static {
+    /// Now.
+    fn now_ms(&self) -> Millis;
+}
+
+/// The system's wall clock, made monotonic: it never answers less than it answered before, so
+/// a clock stepped backwards cannot shorten a deadline.
+#[derive(Debug, Default)]
+pub struct SystemClock {
+    last: AtomicU64,
+}
+
+impl SystemClock {
+    /// A new clock.
+    pub fn new() -> SystemClock {
+        SystemClock::default()
+    }
+}
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> Millis {
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+        let previous = self.last.fetch_max(wall, Ordering::AcqRel);
+        previous.max(wall)
+    }
+}
+
+/// A clock moved by hand, for tests.
+#[derive(Debug)]
+pub struct ManualClock {
+    now: AtomicU64,
+}
+
+impl ManualClock {
+    /// A clock showing `start`.
+    pub fn new(start: Millis) -> ManualClock {
+        ManualClock {
+            now: AtomicU64::new(start),
+        }
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, ms: u64) {
+        self.now.fetch_add(ms, Ordering::AcqRel);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> Millis {
+        self.now.load(Ordering::Acquire)
+    }
+}

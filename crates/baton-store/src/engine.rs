@@ -1,0 +1,588 @@
+//! The engine: one owner of the lock table, group commit, wake-ups and the expiry timer.
+//!
+//! Every operation runs its core transition under one short mutex, then waits (outside it) for
+//! the durable commit that contains every change it saw. A single committer thread takes all
+//! changes recorded since its last commit, writes them in one transaction through the
+//! [`Persister`], and publishes the number of the batch that is now durable. Requests that
+//! arrive while a commit is in flight accumulate into the next batch, so N concurrent requests
+//! cost about one durable commit rather than N (group commit), and a contended handoff (a
+//! release that grants the next waiter) costs exactly one.
+//!
+//! Ordering rule (G2): an answer leaves only when the batch numbered `required` is durable,
+//! where `required` is the batch that will hold the operation's own changes if it made any, or
+//! else the newest batch already taken by the committer (whose changes the operation may have
+//! observed). So nobody is ever told of a grant, a token or a queue position that a crash could
+//! take back.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::{
+    Acquire, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseId, LockName,
+    LockView, Millis, Released, Snapshot, State, TicketId, TicketStatus,
+};
+use tokio::sync::{Notify, futures::OwnedNotified, watch};
+
+use crate::clock::Clock;
+use crate::store::{AcquireArgs, AcquireOutcome, Store, StoreError};
+
+/// A failure to load or commit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PersistError(pub String);
+
+/// Durable storage of the lock table's changes. Called from one dedicated thread; may block.
+pub trait Persister: Send + 'static {
+    /// A short name: `memory`, `sqlite`, …
+    fn kind(&self) -> &'static str;
+
+    /// True when nothing survives a restart: the engine then skips the committer entirely.
+    fn volatile(&self) -> bool {
+        false
+    }
+
+    /// Reads everything that was made durable.
+    fn load(&mut self) -> Result<Snapshot, PersistError>;
+
+    /// Makes a batch of changes durable, atomically: all or nothing.
+    fn commit(&mut self, changes: &[Change]) -> Result<(), PersistError>;
+}
+
+/// The in-memory reference store's persister: keeps nothing.
+#[derive(Debug, Default)]
+pub struct MemoryPersister;
+
+impl Persister for MemoryPersister {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn volatile(&self) -> bool {
+        true
+    }
+
+    fn load(&mut self) -> Result<Snapshot, PersistError> {
+        Ok(Snapshot::default())
+    }
+
+    fn commit(&mut self, _changes: &[Change]) -> Result<(), PersistError> {
+        Ok(())
+    }
+}
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// The lock table's configuration.
+    pub config: Config,
+    /// Run the expiry timer (tests with a manual clock turn it off and call `tick`).
+    pub run_timer: bool,
+    /// How many times a failed commit is retried before the engine stops taking writes.
+    pub commit_attempts: u32,
+}
+
+impl Default for EngineOptions {
+    fn default() -> EngineOptions {
+        EngineOptions {
+            config: Config::default(),
+            run_timer: true,
+            commit_attempts: 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct Durability {
+    /// Every batch numbered up to this is durable.
+    seq: u64,
+    /// Set when a commit failed for good: nothing more is acknowledged.
+    failed: Option<String>,
+}
+
+struct Shared {
+    core: State,
+    /// The number of the newest batch taken by the committer.
+    sealed: u64,
+    /// Parked waiters by ticket; woken (and removed) when the ticket's status changes.
+    waiters: HashMap<TicketId, Arc<Notify>>,
+    /// The deadline the timer sleeps towards.
+    timer_target: Millis,
+    closing: bool,
+    failed: Option<String>,
+}
+
+struct Inner {
+    shared: Mutex<Shared>,
+    /// Wakes the committer thread when changes are recorded (waits on `shared`).
+    work: Condvar,
+    durable: watch::Sender<Durability>,
+    timer_wake: Notify,
+    clock: Arc<dyn Clock>,
+    kind: &'static str,
+    volatile: bool,
+    ticket_lapse_ms: u64,
+}
+
+/// A [`Store`] over the in-memory lock table and a [`Persister`]. See the module documentation.
+pub struct Engine {
+    inner: Arc<Inner>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    timer: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("kind", &self.inner.kind)
+            .finish()
+    }
+}
+
+impl Engine {
+    /// Loads what the persister holds, recovers the lock table conservatively (see
+    /// [`State::restore`]), makes the recovery durable, and starts the committer and timer.
+    /// Must be called inside a tokio runtime when the timer runs.
+    pub fn open(
+        mut persister: Box<dyn Persister>,
+        clock: Arc<dyn Clock>,
+        options: EngineOptions,
+    ) -> Result<Engine, PersistError> {
+        let snapshot = persister.load()?;
+        let now = clock.now_ms();
+        let mut core = State::restore(options.config.clone(), snapshot, now)
+            .map_err(|error| PersistError(error.to_string()))?;
+        let recovery = core.drain_changes();
+        persister.commit(&recovery)?;
+        core.drain_wakeups();
+        let kind = persister.kind();
+        let volatile = persister.volatile();
+        let inner = Arc::new(Inner {
+            shared: Mutex::new(Shared {
+                core,
+                sealed: 0,
+                waiters: HashMap::new(),
+                timer_target: Millis::MAX,
+                closing: false,
+                failed: None,
+            }),
+            work: Condvar::new(),
+            durable: watch::Sender::new(Durability::default()),
+            timer_wake: Notify::new(),
+            clock,
+            kind,
+            volatile,
+            ticket_lapse_ms: options.config.ticket_lapse_ms,
+        });
+        let committer = if volatile {
+            None
+        } else {
+            let inner = Arc::clone(&inner);
+            let attempts = options.commit_attempts.max(1);
+            Some(
+                std::thread::Builder::new()
+                    .name("baton-committer".into())
+                    .spawn(move || run_committer(&inner, persister, attempts))
+                    .map_err(|error| {
+                        PersistError(format!("cannot start the committer: {error}"))
+                    })?,
+            )
+        };
+        let timer = options
+            .run_timer
+            .then(|| tokio::spawn(run_timer(Arc::downgrade(&inner))));
+        Ok(Engine {
+            inner,
+            committer,
+            timer,
+        })
+    }
+
+    /// Runs a transition under the table's mutex. Returns its result and the batch that must be
+    /// durable before the result may be told to anyone.
+    fn transact<T>(
+        &self,
+        f: impl FnOnce(&mut Shared, Millis) -> T,
+    ) -> Result<(T, u64), StoreError> {
+        let now = self.inner.clock.now_ms();
+        let mut shared = self.inner.lock();
+        if let Some(reason) = &shared.failed {
+            return Err(StoreError::Unavailable(reason.clone()));
+        }
+        let result = f(&mut shared, now);
+        Ok((result, self.inner.after_transition(&mut shared)))
+    }
+
+    /// Waits until batch `required` is durable.
+    async fn durable(&self, required: u64) -> Result<(), StoreError> {
+        {
+            let state = self.inner.durable.borrow();
+            if state.seq >= required {
+                return Ok(());
+            }
+            if let Some(reason) = &state.failed {
+                return Err(StoreError::Unavailable(reason.clone()));
+            }
+        }
+        let mut receiver = self.inner.durable.subscribe();
+        let state = receiver
+            .wait_for(|state| state.seq >= required || state.failed.is_some())
+            .await
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        if state.seq >= required {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(
+                state.failed.clone().unwrap_or_default(),
+            ))
+        }
+    }
+
+    /// Runs a transition and waits for its durability.
+    async fn run<T>(&self, f: impl FnOnce(&mut State, Millis) -> T) -> Result<T, StoreError> {
+        let (result, required) = self.transact(|shared, now| f(&mut shared.core, now))?;
+        self.durable(required).await?;
+        Ok(result)
+    }
+
+    /// Parks on a ticket until it is granted, ends, or `wait` runs out. On running out, a
+    /// ticket whose caller does not keep its place (`keep_place` false) is withdrawn, and the
+    /// answer is the lock's holders.
+    async fn park(
+        &self,
+        id: TicketId,
+        wait: Duration,
+        keep_place: bool,
+    ) -> Result<Parked, StoreError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let lapse_ms = self.inner.ticket_lapse_ms;
+            let ((status, notified), required) = self.transact(|shared, now| {
+                let keep_until = now + remaining.as_millis() as u64 + lapse_ms;
+                let status = shared.core.wait_ticket(id, Some(keep_until), now);
+                let notified = match &status {
+                    Ok(TicketStatus::Queued(_)) if !remaining.is_zero() => {
+                        let notify = Arc::clone(
+                            shared
+                                .waiters
+                                .entry(id)
+                                .or_insert_with(|| Arc::new(Notify::new())),
+                        );
+                        // Enabled while the table is locked, so a wake-up (which also runs
+                        // under the lock) cannot slip between this check and the wait.
+                        let mut notified = Box::pin(notify.notified_owned());
+                        notified.as_mut().enable();
+                        Some(notified)
+                    }
+                    Ok(TicketStatus::Queued(_)) if !keep_place => {
+                        // Time is up and the caller does not queue: withdraw, and report busy.
+                        let holders = shared.core.lock_holders(id);
+                        let _ = shared.core.cancel_ticket(id, true, now);
+                        return (Ok(ParkEnd::Busy(holders)), None);
+                    }
+                    _ => None,
+                };
+                (status.map(ParkEnd::Status), notified)
+            })?;
+            let status = status?;
+            match (status, notified) {
+                (ParkEnd::Status(TicketStatus::Queued(_)), Some(notified)) => {
+                    let _ = tokio::time::timeout_at(deadline, wait_notified(notified)).await;
+                }
+                (ParkEnd::Status(status), _) => {
+                    self.durable(required).await?;
+                    return Ok(Parked::Status(status));
+                }
+                (ParkEnd::Busy(holders), _) => {
+                    self.durable(required).await?;
+                    return Ok(Parked::Busy(holders));
+                }
+            }
+        }
+    }
+}
+
+async fn wait_notified(notified: Pin<Box<OwnedNotified>>) {
+    notified.await;
+}
+
+enum ParkEnd {
+    Status(TicketStatus),
+    Busy(Vec<Lease>),
+}
+
+enum Parked {
+    Status(TicketStatus),
+    Busy(Vec<Lease>),
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        // A panic while holding the table's mutex is a defect; the table may be half-changed,
+        // so carrying on with it would risk a wrong answer. Poison is propagated as a panic.
+        match self.shared.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => panic!("the lock table's mutex is poisoned: {poisoned}"),
+        }
+    }
+
+    /// Bookkeeping after every transition: wake waiters, hand changes to the committer, re-arm
+    /// the timer. Returns the batch the caller must wait for.
+    fn after_transition(&self, shared: &mut Shared) -> u64 {
+        for ticket in shared.core.drain_wakeups() {
+            if let Some(notify) = shared.waiters.remove(&ticket) {
+                notify.notify_waiters();
+            }
+        }
+        let required = if shared.core.has_changes() {
+            if self.volatile {
+                shared.core.drain_changes();
+                shared.sealed += 1;
+                let sealed = shared.sealed;
+                self.durable.send_modify(|state| state.seq = sealed);
+                sealed
+            } else {
+                self.work.notify_one();
+                shared.sealed + 1
+            }
+        } else {
+            shared.sealed
+        };
+        if let Some(next) = shared.core.next_deadline()
+            && next < shared.timer_target
+        {
+            shared.timer_target = next;
+            self.timer_wake.notify_one();
+        }
+        required
+    }
+}
+
+fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32) {
+    loop {
+        let (changes, batch) = {
+            let mut shared = inner.lock();
+            while !shared.core.has_changes() && !shared.closing {
+                shared = match inner.work.wait(shared) {
+                    Ok(guard) => guard,
+                    Err(poisoned) => panic!("the lock table's mutex is poisoned: {poisoned}"),
+                };
+            }
+            if !shared.core.has_changes() {
+                return;
+            }
+            let changes = shared.core.drain_changes();
+            shared.sealed += 1;
+            (changes, shared.sealed)
+        };
+        let mut outcome = Err(PersistError("no attempt".into()));
+        for attempt in 0..attempts {
+            outcome = persister.commit(&changes);
+            match &outcome {
+                Ok(()) => break,
+                Err(error) => {
+                    tracing::warn!(attempt, %error, "commit failed");
+                    std::thread::sleep(Duration::from_millis(50 << attempt.min(6)));
+                }
+            }
+        }
+        match outcome {
+            Ok(()) => inner.durable.send_modify(|state| state.seq = batch),
+            Err(error) => {
+                // The table in memory is now ahead of the disk: acknowledging anything more
+                // could promise what a restart would forget. Stop taking writes.
+                let reason = format!("a durable commit failed: {error}; restart the server");
+                tracing::error!(%reason);
+                inner.lock().failed = Some(reason.clone());
+                inner
+                    .durable
+                    .send_modify(|state| state.failed = Some(reason));
+                return;
+            }
+        }
+    }
+}
+
+async fn run_timer(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let now = strong.clock.now_ms();
+        let next = {
+            let mut shared = strong.lock();
+            if shared.closing {
+                return;
+            }
+            if shared.core.next_deadline().is_some_and(|next| next <= now) {
+                shared.core.tick(now);
+                strong.after_transition(&mut shared);
+            }
+            let next = shared.core.next_deadline().unwrap_or(Millis::MAX);
+            shared.timer_target = next;
+            next
+        };
+        // Sleep towards the next deadline, at most a second at a time so a wall clock that
+        // jumps is noticed; an earlier deadline wakes the timer at once.
+        let sleep = Duration::from_millis(next.saturating_sub(now).min(1_000));
+        // Holding `strong` while asleep is fine: dropping the engine aborts this task.
+        let wake = strong.timer_wake.notified();
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = wake => {}
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        if let Ok(mut shared) = self.inner.shared.lock() {
+            shared.closing = true;
+        }
+        self.inner.work.notify_all();
+        self.inner.timer_wake.notify_one();
+        if let Some(timer) = self.timer.take() {
+            timer.abort();
+        }
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
+        }
+    }
+}
+
+fn random_id() -> Result<[u8; 16], StoreError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|error| StoreError::Unavailable(format!("no random source: {error}")))?;
+    Ok(bytes)
+}
+
+#[async_trait]
+impl Store for Engine {
+    fn kind(&self) -> &'static str {
+        self.inner.kind
+    }
+
+    fn now_ms(&self) -> Millis {
+        self.inner.clock.now_ms()
+    }
+
+    async fn acquire(&self, args: AcquireArgs) -> Result<AcquireOutcome, StoreError> {
+        let command = Acquire {
+            lock: args.lock,
+            owner: args.owner,
+            owner_key: args.owner_key,
+            ttl_ms: args.ttl_ms,
+            capacity: args.capacity,
+            // Waiting happens in the queue, so a request that waits at all queues; if its wait
+            // runs out and it does not keep its place, the ticket is withdrawn.
+            queue: args.queue || !args.wait.is_zero(),
+            request_id: args.request_id,
+            lease_id: LeaseId(random_id()?),
+            ticket_id: TicketId(random_id()?),
+        };
+        let (acquired, required) =
+            self.transact(|shared, now| shared.core.acquire(command, now))?;
+        match acquired? {
+            Acquired::Granted(lease) => {
+                self.durable(required).await?;
+                Ok(AcquireOutcome::Granted(lease))
+            }
+            Acquired::Busy(holders) => {
+                self.durable(required).await?;
+                Ok(AcquireOutcome::Busy(holders))
+            }
+            Acquired::Queued(queued) => {
+                self.durable(required).await?;
+                if args.wait.is_zero() {
+                    return Ok(AcquireOutcome::Queued(queued));
+                }
+                match self.park(queued.ticket.id, args.wait, args.queue).await? {
+                    Parked::Status(TicketStatus::Granted(lease)) => {
+                        Ok(AcquireOutcome::Granted(lease))
+                    }
+                    Parked::Status(TicketStatus::Queued(queued)) => {
+                        Ok(AcquireOutcome::Queued(queued))
+                    }
+                    Parked::Busy(holders) => Ok(AcquireOutcome::Busy(holders)),
+                }
+            }
+        }
+    }
+
+    async fn wait_ticket(&self, id: TicketId, wait: Duration) -> Result<TicketStatus, StoreError> {
+        match self.park(id, wait, true).await? {
+            Parked::Status(status) => Ok(status),
+            // Unreachable with keep_place = true; answer as still queued would be a lie, so
+            // report the truth the table gives.
+            Parked::Busy(_) => self
+                .run(|core, now| core.wait_ticket(id, None, now))
+                .await?
+                .map_err(Into::into),
+        }
+    }
+
+    async fn cancel_ticket(&self, id: TicketId) -> Result<Cancelled, StoreError> {
+        Ok(self
+            .run(|core, now| core.cancel_ticket(id, false, now))
+            .await??)
+    }
+
+    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError> {
+        Ok(self.run(|core, now| core.renew(id, ttl_ms, now)).await??)
+    }
+
+    async fn release(&self, id: LeaseId) -> Result<Released, StoreError> {
+        Ok(self.run(|core, now| core.release(id, now)).await??)
+    }
+
+    async fn revoke(&self, lock: LockName, token: u64) -> Result<Lease, StoreError> {
+        Ok(self
+            .run(|core, now| core.revoke(&lock, token, now))
+            .await??)
+    }
+
+    async fn fence(&self, lock: LockName, token: u64) -> Result<u64, StoreError> {
+        Ok(self
+            .run(|core, now| core.fence(&lock, token, now))
+            .await??)
+    }
+
+    async fn lock(&self, name: LockName) -> Result<Option<LockView>, StoreError> {
+        self.run(|core, _| core.lock(&name)).await
+    }
+
+    async fn locks(
+        &self,
+        after: Option<LockName>,
+        limit: usize,
+    ) -> Result<Vec<LockView>, StoreError> {
+        self.run(|core, _| core.locks(after.as_ref(), limit)).await
+    }
+
+    async fn history(
+        &self,
+        name: LockName,
+        limit: usize,
+    ) -> Result<Vec<HistoryRecord>, StoreError> {
+        self.run(|core, now| core.history(&name, limit, now)).await
+    }
+
+    async fn tick(&self) -> Result<(), StoreError> {
+        self.run(|core, now| core.tick(now)).await
+    }
+
+    async fn ready(&self) -> Result<(), StoreError> {
+        match &self.inner.lock().failed {
+            Some(reason) => Err(StoreError::Unavailable(reason.clone())),
+            None => Ok(()),
+        }
+    }
+
+    async fn counts(&self) -> (usize, usize, usize) {
+        self.inner.lock().core.counts()
+    }
+}

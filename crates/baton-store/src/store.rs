@@ -1,0 +1,118 @@
+//! The [`Store`] trait: what the server asks of a backend.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::{
+    AcquireError, Cancelled, HistoryRecord, Lease, LeaseError, LeaseId, LockName, LockView, Millis,
+    QueuedTicket, Released, TicketError, TicketId, TicketStatus, TokenError,
+};
+
+/// An acquire as the server passes it on (validated; ids are the store's to choose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcquireArgs {
+    /// The lock.
+    pub lock: LockName,
+    /// The owner label.
+    pub owner: String,
+    /// The owner key, for reentrant acquires.
+    pub owner_key: Option<String>,
+    /// The lease's time-to-live.
+    pub ttl_ms: u64,
+    /// The capacity asked for.
+    pub capacity: Option<u32>,
+    /// How long to wait for a grant before answering.
+    pub wait: Duration,
+    /// Keep the place in the queue when the wait ends without a grant.
+    pub queue: bool,
+    /// Makes retries idempotent.
+    pub request_id: Option<String>,
+}
+
+/// What an acquire ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireOutcome {
+    /// Granted.
+    Granted(Lease),
+    /// Still queued after the wait (only when `queue` was asked for).
+    Queued(QueuedTicket),
+    /// Busy, and the request did not queue (or its wait ran out).
+    Busy(Vec<Lease>),
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The core refused the acquire.
+    #[error(transparent)]
+    Acquire(#[from] AcquireError),
+    /// The ticket cannot be waited on.
+    #[error(transparent)]
+    Ticket(#[from] TicketError),
+    /// The lease cannot be renewed or released.
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    /// A fence check or revocation was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The store cannot make changes durable (disk full, I/O error, database down). Nothing
+    /// was acknowledged; the caller may retry later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// A backend of the lock service. Every method that changes state answers only once the change
+/// is durable (G2), and answers nothing that depends on a change that is not durable yet.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A short name for health output: `memory`, `sqlite`, …
+    fn kind(&self) -> &'static str;
+
+    /// The store's current time, by the clock that governs expiry.
+    fn now_ms(&self) -> Millis;
+
+    /// Acquires a lease, waiting up to `args.wait` in the FIFO queue.
+    async fn acquire(&self, args: AcquireArgs) -> Result<AcquireOutcome, StoreError>;
+
+    /// Waits up to `wait` for a ticket to be granted.
+    async fn wait_ticket(&self, id: TicketId, wait: Duration) -> Result<TicketStatus, StoreError>;
+
+    /// Leaves the queue.
+    async fn cancel_ticket(&self, id: TicketId) -> Result<Cancelled, StoreError>;
+
+    /// Renews a lease.
+    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError>;
+
+    /// Releases a lease, handing the lock on at once.
+    async fn release(&self, id: LeaseId) -> Result<Released, StoreError>;
+
+    /// Revokes the live lease with this token.
+    async fn revoke(&self, lock: LockName, token: u64) -> Result<Lease, StoreError>;
+
+    /// Checks a fencing token; returns the newest token seen for the lock.
+    async fn fence(&self, lock: LockName, token: u64) -> Result<u64, StoreError>;
+
+    /// One lock.
+    async fn lock(&self, name: LockName) -> Result<Option<LockView>, StoreError>;
+
+    /// Locks by name after `after`, at most `limit`.
+    async fn locks(
+        &self,
+        after: Option<LockName>,
+        limit: usize,
+    ) -> Result<Vec<LockView>, StoreError>;
+
+    /// A lock's past holds, newest first.
+    async fn history(&self, name: LockName, limit: usize)
+    -> Result<Vec<HistoryRecord>, StoreError>;
+
+    /// Runs every deadline due now (expiries, lapses, lock-delays). Stores also do this on
+    /// their own timer; tests with a manual clock call it.
+    async fn tick(&self) -> Result<(), StoreError>;
+
+    /// `Ok` when the store can take writes.
+    async fn ready(&self) -> Result<(), StoreError>;
+
+    /// How many locks, live leases and queued tickets the store holds.
+    async fn counts(&self) -> (usize, usize, usize);
+}
