@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -504,6 +505,69 @@ async fn readyz(State(state): State<AppState>) -> Response {
                 .into_response()
         }
     }
+}
+
+/// Prometheus text exposition of the store's counters. Written by hand: a handful of counters
+/// and gauges do not justify a metrics library.
+async fn metrics(State(state): State<AppState>) -> Response {
+    let stats = state.store.stats();
+    let kind = state.store.kind();
+    let mut text = String::new();
+    let mut metric = |name: &str, kind_of: &str, help: &str, value: String| {
+        text.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind_of}\n{name}{{store=\"{kind}\"}} {value}\n"
+        ));
+    };
+    metric(
+        "baton_locks",
+        "gauge",
+        "Locks known.",
+        stats.locks.to_string(),
+    );
+    metric(
+        "baton_leases",
+        "gauge",
+        "Live leases.",
+        stats.leases.to_string(),
+    );
+    metric(
+        "baton_waiters",
+        "gauge",
+        "Queued tickets.",
+        stats.waiters.to_string(),
+    );
+    metric(
+        "baton_transitions_total",
+        "counter",
+        "Transitions run against the lock table.",
+        stats.transitions.to_string(),
+    );
+    metric(
+        "baton_commits_total",
+        "counter",
+        "Durable commits (each shared by every request that arrived while the previous one ran).",
+        stats.commits.to_string(),
+    );
+    metric(
+        "baton_committed_changes_total",
+        "counter",
+        "Changes written by durable commits.",
+        stats.committed_changes.to_string(),
+    );
+    metric(
+        "baton_commit_seconds_total",
+        "counter",
+        "Time spent in durable commits.",
+        format!("{:.6}", stats.commit_micros as f64 / 1e6),
+    );
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

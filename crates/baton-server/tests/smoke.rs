@@ -24,31 +24,63 @@ async fn call(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::
     let client = reqwest::Client::new();
     let mut request = client.request(method.parse().unwrap(), url);
     if let Some(body) = body {
-        request = request.header("content-type", "application/json").body(body.to_owned());
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_owned());
     }
     let response = request.send().await.unwrap();
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]
 async fn acquire_release_round_trip() {
     let (base, _stop) = start().await;
-    let (status, body) = call("POST", &format!("{base}/v1/locks/team-a%2Fdeploy/acquire"), Some(r#"{"owner":"me"}"#)).await;
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/locks/team-a%2Fdeploy/acquire"),
+        Some(r#"{"owner":"me"}"#),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let id = body["lease"]["id"].as_str().unwrap().to_owned();
     assert_eq!(body["lease"]["lock"], "team-a/deploy");
-    let (status, body) = call("POST", &format!("{base}/v1/locks/team-a%2Fdeploy/acquire"), Some(r#"{"owner":"other"}"#)).await;
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/locks/team-a%2Fdeploy/acquire"),
+        Some(r#"{"owner":"other"}"#),
+    )
+    .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["error"]["code"], "busy");
     assert_eq!(body["holders"][0]["owner"], "me");
     let (status, body) = call("GET", &format!("{base}/v1/locks"), None).await;
     assert_eq!(status, 200);
-    assert!(!body.to_string().contains(&id), "listings must not show lease ids");
+    assert!(
+        !body.to_string().contains(&id),
+        "listings must not show lease ids"
+    );
     let (status, body) = call("POST", &format!("{base}/v1/leases/{id}/release"), None).await;
-    assert_eq!((status, body["released"].clone()), (200, serde_json::Value::Bool(true)));
+    assert_eq!(
+        (status, body["released"].clone()),
+        (200, serde_json::Value::Bool(true))
+    );
     let (status, body) = call("GET", &format!("{base}/v1/openapi.json"), None).await;
     assert_eq!(status, 200);
     assert!(body["paths"]["/v1/locks/{name}/acquire"].is_object());
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("baton_transitions_total{store=\"memory\"}"),
+        "{text}"
+    );
+    assert!(text.contains("baton_locks{store=\"memory\"} 1"), "{text}");
 }

@@ -16,6 +16,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -27,7 +28,7 @@ use baton_core::{
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
 use crate::clock::Clock;
-use crate::store::{AcquireArgs, AcquireOutcome, Store, StoreError};
+use crate::store::{AcquireArgs, AcquireOutcome, Store, StoreError, StoreStats};
 
 /// A failure to load or commit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -124,6 +125,10 @@ struct Inner {
     kind: &'static str,
     volatile: bool,
     ticket_lapse_ms: u64,
+    commits: AtomicU64,
+    committed_changes: AtomicU64,
+    commit_micros: AtomicU64,
+    transitions: AtomicU64,
 }
 
 /// A [`Store`] over the in-memory lock table and a [`Persister`]. See the module documentation.
@@ -175,6 +180,10 @@ impl Engine {
             kind,
             volatile,
             ticket_lapse_ms: options.config.ticket_lapse_ms,
+            commits: AtomicU64::new(0),
+            committed_changes: AtomicU64::new(0),
+            commit_micros: AtomicU64::new(0),
+            transitions: AtomicU64::new(0),
         });
         let committer = if volatile {
             None
@@ -332,6 +341,7 @@ impl Inner {
     /// Bookkeeping after every transition: wake waiters, hand changes to the committer, re-arm
     /// the timer. Returns the batch the caller must wait for.
     fn after_transition(&self, shared: &mut Shared) -> u64 {
+        self.transitions.fetch_add(1, Ordering::Relaxed);
         for ticket in shared.core.drain_wakeups() {
             if let Some(notify) = shared.waiters.remove(&ticket) {
                 notify.notify_waiters();
@@ -379,6 +389,7 @@ fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32
             (changes, shared.sealed)
         };
         let mut outcome = Err(PersistError("no attempt".into()));
+        let started = std::time::Instant::now();
         for attempt in 0..attempts {
             outcome = persister.commit(&changes);
             match &outcome {
@@ -390,7 +401,16 @@ fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32
             }
         }
         match outcome {
-            Ok(()) => inner.durable.send_modify(|state| state.seq = batch),
+            Ok(()) => {
+                inner.commits.fetch_add(1, Ordering::Relaxed);
+                inner
+                    .committed_changes
+                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                inner
+                    .commit_micros
+                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                inner.durable.send_modify(|state| state.seq = batch);
+            }
             Err(error) => {
                 // The table in memory is now ahead of the disk: acknowledging anything more
                 // could promise what a restart would forget. Stop taking writes.
@@ -496,10 +516,12 @@ impl Store for Engine {
                 Ok(AcquireOutcome::Busy(holders))
             }
             Acquired::Queued(queued) => {
-                self.durable(required).await?;
                 if args.wait.is_zero() {
+                    self.durable(required).await?;
                     return Ok(AcquireOutcome::Queued(queued));
                 }
+                // No need to wait for the ticket's commit before parking: whatever the park
+                // answers waits for a batch that holds everything seen, the ticket included.
                 match self.park(queued.ticket.id, args.wait, args.queue).await? {
                     Parked::Status(TicketStatus::Granted(lease)) => {
                         Ok(AcquireOutcome::Granted(lease))
@@ -584,5 +606,18 @@ impl Store for Engine {
 
     async fn counts(&self) -> (usize, usize, usize) {
         self.inner.lock().core.counts()
+    }
+
+    fn stats(&self) -> StoreStats {
+        let (locks, leases, waiters) = self.inner.lock().core.counts();
+        StoreStats {
+            locks: locks as u64,
+            leases: leases as u64,
+            waiters: waiters as u64,
+            commits: self.inner.commits.load(Ordering::Relaxed),
+            committed_changes: self.inner.committed_changes.load(Ordering::Relaxed),
+            commit_micros: self.inner.commit_micros.load(Ordering::Relaxed),
+            transitions: self.inner.transitions.load(Ordering::Relaxed),
+        }
     }
 }

@@ -20,4 +20,4 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineOptions, MemoryPersister, PersistError, Persister};
-pub use store::{AcquireArgs, AcquireOutcome, Store, StoreError};
+pub use store::{AcquireArgs, AcquireOutcome, Store, StoreError, StoreStats};

@@ -61,6 +61,25 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Counters and gauges a store reports for `/metrics`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Locks known.
+    pub locks: u64,
+    /// Live leases.
+    pub leases: u64,
+    /// Queued tickets.
+    pub waiters: u64,
+    /// Durable commits since start.
+    pub commits: u64,
+    /// Changes written by those commits.
+    pub committed_changes: u64,
+    /// Time spent in durable commits since start, in microseconds.
+    pub commit_micros: u64,
+    /// Transitions run against the lock table since start.
+    pub transitions: u64,
+}
+
 /// A backend of the lock service. Every method that changes state answers only once the change
 /// is durable (G2), and answers nothing that depends on a change that is not durable yet.
 #[async_trait]
@@ -115,4 +134,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many locks, live leases and queued tickets the store holds.
     async fn counts(&self) -> (usize, usize, usize);
+
+    /// Counters for `/metrics`.
+    fn stats(&self) -> StoreStats {
+        StoreStats::default()
+    }
 }
