@@ -1,0 +1,271 @@
+//! The command line: every flag, argument and environment variable of `baton`, as clap derive
+//! types. Parsing validates shapes (durations, numbers, value sets); the commands resolve
+//! defaults that need the environment (the owner label) and talk to the server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Distributed locks for scripts and jobs: acquire, renew and release leases on a baton server,
+/// inspect locks, check fencing tokens, or run the server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Options every client command shares.
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client command shares.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// The baton server; a comma-separated list fails over between servers.
+    #[arg(
+        long,
+        env = "BATON_URL",
+        default_value = baton_client::DEFAULT_URL,
+        global = true,
+        value_name = "URL[,URL…]"
+    )]
+    pub url: String,
+
+    /// Sent as `Authorization: Bearer KEY`.
+    #[arg(
+        long,
+        env = "BATON_API_KEY",
+        hide_env_values = true,
+        global = true,
+        value_name = "KEY"
+    )]
+    pub api_key: Option<String>,
+
+    /// Print answers as JSON on stdout instead of human text.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a baton server.
+    Server(ServerArgs),
+    /// Acquire a lease on a lock; print its id (for `baton renew` / `baton release`).
+    Acquire(AcquireArgs),
+    /// Renew a lease: extend it to now + its ttl.
+    Renew(RenewArgs),
+    /// Release a lease, handing the lock on at once.
+    Release(ReleaseArgs),
+    /// Show the server's health, or one lock's holders and waiters.
+    Status(StatusArgs),
+    /// List every lock with its holders, waiters and newest fencing token.
+    Locks,
+    /// Show a lock's past holds, newest first.
+    History(HistoryArgs),
+    /// Check a fencing token: exit 0 if it is the newest seen for the lock, 1 if a newer one was.
+    Fence(TokenArgs),
+    /// End the lease holding a token (administrators only; audited).
+    Revoke(TokenArgs),
+}
+
+/// `baton server`.
+#[derive(Debug, Args)]
+pub struct ServerArgs {
+    /// The address to listen on. Anything but loopback needs API keys or
+    /// --allow-unauthenticated.
+    #[arg(
+        long,
+        env = "BATON_LISTEN",
+        default_value = "127.0.0.1:7878",
+        value_name = "ADDR"
+    )]
+    pub listen: SocketAddr,
+
+    /// The embedded store's folder.
+    #[arg(
+        long,
+        env = "BATON_DATA_DIR",
+        default_value = "./baton-data",
+        value_name = "DIR"
+    )]
+    pub data_dir: PathBuf,
+
+    /// Where state is kept: `sqlite` (durable, in --data-dir) or `memory` (lost on exit).
+    #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
+    pub store: StoreArg,
+
+    /// Allow listening on a non-loopback address without API keys.
+    #[arg(long)]
+    pub allow_unauthenticated: bool,
+
+    /// Lease time-to-live when a request gives none.
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    pub default_ttl: Duration,
+
+    /// After an unclean end of a lease (expiry, revocation) the lock grants nothing this long.
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
+    pub lock_delay: Duration,
+
+    /// A queued ticket lapses when nobody waits on it for this long.
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub ticket_lapse: Duration,
+
+    /// How long ended holds are kept in history.
+    #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
+    pub history_retention: Duration,
+}
+
+/// The store of `baton server --store`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StoreArg {
+    /// SQLite in --data-dir: durable.
+    Sqlite,
+    /// In memory: everything is lost when the server stops.
+    Memory,
+}
+
+/// `baton acquire`.
+#[derive(Debug, Args)]
+pub struct AcquireArgs {
+    /// The lock's name: 1 to 255 of `A-Z a-z 0-9 . _ : / @ -`.
+    pub name: String,
+
+    /// Who holds the lease, as listings show it [default: HOST/USER/PID of the calling shell].
+    #[arg(long, env = "BATON_OWNER", value_name = "OWNER")]
+    pub owner: Option<String>,
+
+    /// Reentrancy key: acquiring again with it while holding returns the same lease.
+    #[arg(long, value_name = "KEY")]
+    pub owner_key: Option<String>,
+
+    /// Lease time-to-live [default: the server's, 30s]. Renew before it runs out.
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub ttl: Option<Duration>,
+
+    /// 1 for a mutex, N for a semaphore [default: the lock's current capacity, or 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub capacity: Option<u32>,
+
+    /// Wait at most this long in the queue, then exit 75 [default: wait forever].
+    #[arg(long, value_parser = parse_duration, value_name = "DUR", conflicts_with = "no_wait")]
+    pub wait: Option<Duration>,
+
+    /// Try once: exit 75 at once if the lock is busy, without queueing.
+    #[arg(long)]
+    pub no_wait: bool,
+
+    /// Makes a retried `baton acquire` return the same lease instead of a second one
+    /// [default: a random id].
+    #[arg(long, value_name = "ID")]
+    pub request_id: Option<String>,
+
+    /// What to print on stdout (ignored with --json).
+    #[arg(long, value_enum, default_value_t = PrintArg::Id, value_name = "WHAT")]
+    pub print: PrintArg,
+}
+
+/// What `baton acquire` prints on stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrintArg {
+    /// The lease id alone: `LEASE=$(baton acquire NAME)`.
+    Id,
+    /// The fencing token alone.
+    Token,
+    /// `BATON_LEASE_ID=…`, `BATON_FENCING_TOKEN=…` and `BATON_LOCK=…` lines for `eval`.
+    Env,
+}
+
+/// `baton renew`.
+#[derive(Debug, Args)]
+pub struct RenewArgs {
+    /// The lease id printed by `baton acquire`.
+    pub lease_id: String,
+
+    /// A new time-to-live [default: the lease's current one].
+    #[arg(long, value_parser = parse_duration, value_name = "DUR")]
+    pub ttl: Option<Duration>,
+}
+
+/// `baton release`.
+#[derive(Debug, Args)]
+pub struct ReleaseArgs {
+    /// The lease id printed by `baton acquire`.
+    pub lease_id: String,
+}
+
+/// `baton status`.
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// A lock to show; without it, the server's health.
+    pub name: Option<String>,
+}
+
+/// `baton history`.
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The lock's name.
+    pub lock: String,
+
+    /// Show at most this many holds [default: the server's].
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u32>,
+}
+
+/// `baton fence` and `baton revoke`.
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// The lock's name.
+    pub lock: String,
+
+    /// A fencing token.
+    pub token: u64,
+}
+
+/// Parses a duration such as `30s`, `5m`, `1500ms`, `1h 30m`, `7d`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text)
+        .map_err(|error| format!("{error} (write a duration such as 30s, 5m, 1500ms or 1h)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_take_units() {
+        assert_eq!(parse_duration("1500ms"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn wait_and_no_wait_exclude_each_other() {
+        let parsed = Cli::try_parse_from(["baton", "acquire", "x", "--wait", "1s", "--no-wait"]);
+        assert!(parsed.is_err());
+    }
+
+    #[test]
+    fn global_flags_go_anywhere() {
+        let parsed = Cli::try_parse_from(["baton", "locks", "--json", "--url", "http://h:1"]);
+        let cli = parsed.map_err(|error| error.to_string());
+        assert!(matches!(&cli, Ok(cli) if cli.global.json && cli.global.url == "http://h:1"));
+    }
+}

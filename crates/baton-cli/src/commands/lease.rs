@@ -1,0 +1,166 @@
+//! `baton acquire`, `baton renew` and `baton release`: a critical section in a shell script.
+//!
+//! These commands hold nothing themselves: `acquire` exits as soon as the lease is granted and
+//! prints its id; the script renews (for sections longer than the ttl) and releases with that id.
+
+use std::time::Duration;
+
+use baton_client::{LockOptions, owner_label};
+use baton_proto::Lease;
+
+use super::Context;
+use crate::args::{AcquireArgs, PrintArg, ReleaseArgs, RenewArgs};
+use crate::exit;
+use crate::output::{self, print_line, shell_quote};
+
+/// The default owner label: `HOST/USER/PID`, where PID is the parent's (the shell running the
+/// script), because `baton acquire` itself exits right after acquiring.
+fn default_owner() -> String {
+    #[cfg(unix)]
+    let pid = std::os::unix::process::parent_id();
+    #[cfg(not(unix))]
+    let pid = std::process::id();
+    owner_label(pid)
+}
+
+/// `baton acquire`.
+pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8> {
+    baton_client::validate_lock_name(&args.name)?;
+    let options = LockOptions {
+        owner: args.owner.unwrap_or_else(default_owner),
+        owner_key: args.owner_key,
+        ttl: args.ttl,
+        capacity: args.capacity,
+        wait: if args.no_wait {
+            Some(Duration::ZERO)
+        } else {
+            args.wait
+        },
+        request_id: args.request_id,
+        ..LockOptions::default()
+    };
+    let granted = tokio::select! {
+        granted = context.client.wait_for_lease(&args.name, &options) => granted?,
+        () = interrupted() => {
+            // The ticket lapses on the server once nobody waits on it.
+            eprintln!("baton: interrupted while waiting for {}", args.name);
+            return Ok(exit::INTERRUPTED);
+        }
+    };
+    let lease = granted.lease;
+    eprintln!(
+        "acquired {}: token {}, expires in {}",
+        lease.lock,
+        lease.token,
+        output::duration(Duration::from_millis(lease.expires_in_ms))
+    );
+    if context.json {
+        output::print_json(&lease)?;
+    } else {
+        print_line(&printed(&lease, args.print))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// What `--print` puts on stdout.
+fn printed(lease: &Lease, print: PrintArg) -> String {
+    match print {
+        PrintArg::Id => lease.id.clone(),
+        PrintArg::Token => lease.token.to_string(),
+        PrintArg::Env => format!(
+            "BATON_LEASE_ID={}\nBATON_FENCING_TOKEN={}\nBATON_LOCK={}",
+            shell_quote(&lease.id),
+            lease.token,
+            shell_quote(&lease.lock)
+        ),
+    }
+}
+
+/// Completes on Ctrl-C; never, if the signal cannot be watched.
+async fn interrupted() {
+    if tokio::signal::ctrl_c().await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// `baton renew`.
+pub async fn renew(context: &Context, args: RenewArgs) -> anyhow::Result<u8> {
+    let granted = context.client.renew(&args.lease_id, args.ttl).await?;
+    let lease = granted.lease;
+    eprintln!(
+        "renewed {}: token {}, expires in {}",
+        lease.lock,
+        lease.token,
+        output::duration(Duration::from_millis(lease.expires_in_ms))
+    );
+    if context.json {
+        output::print_json(&lease)?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `baton release`. A lease that had already been released is fine (a retried release); one
+/// that expired or was revoked exits [`exit::LEASE_LOST`]: the section it guarded may have run
+/// unprotected.
+pub async fn release(context: &Context, args: ReleaseArgs) -> anyhow::Result<u8> {
+    let answer = context.client.release(&args.lease_id).await?;
+    if context.json {
+        output::print_json(&answer)?;
+    }
+    if answer.released {
+        if !context.json {
+            eprintln!("released");
+        }
+        return Ok(exit::SUCCESS);
+    }
+    let reason = answer.reason.as_deref().unwrap_or("unknown");
+    match reason {
+        "already_released" => {
+            eprintln!("baton: the lease was already released");
+            Ok(exit::SUCCESS)
+        }
+        "revoked" => {
+            eprintln!("baton: the lease had been revoked before this release (revoked)");
+            Ok(exit::LEASE_LOST)
+        }
+        other => {
+            eprintln!("baton: the lease had already ended: {other} (lease_lost)");
+            Ok(exit::LEASE_LOST)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lease() -> Lease {
+        Lease {
+            id: "L1".into(),
+            lock: "team-a/deploy".into(),
+            owner: "o".into(),
+            owner_key: None,
+            token: 42,
+            ttl_ms: 30_000,
+            granted_at: jiff::Timestamp::UNIX_EPOCH,
+            expires_at: jiff::Timestamp::UNIX_EPOCH,
+            expires_in_ms: 30_000,
+        }
+    }
+
+    #[test]
+    fn print_modes() {
+        assert_eq!(printed(&lease(), PrintArg::Id), "L1");
+        assert_eq!(printed(&lease(), PrintArg::Token), "42");
+        assert_eq!(
+            printed(&lease(), PrintArg::Env),
+            "BATON_LEASE_ID='L1'\nBATON_FENCING_TOKEN=42\nBATON_LOCK='team-a/deploy'"
+        );
+    }
+
+    #[test]
+    fn the_default_owner_names_the_calling_process() {
+        let owner = default_owner();
+        assert_eq!(owner.split('/').count(), 3, "{owner}");
+    }
+}

@@ -1,0 +1,19 @@
+//! One module per group of subcommands. Each command returns the exit code it wants on success
+//! (0, or a non-error code such as `fence`'s 1); failures travel as errors and are mapped to a
+//! code in one place ([`crate::exit`]).
+
+pub mod admin;
+pub mod inspect;
+pub mod lease;
+pub mod server;
+
+use baton_client::Client;
+
+/// What every client command needs.
+#[derive(Debug)]
+pub struct Context {
+    /// The client, built from `--url` and `--api-key`.
+    pub client: Client,
+    /// `--json`: answers as JSON on stdout.
+    pub json: bool,
+}

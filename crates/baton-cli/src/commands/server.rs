@@ -1,0 +1,138 @@
+//! `baton server`: turns flags into a [`baton_server::ServerConfig`], sets up logging, and runs
+//! the server until Ctrl-C or SIGTERM.
+
+use std::time::Duration;
+
+use anyhow::Context as _;
+use baton_server::{ServerConfig, StoreKind};
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{ServerArgs, StoreArg};
+use crate::exit;
+
+/// The environment variable holding the log filter (`info`, `baton_server=debug`, …).
+const LOG_ENV: &str = "BATON_LOG";
+
+/// `baton server`.
+pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
+    init_logging();
+    let config = config(args);
+    tracing::info!(
+        listen = %config.listen,
+        data_dir = %config.data_dir.display(),
+        store = ?config.store,
+        "starting baton server"
+    );
+    baton_server::serve(config, shutdown_signal())
+        .await
+        .context("the server stopped with an error")?;
+    Ok(exit::SUCCESS)
+}
+
+/// The server's configuration from the flags.
+fn config(args: ServerArgs) -> ServerConfig {
+    let mut config = ServerConfig::new(args.listen, args.data_dir);
+    config.store = match args.store {
+        StoreArg::Sqlite => StoreKind::Sqlite,
+        StoreArg::Memory => StoreKind::Memory,
+    };
+    config.allow_unauthenticated = args.allow_unauthenticated;
+    config.default_ttl_ms = millis(args.default_ttl);
+    config.lock_delay_ms = millis(args.lock_delay);
+    config.ticket_lapse_ms = millis(args.ticket_lapse);
+    config.history_retention_ms = millis(args.history_retention);
+    config
+}
+
+/// Whole milliseconds, saturating.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Logs to stderr, filtered by `BATON_LOG` (default `info`).
+fn init_logging() {
+    let (filter, bad_filter) = match std::env::var(LOG_ENV) {
+        Ok(text) => match EnvFilter::try_new(&text) {
+            Ok(filter) => (filter, None),
+            Err(error) => (EnvFilter::new("info"), Some(format!("{text:?}: {error}"))),
+        },
+        Err(_) => (EnvFilter::new("info"), None),
+    };
+    // A second initialization (only possible in tests) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Some(problem) = bad_filter {
+        tracing::warn!("ignoring {LOG_ENV}={problem}; logging at info");
+    }
+}
+
+/// Completes on Ctrl-C (SIGINT) or SIGTERM. A signal that cannot be watched is ignored rather
+/// than taken as a request to stop.
+async fn shutdown_signal() {
+    let interrupt = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => tracing::info!("interrupted; shutting down"),
+        () = terminate => tracing::info!("terminated; shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::args::Cli;
+    use clap::Parser;
+
+    #[test]
+    fn flags_become_the_server_config() {
+        let cli = Cli::try_parse_from([
+            "baton",
+            "server",
+            "--listen",
+            "0.0.0.0:9000",
+            "--store",
+            "memory",
+            "--allow-unauthenticated",
+            "--default-ttl",
+            "1m",
+            "--lock-delay",
+            "1500ms",
+            "--ticket-lapse",
+            "5s",
+            "--history-retention",
+            "1d",
+        ]);
+        let Ok(Cli {
+            command: crate::args::Command::Server(args),
+            ..
+        }) = cli
+        else {
+            panic!("the server flags do not parse: {cli:?}");
+        };
+        let config = config(args);
+        assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+        assert_eq!(config.store, StoreKind::Memory);
+        assert!(config.allow_unauthenticated);
+        assert_eq!(config.default_ttl_ms, 60_000);
+        assert_eq!(config.lock_delay_ms, 1_500);
+        assert_eq!(config.ticket_lapse_ms, 5_000);
+        assert_eq!(config.history_retention_ms, 86_400_000);
+    }
+}
