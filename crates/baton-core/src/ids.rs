@@ -27,6 +27,11 @@ impl LockName {
         if let Some(bad) = name.chars().find(|c| !is_name_char(*c)) {
             return Err(NameError::BadCharacter(bad));
         }
+        if name == "." || name == ".." {
+            // URL parsers rewrite these path segments even when percent-encoded, so such a lock
+            // could never be addressed reliably.
+            return Err(NameError::DotSegment);
+        }
         Ok(LockName(name.to_owned()))
     }
 
@@ -58,6 +63,9 @@ pub enum NameError {
         /// The limit.
         max: usize,
     },
+    /// The name is `.` or `..`, which URLs cannot carry as a path segment.
+    #[error("a lock name must not be \".\" or \"..\"")]
+    DotSegment,
     /// The name has a character outside the allowed set.
     #[error("a lock name may only contain A-Z a-z 0-9 . _ : / @ - (found {0:?})")]
     BadCharacter(char),
@@ -183,6 +191,9 @@ mod tests {
         assert_eq!(LockName::new("é"), Err(NameError::BadCharacter('é')));
         assert!(LockName::new(&"a".repeat(255)).is_ok());
         assert!(LockName::new(&"a".repeat(256)).is_err());
+        assert_eq!(LockName::new(".."), Err(NameError::DotSegment));
+        assert_eq!(LockName::new("."), Err(NameError::DotSegment));
+        assert!(LockName::new("...").is_ok());
     }
 
     #[test]
