@@ -1,0 +1,171 @@
+//! The conformance suite against the engine over a persister that keeps what it commits in
+//! memory across "restarts" (reopening a key), as a durable store would. This runs the restart
+//! cases in this crate, and exercises the engine's committer (group commit) path, which the
+//! volatile [`MemoryPersister`](baton_store::MemoryPersister) skips.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use baton_core::{Change, Snapshot};
+use baton_store::conformance::{self, Backend};
+use baton_store::{Engine, EngineOptions, ManualClock, PersistError, Persister, Store};
+
+/// Committed snapshots by key: the "disk".
+type Disks = Arc<Mutex<HashMap<String, Snapshot>>>;
+
+/// Applies each committed batch to the snapshot of its key, all or nothing.
+struct SnapshotPersister {
+    key: String,
+    disks: Disks,
+}
+
+impl Persister for SnapshotPersister {
+    fn kind(&self) -> &'static str {
+        "snapshot"
+    }
+
+    fn load(&mut self) -> Result<Snapshot, PersistError> {
+        Ok(self
+            .disks
+            .lock()
+            .unwrap()
+            .get(&self.key)
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    fn commit(&mut self, changes: &[Change]) -> Result<(), PersistError> {
+        // A durable commit takes a while; requests meanwhile gather into the next batch.
+        std::thread::sleep(Duration::from_micros(200));
+        let mut disks = self.disks.lock().unwrap();
+        let mut snapshot = disks.get(&self.key).cloned().unwrap_or_default();
+        for change in changes {
+            apply(&mut snapshot, change);
+        }
+        disks.insert(self.key.clone(), snapshot);
+        Ok(())
+    }
+}
+
+fn apply(snapshot: &mut Snapshot, change: &Change) {
+    match change {
+        Change::LockPut(record) => {
+            snapshot.locks.retain(|lock| lock.name != record.name);
+            snapshot.locks.push(record.clone());
+        }
+        Change::LockForget(name) => snapshot.locks.retain(|lock| &lock.name != name),
+        Change::LeasePut(lease) => {
+            snapshot.leases.retain(|kept| kept.id != lease.id);
+            snapshot.leases.push(lease.clone());
+        }
+        Change::LeaseDelete(id) => snapshot.leases.retain(|lease| lease.id != *id),
+        Change::TicketPut(ticket) => {
+            snapshot.tickets.retain(|kept| kept.id != ticket.id);
+            snapshot.tickets.push(ticket.clone());
+        }
+        Change::TicketDelete(id) => snapshot.tickets.retain(|ticket| ticket.id != *id),
+        Change::Counters {
+            next_token,
+            forgotten_token_floor,
+        } => {
+            snapshot.next_token = *next_token;
+            snapshot.forgotten_token_floor = *forgotten_token_floor;
+        }
+        Change::HistoryAppend(record) => snapshot.history.push(record.clone()),
+        Change::HistoryPrune { ended_before } => {
+            snapshot
+                .history
+                .retain(|record| record.ended_at >= *ended_before);
+        }
+    }
+}
+
+/// The engine over [`SnapshotPersister`], with its timer running off the manual clock.
+#[derive(Default)]
+struct Durable {
+    disks: Disks,
+}
+
+#[async_trait]
+impl Backend for Durable {
+    async fn open(&self, key: &str, clock: Arc<ManualClock>) -> Arc<dyn Store> {
+        let persister = SnapshotPersister {
+            key: key.to_owned(),
+            disks: Arc::clone(&self.disks),
+        };
+        let options = EngineOptions {
+            config: conformance::config(),
+            ..EngineOptions::default()
+        };
+        Arc::new(Engine::open(Box::new(persister), clock, options).expect("open the store"))
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+}
+
+baton_store::conformance_tests!(Durable::default());
+
+/// G2, from the disk's side: every grant is on the disk (with the token counter past it) by the
+/// time its acquire answers, and every release by the time its release answers, while many
+/// requests share slow commits. The conformance suite cannot see this through a clean restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_wait_for_their_commit() {
+    let backend = Durable::default();
+    let disks = Arc::clone(&backend.disks);
+    let clock = Arc::new(ManualClock::new(conformance::START_MS));
+    let store = backend.open("g2", clock).await;
+    let on_disk = move |id: baton_core::LeaseId| {
+        let disks = disks.lock().unwrap();
+        let snapshot = disks.get("g2").cloned().unwrap_or_default();
+        (
+            snapshot.leases.iter().any(|lease| lease.id == id),
+            snapshot.next_token,
+        )
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..16 {
+        let store = Arc::clone(&store);
+        let on_disk = on_disk.clone();
+        tasks.spawn(async move {
+            for _ in 0..10 {
+                let args = baton_store::AcquireArgs {
+                    lock: baton_core::LockName::new("g2").unwrap(),
+                    owner: format!("task-{task}"),
+                    owner_key: None,
+                    ttl_ms: 30_000,
+                    capacity: Some(4),
+                    wait: Duration::from_secs(60),
+                    queue: true,
+                    request_id: None,
+                };
+                let lease = match store.acquire(args).await {
+                    Ok(baton_store::AcquireOutcome::Granted(lease)) => lease,
+                    other => panic!("expected a grant, got {other:?}"),
+                };
+                let (present, next_token) = on_disk(lease.id);
+                assert!(present, "a grant was answered before it was durable");
+                assert!(
+                    next_token > lease.token,
+                    "a token was answered before the counter was durable"
+                );
+                store.release(lease.id).await.unwrap();
+                assert!(
+                    !on_disk(lease.id).0,
+                    "a release was answered before it was durable"
+                );
+            }
+        });
+    }
+    let joined = tokio::time::timeout(Duration::from_secs(120), async {
+        while let Some(result) = tasks.join_next().await {
+            result.unwrap();
+        }
+    });
+    joined.await.expect("the tasks finish");
+}
