@@ -1,1 +1,348 @@
-fn main() {}
+//! `baton-bench`: baton's benchmark. It starts real servers on loopback, drives them over
+//! their network APIs, and reports side by side, in the same run, baton and its peers:
+//!
+//! * `baton`: the `baton server` binary with its durable SQLite store;
+//! * `minimal`: a minimal in-memory HTTP/JSON lock server ([`minimal`]), run as a subprocess
+//!   of this binary (`--serve-minimal PORT`);
+//! * `redis` and `redis-aof`: the Redis lock recipe, without persistence and with
+//!   `appendfsync always`;
+//! * `etcd`: etcd's lock recipe through its gRPC-gateway JSON API.
+//!
+//! Workloads ([`workload`]): uncontended cycles and contended handoffs, each bounded by a
+//! duration and an operation cap. Every measurement is one JSON line on stdout; a human table
+//! and the PRODUCT.md ratios go to stderr at the end (or stdout with `--table`). See
+//! `docs/benchmarks.md`. This is a program to run by hand, never a timed test.
+
+mod clients;
+mod minimal;
+mod procs;
+mod report;
+mod stats;
+mod targets;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use clap::Parser;
+
+use report::Row;
+use targets::{Kind, TargetOptions};
+use workload::Bounds;
+
+/// Command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "baton-bench",
+    about = "Benchmarks baton against a minimal in-memory lock server, Redis and etcd over loopback."
+)]
+struct Cli {
+    /// Targets to run, comma-separated, among baton, minimal, redis, redis-aof, etcd
+    /// [default: every one available here].
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
+    /// Client counts of the uncontended workload, comma-separated ("none" to skip it).
+    #[arg(long, default_value = "1,16,64", value_parser = parse_counts)]
+    clients: Counts,
+    /// Client counts of the contended workload, comma-separated ("none" to skip it).
+    #[arg(long, default_value = "2,16,64", value_parser = parse_counts)]
+    contended_clients: Counts,
+    /// How long each workload runs.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Hard cap on operations per workload.
+    #[arg(long, default_value_t = 2_000_000)]
+    max_ops: u64,
+    /// Longest hold in the contended workload; each hold is random in 0..=this (0: release at
+    /// once, which measures pure handoff).
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    hold_max: Duration,
+    /// Enqueue instants closer than this are not counted as FIFO inversions (the client cannot
+    /// know in which order two requests sent that close together reached the server).
+    #[arg(long, default_value = "2ms", value_parser = humantime::parse_duration)]
+    fifo_tolerance: Duration,
+    /// The `baton` binary [default: next to this executable, else target/release/baton].
+    #[arg(long)]
+    baton_bin: Option<PathBuf>,
+    /// Redis recipe: shortest sleep between attempts on a busy lock, milliseconds.
+    #[arg(long, default_value_t = 1)]
+    redis_retry_min_ms: u64,
+    /// Redis recipe: longest sleep between attempts on a busy lock, milliseconds.
+    #[arg(long, default_value_t = 5)]
+    redis_retry_max_ms: u64,
+    /// Print only the JSON lines (no progress or tables on stderr).
+    #[arg(long)]
+    json_only: bool,
+    /// Print the tables to stdout at the end instead of stderr.
+    #[arg(long)]
+    table: bool,
+    /// Internal: serve the minimal lock server on this loopback port and do nothing else.
+    #[arg(long, hide = true)]
+    serve_minimal: Option<u16>,
+}
+
+/// A list of client counts.
+#[derive(Debug, Clone)]
+struct Counts(Vec<usize>);
+
+/// Parses `1,16,64`; `none` or an empty string is the empty list.
+fn parse_counts(s: &str) -> Result<Counts, String> {
+    let s = s.trim();
+    if s.is_empty() || s == "none" {
+        return Ok(Counts(Vec::new()));
+    }
+    s.split(',')
+        .map(|part| match part.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!(
+                "{part:?} is not a client count (a whole number >= 1)"
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Counts)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(port) = cli.serve_minimal {
+        return match minimal::serve(port) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("minimal server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("baton-bench: building the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Ctrl-C drops the benchmark future, whose guards kill every server it started.
+    let outcome = rt.block_on(async {
+        tokio::select! {
+            r = run(cli) => r.map(|()| true),
+            _ = tokio::signal::ctrl_c() => Ok(false),
+        }
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => {
+            eprintln!("baton-bench: interrupted; servers stopped");
+            ExitCode::from(130)
+        }
+        Err(e) => {
+            eprintln!("baton-bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `msg` on stderr unless only JSON is wanted.
+macro_rules! progress {
+    ($quiet:expr, $($arg:tt)*) => {
+        if !$quiet {
+            eprintln!($($arg)*);
+        }
+    };
+}
+
+/// Runs every selected target and workload, then prints the tables.
+async fn run(cli: Cli) -> Result<()> {
+    let quiet = cli.json_only;
+    let explicit = cli.targets.is_some();
+    let kinds: Vec<Kind> = match &cli.targets {
+        None => Kind::ALL.to_vec(),
+        Some(names) => {
+            let mut kinds = Vec::new();
+            for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+                match Kind::parse(n) {
+                    Some(k) => kinds.push(k),
+                    None => bail!(
+                        "unknown target {n:?}; expected some of baton, minimal, redis, redis-aof, etcd"
+                    ),
+                }
+            }
+            kinds
+        }
+    };
+    let bounds = Bounds {
+        duration: cli.duration,
+        max_ops: cli.max_ops.max(1),
+        hold_max: cli.hold_max,
+        fifo_tolerance: cli.fifo_tolerance,
+        grace: Duration::from_secs(20),
+    };
+    let opts = TargetOptions {
+        baton_bin: cli
+            .baton_bin
+            .clone()
+            .unwrap_or_else(targets::default_baton_bin),
+        redis_retry_min_ms: cli.redis_retry_min_ms,
+        redis_retry_max_ms: cli.redis_retry_max_ms,
+        etcd_lease_ttl_s: (bounds.duration + bounds.grace).as_secs() + 30,
+    };
+
+    let tmp = std::env::temp_dir();
+    let tmp_fs = procs::fs_type(&tmp);
+    if matches!(tmp_fs.as_deref(), Some("tmpfs" | "ramfs")) {
+        progress!(
+            quiet,
+            "warning: {} is on {}: fsync costs nothing there, so durable targets look faster \
+             than on disk; set TMPDIR to a directory on disk",
+            tmp.display(),
+            tmp_fs.as_deref().unwrap_or_default()
+        );
+    }
+    println!(
+        "{}",
+        serde_json::json!({
+            "kind": "run",
+            "started_at": jiff::Timestamp::now().to_string(),
+            "cpus": std::thread::available_parallelism().map(|n| n.get()).ok(),
+            "data_dir_root": tmp.display().to_string(),
+            "data_dir_fs": tmp_fs,
+            "duration_s": bounds.duration.as_secs_f64(),
+            "max_ops": bounds.max_ops,
+            "hold_max_us": bounds.hold_max.as_micros() as u64,
+            "fifo_tolerance_us": bounds.fifo_tolerance.as_micros() as u64,
+            "redis_retry_ms": [opts.redis_retry_min_ms, opts.redis_retry_max_ms],
+        })
+    );
+
+    let mut rows = Vec::new();
+    let emit = |rows: &mut Vec<Row>, row: Row| {
+        println!("{}", row.to_json());
+        rows.push(row);
+    };
+
+    for kind in kinds {
+        let name = kind.name();
+        if let Some(reason) = targets::unavailable(kind, &opts) {
+            progress!(quiet, "{name}: skipped: {reason}");
+            if explicit || kind == Kind::Baton {
+                emit(
+                    &mut rows,
+                    Row::Skipped {
+                        target: name.into(),
+                        workload: None,
+                        reason,
+                    },
+                );
+            }
+            continue;
+        }
+        progress!(quiet, "{name}: starting");
+        let mut target = match targets::start(kind, &opts).await {
+            Ok(t) => t,
+            Err(e) => {
+                progress!(quiet, "{name}: skipped: {e:#}");
+                emit(
+                    &mut rows,
+                    Row::Skipped {
+                        target: name.into(),
+                        workload: None,
+                        reason: format!("{e:#}"),
+                    },
+                );
+                continue;
+            }
+        };
+        let workloads = cli
+            .clients
+            .0
+            .iter()
+            .map(|&n| (false, n))
+            .chain(cli.contended_clients.0.iter().map(|&n| (true, n)));
+        for (seq, (is_contended, n)) in workloads.enumerate() {
+            let label = if is_contended {
+                format!("contended@{n}")
+            } else {
+                format!("uncontended@{n}")
+            };
+            progress!(quiet, "{name}: {label}");
+            let prefix = format!("bench/{seq}");
+            let cpu_before = target.server.cpu_seconds();
+            let result = match target.clients(n) {
+                Err(e) => Err(e),
+                Ok(clients) if is_contended => workload::contended(clients, &prefix, &bounds)
+                    .await
+                    .map(|r| (None, Some(r))),
+                Ok(clients) => workload::uncontended(clients, &prefix, &bounds)
+                    .await
+                    .map(|r| (Some(r), None)),
+            };
+            let cpu_s = match (cpu_before, target.server.cpu_seconds()) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            match result {
+                Ok((Some(r), _)) => emit(
+                    &mut rows,
+                    Row::Uncontended {
+                        target: name.into(),
+                        r,
+                        cpu_s,
+                    },
+                ),
+                Ok((_, Some(r))) => emit(
+                    &mut rows,
+                    Row::Contended {
+                        target: name.into(),
+                        r,
+                        cpu_s,
+                    },
+                ),
+                Ok((None, None)) => {}
+                Err(e) => {
+                    progress!(quiet, "{name}: {label} failed: {e:#}");
+                    emit(
+                        &mut rows,
+                        Row::Skipped {
+                            target: name.into(),
+                            workload: Some(label),
+                            reason: format!("{e:#}"),
+                        },
+                    );
+                    if let Err(e) = target.check_alive() {
+                        progress!(quiet, "{name}: server died, skipping the rest: {e:#}");
+                        break;
+                    }
+                }
+            }
+        }
+        emit(
+            &mut rows,
+            Row::Server {
+                target: name.into(),
+                peak_rss_kib: target.server.peak_rss_kib(),
+                cpu_s: target.server.cpu_seconds(),
+            },
+        );
+        drop(target);
+    }
+
+    let pick = |counts: &[usize]| {
+        if counts.contains(&64) {
+            64
+        } else {
+            counts.iter().copied().max().unwrap_or(0)
+        }
+    };
+    let ratios = report::ratios(&rows, pick(&cli.clients.0), pick(&cli.contended_clients.0));
+    println!("{}", report::ratios_json(&ratios));
+    let text = format!("{}{}", report::table(&rows), report::ratio_table(&ratios));
+    if cli.table {
+        print!("{text}");
+    } else if !quiet {
+        eprint!("{text}");
+    }
+    Ok(())
+}

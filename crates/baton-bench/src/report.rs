@@ -1,0 +1,388 @@
+//! Output: one JSON line per measurement on stdout as it is taken, and at the end a human
+//! table of every measurement plus the PRODUCT.md ratios.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value, json};
+
+use crate::workload::{Contended, Uncontended};
+
+/// One recorded outcome.
+#[derive(Debug, Clone)]
+pub enum Row {
+    /// An uncontended run.
+    Uncontended {
+        /// Target name.
+        target: String,
+        /// The result.
+        r: Uncontended,
+        /// Server CPU seconds used during the run.
+        cpu_s: Option<f64>,
+    },
+    /// A contended run.
+    Contended {
+        /// Target name.
+        target: String,
+        /// The result.
+        r: Contended,
+        /// Server CPU seconds used during the run.
+        cpu_s: Option<f64>,
+    },
+    /// Server resources after every workload of a target.
+    Server {
+        /// Target name.
+        target: String,
+        /// Peak resident set size (`VmHWM`), KiB.
+        peak_rss_kib: Option<u64>,
+        /// Total CPU seconds of the server process.
+        cpu_s: Option<f64>,
+    },
+    /// A target or workload that did not run or failed.
+    Skipped {
+        /// Target name.
+        target: String,
+        /// Workload, or `None` for the whole target.
+        workload: Option<String>,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Rounds to `digits` decimals for the JSON output.
+fn round(x: f64, digits: i32) -> f64 {
+    let f = 10f64.powi(digits);
+    (x * f).round() / f
+}
+
+impl Row {
+    /// The row as one JSON object.
+    pub fn to_json(&self) -> Value {
+        match self {
+            Row::Uncontended { target, r, cpu_s } => json!({
+                "kind": "uncontended",
+                "target": target,
+                "clients": r.clients,
+                "cycles": r.cycles,
+                "window_s": round(r.window_s, 3),
+                "cycles_per_s": round(r.rate, 1),
+                "cycle_p50_us": round(r.latency.p50_us, 1),
+                "cycle_p99_us": round(r.latency.p99_us, 1),
+                "cycle_max_us": round(r.latency.max_us, 1),
+                "busy": r.busy,
+                "server_cpu_s": cpu_s.map(|c| round(c, 2)),
+            }),
+            Row::Contended { target, r, cpu_s } => json!({
+                "kind": "contended",
+                "target": target,
+                "clients": r.clients,
+                "grants": r.grants,
+                "grants_total": r.grants_total,
+                "window_s": round(r.window_s, 3),
+                "handoffs_per_s": round(r.rate, 1),
+                "handoffs": r.handoffs,
+                "handoff_p50_us": round(r.handoff.p50_us, 1),
+                "handoff_p99_us": round(r.handoff.p99_us, 1),
+                "handoff_max_us": round(r.handoff.max_us, 1),
+                "wait_p50_us": round(r.wait.p50_us, 1),
+                "wait_p99_us": round(r.wait.p99_us, 1),
+                "in_order_fraction": round(r.fairness.in_order_fraction, 4),
+                "inversions": r.fairness.inversions,
+                "inversions_strict": r.fairness.inversions_strict,
+                "jain_index": round(r.fairness.jain_index, 4),
+                "min_grants_per_client": r.fairness.min_grants,
+                "max_grants_per_client": r.fairness.max_grants,
+                "server_cpu_s": cpu_s.map(|c| round(c, 2)),
+            }),
+            Row::Server {
+                target,
+                peak_rss_kib,
+                cpu_s,
+            } => json!({
+                "kind": "server",
+                "target": target,
+                "peak_rss_kib": peak_rss_kib,
+                "cpu_s": cpu_s.map(|c| round(c, 2)),
+            }),
+            Row::Skipped {
+                target,
+                workload,
+                reason,
+            } => json!({
+                "kind": "skipped",
+                "target": target,
+                "workload": workload,
+                "reason": reason,
+            }),
+        }
+    }
+}
+
+/// Formats a rate.
+fn rate(x: f64) -> String {
+    if x >= 100.0 {
+        format!("{x:.0}")
+    } else {
+        format!("{x:.1}")
+    }
+}
+
+/// Formats microseconds as milliseconds.
+fn ms(us: f64) -> String {
+    format!("{:.2}", us / 1_000.0)
+}
+
+/// The human table of every row.
+pub fn table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nUncontended: N clients, each acquire+release on its own lock"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8}",
+        "target", "clients", "cycles/s", "p50 ms", "p99 ms", "cycles", "srv cpu"
+    );
+    for row in rows {
+        if let Row::Uncontended { target, r, cpu_s } = row {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8}",
+                target,
+                r.clients,
+                rate(r.rate),
+                ms(r.latency.p50_us),
+                ms(r.latency.p99_us),
+                r.cycles,
+                cpu_s.map_or("-".into(), |c| format!("{c:.2}s")),
+            );
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\nContended: N clients on one lock (handoff = release sent -> next grant received)"
+    );
+    let _ = writeln!(
+        out,
+        "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>11} {:>8}",
+        "target",
+        "clients",
+        "handoff/s",
+        "p50 ms",
+        "p99 ms",
+        "wait p99",
+        "in-order",
+        "invers",
+        "jain",
+        "min/max",
+        "srv cpu"
+    );
+    for row in rows {
+        if let Row::Contended { target, r, cpu_s } = row {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>7.1}% {:>7} {:>6.3} {:>11} {:>8}",
+                target,
+                r.clients,
+                rate(r.rate),
+                ms(r.handoff.p50_us),
+                ms(r.handoff.p99_us),
+                ms(r.wait.p99_us),
+                r.fairness.in_order_fraction * 100.0,
+                r.fairness.inversions,
+                r.fairness.jain_index,
+                format!("{}/{}", r.fairness.min_grants, r.fairness.max_grants),
+                cpu_s.map_or("-".into(), |c| format!("{c:.2}s")),
+            );
+        }
+    }
+    let _ = writeln!(out, "\nServer process after all workloads");
+    let _ = writeln!(
+        out,
+        "{:<10} {:>14} {:>10}",
+        "target", "peak RSS MiB", "CPU s"
+    );
+    for row in rows {
+        if let Row::Server {
+            target,
+            peak_rss_kib,
+            cpu_s,
+        } = row
+        {
+            let _ = writeln!(
+                out,
+                "{:<10} {:>14} {:>10}",
+                target,
+                peak_rss_kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
+                cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
+            );
+        }
+    }
+    let skipped: Vec<&Row> = rows
+        .iter()
+        .filter(|r| matches!(r, Row::Skipped { .. }))
+        .collect();
+    if !skipped.is_empty() {
+        let _ = writeln!(out, "\nSkipped or failed");
+        for row in skipped {
+            if let Row::Skipped {
+                target,
+                workload,
+                reason,
+            } = row
+            {
+                let what = workload.as_deref().unwrap_or("all");
+                let _ = writeln!(out, "{target:<10} {what:<16} {reason}");
+            }
+        }
+    }
+    out
+}
+
+/// One line of the ratio table.
+#[derive(Debug, Clone)]
+pub struct Ratio {
+    /// What is compared.
+    pub name: String,
+    /// The measured value, when both sides ran.
+    pub value: Option<f64>,
+    /// The PRODUCT.md goal, in words.
+    pub goal: String,
+    /// Whether the goal is met.
+    pub met: Option<bool>,
+}
+
+/// The uncontended rate of `target` at `clients`.
+fn unc_rate(rows: &[Row], target: &str, clients: usize) -> Option<f64> {
+    rows.iter().find_map(|r| match r {
+        Row::Uncontended { target: t, r, .. } if t == target && r.clients == clients => {
+            Some(r.rate)
+        }
+        _ => None,
+    })
+}
+
+/// The contended result of `target` at `clients`.
+fn con<'a>(rows: &'a [Row], target: &str, clients: usize) -> Option<&'a Contended> {
+    rows.iter().find_map(|r| match r {
+        Row::Contended { target: t, r, .. } if t == target && r.clients == clients => Some(r),
+        _ => None,
+    })
+}
+
+/// Divides when both sides are there and the divisor is positive.
+fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// The PRODUCT.md ratios at `unc_clients` uncontended and `con_clients` contended clients
+/// (64 each in a default run), plus peer-to-peer context lines.
+pub fn ratios(rows: &[Row], unc_clients: usize, con_clients: usize) -> Vec<Ratio> {
+    let (u, c) = (unc_clients, con_clients);
+    let mut out = Vec::new();
+    let v = div(unc_rate(rows, "baton", u), unc_rate(rows, "etcd", u));
+    out.push(Ratio {
+        name: format!("baton/etcd uncontended cycles/s @{u}"),
+        value: v,
+        goal: ">= 5".into(),
+        met: v.map(|v| v >= 5.0),
+    });
+    let v = div(unc_rate(rows, "baton", u), unc_rate(rows, "minimal", u));
+    out.push(Ratio {
+        name: format!("baton/minimal uncontended cycles/s @{u}"),
+        value: v,
+        goal: ">= 0.5".into(),
+        met: v.map(|v| v >= 0.5),
+    });
+    let v = div(
+        con(rows, "baton", c).map(|r| r.rate),
+        con(rows, "etcd", c).map(|r| r.rate),
+    );
+    out.push(Ratio {
+        name: format!("baton/etcd contended handoffs/s @{c}"),
+        value: v,
+        goal: ">= 10".into(),
+        met: v.map(|v| v >= 10.0),
+    });
+    let v = div(
+        con(rows, "baton", c).map(|r| r.handoff.p99_us),
+        con(rows, "etcd", c).map(|r| r.handoff.p99_us),
+    );
+    out.push(Ratio {
+        name: format!("baton/etcd handoff p99 @{c}"),
+        value: v,
+        goal: "< 1".into(),
+        met: v.map(|v| v < 1.0),
+    });
+    // The minimal peer is strictly FIFO: its figure in the same run is the noise floor of
+    // this client-side check (see docs/benchmarks.md).
+    let v = con(rows, "baton", c).map(|r| r.fairness.in_order_fraction);
+    let control = con(rows, "minimal", c).map_or(String::new(), |r| {
+        format!(" (minimal {:.4})", r.fairness.in_order_fraction)
+    });
+    out.push(Ratio {
+        name: format!("baton grants in FIFO order @{c}"),
+        value: v,
+        goal: format!("= 1{control}"),
+        met: con(rows, "baton", c).map(|r| r.fairness.inversions == 0),
+    });
+    // Context among the peers: what the targets above are relative to.
+    for peer in ["minimal", "redis", "redis-aof"] {
+        out.push(Ratio {
+            name: format!("{peer}/etcd uncontended cycles/s @{u}"),
+            value: div(unc_rate(rows, peer, u), unc_rate(rows, "etcd", u)),
+            goal: "(context)".into(),
+            met: None,
+        });
+    }
+    for peer in ["minimal", "redis", "redis-aof"] {
+        out.push(Ratio {
+            name: format!("{peer}/etcd contended handoffs/s @{c}"),
+            value: div(
+                con(rows, peer, c).map(|r| r.rate),
+                con(rows, "etcd", c).map(|r| r.rate),
+            ),
+            goal: "(context)".into(),
+            met: None,
+        });
+    }
+    out
+}
+
+/// The ratio table.
+pub fn ratio_table(ratios: &[Ratio]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "\nPRODUCT.md ratios");
+    let _ = writeln!(
+        out,
+        "{:<44} {:>9} {:>20} {:>5}",
+        "ratio", "value", "goal", "met"
+    );
+    for r in ratios {
+        let _ = writeln!(
+            out,
+            "{:<44} {:>9} {:>20} {:>5}",
+            r.name,
+            r.value.map_or("n/a".into(), |v| format!("{v:.3}")),
+            r.goal,
+            match r.met {
+                Some(true) => "yes",
+                Some(false) => "NO",
+                None => "-",
+            }
+        );
+    }
+    out
+}
+
+/// The ratios as one JSON line.
+pub fn ratios_json(ratios: &[Ratio]) -> Value {
+    let items: Vec<Value> = ratios
+        .iter()
+        .map(|r| json!({ "name": r.name, "value": r.value.map(|v| round(v, 4)), "goal": r.goal, "met": r.met }))
+        .collect();
+    json!({ "kind": "ratios", "ratios": items })
+}
