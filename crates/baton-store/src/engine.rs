@@ -558,7 +558,14 @@ impl Store for Engine {
     }
 
     async fn release(&self, id: LeaseId) -> Result<Released, StoreError> {
-        Ok(self.run(|core, now| core.release(id, now)).await??)
+        // A release is answered without waiting for its commit, as G2 allows: if a crash takes
+        // it back, recovery revives the lease with a fresh TTL and it expires (nobody renews
+        // it), which delays the lock but never lets two holders in. A waiter granted by this
+        // release still hears of its grant only once it is durable, and batches commit in
+        // order, so the release is durable before anyone acts on it. This halves the commits
+        // an acquire-release cycle waits for.
+        let (released, _required) = self.transact(|shared, now| shared.core.release(id, now))?;
+        Ok(released?)
     }
 
     async fn revoke(&self, lock: LockName, token: u64) -> Result<Lease, StoreError> {
