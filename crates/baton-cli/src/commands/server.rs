@@ -62,6 +62,7 @@ fn init_logging() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
     if let Some(problem) = bad_filter {
         tracing::warn!("ignoring {LOG_ENV}={problem}; logging at info");
