@@ -10,6 +10,13 @@
 //! ([`Lease::id`], [`Ticket::id`]); the listing types ([`Holder`], [`Waiter`], [`HistoryEntry`])
 //! deliberately have no id field (guarantee G8).
 
+mod jobs;
+
+pub use jobs::{
+    CreateJobRequest, CreateJobResponse, FinishJobRequest, HeartbeatRequest, HeartbeatResponse,
+    Job, JobDetail, JobList, JobState, Policy,
+};
+
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
@@ -403,6 +410,14 @@ error_codes! {
     LimitReached = ("limit_reached", 503),
     /// The store cannot commit right now; try again later.
     Unavailable = ("unavailable", 503),
+    /// No job has this id.
+    JobNotFound = ("job_not_found", 404),
+    /// The job is not in a state that allows this (e.g. finishing a finished job).
+    JobStateConflict = ("job_state_conflict", 409),
+    /// A job state that cannot be reported (e.g. `running` in a finish).
+    InvalidState = ("invalid_state", 400),
+    /// A command line or output tail too large, or a bad job field.
+    InvalidJob = ("invalid_job", 400),
     /// A defect in the server; the message says where to look.
     Internal = ("internal", 500),
 }
