@@ -9,11 +9,13 @@
 //! * `etcd`: etcd's lock recipe through its gRPC-gateway JSON API.
 //!
 //! Workloads ([`workload`]): uncontended cycles and contended handoffs, each bounded by a
-//! duration and an operation cap. Every measurement is one JSON line on stdout; a human table
+//! duration and an operation cap. For baton, its `/metrics` counters are read before and after
+//! each workload ([`metrics`]): durable commits per operation and the mean commit time. Every measurement is one JSON line on stdout; a human table
 //! and the PRODUCT.md ratios go to stderr at the end (or stdout with `--table`). See
 //! `docs/benchmarks.md`. This is a program to run by hand, never a timed test.
 
 mod clients;
+mod metrics;
 mod minimal;
 mod procs;
 mod report;
@@ -23,11 +25,12 @@ mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use clap::Parser;
 
+use metrics::{StoreCounters, StoreDelta};
 use report::Row;
 use targets::{Kind, TargetOptions};
 use workload::Bounds;
@@ -154,6 +157,22 @@ macro_rules! progress {
     };
 }
 
+/// The counters when they were read, `None` (after a warning) when reading them failed or
+/// the target has none.
+fn warn_on_err(
+    quiet: bool,
+    target: &str,
+    counters: Option<Result<StoreCounters>>,
+) -> Option<StoreCounters> {
+    match counters? {
+        Ok(c) => Some(c),
+        Err(e) => {
+            progress!(quiet, "{target}: reading /metrics failed: {e:#}");
+            None
+        }
+    }
+}
+
 /// Runs every selected target and workload, then prints the tables.
 async fn run(cli: Cli) -> Result<()> {
     let quiet = cli.json_only;
@@ -269,7 +288,9 @@ async fn run(cli: Cli) -> Result<()> {
             };
             progress!(quiet, "{name}: {label}");
             let prefix = format!("bench/{seq}");
+            let counters_before = warn_on_err(quiet, name, target.store_counters(false).await);
             let cpu_before = target.server.cpu_seconds();
+            let started = Instant::now();
             let result = match target.clients(n) {
                 Err(e) => Err(e),
                 Ok(clients) if is_contended => workload::contended(clients, &prefix, &bounds)
@@ -279,8 +300,19 @@ async fn run(cli: Cli) -> Result<()> {
                     .await
                     .map(|r| (Some(r), None)),
             };
+            let elapsed = started.elapsed();
             let cpu_s = match (cpu_before, target.server.cpu_seconds()) {
                 (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            };
+            // The counters cover every operation of the workload, those completed after the
+            // window closed included, so they are divided by every completed operation.
+            let counters_after = match (&counters_before, &result) {
+                (Some(_), Ok(_)) => warn_on_err(quiet, name, target.store_counters(true).await),
+                _ => None,
+            };
+            let store = |ops: u64| match (counters_before, counters_after) {
+                (Some(a), Some(b)) => Some(StoreDelta::between(a, b, ops, elapsed)),
                 _ => None,
             };
             match result {
@@ -288,6 +320,7 @@ async fn run(cli: Cli) -> Result<()> {
                     &mut rows,
                     Row::Uncontended {
                         target: name.into(),
+                        store: store(r.cycles_total),
                         r,
                         cpu_s,
                     },
@@ -296,6 +329,7 @@ async fn run(cli: Cli) -> Result<()> {
                     &mut rows,
                     Row::Contended {
                         target: name.into(),
+                        store: store(r.grants_total),
                         r,
                         cpu_s,
                     },

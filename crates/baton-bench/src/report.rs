@@ -5,6 +5,7 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
+use crate::metrics::StoreDelta;
 use crate::workload::{Contended, Uncontended};
 
 /// One recorded outcome.
@@ -18,6 +19,8 @@ pub enum Row {
         r: Uncontended,
         /// Server CPU seconds used during the run.
         cpu_s: Option<f64>,
+        /// What the run cost baton's store (baton only).
+        store: Option<StoreDelta>,
     },
     /// A contended run.
     Contended {
@@ -27,6 +30,8 @@ pub enum Row {
         r: Contended,
         /// Server CPU seconds used during the run.
         cpu_s: Option<f64>,
+        /// What the run cost baton's store (baton only).
+        store: Option<StoreDelta>,
     },
     /// Server resources after every workload of a target.
     Server {
@@ -54,45 +59,84 @@ fn round(x: f64, digits: i32) -> f64 {
     (x * f).round() / f
 }
 
+/// Adds baton's store figures to a workload row; `null` for targets without them.
+/// `commits_per_op` divides by `ops_counted`: every operation completed in the workload
+/// (cycles or grants, those after the window included), because the counters cover them all.
+fn with_store(mut row: Value, store: &Option<StoreDelta>) -> Value {
+    let d = store.as_ref();
+    let fields = json!({
+        "commits": d.map(|d| d.commits),
+        "committed_changes": d.map(|d| d.committed_changes),
+        "transitions": d.map(|d| d.transitions),
+        "ops_counted": d.map(|d| d.ops),
+        "commit_s": d.map(|d| round(d.commit_seconds, 4)),
+        "commits_per_op": d.and_then(StoreDelta::commits_per_op).map(|v| round(v, 4)),
+        "commit_ms_mean": d.and_then(StoreDelta::commit_ms_mean).map(|v| round(v, 3)),
+        "changes_per_commit": d.and_then(StoreDelta::changes_per_commit).map(|v| round(v, 2)),
+        "commit_busy": d.and_then(StoreDelta::commit_busy).map(|v| round(v, 3)),
+    });
+    if let (Value::Object(row), Value::Object(fields)) = (&mut row, fields) {
+        row.extend(fields);
+    }
+    row
+}
+
 impl Row {
     /// The row as one JSON object.
     pub fn to_json(&self) -> Value {
         match self {
-            Row::Uncontended { target, r, cpu_s } => json!({
-                "kind": "uncontended",
-                "target": target,
-                "clients": r.clients,
-                "cycles": r.cycles,
-                "window_s": round(r.window_s, 3),
-                "cycles_per_s": round(r.rate, 1),
-                "cycle_p50_us": round(r.latency.p50_us, 1),
-                "cycle_p99_us": round(r.latency.p99_us, 1),
-                "cycle_max_us": round(r.latency.max_us, 1),
-                "busy": r.busy,
-                "server_cpu_s": cpu_s.map(|c| round(c, 2)),
-            }),
-            Row::Contended { target, r, cpu_s } => json!({
-                "kind": "contended",
-                "target": target,
-                "clients": r.clients,
-                "grants": r.grants,
-                "grants_total": r.grants_total,
-                "window_s": round(r.window_s, 3),
-                "handoffs_per_s": round(r.rate, 1),
-                "handoffs": r.handoffs,
-                "handoff_p50_us": round(r.handoff.p50_us, 1),
-                "handoff_p99_us": round(r.handoff.p99_us, 1),
-                "handoff_max_us": round(r.handoff.max_us, 1),
-                "wait_p50_us": round(r.wait.p50_us, 1),
-                "wait_p99_us": round(r.wait.p99_us, 1),
-                "in_order_fraction": round(r.fairness.in_order_fraction, 4),
-                "inversions": r.fairness.inversions,
-                "inversions_strict": r.fairness.inversions_strict,
-                "jain_index": round(r.fairness.jain_index, 4),
-                "min_grants_per_client": r.fairness.min_grants,
-                "max_grants_per_client": r.fairness.max_grants,
-                "server_cpu_s": cpu_s.map(|c| round(c, 2)),
-            }),
+            Row::Uncontended {
+                target,
+                r,
+                cpu_s,
+                store,
+            } => with_store(
+                json!({
+                    "kind": "uncontended",
+                    "target": target,
+                    "clients": r.clients,
+                    "cycles": r.cycles,
+                    "cycles_total": r.cycles_total,
+                    "window_s": round(r.window_s, 3),
+                    "cycles_per_s": round(r.rate, 1),
+                    "cycle_p50_us": round(r.latency.p50_us, 1),
+                    "cycle_p99_us": round(r.latency.p99_us, 1),
+                    "cycle_max_us": round(r.latency.max_us, 1),
+                    "busy": r.busy,
+                    "server_cpu_s": cpu_s.map(|c| round(c, 2)),
+                }),
+                store,
+            ),
+            Row::Contended {
+                target,
+                r,
+                cpu_s,
+                store,
+            } => with_store(
+                json!({
+                    "kind": "contended",
+                    "target": target,
+                    "clients": r.clients,
+                    "grants": r.grants,
+                    "grants_total": r.grants_total,
+                    "window_s": round(r.window_s, 3),
+                    "handoffs_per_s": round(r.rate, 1),
+                    "handoffs": r.handoffs,
+                    "handoff_p50_us": round(r.handoff.p50_us, 1),
+                    "handoff_p99_us": round(r.handoff.p99_us, 1),
+                    "handoff_max_us": round(r.handoff.max_us, 1),
+                    "wait_p50_us": round(r.wait.p50_us, 1),
+                    "wait_p99_us": round(r.wait.p99_us, 1),
+                    "in_order_fraction": round(r.fairness.in_order_fraction, 4),
+                    "inversions": r.fairness.inversions,
+                    "inversions_strict": r.fairness.inversions_strict,
+                    "jain_index": round(r.fairness.jain_index, 4),
+                    "min_grants_per_client": r.fairness.min_grants,
+                    "max_grants_per_client": r.fairness.max_grants,
+                    "server_cpu_s": cpu_s.map(|c| round(c, 2)),
+                }),
+                store,
+            ),
             Row::Server {
                 target,
                 peak_rss_kib,
@@ -131,23 +175,57 @@ fn ms(us: f64) -> String {
     format!("{:.2}", us / 1_000.0)
 }
 
+/// The store columns of a workload row: commits, commits per operation, mean commit time (ms)
+/// and committer busy fraction; blank for targets without them.
+fn store_cols(store: &Option<StoreDelta>) -> [String; 4] {
+    let f = |v: Option<f64>, digits: usize| v.map_or(String::new(), |v| format!("{v:.digits$}"));
+    match store {
+        None => Default::default(),
+        Some(d) => [
+            d.commits.to_string(),
+            f(d.commits_per_op(), 3),
+            f(d.commit_ms_mean(), 2),
+            d.commit_busy()
+                .map_or(String::new(), |b| format!("{:.0}%", b * 100.0)),
+        ],
+    }
+}
+
 /// The human table of every row.
 pub fn table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\nUncontended: N clients, each acquire+release on its own lock"
+        "\nUncontended: N clients, each acquire+release on its own lock \
+         (commits/op: baton's durable commits per completed cycle)"
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8}",
-        "target", "clients", "cycles/s", "p50 ms", "p99 ms", "cycles", "srv cpu"
+        "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
+        "target",
+        "clients",
+        "cycles/s",
+        "p50 ms",
+        "p99 ms",
+        "cycles",
+        "srv cpu",
+        "commits",
+        "commit/op",
+        "commit ms",
+        "c-busy"
     );
     for row in rows {
-        if let Row::Uncontended { target, r, cpu_s } = row {
+        if let Row::Uncontended {
+            target,
+            r,
+            cpu_s,
+            store,
+        } = row
+        {
+            let [commits, per_op, commit_ms, busy] = store_cols(store);
             let _ = writeln!(
                 out,
-                "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8}",
+                "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
                 target,
                 r.clients,
                 rate(r.rate),
@@ -155,16 +233,21 @@ pub fn table(rows: &[Row]) -> String {
                 ms(r.latency.p99_us),
                 r.cycles,
                 cpu_s.map_or("-".into(), |c| format!("{c:.2}s")),
+                commits,
+                per_op,
+                commit_ms,
+                busy,
             );
         }
     }
     let _ = writeln!(
         out,
-        "\nContended: N clients on one lock (handoff = release sent -> next grant received)"
+        "\nContended: N clients on one lock (handoff = release sent -> next grant received; \
+         commits/op: baton's durable commits per grant)"
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>11} {:>8}",
+        "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>11} {:>8} {:>8} {:>9} {:>9} {:>6}",
         "target",
         "clients",
         "handoff/s",
@@ -175,13 +258,24 @@ pub fn table(rows: &[Row]) -> String {
         "invers",
         "jain",
         "min/max",
-        "srv cpu"
+        "srv cpu",
+        "commits",
+        "commit/op",
+        "commit ms",
+        "c-busy"
     );
     for row in rows {
-        if let Row::Contended { target, r, cpu_s } = row {
+        if let Row::Contended {
+            target,
+            r,
+            cpu_s,
+            store,
+        } = row
+        {
+            let [commits, per_op, commit_ms, busy] = store_cols(store);
             let _ = writeln!(
                 out,
-                "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>7.1}% {:>7} {:>6.3} {:>11} {:>8}",
+                "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>7.1}% {:>7} {:>6.3} {:>11} {:>8} {:>8} {:>9} {:>9} {:>6}",
                 target,
                 r.clients,
                 rate(r.rate),
@@ -193,6 +287,10 @@ pub fn table(rows: &[Row]) -> String {
                 r.fairness.jain_index,
                 format!("{}/{}", r.fairness.min_grants, r.fairness.max_grants),
                 cpu_s.map_or("-".into(), |c| format!("{c:.2}s")),
+                commits,
+                per_op,
+                commit_ms,
+                busy,
             );
         }
     }
@@ -270,6 +368,20 @@ fn con<'a>(rows: &'a [Row], target: &str, clients: usize) -> Option<&'a Contende
     })
 }
 
+/// baton's store figures of its uncontended (`contended == false`) or contended run at
+/// `clients`.
+fn baton_store(rows: &[Row], contended: bool, clients: usize) -> Option<StoreDelta> {
+    rows.iter().find_map(|row| match row {
+        Row::Uncontended {
+            target, r, store, ..
+        } if !contended && target == "baton" && r.clients == clients => *store,
+        Row::Contended {
+            target, r, store, ..
+        } if contended && target == "baton" && r.clients == clients => *store,
+        _ => None,
+    })
+}
+
 /// Divides when both sides are there and the divisor is positive.
 fn div(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     match (a, b) {
@@ -328,6 +440,41 @@ pub fn ratios(rows: &[Row], unc_clients: usize, con_clients: usize) -> Vec<Ratio
         value: v,
         goal: format!("= 1{control}"),
         met: con(rows, "baton", c).map(|r| r.fairness.inversions == 0),
+    });
+    // What bounds baton: durable commits per operation, and how a handoff compares with one
+    // commit. Group commit should make an uncontended cycle cost well under one commit with
+    // many clients (many requests share each), and a handoff at most one: each grant must be
+    // durable before its holder hears of it, while releases ride along without being waited
+    // for. The 1.05 leaves room for the commits of the first enqueues and of the drain.
+    let v = baton_store(rows, false, u).and_then(|d| d.commits_per_op());
+    out.push(Ratio {
+        name: format!("baton commits per cycle @{u}"),
+        value: v,
+        goal: "< 1 (shared)".into(),
+        met: v.map(|v| v < 1.0),
+    });
+    let store_c = baton_store(rows, true, c);
+    let v = store_c.and_then(|d| d.commits_per_op());
+    out.push(Ratio {
+        name: format!("baton commits per grant @{c}"),
+        value: v,
+        goal: "<= 1 (1.05)".into(),
+        met: v.map(|v| v <= 1.05),
+    });
+    let commit_us = store_c
+        .and_then(|d| d.commit_ms_mean())
+        .map(|ms| ms * 1_000.0);
+    out.push(Ratio {
+        name: format!("baton handoff p50 / mean commit @{c}"),
+        value: div(con(rows, "baton", c).map(|r| r.handoff.p50_us), commit_us),
+        goal: "(context)".into(),
+        met: None,
+    });
+    out.push(Ratio {
+        name: format!("baton committer busy @{c}"),
+        value: store_c.and_then(|d| d.commit_busy()),
+        goal: "(context)".into(),
+        met: None,
     });
     // Context among the peers: what the targets above are relative to.
     for peer in ["minimal", "redis", "redis-aof"] {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 
 use crate::clients::{EtcdLock, HttpLock, LockClient, RedisLock};
+use crate::metrics::StoreCounters;
 use crate::procs::{ServerGuard, free_port, which};
 
 /// One system under test.
@@ -74,6 +75,8 @@ pub struct Running {
     port: u16,
     /// How clients behave.
     opts: TargetOptions,
+    /// A short-timeout HTTP client for probes and `/metrics`.
+    http: reqwest::Client,
 }
 
 /// An HTTP GET that must answer 2xx, for readiness probes.
@@ -201,6 +204,7 @@ pub async fn start(kind: Kind, opts: &TargetOptions) -> Result<Running> {
         server,
         port,
         opts: opts.clone(),
+        http,
     })
 }
 
@@ -225,6 +229,20 @@ impl Running {
     /// `n` fresh clients.
     pub fn clients(&self, n: usize) -> Result<Vec<LockClient>> {
         (0..n).map(|i| self.client(i)).collect()
+    }
+
+    /// baton's store counters from its `/metrics`; `None` for every other target. With
+    /// `settled`, waits until the counters stop moving (see [`StoreCounters::read_settled`]).
+    pub async fn store_counters(&self, settled: bool) -> Option<Result<StoreCounters>> {
+        if self.kind != Kind::Baton {
+            return None;
+        }
+        let base = format!("http://127.0.0.1:{}", self.port);
+        Some(if settled {
+            StoreCounters::read_settled(&self.http, &base).await
+        } else {
+            StoreCounters::read(&self.http, &base).await
+        })
     }
 
     /// Fails when the server process has died.

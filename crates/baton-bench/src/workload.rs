@@ -45,6 +45,8 @@ pub struct Uncontended {
     pub clients: usize,
     /// Cycles completed inside the window.
     pub cycles: u64,
+    /// Every cycle completed, including those that ended after the window closed.
+    pub cycles_total: u64,
     /// Length of the window, seconds.
     pub window_s: f64,
     /// Cycles per second.
@@ -259,8 +261,10 @@ pub async fn uncontended(
     let window_s = end_ns.saturating_sub(start_ns) as f64 / 1e9;
     let mut latencies = Vec::new();
     let mut busy = 0;
+    let mut cycles_total = 0;
     for (samples, b) in outs {
         busy += b;
+        cycles_total += samples.len() as u64;
         latencies.extend(
             samples
                 .iter()
@@ -272,6 +276,7 @@ pub async fn uncontended(
     Ok(Uncontended {
         clients: n,
         cycles,
+        cycles_total,
         window_s,
         rate: if window_s > 0.0 {
             cycles as f64 / window_s
