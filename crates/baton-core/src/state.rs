@@ -546,6 +546,10 @@ impl State {
             entry.newest_token = record.newest_token;
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
+            if let Some(until) = record.delayed_until {
+                // Look at the lock again when its delay ends, or its queue is never served.
+                state.schedule(until, Deadline::LockCheck, Some(record.name.clone()));
+            }
             state.locks.insert(record.name, entry);
         }
         let mut leases = snapshot.leases;
@@ -705,22 +709,34 @@ impl State {
         // A reentrant acquire returns what this owner key already has.
         if let Some(key) = &command.owner_key {
             let entry = &self.locks[&command.lock];
+            let mut found = None;
             for id in &entry.holders {
                 if let Some(lease) = self.leases.get(id)
                     && lease.owner_key.as_deref() == Some(key)
                 {
-                    return Ok(Acquired::Granted(lease.clone()));
+                    found = Some((RequestTarget::Lease(*id), Acquired::Granted(lease.clone())));
+                    break;
                 }
             }
             for (index, id) in entry.queue.iter().enumerate() {
-                if let Some(ticket) = self.tickets.get(id)
+                if found.is_none()
+                    && let Some(ticket) = self.tickets.get(id)
                     && ticket.owner_key.as_deref() == Some(key)
                 {
-                    return Ok(Acquired::Queued(QueuedTicket {
+                    let queued = QueuedTicket {
                         ticket: ticket.clone(),
                         position: index as u64 + 1,
-                    }));
+                    };
+                    found = Some((RequestTarget::Ticket(*id), Acquired::Queued(queued)));
                 }
+            }
+            if let Some((target, outcome)) = found {
+                // Remember the request id too, so a retry after the lease ends hears that it
+                // ended rather than getting a second lease (G7).
+                if let Some(request_id) = command.request_id {
+                    self.remember_request(request_id, command.lock, target, now);
+                }
+                return Ok(outcome);
             }
         }
 
@@ -932,7 +948,10 @@ impl State {
         }
         let entry = &self.locks[name];
         if entry.is_idle() {
-            let at = entry.idle_since + idle_lock_retention_ms;
+            // Not before a lock-delay ends: a check that finds the lock still delayed would
+            // come back here and be scheduled again at the same instant, so tick never returned.
+            let at =
+                (entry.idle_since + idle_lock_retention_ms).max(entry.delayed_until.unwrap_or(0));
             self.schedule(at, Deadline::LockCheck, Some(name.clone()));
         }
     }
