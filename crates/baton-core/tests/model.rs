@@ -1,0 +1,1530 @@
+//! Property tests of the lock table ([`State`]) against a small reference model.
+//!
+//! Random interleavings of acquire (try and queue, with and without owner keys and request ids,
+//! retries), waits, cancels, renewals, releases, revocations, fence checks, the passing of time
+//! (by a random amount, or exactly to the next deadline, then a `tick`; sometimes with one
+//! request arriving before the late tick) and restarts (from a "disk" fed only by the recorded
+//! `Change`s) are applied to both the real table and the model, over 3 locks of capacity 1 to 3
+//! and 6 clients. After every step the two must agree exactly (every lock, holder, waiter,
+//! answer and history record), and the guarantees are also checked directly, without the
+//! model:
+//! - G1: no lock has more live leases than its capacity;
+//! - G2: the `Change`s a step records, applied to an in-test "disk", describe the table exactly
+//!   (durable before acknowledged), and a restart from that disk keeps every live lease with a
+//!   deadline at least as late, every queued ticket in order, and the token counter;
+//! - G3: every grant carries a token greater than every token granted before, across restarts
+//!   and forgotten locks; a fence check accepts only a token granted on that lock and no older
+//!   than the newest grant (unless it belongs to a live holder);
+//! - G4: tickets are granted strictly in arrival order; no fresh lease is granted while the
+//!   lock's queue is non-empty, except to its head;
+//! - G5: after a tick no lease is past its expiry and no ticket past its lapse; a lock with room
+//!   and waiters is always in a lock-delay; nothing is granted on a lock during a lock-delay
+//!   that followed an unclean end; tickets whose status changed are woken;
+//! - G7: a retried request id returns the same lease or ticket (or says it ended), never a
+//!   second one; an acquire with the owner key of a holder returns that holder's lease.
+//!
+//! A failing case is shrunk and printed by proptest, and its seed saved in
+//! `tests/model.proptest-regressions` (commit it: it is replayed first on every run). The table
+//! is deterministic, so a case replays exactly. `PROPTEST_CASES` raises the case count.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+
+use baton_core::limits::{CAPACITY_MAX, TTL_MS_MAX, TTL_MS_MIN};
+use baton_core::{
+    Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
+    LeaseError, LeaseId, LockName, LockView, QueuedTicket, Released, State, Ticket, TicketEnd,
+    TicketError, TicketId, TicketStatus, TokenError,
+};
+use common::Disk;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::FileFailurePersistence;
+
+const T0: u64 = 1_000_000;
+const LAPSE_MS: u64 = 300;
+const IDLE_MS: u64 = 1_000;
+const NAMES: [&str; 3] = ["alpha", "team-b/beta", "g.amma@x"];
+
+fn config(lock_delay_ms: u64) -> Config {
+    Config {
+        lock_delay_ms,
+        ticket_lapse_ms: LAPSE_MS,
+        // Long enough that nothing is pruned during a case: the model need not prune.
+        history_retention_ms: 1_000_000_000,
+        history_per_lock_max: 100_000,
+        history_total_max: 100_000,
+        ended_retention_ms: 1_000_000_000,
+        ended_max: 100_000,
+        // Short enough that idle locks are forgotten (and recreated) within a case.
+        idle_lock_retention_ms: IDLE_MS,
+        waiters_per_lock_max: 4,
+        waiters_total_max: 10,
+        leases_total_max: 100_000,
+        locks_max: NAMES.len(),
+    }
+}
+
+/// Distinct, unordered ids, as a caller drawing random ones would give.
+fn id_bytes(n: u64) -> [u8; 16] {
+    fn splitmix(mut z: u64) -> u64 {
+        z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+    let mut bytes = [0u8; 16];
+    bytes[..8].copy_from_slice(&splitmix(n).to_be_bytes());
+    bytes[8..].copy_from_slice(&n.to_be_bytes());
+    bytes
+}
+
+// ---------------------------------------------------------------------------------------------
+// The reference model: per lock, its capacity, holders in grant order and queue in arrival
+// order; a global token counter; what ended how; and which request id stands for what.
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Lease(LeaseId),
+    Ticket(TicketId),
+}
+
+/// Events a tick runs, in the order the table runs those due at the same instant.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    Expiry(LeaseId),
+    Lapse(TicketId),
+    Check(LockName),
+}
+
+#[derive(Debug, Clone)]
+struct ModelLock {
+    capacity: u32,
+    holders: Vec<Lease>,
+    queue: VecDeque<Ticket>,
+    delayed_until: Option<u64>,
+    newest_token: u64,
+    newest_granted: u64,
+    idle_since: u64,
+    /// When the table looks at this lock again (end of a lock-delay; idle long enough to forget).
+    checks: BTreeSet<u64>,
+}
+
+impl ModelLock {
+    fn new(capacity: u32, now: u64) -> ModelLock {
+        ModelLock {
+            capacity,
+            holders: Vec::new(),
+            queue: VecDeque::new(),
+            delayed_until: None,
+            newest_token: 0,
+            newest_granted: 0,
+            idle_since: now,
+            checks: BTreeSet::new(),
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.holders.is_empty() && self.queue.is_empty()
+    }
+
+    fn delayed(&self, now: u64) -> bool {
+        self.delayed_until.is_some_and(|until| until > now)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Model {
+    config: Config,
+    locks: BTreeMap<LockName, ModelLock>,
+    next_token: u64,
+    floor: u64,
+    next_seq: u64,
+    ended_leases: HashMap<LeaseId, LeaseEnd>,
+    /// How each ticket that left its queue ended, and whether a wait collected its lease.
+    ended_tickets: HashMap<TicketId, (TicketEnd, bool)>,
+    requests: HashMap<String, (LockName, Target)>,
+    history: BTreeMap<LockName, Vec<HistoryRecord>>,
+}
+
+impl Model {
+    fn new(config: Config) -> Model {
+        Model {
+            config,
+            locks: BTreeMap::new(),
+            next_token: 1,
+            floor: 0,
+            next_seq: 1,
+            ended_leases: HashMap::new(),
+            ended_tickets: HashMap::new(),
+            requests: HashMap::new(),
+            history: BTreeMap::new(),
+        }
+    }
+
+    fn lease(&self, id: LeaseId) -> Option<&Lease> {
+        self.locks
+            .values()
+            .flat_map(|lock| &lock.holders)
+            .find(|lease| lease.id == id)
+    }
+
+    fn view(&self, name: &LockName) -> Option<LockView> {
+        let lock = self.locks.get(name)?;
+        Some(LockView {
+            name: name.clone(),
+            capacity: lock.capacity,
+            holders: lock.holders.clone(),
+            waiters: lock.queue.iter().cloned().collect(),
+            delayed_until: lock.delayed_until,
+            newest_token: lock.newest_token,
+        })
+    }
+
+    fn counts(&self) -> (usize, usize, usize) {
+        let leases = self.locks.values().map(|l| l.holders.len()).sum();
+        let tickets = self.locks.values().map(|l| l.queue.len()).sum();
+        (self.locks.len(), leases, tickets)
+    }
+
+    fn acquire(&mut self, command: &Acquire, now: u64) -> Result<Acquired, AcquireError> {
+        if !(TTL_MS_MIN..=TTL_MS_MAX).contains(&command.ttl_ms) {
+            return Err(AcquireError::InvalidTtl);
+        }
+        if command
+            .capacity
+            .is_some_and(|c| !(1..=CAPACITY_MAX).contains(&c))
+        {
+            return Err(AcquireError::InvalidCapacity);
+        }
+        if let Some(request_id) = &command.request_id
+            && let Some((lock, target)) = self.requests.get(request_id).cloned()
+        {
+            if lock != command.lock {
+                return Err(AcquireError::RequestIdConflict { lock });
+            }
+            return match target {
+                Target::Lease(id) => match self.lease(id) {
+                    Some(lease) => Ok(Acquired::Granted(lease.clone())),
+                    None => Err(AcquireError::LeaseEnded(
+                        self.ended_leases
+                            .get(&id)
+                            .copied()
+                            .unwrap_or(LeaseEnd::Expired),
+                    )),
+                },
+                Target::Ticket(id) => match self.ticket_status(id, None, now) {
+                    Ok(TicketStatus::Granted(lease)) => Ok(Acquired::Granted(lease)),
+                    Ok(TicketStatus::Queued(queued)) => Ok(Acquired::Queued(queued)),
+                    Err(_) => Err(AcquireError::TicketEnded(
+                        self.ended_tickets
+                            .get(&id)
+                            .map_or(TicketEnd::Lapsed, |ended| ended.0),
+                    )),
+                },
+            };
+        }
+        if !self.locks.contains_key(&command.lock) && self.locks.len() >= self.config.locks_max {
+            return Err(AcquireError::LimitReached("too many locks"));
+        }
+        let lock = self
+            .locks
+            .entry(command.lock.clone())
+            .or_insert_with(|| ModelLock::new(command.capacity.unwrap_or(1), now));
+        if let Some(capacity) = command.capacity
+            && capacity != lock.capacity
+        {
+            if !lock.idle() {
+                return Err(AcquireError::CapacityConflict {
+                    current: lock.capacity,
+                });
+            }
+            lock.capacity = capacity;
+        }
+        if let Some(key) = &command.owner_key {
+            let held = lock
+                .holders
+                .iter()
+                .find(|lease| lease.owner_key.as_ref() == Some(key))
+                .cloned();
+            if let Some(lease) = held {
+                self.remember(command, Target::Lease(lease.id));
+                return Ok(Acquired::Granted(lease));
+            }
+            let queued = lock
+                .queue
+                .iter()
+                .enumerate()
+                .find(|(_, ticket)| ticket.owner_key.as_ref() == Some(key))
+                .map(|(index, ticket)| QueuedTicket {
+                    ticket: ticket.clone(),
+                    position: index as u64 + 1,
+                });
+            if let Some(queued) = queued {
+                self.remember(command, Target::Ticket(queued.ticket.id));
+                return Ok(Acquired::Queued(queued));
+            }
+        }
+        if lock.holders.len() < lock.capacity as usize
+            && lock.queue.is_empty()
+            && !lock.delayed(now)
+        {
+            let lease = self.grant(
+                &command.lock,
+                command.lease_id,
+                command.owner.clone(),
+                command.owner_key.clone(),
+                command.ttl_ms,
+                command.request_id.clone(),
+                None,
+                now,
+            );
+            self.remember(command, Target::Lease(lease.id));
+            return Ok(Acquired::Granted(lease));
+        }
+        if !command.queue {
+            return Ok(Acquired::Busy(lock.holders.clone()));
+        }
+        if lock.queue.len() >= self.config.waiters_per_lock_max {
+            return Err(AcquireError::LimitReached("too many waiters on this lock"));
+        }
+        if self.counts().2 >= self.config.waiters_total_max {
+            return Err(AcquireError::LimitReached("too many waiters"));
+        }
+        let ticket = Ticket {
+            id: command.ticket_id,
+            lock: command.lock.clone(),
+            owner: command.owner.clone(),
+            owner_key: command.owner_key.clone(),
+            ttl_ms: command.ttl_ms,
+            request_id: command.request_id.clone(),
+            lease_id: command.lease_id,
+            queued_at: now,
+            lapse_at: now + self.config.ticket_lapse_ms,
+            seq: self.next_seq,
+        };
+        self.next_seq += 1;
+        let lock = self.locks.get_mut(&command.lock).unwrap();
+        lock.queue.push_back(ticket.clone());
+        let position = lock.queue.len() as u64;
+        self.remember(command, Target::Ticket(ticket.id));
+        Ok(Acquired::Queued(QueuedTicket { ticket, position }))
+    }
+
+    fn remember(&mut self, command: &Acquire, target: Target) {
+        if let Some(request_id) = &command.request_id {
+            self.requests
+                .insert(request_id.clone(), (command.lock.clone(), target));
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn grant(
+        &mut self,
+        name: &LockName,
+        id: LeaseId,
+        owner: String,
+        owner_key: Option<String>,
+        ttl_ms: u64,
+        request_id: Option<String>,
+        ticket: Option<TicketId>,
+        now: u64,
+    ) -> Lease {
+        let token = self.next_token;
+        self.next_token += 1;
+        let lease = Lease {
+            id,
+            lock: name.clone(),
+            owner,
+            owner_key,
+            token,
+            ttl_ms,
+            granted_at: now,
+            expires_at: now + ttl_ms,
+            request_id,
+            ticket,
+        };
+        let lock = self.locks.get_mut(name).unwrap();
+        assert!(lock.holders.len() < lock.capacity as usize);
+        lock.holders.push(lease.clone());
+        lock.newest_granted = token;
+        lock.newest_token = lock.newest_token.max(token);
+        lease
+    }
+
+    /// Hands free room to the head of the queue unless the lock is delayed.
+    fn settle(&mut self, name: &LockName, now: u64) {
+        loop {
+            let Some(lock) = self.locks.get_mut(name) else {
+                return;
+            };
+            if lock.delayed(now) || lock.holders.len() >= lock.capacity as usize {
+                break;
+            }
+            let Some(ticket) = lock.queue.pop_front() else {
+                break;
+            };
+            self.ended_tickets
+                .insert(ticket.id, (TicketEnd::Granted(ticket.lease_id), false));
+            let lease = self.grant(
+                name,
+                ticket.lease_id,
+                ticket.owner,
+                ticket.owner_key,
+                ticket.ttl_ms,
+                ticket.request_id.clone(),
+                Some(ticket.id),
+                now,
+            );
+            if let Some(request_id) = ticket.request_id
+                && let Some(record) = self.requests.get_mut(&request_id)
+            {
+                record.1 = Target::Lease(lease.id);
+            }
+        }
+        let lock = self.locks.get_mut(name).unwrap();
+        if lock.delayed_until.is_some_and(|until| until <= now) {
+            lock.delayed_until = None;
+        }
+        if lock.idle() {
+            let at = lock.idle_since + IDLE_MS;
+            lock.checks.insert(at.max(lock.delayed_until.unwrap_or(0)));
+        }
+    }
+
+    fn end_lease(&mut self, id: LeaseId, end: LeaseEnd, now: u64) -> Option<Lease> {
+        let delay = self.config.lock_delay_ms;
+        let (name, lock) = self
+            .locks
+            .iter_mut()
+            .find(|(_, lock)| lock.holders.iter().any(|lease| lease.id == id))?;
+        let index = lock.holders.iter().position(|l| l.id == id).unwrap();
+        let lease = lock.holders.remove(index);
+        if end != LeaseEnd::Released && delay > 0 {
+            let until = now + delay;
+            lock.delayed_until = Some(lock.delayed_until.map_or(until, |u| u.max(until)));
+            lock.checks.insert(until);
+        }
+        if lock.idle() {
+            lock.idle_since = now;
+        }
+        self.ended_leases.insert(id, end);
+        self.history
+            .entry(name.clone())
+            .or_default()
+            .push(HistoryRecord {
+                lock: name.clone(),
+                owner: lease.owner.clone(),
+                token: lease.token,
+                granted_at: lease.granted_at,
+                ended_at: now,
+                end,
+            });
+        Some(lease)
+    }
+
+    fn ticket_status(
+        &mut self,
+        id: TicketId,
+        keep_until: Option<u64>,
+        now: u64,
+    ) -> Result<TicketStatus, TicketError> {
+        let lapse = self.config.ticket_lapse_ms;
+        for lock in self.locks.values_mut() {
+            if let Some(index) = lock.queue.iter().position(|t| t.id == id) {
+                let ticket = &mut lock.queue[index];
+                ticket.lapse_at = keep_until.unwrap_or(now + lapse).max(ticket.lapse_at);
+                return Ok(TicketStatus::Queued(QueuedTicket {
+                    ticket: ticket.clone(),
+                    position: index as u64 + 1,
+                }));
+            }
+        }
+        match self.ended_tickets.get(&id).copied() {
+            None => Err(TicketError::NotFound),
+            Some((TicketEnd::Granted(lease_id), _)) => match self.lease(lease_id).cloned() {
+                Some(lease) => {
+                    self.ended_tickets
+                        .insert(id, (TicketEnd::Granted(lease_id), true));
+                    Ok(TicketStatus::Granted(lease))
+                }
+                None => Err(TicketError::Lapsed),
+            },
+            Some((TicketEnd::Lapsed, _)) => Err(TicketError::Lapsed),
+            Some((TicketEnd::Cancelled, _)) => Err(TicketError::Cancelled),
+        }
+    }
+
+    fn cancel(&mut self, id: TicketId, forget: bool, now: u64) -> Result<Cancelled, TicketError> {
+        let queued = self
+            .locks
+            .iter()
+            .find(|(_, lock)| lock.queue.iter().any(|t| t.id == id))
+            .map(|(name, _)| name.clone());
+        if let Some(name) = queued {
+            let lock = self.locks.get_mut(&name).unwrap();
+            let index = lock.queue.iter().position(|t| t.id == id).unwrap();
+            let ticket = lock.queue.remove(index).unwrap();
+            if lock.idle() {
+                lock.idle_since = now;
+            }
+            self.ended_tickets.insert(id, (TicketEnd::Cancelled, false));
+            if forget && let Some(request_id) = &ticket.request_id {
+                self.requests.remove(request_id);
+            }
+            self.settle(&name, now);
+            return Ok(Cancelled::Cancelled);
+        }
+        match self.ended_tickets.get(&id).copied() {
+            None => Err(TicketError::NotFound),
+            Some((TicketEnd::Granted(lease_id), false)) if self.lease(lease_id).is_some() => {
+                // The request id stays: a retry hears that the lease ended.
+                let lease = self.end_lease(lease_id, LeaseEnd::Released, now).unwrap();
+                self.settle(&lease.lock, now);
+                self.ended_tickets.insert(id, (TicketEnd::Cancelled, false));
+                Ok(Cancelled::ReleasedUncollected)
+            }
+            Some((end, _)) => Ok(Cancelled::NotCancelled(end)),
+        }
+    }
+
+    fn renew(&mut self, id: LeaseId, ttl: Option<u64>, now: u64) -> Result<Lease, LeaseError> {
+        if ttl.is_some_and(|ttl| !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl)) {
+            return Err(LeaseError::InvalidTtl);
+        }
+        let lease = self
+            .locks
+            .values_mut()
+            .flat_map(|lock| lock.holders.iter_mut())
+            .find(|lease| lease.id == id);
+        let Some(lease) = lease else {
+            return Err(match self.ended_leases.get(&id) {
+                Some(end) => LeaseError::Ended(*end),
+                None => LeaseError::NotFound,
+            });
+        };
+        lease.ttl_ms = ttl.unwrap_or(lease.ttl_ms);
+        lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+        Ok(lease.clone())
+    }
+
+    fn release(&mut self, id: LeaseId, now: u64) -> Result<Released, LeaseError> {
+        match self.end_lease(id, LeaseEnd::Released, now) {
+            Some(lease) => {
+                self.settle(&lease.lock, now);
+                Ok(Released::Released)
+            }
+            None => match self.ended_leases.get(&id) {
+                Some(end) => Ok(Released::AlreadyEnded(*end)),
+                None => Err(LeaseError::NotFound),
+            },
+        }
+    }
+
+    fn revoke(&mut self, name: &LockName, token: u64, now: u64) -> Result<Lease, TokenError> {
+        let Some(lock) = self.locks.get(name) else {
+            return Err(TokenError::LockNotFound);
+        };
+        let Some(id) = lock
+            .holders
+            .iter()
+            .find(|lease| lease.token == token)
+            .map(|l| l.id)
+        else {
+            return Err(TokenError::HolderNotFound);
+        };
+        let lease = self.end_lease(id, LeaseEnd::Revoked, now).unwrap();
+        self.settle(name, now);
+        Ok(lease)
+    }
+
+    fn fence(&mut self, name: &LockName, token: u64) -> Result<u64, TokenError> {
+        let Some(lock) = self.locks.get_mut(name) else {
+            return Err(if token > 0 && token <= self.floor {
+                TokenError::Stale { newest: self.floor }
+            } else {
+                TokenError::Unknown
+            });
+        };
+        if token == 0 || token > lock.newest_granted {
+            return Err(TokenError::Unknown);
+        }
+        let live = lock.holders.iter().any(|lease| lease.token == token);
+        if !live && token < lock.newest_token {
+            return Err(TokenError::Stale {
+                newest: lock.newest_token,
+            });
+        }
+        lock.newest_token = lock.newest_token.max(token);
+        Ok(lock.newest_token)
+    }
+
+    fn tick(&mut self, now: u64) {
+        loop {
+            let mut next: Option<(u64, Event)> = None;
+            for (name, lock) in &self.locks {
+                let candidates = lock
+                    .holders
+                    .iter()
+                    .map(|l| (l.expires_at, Event::Expiry(l.id)))
+                    .chain(lock.queue.iter().map(|t| (t.lapse_at, Event::Lapse(t.id))))
+                    .chain(
+                        lock.checks
+                            .first()
+                            .map(|at| (*at, Event::Check(name.clone()))),
+                    );
+                for candidate in candidates {
+                    if next.as_ref().is_none_or(|best| candidate < *best) {
+                        next = Some(candidate);
+                    }
+                }
+            }
+            let Some((at, event)) = next.filter(|(at, _)| *at <= now) else {
+                return;
+            };
+            match event {
+                Event::Expiry(id) => {
+                    let lease = self.end_lease(id, LeaseEnd::Expired, now).unwrap();
+                    self.settle(&lease.lock, now);
+                }
+                Event::Lapse(id) => {
+                    let (name, lock) = self
+                        .locks
+                        .iter_mut()
+                        .find(|(_, lock)| lock.queue.iter().any(|t| t.id == id))
+                        .unwrap();
+                    let name = name.clone();
+                    lock.queue.retain(|t| t.id != id);
+                    if lock.idle() {
+                        lock.idle_since = now;
+                    }
+                    self.ended_tickets.insert(id, (TicketEnd::Lapsed, false));
+                    self.settle(&name, now);
+                }
+                Event::Check(name) => {
+                    let lock = self.locks.get_mut(&name).unwrap();
+                    lock.checks.remove(&at);
+                    if lock.idle() && !lock.delayed(now) && lock.idle_since + IDLE_MS <= now {
+                        self.floor = self.floor.max(lock.newest_token);
+                        self.locks.remove(&name);
+                    } else {
+                        self.settle(&name, now);
+                    }
+                }
+            }
+        }
+    }
+
+    /// What a restart keeps: live leases (renewed as of now), queued tickets (with a fresh
+    /// lapse period), lock metadata, history and counters. Ended leases and tickets, and the
+    /// request ids of anything that is no longer live, are forgotten.
+    fn restart(&mut self, now: u64) {
+        self.ended_leases.clear();
+        self.ended_tickets.clear();
+        self.requests.clear();
+        let lapse = self.config.ticket_lapse_ms;
+        let mut max_seq = 0;
+        for (name, lock) in &mut self.locks {
+            lock.idle_since = now;
+            lock.checks.clear();
+            // The end of a lock-delay in force is looked at again.
+            if let Some(until) = lock.delayed_until {
+                lock.checks.insert(until);
+            }
+            for lease in &mut lock.holders {
+                lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+                if let Some(request_id) = &lease.request_id {
+                    self.requests
+                        .insert(request_id.clone(), (name.clone(), Target::Lease(lease.id)));
+                }
+                if let Some(ticket) = lease.ticket {
+                    self.ended_tickets
+                        .insert(ticket, (TicketEnd::Granted(lease.id), false));
+                }
+            }
+            for ticket in &mut lock.queue {
+                ticket.lapse_at = now + lapse;
+                max_seq = max_seq.max(ticket.seq);
+                if let Some(request_id) = &ticket.request_id {
+                    self.requests.insert(
+                        request_id.clone(),
+                        (name.clone(), Target::Ticket(ticket.id)),
+                    );
+                }
+            }
+        }
+        self.next_seq = max_seq + 1;
+        let names: Vec<LockName> = self.locks.keys().cloned().collect();
+        for name in names {
+            self.settle(&name, now);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Operations
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Cap {
+    /// Ask for the lock's usual capacity.
+    Usual,
+    /// Ask for none (keep the lock's).
+    Keep,
+    /// Ask for another one (possibly invalid).
+    Other(u32),
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Acquire {
+        lock: usize,
+        client: usize,
+        queue: bool,
+        key: bool,
+        request: bool,
+        cap: Cap,
+        ttl: u64,
+    },
+    /// Resend an earlier acquire that had a request id (with fresh ids), possibly for the wrong
+    /// lock.
+    Retry {
+        pick: Index,
+        other_lock: bool,
+    },
+    Wait {
+        pick: Pick,
+        keep: Option<u64>,
+    },
+    Cancel {
+        pick: Pick,
+        forget: bool,
+    },
+    Renew {
+        pick: Pick,
+        ttl: Option<u64>,
+    },
+    Release {
+        pick: Pick,
+    },
+    Revoke {
+        lock: usize,
+        pick: Index,
+        holder: bool,
+    },
+    Fence {
+        lock: usize,
+        pick: Index,
+    },
+    Advance {
+        ms: u64,
+    },
+    Restart {
+        downtime: u64,
+    },
+    /// Time passes exactly to the table's next deadline, as a server's timer would.
+    NextDeadline,
+    /// Time passes but the next tick comes late: the operation runs first (a request that
+    /// arrives just before the timer fires), then the tick.
+    Late {
+        ms: u64,
+        op: Box<Op>,
+    },
+}
+
+/// Which lease or ticket an operation names: mostly a live one, else any ever seen, or one
+/// never issued.
+#[derive(Debug, Clone)]
+struct Pick {
+    live: bool,
+    index: Index,
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    (prop::bool::weighted(0.75), any::<Index>()).prop_map(|(live, index)| Pick { live, index })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        9 => basic_op(),
+        1 => (0u64..2000, basic_op()).prop_map(|(ms, op)| Op::Late { ms, op: Box::new(op) }),
+    ]
+}
+
+fn basic_op() -> impl Strategy<Value = Op> {
+    let ttl = prop_oneof![19 => 500u64..=2000, 1 => Just(100u64)];
+    let cap = prop_oneof![
+        6 => Just(Cap::Usual),
+        3 => Just(Cap::Keep),
+        1 => (0u32..=3).prop_map(Cap::Other),
+    ];
+    prop_oneof![
+        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl)
+            .prop_map(|(lock, client, queue, key, request, cap, ttl)| Op::Acquire {
+                lock, client, queue, key, request, cap, ttl
+            }),
+        6 => (any::<Index>(), prop::bool::weighted(0.1))
+            .prop_map(|(pick, other_lock)| Op::Retry { pick, other_lock }),
+        14 => (pick(), prop::option::of(0u64..3000))
+            .prop_map(|(pick, keep)| Op::Wait { pick, keep }),
+        5 => (pick(), any::<bool>()).prop_map(|(pick, forget)| Op::Cancel { pick, forget }),
+        14 => (pick(), prop::option::weighted(0.3, prop_oneof![500u64..=2000, Just(100)]))
+            .prop_map(|(pick, ttl)| Op::Renew { pick, ttl }),
+        10 => pick().prop_map(|pick| Op::Release { pick }),
+        4 => (0..3usize, any::<Index>(), prop::bool::weighted(0.8))
+            .prop_map(|(lock, pick, holder)| Op::Revoke { lock, pick, holder }),
+        5 => (0..3usize, any::<Index>()).prop_map(|(lock, pick)| Op::Fence { lock, pick }),
+        12 => prop_oneof![2 => 0u64..300, 1 => 0u64..4000].prop_map(|ms| Op::Advance { ms }),
+        6 => Just(Op::NextDeadline),
+        3 => prop_oneof![Just(0u64), 0u64..1000].prop_map(|downtime| Op::Restart { downtime }),
+    ]
+}
+
+// ---------------------------------------------------------------------------------------------
+// The harness: runs each operation on the table and the model, then checks.
+// ---------------------------------------------------------------------------------------------
+
+struct Harness {
+    config: Config,
+    capacities: [u32; 3],
+    names: Vec<LockName>,
+    state: State,
+    model: Model,
+    disk: Disk,
+    now: u64,
+    step: usize,
+    next_id: u64,
+    /// Every lease id granted and every ticket id queued, for operations to pick from.
+    lease_ids: Vec<LeaseId>,
+    ticket_ids: Vec<TicketId>,
+    /// The token of every lease ever granted, and the greatest.
+    tokens: HashMap<LeaseId, u64>,
+    max_token: u64,
+    /// Tokens granted on each lock, in grant order.
+    granted_on: HashMap<LockName, Vec<u64>>,
+    /// Acquires that carried a request id, to retry.
+    sent: Vec<Acquire>,
+    /// What each remembered request id first answered.
+    outcomes: HashMap<String, (LockName, Target)>,
+    /// The lease each ticket becomes.
+    ticket_lease: HashMap<TicketId, LeaseId>,
+    /// Queues as the change stream tells them, in arrival order.
+    arrivals: HashMap<LockName, VecDeque<TicketId>>,
+    /// Whether each ticket was at the head of its queue when it left it.
+    left_at_head: HashMap<TicketId, bool>,
+    /// No grant on a lock before this (the end of the lock-delay of its last unclean end).
+    no_grant_before: HashMap<LockName, u64>,
+}
+
+/// What a step did that the guarantees talk about.
+#[derive(Default)]
+struct Effects {
+    fresh: Vec<Lease>,
+    left_queue: Vec<TicketId>,
+}
+
+impl Harness {
+    fn new(lock_delay_ms: u64, capacities: [u32; 3]) -> Harness {
+        let config = config(lock_delay_ms);
+        Harness {
+            state: State::new(config.clone(), T0),
+            model: Model::new(config.clone()),
+            config,
+            capacities,
+            names: NAMES.iter().map(|n| LockName::new(n).unwrap()).collect(),
+            disk: Disk::default(),
+            now: T0,
+            step: 0,
+            next_id: 1,
+            lease_ids: Vec::new(),
+            ticket_ids: Vec::new(),
+            tokens: HashMap::new(),
+            max_token: 0,
+            granted_on: HashMap::new(),
+            sent: Vec::new(),
+            outcomes: HashMap::new(),
+            ticket_lease: HashMap::new(),
+            arrivals: HashMap::new(),
+            left_at_head: HashMap::new(),
+            no_grant_before: HashMap::new(),
+        }
+    }
+
+    fn fresh_id(&mut self) -> [u8; 16] {
+        self.next_id += 1;
+        id_bytes(self.next_id)
+    }
+
+    fn pick_lease(&mut self, pick: &Pick) -> LeaseId {
+        let live: Vec<LeaseId> = self
+            .views()
+            .values()
+            .flat_map(|v| &v.holders)
+            .map(|l| l.id)
+            .collect();
+        if pick.live && !live.is_empty() {
+            return live[pick.index.index(live.len())];
+        }
+        let index = pick.index.index(self.lease_ids.len() + 1);
+        match self.lease_ids.get(index) {
+            Some(id) => *id,
+            None => LeaseId(self.fresh_id()),
+        }
+    }
+
+    fn pick_ticket(&mut self, pick: &Pick) -> TicketId {
+        let live: Vec<TicketId> = self
+            .views()
+            .values()
+            .flat_map(|v| &v.waiters)
+            .map(|t| t.id)
+            .collect();
+        if pick.live && !live.is_empty() {
+            return live[pick.index.index(live.len())];
+        }
+        let index = pick.index.index(self.ticket_ids.len() + 1);
+        match self.ticket_ids.get(index) {
+            Some(id) => *id,
+            None => TicketId(self.fresh_id()),
+        }
+    }
+
+    fn views(&self) -> BTreeMap<LockName, LockView> {
+        self.state
+            .locks(None, 100)
+            .into_iter()
+            .map(|view| (view.name.clone(), view))
+            .collect()
+    }
+
+    fn run(&mut self, op: &Op) {
+        self.step += 1;
+        let before = self.views();
+        self.apply(op, &before);
+        self.check();
+    }
+
+    fn apply(&mut self, op: &Op, before: &BTreeMap<LockName, LockView>) -> Effects {
+        let before = before.clone();
+        match op {
+            Op::NextDeadline => {
+                let at = self.state.next_deadline().unwrap_or(self.now);
+                let ms = at.saturating_sub(self.now);
+                self.apply(&Op::Advance { ms }, &before)
+            }
+            Op::Late { ms, op } => {
+                self.now += ms;
+                let mut effects = self.apply(op, &before);
+                let mid = self.views();
+                let tick = self.apply(&Op::Advance { ms: 0 }, &mid);
+                effects.fresh.extend(tick.fresh);
+                effects.left_queue.extend(tick.left_queue);
+                effects
+            }
+            Op::Acquire {
+                lock,
+                client,
+                queue,
+                key,
+                request,
+                cap,
+                ttl,
+            } => {
+                let name = self.names[*lock].clone();
+                let command = Acquire {
+                    lock: name,
+                    owner: format!("host{client}"),
+                    owner_key: key.then(|| format!("key{client}")),
+                    ttl_ms: *ttl,
+                    capacity: match cap {
+                        Cap::Usual => Some(self.capacities[*lock]),
+                        Cap::Keep => None,
+                        Cap::Other(c) => Some(*c),
+                    },
+                    queue: *queue,
+                    request_id: request.then(|| format!("req-{}", self.step)),
+                    lease_id: LeaseId(self.fresh_id()),
+                    ticket_id: TicketId(self.fresh_id()),
+                };
+                self.acquire(command, false, &before)
+            }
+            Op::Retry { pick, other_lock } => {
+                if self.sent.is_empty() {
+                    return Effects::default();
+                }
+                let mut command = self.sent[pick.index(self.sent.len())].clone();
+                command.lease_id = LeaseId(self.fresh_id());
+                command.ticket_id = TicketId(self.fresh_id());
+                if *other_lock {
+                    let index = self.names.iter().position(|n| *n == command.lock).unwrap();
+                    command.lock = self.names[(index + 1) % self.names.len()].clone();
+                }
+                self.acquire(command, *other_lock, &before)
+            }
+            Op::Wait { pick, keep } => {
+                let id = self.pick_ticket(pick);
+                let keep_until = keep.map(|k| self.now + k);
+                let real = self.state.wait_ticket(id, keep_until, self.now);
+                let model = self.model.ticket_status(id, keep_until, self.now);
+                self.agree("wait_ticket", &real, &model);
+                if let Ok(TicketStatus::Queued(queued)) = &real {
+                    assert!(
+                        keep_until.is_none_or(|k| queued.ticket.lapse_at >= k),
+                        "a wait did not keep the ticket until {keep_until:?}"
+                    );
+                }
+                self.settle_step(&before)
+            }
+            Op::Cancel { pick, forget } => {
+                let id = self.pick_ticket(pick);
+                let request_id = before
+                    .values()
+                    .flat_map(|v| &v.waiters)
+                    .find(|t| t.id == id)
+                    .and_then(|t| t.request_id.clone());
+                let real = self.state.cancel_ticket(id, *forget, self.now);
+                let model = self.model.cancel(id, *forget, self.now);
+                self.agree("cancel_ticket", &real, &model);
+                if *forget
+                    && real == Ok(Cancelled::Cancelled)
+                    && let Some(request_id) = request_id
+                {
+                    self.outcomes.remove(&request_id);
+                }
+                let effects = self.settle_step(&before);
+                if real == Ok(Cancelled::ReleasedUncollected) {
+                    self.check_handoff(&before, &effects, id);
+                }
+                effects
+            }
+            Op::Renew { pick, ttl } => {
+                let id = self.pick_lease(pick);
+                let real = self.state.renew(id, *ttl, self.now);
+                let model = self.model.renew(id, *ttl, self.now);
+                self.agree("renew", &real, &model);
+                if let Ok(lease) = &real {
+                    let old = before
+                        .values()
+                        .flat_map(|v| &v.holders)
+                        .find(|l| l.id == id)
+                        .unwrap();
+                    assert!(
+                        lease.expires_at >= old.expires_at
+                            && lease.expires_at >= self.now + lease.ttl_ms,
+                        "a renewal shortened a deadline: {old:?} -> {lease:?}"
+                    );
+                }
+                self.settle_step(&before)
+            }
+            Op::Release { pick } => {
+                let id = self.pick_lease(pick);
+                let real = self.state.release(id, self.now);
+                let model = self.model.release(id, self.now);
+                self.agree("release", &real, &model);
+                let effects = self.settle_step(&before);
+                if real == Ok(Released::Released) {
+                    self.check_handoff_of_lease(&before, &effects, id);
+                }
+                effects
+            }
+            Op::Revoke { lock, pick, holder } => {
+                let name = self.names[*lock].clone();
+                let holders: Vec<u64> = before
+                    .get(&name)
+                    .map(|v| v.holders.iter().map(|l| l.token).collect())
+                    .unwrap_or_default();
+                let all: Vec<u64> = self.tokens.values().copied().collect();
+                let pool = if *holder && !holders.is_empty() {
+                    holders
+                } else {
+                    all
+                };
+                let token = if pool.is_empty() {
+                    1
+                } else {
+                    pool[pick.index(pool.len())]
+                };
+                let real = self.state.revoke(&name, token, self.now);
+                let model = self.model.revoke(&name, token, self.now);
+                self.agree("revoke", &real, &model);
+                let effects = self.settle_step(&before);
+                if real.is_ok() && self.config.lock_delay_ms > 0 {
+                    assert!(
+                        effects.fresh.iter().all(|l| l.lock != name),
+                        "granted at once after a revocation despite the lock-delay"
+                    );
+                }
+                effects
+            }
+            Op::Fence { lock, pick } => {
+                let name = self.names[*lock].clone();
+                let mut pool: Vec<u64> = self.tokens.values().copied().collect();
+                pool.sort_unstable();
+                pool.push(0);
+                pool.push(self.state.next_token() + 3);
+                let token = pool[pick.index(pool.len())];
+                let real = self.state.fence(&name, token, self.now);
+                let model = self.model.fence(&name, token);
+                self.agree("fence", &real, &model);
+                if real.is_ok() {
+                    let granted = self.granted_on.get(&name).cloned().unwrap_or_default();
+                    assert!(
+                        granted.contains(&token),
+                        "G3: fence accepted token {token}, never granted on {name}"
+                    );
+                    let live = before
+                        .get(&name)
+                        .is_some_and(|v| v.holders.iter().any(|l| l.token == token));
+                    assert!(
+                        live || granted.iter().all(|t| *t <= token),
+                        "G3: fence accepted {token} on {name} after newer grants {granted:?}"
+                    );
+                }
+                self.settle_step(&before)
+            }
+            Op::Advance { ms } => {
+                self.now += ms;
+                self.state.tick(self.now);
+                self.model.tick(self.now);
+                let effects = self.settle_step(&before);
+                for view in self.views().values() {
+                    for lease in &view.holders {
+                        assert!(
+                            lease.expires_at > self.now,
+                            "G5: lease {} on {} outlived its expiry {} (now {})",
+                            lease.token,
+                            view.name,
+                            lease.expires_at,
+                            self.now
+                        );
+                    }
+                    for ticket in &view.waiters {
+                        assert!(
+                            ticket.lapse_at > self.now,
+                            "a ticket on {} outlived its lapse",
+                            view.name
+                        );
+                    }
+                }
+                // A ticket that left its queue without being granted lapsed, and says so.
+                for id in &effects.left_queue {
+                    if !effects.fresh.iter().any(|l| l.ticket == Some(*id)) {
+                        let status = self.state.clone().wait_ticket(*id, None, self.now);
+                        assert_eq!(status, Err(TicketError::Lapsed));
+                    }
+                }
+                effects
+            }
+            Op::Restart { downtime } => {
+                assert!(!self.state.has_changes(), "changes left undrained");
+                self.now += downtime;
+                self.state = State::restore(self.config.clone(), self.disk.snapshot(), self.now)
+                    .unwrap_or_else(|e| panic!("restore failed: {e}"));
+                self.model.restart(self.now);
+                self.outcomes.retain(|request_id, (_, target)| {
+                    let mine = |lease: &Lease| lease.request_id.as_deref() == Some(request_id);
+                    before.values().any(|view| match target {
+                        Target::Lease(id) => view.holders.iter().any(|l| l.id == *id && mine(l)),
+                        Target::Ticket(id) => {
+                            view.waiters
+                                .iter()
+                                .any(|t| t.id == *id && t.request_id.as_deref() == Some(request_id))
+                                || view
+                                    .holders
+                                    .iter()
+                                    .any(|l| l.ticket == Some(*id) && mine(l))
+                        }
+                    })
+                });
+                let effects = self.settle_step(&before);
+                let after = self.views();
+                for (name, view) in &before {
+                    for lease in &view.holders {
+                        let now = self.state.lease(lease.id).unwrap_or_else(|| {
+                            panic!("G2: lease {} on {name} lost in a restart", lease.token)
+                        });
+                        assert!(
+                            now.expires_at >= lease.expires_at,
+                            "G2: restart shortened a deadline"
+                        );
+                    }
+                    let queued: Vec<TicketId> = view.waiters.iter().map(|t| t.id).collect();
+                    let kept: Vec<TicketId> = after
+                        .get(name)
+                        .map(|v| v.waiters.iter().map(|t| t.id).collect())
+                        .unwrap_or_default();
+                    let granted = queued.len() - kept.len();
+                    assert_eq!(
+                        queued[granted..],
+                        kept[..],
+                        "restart reordered the queue of {name}"
+                    );
+                    for id in &queued[..granted] {
+                        assert!(effects.fresh.iter().any(|l| l.ticket == Some(*id)));
+                    }
+                }
+                effects
+            }
+        }
+    }
+
+    fn acquire(
+        &mut self,
+        command: Acquire,
+        misdirected: bool,
+        before: &BTreeMap<LockName, LockView>,
+    ) -> Effects {
+        let real = self.state.acquire(command.clone(), self.now);
+        let model = self.model.acquire(&command, self.now);
+        self.agree("acquire", &real, &model);
+        let pre = before.get(&command.lock);
+        let effects = self.settle_step(before);
+        // G4: a request never jumps a non-empty queue, nor gets more than the capacity.
+        if let Ok(Acquired::Granted(lease)) = &real
+            && effects.fresh.iter().any(|l| l.id == lease.id)
+            && let Some(pre) = pre
+        {
+            assert!(
+                pre.waiters.is_empty(),
+                "G4: acquire granted past {} waiters",
+                pre.waiters.len()
+            );
+        }
+        // G7: a retry answers what the first request got, or that it ended.
+        let retried = command
+            .request_id
+            .as_ref()
+            .and_then(|r| self.outcomes.get(r).cloned());
+        if let Some((lock, target)) = &retried {
+            let ok = match (&real, target) {
+                (Err(AcquireError::RequestIdConflict { lock: l }), _) => {
+                    *l == *lock && *lock != command.lock
+                }
+                (Err(AcquireError::LeaseEnded(_) | AcquireError::TicketEnded(_)), _) => true,
+                (Ok(Acquired::Granted(lease)), Target::Lease(id)) => lease.id == *id,
+                (Ok(Acquired::Granted(lease)), Target::Ticket(id)) => {
+                    Some(&lease.id) == self.ticket_lease.get(id)
+                }
+                (Ok(Acquired::Queued(queued)), Target::Ticket(id)) => queued.ticket.id == *id,
+                _ => false,
+            };
+            assert!(
+                ok,
+                "G7: retry of {:?} first answered {target:?}, now {real:?}",
+                command.request_id
+            );
+        } else if let Some(request_id) = &command.request_id {
+            match &real {
+                Ok(Acquired::Granted(lease)) => {
+                    self.outcomes.insert(
+                        request_id.clone(),
+                        (command.lock.clone(), Target::Lease(lease.id)),
+                    );
+                }
+                Ok(Acquired::Queued(queued)) => {
+                    self.outcomes.insert(
+                        request_id.clone(),
+                        (command.lock.clone(), Target::Ticket(queued.ticket.id)),
+                    );
+                }
+                _ => {}
+            }
+        }
+        // G7: the owner key of a holder gets that holder's lease back.
+        if retried.is_none()
+            && (TTL_MS_MIN..=TTL_MS_MAX).contains(&command.ttl_ms)
+            && let Some(key) = &command.owner_key
+            && let Some(pre) = pre
+            && command.capacity.is_none_or(|c| c == pre.capacity)
+            && let Some(held) = pre
+                .holders
+                .iter()
+                .find(|l| l.owner_key.as_ref() == Some(key))
+        {
+            assert!(
+                matches!(&real, Ok(Acquired::Granted(lease)) if lease.id == held.id),
+                "G7: owner key {key} holds {} but acquire answered {real:?}",
+                held.token
+            );
+        }
+        if command.request_id.is_some() && !misdirected {
+            self.sent.push(command);
+        }
+        effects
+    }
+
+    /// A clean end hands the lock to the head of its queue at once, unless delayed.
+    fn check_handoff_of_lease(
+        &self,
+        before: &BTreeMap<LockName, LockView>,
+        effects: &Effects,
+        id: LeaseId,
+    ) {
+        let Some(view) = before
+            .values()
+            .find(|v| v.holders.iter().any(|l| l.id == id))
+        else {
+            return;
+        };
+        if let Some(head) = view.waiters.first()
+            && view.delayed_until.is_none_or(|until| until <= self.now)
+        {
+            assert!(
+                effects.fresh.iter().any(|l| l.ticket == Some(head.id)),
+                "G5: a release on {} did not hand the lock to the head of its queue",
+                view.name
+            );
+        }
+    }
+
+    fn check_handoff(
+        &self,
+        before: &BTreeMap<LockName, LockView>,
+        effects: &Effects,
+        id: TicketId,
+    ) {
+        if let Some(lease) = self.ticket_lease.get(&id) {
+            self.check_handoff_of_lease(before, effects, *lease);
+        }
+    }
+
+    fn agree<T: PartialEq + std::fmt::Debug>(&self, what: &str, real: &T, model: &T) {
+        assert_eq!(
+            real, model,
+            "step {}: {what} answered {real:?}, the model {model:?}",
+            self.step
+        );
+    }
+
+    /// Persists what the step changed and reads the guarantees off the change stream.
+    fn settle_step(&mut self, before: &BTreeMap<LockName, LockView>) -> Effects {
+        let changes = self.state.drain_changes();
+        assert!(!self.state.has_changes());
+        let wakeups: HashSet<TicketId> = self.state.drain_wakeups().into_iter().collect();
+        let mut effects = Effects::default();
+        for change in &changes {
+            self.disk.apply(change);
+            match change {
+                Change::TicketPut(ticket) => {
+                    self.ticket_ids.push(ticket.id);
+                    self.ticket_lease.insert(ticket.id, ticket.lease_id);
+                    self.arrivals
+                        .entry(ticket.lock.clone())
+                        .or_default()
+                        .push_back(ticket.id);
+                }
+                Change::TicketDelete(id) => {
+                    let queue = self
+                        .arrivals
+                        .values_mut()
+                        .find(|q| q.contains(id))
+                        .expect("a ticket left a queue it never joined");
+                    let index = queue.iter().position(|t| t == id).unwrap();
+                    queue.remove(index);
+                    self.left_at_head.insert(*id, index == 0);
+                    effects.left_queue.push(*id);
+                    assert!(
+                        wakeups.contains(id),
+                        "G5: the waiter of a ticket that left its queue is not woken"
+                    );
+                }
+                Change::LeasePut(lease) => {
+                    if let Some(token) = self.tokens.get(&lease.id) {
+                        assert_eq!(*token, lease.token, "a lease changed its token");
+                        continue;
+                    }
+                    assert!(
+                        lease.token > self.max_token,
+                        "G3: token {} granted after token {}",
+                        lease.token,
+                        self.max_token
+                    );
+                    assert!(lease.token < self.state.next_token());
+                    self.max_token = lease.token;
+                    self.tokens.insert(lease.id, lease.token);
+                    self.lease_ids.push(lease.id);
+                    self.granted_on
+                        .entry(lease.lock.clone())
+                        .or_default()
+                        .push(lease.token);
+                    assert_eq!(lease.granted_at, self.now);
+                    if let Some(ticket) = lease.ticket {
+                        assert_eq!(
+                            self.left_at_head.get(&ticket),
+                            Some(&true),
+                            "G4: ticket granted out of arrival order on {}",
+                            lease.lock
+                        );
+                    } else if let Some(view) = before.get(&lease.lock) {
+                        assert!(
+                            view.waiters.is_empty(),
+                            "G4: a fresh acquire was granted while {} had waiters",
+                            lease.lock
+                        );
+                    }
+                    let not_before = self.no_grant_before.get(&lease.lock).copied().unwrap_or(0);
+                    assert!(
+                        self.now >= not_before,
+                        "G5: {} granted at {} during its lock-delay (until {not_before})",
+                        lease.lock,
+                        self.now
+                    );
+                    effects.fresh.push(lease.clone());
+                }
+                Change::HistoryAppend(record) if record.end != LeaseEnd::Released => {
+                    let until = record.ended_at + self.config.lock_delay_ms;
+                    let entry = self.no_grant_before.entry(record.lock.clone()).or_default();
+                    *entry = (*entry).max(until);
+                }
+                _ => {}
+            }
+        }
+        effects
+    }
+
+    fn check(&self) {
+        let step = self.step;
+        self.state.check_invariants();
+        let views = self.views();
+        // The model agrees on every lock, every holder and every waiter.
+        let model_names: Vec<&LockName> = self.model.locks.keys().collect();
+        let names: Vec<&LockName> = views.keys().collect();
+        assert_eq!(names, model_names, "step {step}: the locks differ");
+        for name in &self.names {
+            assert_eq!(
+                self.state.lock(name),
+                self.model.view(name),
+                "step {step}: lock {name} differs from the model"
+            );
+            let mut history = self.state.history(name, usize::MAX, self.now);
+            assert!(
+                history.windows(2).all(|w| w[0].ended_at >= w[1].ended_at),
+                "history is not newest first"
+            );
+            let mut expected = self.model.history.get(name).cloned().unwrap_or_default();
+            history.sort_by_key(|r| (r.ended_at, r.token));
+            expected.sort_by_key(|r| (r.ended_at, r.token));
+            assert_eq!(history, expected, "step {step}: history of {name} differs");
+        }
+        assert_eq!(self.state.counts(), self.model.counts(), "step {step}");
+        assert_eq!(
+            self.state.next_token(),
+            self.model.next_token,
+            "step {step}"
+        );
+        assert!(
+            self.state.next_token() > self.max_token,
+            "G3: next_token not above every token granted"
+        );
+        for view in views.values() {
+            // G1.
+            assert!(
+                view.holders.len() <= view.capacity as usize,
+                "G1: {} has {} holders, capacity {}",
+                view.name,
+                view.holders.len(),
+                view.capacity
+            );
+            // G5: room and waiters only during a lock-delay.
+            if view.holders.len() < view.capacity as usize && !view.waiters.is_empty() {
+                assert!(
+                    view.delayed_until.is_some_and(|until| until > self.now),
+                    "G5: {} has room and waiters, but no lock-delay",
+                    view.name
+                );
+            }
+            // Queues as the change stream told them.
+            let ids: Vec<TicketId> = view.waiters.iter().map(|t| t.id).collect();
+            let arrivals: Vec<TicketId> = self
+                .arrivals
+                .get(&view.name)
+                .map(|q| q.iter().copied().collect())
+                .unwrap_or_default();
+            assert_eq!(
+                ids, arrivals,
+                "G4: queue of {} out of arrival order",
+                view.name
+            );
+        }
+        // G2: the disk, fed only by changes, describes the table.
+        let disk_names: Vec<&LockName> = self.disk.locks.keys().collect();
+        assert_eq!(disk_names, names, "G2: the stored locks differ");
+        for view in views.values() {
+            let record = &self.disk.locks[&view.name];
+            assert_eq!(
+                (record.capacity, record.newest_token, record.delayed_until),
+                (view.capacity, view.newest_token, view.delayed_until),
+                "G2: stored lock {} differs",
+                view.name
+            );
+        }
+        let live: BTreeMap<LeaseId, &Lease> = views
+            .values()
+            .flat_map(|v| &v.holders)
+            .map(|l| (l.id, l))
+            .collect();
+        assert_eq!(
+            self.disk.leases.keys().collect::<BTreeSet<_>>(),
+            live.keys().collect::<BTreeSet<_>>(),
+            "G2: the stored leases differ"
+        );
+        for (id, lease) in &live {
+            let stored = &self.disk.leases[id];
+            assert_eq!(
+                (stored.token, stored.ttl_ms, &stored.lock, stored.ticket),
+                (lease.token, lease.ttl_ms, &lease.lock, lease.ticket)
+            );
+            assert!(stored.expires_at <= lease.expires_at);
+        }
+        let queued: BTreeSet<TicketId> = views
+            .values()
+            .flat_map(|v| &v.waiters)
+            .map(|t| t.id)
+            .collect();
+        assert_eq!(
+            self.disk.tickets.keys().copied().collect::<BTreeSet<_>>(),
+            queued,
+            "G2: the stored tickets differ"
+        );
+        assert_eq!(self.disk.next_token.max(1), self.state.next_token());
+    }
+}
+
+fn run_case(lock_delay_ms: u64, capacities: [u32; 3], ops: &[Op]) {
+    let mut harness = Harness::new(lock_delay_ms, capacities);
+    for op in ops {
+        harness.run(op);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        // Integration tests have no lib.rs for the default location: keep failing cases in
+        // `tests/model.proptest-regressions`, replayed first on every run.
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// No lock-delay: every end hands the lock on at once.
+    #[test]
+    fn table_matches_model_without_lock_delay(
+        capacities in prop::array::uniform3(1u32..=3),
+        ops in prop::collection::vec(op(), 1..200),
+    ) {
+        run_case(0, capacities, &ops);
+    }
+
+    /// A lock-delay of 50 ms after every unclean end.
+    #[test]
+    fn table_matches_model_with_lock_delay(
+        capacities in prop::array::uniform3(1u32..=3),
+        ops in prop::collection::vec(op(), 1..200),
+    ) {
+        run_case(50, capacities, &ops);
+    }
+}
