@@ -155,9 +155,15 @@ pub enum TicketEnd {
     Cancelled,
 }
 
-/// One ended hold, as history keeps it. No lease id: history is for everyone to read.
+/// One ended hold, as history keeps it. The lease id and request id are kept so that a restart
+/// still knows how the lease ended and which request it answered (G7); they are never shown:
+/// history listings carry owners and tokens only (G8).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRecord {
+    /// The lease that ended (never shown).
+    pub lease_id: LeaseId,
+    /// The request id of the acquire that created it (never shown).
+    pub request_id: Option<String>,
     /// The lock.
     pub lock: LockName,
     /// The owner label.
@@ -580,11 +586,13 @@ impl State {
                 state.requests_order.push_back((now, request_id.clone()));
             }
             if let Some(ticket) = lease.ticket {
+                // Whether a wait collected the lease before the restart is not known; assume
+                // it did, so cancelling the ticket can never release a lease in use.
                 state.ended_tickets.insert(
                     ticket,
                     EndedTicket {
                         end: TicketEnd::Granted(lease.id),
-                        collected: false,
+                        collected: true,
                     },
                 );
                 state.ended_tickets_order.push_back((now, ticket));
@@ -617,7 +625,31 @@ impl State {
         }
         let mut history = snapshot.history;
         history.sort_by_key(|record| (record.ended_at, record.token));
+        let horizon = now.saturating_sub(state.config.ended_retention_ms);
         for record in history {
+            // Leases that ended recently are remembered as ended, and so are their request
+            // ids: a retry after the restart hears that its lease ended rather than getting a
+            // second one (G7). Live leases and tickets were registered above and win.
+            if record.ended_at > horizon {
+                state.ended_leases.insert(record.lease_id, record.end);
+                state
+                    .ended_leases_order
+                    .push_back((record.ended_at, record.lease_id));
+                if let Some(request_id) = &record.request_id
+                    && !state.requests.contains_key(request_id)
+                {
+                    state.requests.insert(
+                        request_id.clone(),
+                        RequestRecord {
+                            lock: record.lock.clone(),
+                            target: RequestTarget::Lease(record.lease_id),
+                        },
+                    );
+                    state
+                        .requests_order
+                        .push_back((record.ended_at, request_id.clone()));
+                }
+            }
             state.push_history(record);
         }
         let names: Vec<LockName> = state.locks.keys().cloned().collect();
@@ -991,6 +1023,8 @@ impl State {
         self.ended_leases_order.push_back((now, id));
         self.changes.push(Change::LeaseDelete(id));
         let record = HistoryRecord {
+            lease_id: lease.id,
+            request_id: lease.request_id.clone(),
             lock: lease.lock.clone(),
             owner: lease.owner.clone(),
             token: lease.token,
@@ -1135,6 +1169,7 @@ impl State {
         {
             return Err(LeaseError::InvalidTtl);
         }
+        self.expire_if_due(id, now);
         let Some(lease) = self.leases.get_mut(&id) else {
             return Err(match self.ended_leases.get(&id) {
                 Some(end) => LeaseError::Ended(*end),
@@ -1157,9 +1192,23 @@ impl State {
         Ok(lease)
     }
 
+    /// A lease whose deadline has come is over, even if the timer has not run yet: a renewal
+    /// or release that arrives at or after `expires_at` must hear that it expired (G5), so the
+    /// deadlines due now run first.
+    fn expire_if_due(&mut self, id: LeaseId, now: Millis) {
+        if self
+            .leases
+            .get(&id)
+            .is_some_and(|lease| lease.expires_at <= now)
+        {
+            self.tick(now);
+        }
+    }
+
     /// Releases a lease and hands the lock on at once.
     pub fn release(&mut self, id: LeaseId, now: Millis) -> Result<Released, LeaseError> {
         let now = self.observe(now);
+        self.expire_if_due(id, now);
         match self.end_lease(id, LeaseEnd::Released, now) {
             Some(lease) => {
                 self.settle(&lease.lock, now);
@@ -1471,7 +1520,9 @@ impl State {
 
     /// The live leases of the lock that a queued ticket waits for.
     pub fn lock_holders(&self, ticket: TicketId) -> Vec<Lease> {
-        self.tickets.get(&ticket).map_or_else(Vec::new, |ticket| self.holders_of(&ticket.lock))
+        self.tickets
+            .get(&ticket)
+            .map_or_else(Vec::new, |ticket| self.holders_of(&ticket.lock))
     }
 
     /// A live lease by id.

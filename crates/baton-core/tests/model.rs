@@ -417,6 +417,8 @@ impl Model {
             .entry(name.clone())
             .or_default()
             .push(HistoryRecord {
+                lease_id: lease.id,
+                request_id: lease.request_id.clone(),
                 lock: name.clone(),
                 owner: lease.owner.clone(),
                 token: lease.token,
@@ -496,6 +498,7 @@ impl Model {
         if ttl.is_some_and(|ttl| !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl)) {
             return Err(LeaseError::InvalidTtl);
         }
+        self.expire_if_due(id, now);
         let lease = self
             .locks
             .values_mut()
@@ -512,7 +515,21 @@ impl Model {
         Ok(lease.clone())
     }
 
+    /// A lease at or past its deadline is over even before the tick: renewals and releases
+    /// that arrive then hear that it expired.
+    fn expire_if_due(&mut self, id: LeaseId, now: u64) {
+        let due = self
+            .locks
+            .values()
+            .flat_map(|lock| lock.holders.iter())
+            .any(|lease| lease.id == id && lease.expires_at <= now);
+        if due {
+            self.tick(now);
+        }
+    }
+
     fn release(&mut self, id: LeaseId, now: u64) -> Result<Released, LeaseError> {
+        self.expire_if_due(id, now);
         match self.end_lease(id, LeaseEnd::Released, now) {
             Some(lease) => {
                 self.settle(&lease.lock, now);
@@ -620,12 +637,27 @@ impl Model {
     }
 
     /// What a restart keeps: live leases (renewed as of now), queued tickets (with a fresh
-    /// lapse period), lock metadata, history and counters. Ended leases and tickets, and the
-    /// request ids of anything that is no longer live, are forgotten.
+    /// lapse period), lock metadata, history and counters. Leases that ended within the
+    /// retention are remembered from history, with their request ids; ended tickets are
+    /// forgotten, and a ticket granted before the restart counts as collected.
     fn restart(&mut self, now: u64) {
         self.ended_leases.clear();
         self.ended_tickets.clear();
         self.requests.clear();
+        // Leases that ended within the retention are known from history, with their request
+        // ids; the live leases and tickets below take precedence.
+        let horizon = now.saturating_sub(self.config.ended_retention_ms);
+        for record in self.history.values().flatten() {
+            if record.ended_at > horizon {
+                self.ended_leases.insert(record.lease_id, record.end);
+                if let Some(request_id) = &record.request_id {
+                    self.requests.insert(
+                        request_id.clone(),
+                        (record.lock.clone(), Target::Lease(record.lease_id)),
+                    );
+                }
+            }
+        }
         let lapse = self.config.ticket_lapse_ms;
         let mut max_seq = 0;
         for (name, lock) in &mut self.locks {
@@ -643,7 +675,7 @@ impl Model {
                 }
                 if let Some(ticket) = lease.ticket {
                     self.ended_tickets
-                        .insert(ticket, (TicketEnd::Granted(lease.id), false));
+                        .insert(ticket, (TicketEnd::Granted(lease.id), true));
                 }
             }
             for ticket in &mut lock.queue {
@@ -1125,20 +1157,37 @@ impl Harness {
                 self.state = State::restore(self.config.clone(), self.disk.snapshot(), self.now)
                     .unwrap_or_else(|e| panic!("restore failed: {e}"));
                 self.model.restart(self.now);
+                // A restart remembers every request whose lease is live or ended within the
+                // retention (from history), and the requests of queued tickets; it forgets
+                // requests whose ticket ended without a lease.
+                let ticket_lease = self.ticket_lease.clone();
+                let disk_history = self.disk.history.clone();
                 self.outcomes.retain(|request_id, (_, target)| {
                     let mine = |lease: &Lease| lease.request_id.as_deref() == Some(request_id);
-                    before.values().any(|view| match target {
-                        Target::Lease(id) => view.holders.iter().any(|l| l.id == *id && mine(l)),
-                        Target::Ticket(id) => {
-                            view.waiters
-                                .iter()
-                                .any(|t| t.id == *id && t.request_id.as_deref() == Some(request_id))
-                                || view
+                    let ended_with_request = |lease: &LeaseId| {
+                        disk_history.iter().any(|record| {
+                            record.lease_id == *lease
+                                && record.request_id.as_deref() == Some(request_id)
+                        })
+                    };
+                    let remembered = match target {
+                        Target::Lease(id) => ended_with_request(id),
+                        Target::Ticket(id) => ticket_lease.get(id).is_some_and(ended_with_request),
+                    };
+                    remembered
+                        || before.values().any(|view| match target {
+                            Target::Lease(id) => {
+                                view.holders.iter().any(|l| l.id == *id && mine(l))
+                            }
+                            Target::Ticket(id) => {
+                                view.waiters.iter().any(|t| {
+                                    t.id == *id && t.request_id.as_deref() == Some(request_id)
+                                }) || view
                                     .holders
                                     .iter()
                                     .any(|l| l.ticket == Some(*id) && mine(l))
-                        }
-                    })
+                            }
+                        })
                 });
                 let effects = self.settle_step(&before);
                 let after = self.views();

@@ -1077,3 +1077,81 @@ fn idle_check_during_a_long_lock_delay_does_not_hang_tick() {
         .recv_timeout(std::time::Duration::from_secs(10))
         .expect("tick did not return (or the test failed: see its panic above)");
 }
+
+/// Regression: a renewal or release arriving at or after `expires_at`, before the timer's tick,
+/// used to succeed: the lease outlived its deadline by the server's clock (G5).
+#[test]
+fn renewal_at_the_deadline_before_the_tick_hears_expired() {
+    let mut state = State::new(config(), T0);
+    let a = granted(state.acquire(
+        Acquire {
+            ttl_ms: 1_000,
+            ..req("m", "a", 1)
+        },
+        T0,
+    ));
+    let b = granted(state.acquire(
+        Acquire {
+            ttl_ms: 1_000,
+            ..req("n", "b", 2)
+        },
+        T0,
+    ));
+    let waiter = queued(state.acquire(queue("m", "w", 3), T0 + 10));
+    assert_eq!(
+        state.renew(a.id, None, a.expires_at),
+        Err(LeaseError::Ended(LeaseEnd::Expired))
+    );
+    assert_eq!(
+        state.release(b.id, b.expires_at),
+        Ok(Released::AlreadyEnded(LeaseEnd::Expired))
+    );
+    assert!(state.lease(a.id).is_none() && state.lease(b.id).is_none());
+    // The unclean end starts the lock-delay; the waiter is served when it ends.
+    state.tick(a.expires_at + config().lock_delay_ms);
+    assert_eq!(holders(&state, "m").len(), 1);
+    assert!(matches!(
+        state.wait_ticket(
+            waiter.ticket.id,
+            None,
+            a.expires_at + config().lock_delay_ms
+        ),
+        Ok(TicketStatus::Granted(_))
+    ));
+    state.check_invariants();
+}
+
+/// Regression: after a restart, a retry of a request whose lease had ended got a second lease,
+/// because ended request ids lived only in memory (G7).
+#[test]
+fn retry_after_a_restart_of_an_ended_request_hears_that_it_ended() {
+    let mut state = State::new(config(), T0);
+    let mut disk = common::Disk::default();
+    let first = granted(state.acquire(
+        Acquire {
+            request_id: Some("job-42".into()),
+            ..req("m", "a", 1)
+        },
+        T0,
+    ));
+    state.release(first.id, T0 + 10).unwrap();
+    for change in state.drain_changes() {
+        disk.apply(&change);
+    }
+    let mut state = State::restore(config(), disk.snapshot(), T0 + 20).unwrap();
+    assert_eq!(
+        state.acquire(
+            Acquire {
+                request_id: Some("job-42".into()),
+                ..req("m", "a", 2)
+            },
+            T0 + 30
+        ),
+        Err(AcquireError::LeaseEnded(LeaseEnd::Released))
+    );
+    assert_eq!(
+        state.renew(first.id, None, T0 + 30),
+        Err(LeaseError::Ended(LeaseEnd::Released))
+    );
+    assert!(holders(&state, "m").is_empty(), "no second lease");
+}

@@ -1,5 +1,7 @@
 //! Router-level checks over a real socket on 127.0.0.1:0, against the in-memory store.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on what it did not expect
+
 use std::sync::Arc;
 
 use baton_server::{ServerConfig, StoreKind};

@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -68,6 +68,12 @@ const MIGRATIONS: &[&str] = &[
         end_reason TEXT NOT NULL
     ) STRICT;
     CREATE INDEX history_by_end ON history (ended_at);
+    ",
+    // Version 2: history remembers which lease ended and for which request, so a retry after a
+    // restart hears that its lease ended instead of getting a second one (G7). Never shown.
+    "
+    ALTER TABLE history ADD COLUMN lease_id BLOB;
+    ALTER TABLE history ADD COLUMN request_id TEXT;
     ",
 ];
 
@@ -351,8 +357,8 @@ impl Persister for SqlitePersister {
 
         let mut statement = c
             .prepare(
-                "SELECT lock, owner, token, granted_at, ended_at, end_reason FROM history \
-                 ORDER BY ended_at",
+                "SELECT lock, owner, token, granted_at, ended_at, end_reason, lease_id, \
+                 request_id FROM history ORDER BY ended_at",
             )
             .map_err(sql_error("cannot read history"))?;
         let rows = statement
@@ -364,13 +370,24 @@ impl Persister for SqlitePersister {
                     row.get::<_, i64>(3)?,
                     row.get::<_, i64>(4)?,
                     row.get::<_, String>(5)?,
+                    row.get::<_, Option<Vec<u8>>>(6)?,
+                    row.get::<_, Option<String>>(7)?,
                 ))
             })
             .map_err(sql_error("cannot read history"))?;
         for row in rows {
-            let (lock, owner, token, granted, ended, end) =
+            let (lock, owner, token, granted, ended, end, lease_id, request_id) =
                 row.map_err(sql_error("cannot read a history record"))?;
             snapshot.history.push(HistoryRecord {
+                // Records written before version 2 have no lease id: an all-zero id matches
+                // no lease (ids are 128 random bits).
+                lease_id: LeaseId(
+                    lease_id
+                        .map(|id| bytes16(id, "lease id"))
+                        .transpose()?
+                        .unwrap_or([0; 16]),
+                ),
+                request_id,
                 lock: name(lock)?,
                 owner,
                 token: unsigned(token, "token")?,
@@ -473,8 +490,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
             .and_then(|mut s| s.execute(params![to_i64(*next_token), to_i64(*forgotten_token_floor)])),
         Change::HistoryAppend(record) => c
             .prepare_cached(
-                "INSERT INTO history (lock, owner, token, granted_at, ended_at, end_reason) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO history (lock, owner, token, granted_at, ended_at, end_reason, \
+                 lease_id, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -484,6 +501,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(record.granted_at),
                     to_i64(record.ended_at),
                     end_text(record.end),
+                    &record.lease_id.0[..],
+                    record.request_id,
                 ])
             }),
         Change::HistoryPrune { ended_before } => c

@@ -1,6 +1,8 @@
 //! The conformance suite against the SQLite store: every case, including the restart cases,
 //! over a real database file (WAL, synchronous = FULL) in a temporary folder.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a test fails loudly on what it did not expect
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
