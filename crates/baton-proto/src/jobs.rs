@@ -63,7 +63,10 @@ pub enum JobState {
 impl JobState {
     /// True for states a job never leaves.
     pub fn is_final(self) -> bool {
-        !matches!(self, JobState::Queued | JobState::Waiting | JobState::Running)
+        !matches!(
+            self,
+            JobState::Queued | JobState::Waiting | JobState::Running
+        )
     }
 
     /// The state's name on the wire.
