@@ -496,6 +496,8 @@ pub fn ratios(rows: &[Row], unc_clients: usize, con_clients: usize) -> Vec<Ratio
             met: None,
         });
     }
+    // A workload that was not run (`--clients none`) has the count 0: its lines say nothing.
+    out.retain(|r| !r.name.ends_with(" @0"));
     out
 }
 
