@@ -113,7 +113,18 @@ struct Shared {
     timer_target: Millis,
     closing: bool,
     failed: Option<String>,
+    /// The highest batch someone is waiting for. The committer starts a commit at once only
+    /// when a waiter needs it; changes nobody waits for yet (a lazy release, a parked ticket)
+    /// ride along with the next needed commit, or go alone after [`LAZY_COMMIT_DELAY`].
+    wanted: u64,
+    /// Since when the table has had changes not yet taken by the committer.
+    dirty_since: Option<std::time::Instant>,
 }
+
+/// The longest a change nobody waits for stays uncommitted. Waiting for a needed commit
+/// instead of committing each lazy change at once is what makes a contended handoff cost one
+/// durable commit: the releaser's release and its next ticket join the commit of the grant.
+pub const LAZY_COMMIT_DELAY: Duration = Duration::from_millis(5);
 
 struct Inner {
     shared: Mutex<Shared>,
@@ -172,6 +183,8 @@ impl Engine {
                 timer_target: Millis::MAX,
                 closing: false,
                 failed: None,
+                wanted: 0,
+                dirty_since: None,
             }),
             work: Condvar::new(),
             durable: watch::Sender::new(Durability::default()),
@@ -233,6 +246,14 @@ impl Engine {
             }
             if let Some(reason) = &state.failed {
                 return Err(StoreError::Unavailable(reason.clone()));
+            }
+        }
+        {
+            // Tell the committer this batch is needed now (unless it is already being written).
+            let mut shared = self.inner.lock();
+            if required > shared.sealed && required > shared.wanted {
+                shared.wanted = required;
+                self.inner.work.notify_one();
             }
         }
         let mut receiver = self.inner.durable.subscribe();
@@ -355,7 +376,11 @@ impl Inner {
                 self.durable.send_modify(|state| state.seq = sealed);
                 sealed
             } else {
-                self.work.notify_one();
+                if shared.dirty_since.is_none() {
+                    shared.dirty_since = Some(std::time::Instant::now());
+                    // Let the committer start its lazy-commit countdown.
+                    self.work.notify_one();
+                }
                 shared.sealed + 1
             }
         } else {
@@ -375,16 +400,30 @@ fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32
     loop {
         let (changes, batch) = {
             let mut shared = inner.lock();
-            while !shared.core.has_changes() && !shared.closing {
-                shared = match inner.work.wait(shared) {
-                    Ok(guard) => guard,
+            loop {
+                let dirty = shared.core.has_changes();
+                if !dirty && shared.closing {
+                    return;
+                }
+                let needed = shared.wanted > shared.sealed;
+                let overdue =
+                    shared.dirty_since.is_some_and(|since| since.elapsed() >= LAZY_COMMIT_DELAY);
+                if dirty && (needed || overdue || shared.closing) {
+                    break;
+                }
+                let wait = if dirty {
+                    let since = shared.dirty_since.get_or_insert_with(std::time::Instant::now);
+                    LAZY_COMMIT_DELAY.saturating_sub(since.elapsed())
+                } else {
+                    Duration::from_secs(3_600)
+                };
+                shared = match inner.work.wait_timeout(shared, wait) {
+                    Ok((guard, _)) => guard,
                     Err(poisoned) => panic!("the lock table's mutex is poisoned: {poisoned}"),
                 };
             }
-            if !shared.core.has_changes() {
-                return;
-            }
             let changes = shared.core.drain_changes();
+            shared.dirty_since = None;
             shared.sealed += 1;
             (changes, shared.sealed)
         };
