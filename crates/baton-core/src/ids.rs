@@ -130,8 +130,22 @@ pub struct RequestIdError;
 
 macro_rules! secret_id {
     ($name:ident, $prefix:literal, $what:literal) => {
-        #[doc = concat!("The secret id of a ", $what, ": 128 bits chosen by the caller from a ",
-            "cryptographic random source, written `", $prefix, "` followed by 32 hex digits.")]
+        secret_id!(
+            $name,
+            $prefix,
+            $what,
+            concat!(
+                "The secret id of a ",
+                $what,
+                ": 128 bits chosen by the caller from a ",
+                "cryptographic random source, written `",
+                $prefix,
+                "` followed by 32 hex digits."
+            )
+        );
+    };
+    ($name:ident, $prefix:literal, $what:literal, $doc:expr) => {
+        #[doc = $doc]
         #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(pub [u8; 16]);
 
@@ -148,7 +162,10 @@ macro_rules! secret_id {
                 let mut bytes = [0u8; 16];
                 for (i, byte) in bytes.iter_mut().enumerate() {
                     let pair = hex.get(2 * i..2 * i + 2)?;
-                    if !pair.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+                    if !pair
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                    {
                         return None;
                     }
                     *byte = u8::from_str_radix(pair, 16).ok()?;
@@ -178,6 +195,14 @@ macro_rules! secret_id {
 
 secret_id!(LeaseId, "lease_", "lease");
 secret_id!(TicketId, "ticket_", "ticket");
+secret_id!(
+    JobId,
+    "job_",
+    "job",
+    "The public id of a job (listings show it): 128 random bits chosen by the caller, written \
+     `job_` followed by 32 hex digits. It grants nothing: acting on a job takes its lease or \
+     ticket id."
+);
 
 #[cfg(test)]
 mod tests {

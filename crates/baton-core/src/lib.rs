@@ -1,5 +1,6 @@
 //! baton's pure core: locks (mutexes and semaphores), leases with time-to-live, global fencing
-//! tokens, FIFO tickets, owner keys, request ids, revocation, lock-delay and history, as
+//! tokens, FIFO tickets, owner keys, request ids, revocation, lock-delay, history and job
+//! records (policies, states, output tails), as
 //! deterministic transitions of one table ([`State`]).
 //!
 //! **Architecture invariant:** this crate performs no I/O, never reads a clock, never draws a
@@ -13,11 +14,15 @@ pub mod limits;
 pub mod state;
 
 pub use ids::{
-    LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId, validate_owner,
-    validate_request_id,
+    JobId, LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId,
+    validate_owner, validate_request_id,
 };
 pub use state::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
     LeaseError, LockRecord, LockView, QueuedTicket, Released, RestoreError, Snapshot, State,
     Ticket, TicketEnd, TicketError, TicketStatus, TokenError,
+};
+pub use state::{
+    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState, Policy,
+    StopReason, once_slot,
 };

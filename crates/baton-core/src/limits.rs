@@ -13,3 +13,19 @@ pub const CAPACITY_MAX: u32 = 10_000;
 pub const TTL_MS_MIN: u64 = 500;
 /// Longest lease time-to-live: a dead holder blocks its lock at most this long.
 pub const TTL_MS_MAX: u64 = 24 * 3_600_000;
+/// Most arguments in a job's command line.
+pub const COMMAND_ARGS_MAX: usize = 1_024;
+/// Most bytes in a job's command line, all arguments together.
+pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes of output kept per job (the end of it).
+pub const OUTPUT_TAIL_BYTES_MAX: usize = 64 * 1024;
+/// Longest host label, in bytes.
+pub const HOST_BYTES_MAX: usize = 255;
+/// Longest batch label, in bytes.
+pub const BATCH_BYTES_MAX: usize = 128;
+/// Longest `min_hold_ms`: a day, like the longest lease.
+pub const MIN_HOLD_MS_MAX: u64 = 24 * 3_600_000;
+/// Shortest `once_per_ms`: one second.
+pub const ONCE_PER_MS_MIN: u64 = 1_000;
+/// Longest `once_per_ms`: a year.
+pub const ONCE_PER_MS_MAX: u64 = 366 * 24 * 3_600_000;

@@ -14,7 +14,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
-use crate::ids::{LeaseId, LockName, Millis, TicketId};
+mod jobs;
+
+pub use jobs::{
+    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState, Policy,
+    StopReason, once_slot,
+};
+
+use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
 
 /// Tunables of the lock table. Every bound here keeps memory finite.
@@ -48,6 +55,12 @@ pub struct Config {
     pub leases_total_max: usize,
     /// At most this many locks known at once.
     pub locks_max: usize,
+    /// Finished jobs are kept this long.
+    pub job_retention_ms: u64,
+    /// At most this many jobs are kept; the oldest finished ones go first.
+    pub jobs_max: usize,
+    /// At most this many bytes of job output are kept in all; the oldest finished jobs go first.
+    pub job_output_bytes_max: usize,
 }
 
 impl Default for Config {
@@ -65,6 +78,9 @@ impl Default for Config {
             waiters_total_max: 100_000,
             leases_total_max: 1_000_000,
             locks_max: 1_000_000,
+            job_retention_ms: 7 * 24 * 3_600_000,
+            jobs_max: 100_000,
+            job_output_bytes_max: 256 * 1024 * 1024,
         }
     }
 }
@@ -193,6 +209,10 @@ pub struct LockView {
     pub delayed_until: Option<Millis>,
     /// The newest token granted on, or accepted by a fence check for, this lock.
     pub newest_token: u64,
+    /// The job of each holder, in holder order (`None` for a plain lease).
+    pub holder_jobs: Vec<Option<JobId>>,
+    /// The job of each waiter, in queue order (`None` for a plain ticket).
+    pub waiter_jobs: Vec<Option<JobId>>,
 }
 
 /// A lock's durable metadata, as stores keep it.
@@ -236,6 +256,10 @@ pub enum Change {
     },
     /// A hold ended.
     HistoryAppend(HistoryRecord),
+    /// Create or update a job record.
+    JobPut(Job),
+    /// A job record was forgotten (past retention).
+    JobDelete(JobId),
     /// History before this time may be deleted.
     HistoryPrune {
         /// Records that ended before this are past retention.
@@ -258,6 +282,8 @@ pub struct Snapshot {
     pub tickets: Vec<Ticket>,
     /// History records, in any order.
     pub history: Vec<HistoryRecord>,
+    /// Job records, in any order.
+    pub jobs: Vec<Job>,
 }
 
 /// An acquire request, with the ids it will use if it needs them.
@@ -447,6 +473,8 @@ impl LockEntry {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Deadline {
+    /// Before the expiry at the same instant: a finished job's min-hold ends in a clean release.
+    MinHoldRelease(LeaseId),
     LeaseExpiry(LeaseId),
     TicketLapse(TicketId),
     LockCheck,
@@ -501,6 +529,19 @@ pub struct State {
     dirty_locks: BTreeSet<LockName>,
     counters_dirty: bool,
     wakeups: Vec<TicketId>,
+    jobs: HashMap<JobId, Job>,
+    /// Jobs by creation time, for listings (newest first) and pruning (oldest first).
+    jobs_order: BTreeSet<(Millis, JobId)>,
+    jobs_by_request: HashMap<String, JobId>,
+    /// The running job of each lease that belongs to one.
+    lease_jobs: HashMap<LeaseId, JobId>,
+    /// The waiting job of each ticket that belongs to one.
+    ticket_jobs: HashMap<TicketId, JobId>,
+    /// The waiting `coalesce` job of each (lock, job name).
+    pending_coalesce: HashMap<(LockName, String), JobId>,
+    /// The newest once-per slot taken by each job name.
+    once_slots: HashMap<String, u64>,
+    job_output_bytes: usize,
 }
 
 impl State {
@@ -528,6 +569,14 @@ impl State {
             dirty_locks: BTreeSet::new(),
             counters_dirty: false,
             wakeups: Vec::new(),
+            jobs: HashMap::new(),
+            jobs_order: BTreeSet::new(),
+            jobs_by_request: HashMap::new(),
+            lease_jobs: HashMap::new(),
+            ticket_jobs: HashMap::new(),
+            pending_coalesce: HashMap::new(),
+            once_slots: HashMap::new(),
+            job_output_bytes: 0,
         };
         state.schedule(now + HOUSEKEEPING_INTERVAL_MS, Deadline::Housekeeping, None);
         state
@@ -652,6 +701,8 @@ impl State {
             }
             state.push_history(record);
         }
+        // Jobs before the locks settle: a grant during recovery must find its waiting job.
+        state.restore_jobs(snapshot.jobs, now);
         let names: Vec<LockName> = state.locks.keys().cloned().collect();
         for name in names {
             if let Some(entry) = state.locks.get(&name)
@@ -967,6 +1018,7 @@ impl State {
                     record.target = RequestTarget::Lease(lease.id);
                 }
             }
+            self.job_started(ticket_id, &lease, now);
         }
         let idle_lock_retention_ms = self.config.idle_lock_retention_ms;
         let Some(entry) = self.locks.get_mut(name) else {
@@ -998,6 +1050,7 @@ impl State {
         );
         self.ended_tickets_order.push_back((now, id));
         self.wakeups.push(id);
+        self.job_ticket_ended(id, end, now);
     }
 
     /// Ends a live lease: removes it, records history and, after an unclean end, starts the
@@ -1033,6 +1086,7 @@ impl State {
             end,
         };
         self.changes.push(Change::HistoryAppend(record.clone()));
+        self.job_lease_ended(id, end, now);
         self.push_history(record);
         Some(lease)
     }
@@ -1340,8 +1394,10 @@ impl State {
                         self.settle(&name, now);
                     }
                 }
+                Deadline::MinHoldRelease(lease) => self.min_hold_ended(lease, now),
                 Deadline::Housekeeping => {
                     self.housekeeping(now);
+                    self.prune_jobs(now);
                     self.schedule(
                         at.max(now) + HOUSEKEEPING_INTERVAL_MS,
                         Deadline::Housekeeping,
@@ -1486,6 +1542,16 @@ impl State {
                 .collect(),
             delayed_until: entry.delayed_until,
             newest_token: entry.newest_token,
+            holder_jobs: entry
+                .holders
+                .iter()
+                .map(|id| self.lease_jobs.get(id).copied())
+                .collect(),
+            waiter_jobs: entry
+                .queue
+                .iter()
+                .map(|id| self.ticket_jobs.get(id).copied())
+                .collect(),
         })
     }
 

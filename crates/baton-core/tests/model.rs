@@ -65,6 +65,7 @@ fn config(lock_delay_ms: u64) -> Config {
         waiters_total_max: 10,
         leases_total_max: 100_000,
         locks_max: NAMES.len(),
+        ..Config::default()
     }
 }
 
@@ -182,6 +183,9 @@ impl Model {
             waiters: lock.queue.iter().cloned().collect(),
             delayed_until: lock.delayed_until,
             newest_token: lock.newest_token,
+            // The model drives no jobs.
+            holder_jobs: vec![None; lock.holders.len()],
+            waiter_jobs: vec![None; lock.queue.len()],
         })
     }
 

@@ -175,6 +175,9 @@ pub struct Holder {
     pub since: Timestamp,
     /// When the lease ends unless renewed.
     pub expires_at: Timestamp,
+    /// The job it runs, when it is a `baton run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// A queued waiter, as listings show it (no ticket id).
@@ -187,6 +190,9 @@ pub struct Waiter {
     pub owner: String,
     /// When the ticket joined the queue.
     pub since: Timestamp,
+    /// The job waiting, when it is a `baton run`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// One lock: `GET /v1/locks/{name}` and the items of `GET /v1/locks`.
@@ -458,6 +464,7 @@ mod tests {
             token: 1,
             since: Timestamp::UNIX_EPOCH,
             expires_at: Timestamp::UNIX_EPOCH,
+            job: None,
         };
         let text = serde_json::to_string(&holder).unwrap_or_default();
         assert!(!text.contains("\"id\""));

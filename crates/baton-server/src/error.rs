@@ -4,7 +4,9 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use baton_core::{AcquireError, LeaseEnd, LeaseError, TicketEnd, TicketError, TokenError};
+use baton_core::{
+    AcquireError, JobError, LeaseEnd, LeaseError, TicketEnd, TicketError, TokenError,
+};
 use baton_proto::{ErrorBody, ErrorCode, ErrorDetail, Holder};
 use baton_store::StoreError;
 
@@ -133,6 +135,23 @@ impl From<StoreError> for ApiError {
                 TokenError::LockNotFound => {
                     ApiError::new(ErrorCode::LockNotFound, "no lock has this name")
                 }
+            },
+            StoreError::Job(error) => match error {
+                JobError::Acquire(error) => ApiError::from(StoreError::Acquire(error)),
+                JobError::Lease(error) => ApiError::from(StoreError::Lease(error)),
+                JobError::NotFound => ApiError::new(ErrorCode::JobNotFound, "no job has this id"),
+                JobError::WrongCapability => ApiError::new(
+                    ErrorCode::LeaseNotFound,
+                    "this lease or ticket is not the job's: give the id of the lease (or \
+                     ticket) that the job's creation answered",
+                ),
+                JobError::AlreadyEnded(_) => {
+                    ApiError::new(ErrorCode::JobStateConflict, error.to_string())
+                }
+                JobError::InvalidState(_) => {
+                    ApiError::new(ErrorCode::InvalidState, error.to_string())
+                }
+                JobError::Invalid(what) => ApiError::new(ErrorCode::InvalidJob, what),
             },
             StoreError::Unavailable(reason) => {
                 tracing::error!(%reason, "store unavailable");

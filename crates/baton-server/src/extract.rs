@@ -15,12 +15,14 @@ use crate::error::ApiError;
 /// The largest request body accepted, in bytes. Every body of the API is a few hundred bytes.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
 
-/// A JSON body: at most [`BODY_BYTES_MAX`] bytes, `Content-Type: application/json` when not
+/// A JSON body: at most `LIMIT` bytes ([`BODY_BYTES_MAX`] unless a route says otherwise), `Content-Type: application/json` when not
 /// empty (which also keeps web pages from posting to a local server), no unknown fields. An
 /// empty body reads as `{}`.
-pub struct JsonBody<T>(pub T);
+pub struct JsonBody<T, const LIMIT: usize = BODY_BYTES_MAX>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
+    for JsonBody<T, LIMIT>
+{
     type Rejection = ApiError;
 
     async fn from_request(request: Request, _state: &S) -> Result<Self, ApiError> {
@@ -32,12 +34,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 let essence = value.split(';').next().unwrap_or("").trim();
                 essence.eq_ignore_ascii_case("application/json")
             });
-        let bytes = axum::body::to_bytes(request.into_body(), BODY_BYTES_MAX)
+        let bytes = axum::body::to_bytes(request.into_body(), LIMIT)
             .await
             .map_err(|_| {
                 ApiError::new(
                     ErrorCode::BodyTooLarge,
-                    format!("the body is larger than {BODY_BYTES_MAX} bytes"),
+                    format!("the body is larger than {LIMIT} bytes"),
                 )
             })?;
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -167,5 +169,24 @@ impl QueryMap {
                 )),
             },
         }
+    }
+}
+
+/// The `{id}` path segment as a job id.
+pub struct JobPath(pub baton_core::JobId);
+
+impl<S: Send + Sync> FromRequestParts<S> for JobPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::new(ErrorCode::InvalidId, "the job id is not valid"))?;
+        baton_core::JobId::parse(&id).map(JobPath).ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::InvalidId,
+                "a job id is `job_` followed by 32 lowercase hex digits",
+            )
+        })
     }
 }

@@ -13,6 +13,7 @@
 
 mod error;
 mod extract;
+mod jobs;
 mod openapi;
 mod routes;
 

@@ -50,6 +50,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/tickets/{id}", delete(cancel_ticket))
         .route("/v1/leases/{id}/renew", post(renew))
         .route("/v1/leases/{id}/release", post(release))
+        .route("/v1/jobs", post(crate::jobs::create).get(crate::jobs::list))
+        .route("/v1/jobs/{id}", get(crate::jobs::get_one))
+        .route("/v1/jobs/{id}/wait", post(crate::jobs::wait))
+        .route("/v1/jobs/{id}/heartbeat", post(crate::jobs::heartbeat))
+        .route("/v1/jobs/{id}/finish", post(crate::jobs::finish))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -77,7 +82,7 @@ pub(crate) fn timestamp(ms: Millis) -> Timestamp {
     Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or(Timestamp::MAX)
 }
 
-fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
+pub(crate) fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
     proto::Lease {
         id: lease.id.to_string(),
         lock: lease.lock.to_string(),
@@ -91,7 +96,7 @@ fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
     }
 }
 
-fn ticket_wire(queued: QueuedTicket, now: Millis) -> proto::Ticket {
+pub(crate) fn ticket_wire(queued: QueuedTicket, now: Millis) -> proto::Ticket {
     proto::Ticket {
         id: queued.ticket.id.to_string(),
         lock: queued.ticket.lock.to_string(),
@@ -102,12 +107,13 @@ fn ticket_wire(queued: QueuedTicket, now: Millis) -> proto::Ticket {
     }
 }
 
-fn holder_wire(lease: &Lease) -> proto::Holder {
+pub(crate) fn holder_wire(lease: &Lease) -> proto::Holder {
     proto::Holder {
         owner: lease.owner.clone(),
         token: lease.token,
         since: timestamp(lease.granted_at),
         expires_at: timestamp(lease.expires_at),
+        job: None,
     }
 }
 
@@ -115,15 +121,25 @@ fn lock_wire(view: LockView) -> proto::LockInfo {
     proto::LockInfo {
         name: view.name.to_string(),
         capacity: view.capacity,
-        holders: view.holders.iter().map(holder_wire).collect(),
+        holders: view
+            .holders
+            .iter()
+            .zip(view.holder_jobs.iter().chain(std::iter::repeat(&None)))
+            .map(|(lease, job)| proto::Holder {
+                job: job.map(|job| job.to_string()),
+                ..holder_wire(lease)
+            })
+            .collect(),
         waiters: view
             .waiters
             .iter()
+            .zip(view.waiter_jobs.iter().chain(std::iter::repeat(&None)))
             .enumerate()
-            .map(|(index, ticket)| proto::Waiter {
+            .map(|(index, (ticket, job))| proto::Waiter {
                 position: index as u64 + 1,
                 owner: ticket.owner.clone(),
                 since: timestamp(ticket.queued_at),
+                job: job.map(|job| job.to_string()),
             })
             .collect(),
         delayed_until: view.delayed_until.map(timestamp),
@@ -166,7 +182,7 @@ fn queued(queued: QueuedTicket, now: Millis) -> Response {
         .into_response()
 }
 
-fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
+pub(crate) fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
     match wait_ms {
         Some(ms) if ms > WAIT_MS_MAX => Err(ApiError::new(
             ErrorCode::InvalidWait,
@@ -179,7 +195,7 @@ fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
     }
 }
 
-fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiError> {
+pub(crate) fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiError> {
     let ttl_ms = ttl_ms.unwrap_or(default_ttl_ms);
     if (limits::TTL_MS_MIN..=limits::TTL_MS_MAX).contains(&ttl_ms) {
         Ok(ttl_ms)
@@ -596,7 +612,13 @@ async fn openapi() -> Response {
         fence,
         history,
         healthz,
-        readyz
+        readyz,
+        crate::jobs::create,
+        crate::jobs::list,
+        crate::jobs::get_one,
+        crate::jobs::wait,
+        crate::jobs::heartbeat,
+        crate::jobs::finish
     )
 )]
 pub(crate) struct ApiDoc;

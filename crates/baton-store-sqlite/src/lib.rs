@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use baton_core::{
-    Change, HistoryRecord, Lease, LeaseEnd, LeaseId, LockName, LockRecord, Snapshot, Ticket,
-    TicketId,
+    Change, HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
+    Policy, Snapshot, StopReason, Ticket, TicketId,
 };
 use baton_store::{PersistError, Persister};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -74,6 +74,36 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE history ADD COLUMN lease_id BLOB;
     ALTER TABLE history ADD COLUMN request_id TEXT;
+    ",
+    // Version 3: job records.
+    "
+    CREATE TABLE jobs (
+        id BLOB PRIMARY KEY,
+        name TEXT NOT NULL,
+        lock TEXT NOT NULL,
+        policy TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        host TEXT,
+        command TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        token INTEGER,
+        lease_id BLOB,
+        ticket_id BLOB,
+        coalesced_into BLOB,
+        stop TEXT,
+        exit_code INTEGER,
+        batch TEXT,
+        request_id TEXT,
+        created_at INTEGER NOT NULL,
+        waiting_at INTEGER,
+        started_at INTEGER,
+        finished_at INTEGER,
+        min_hold_ms INTEGER,
+        release_at INTEGER,
+        once_slot INTEGER,
+        output_tail TEXT NOT NULL
+    ) STRICT;
     ",
 ];
 
@@ -398,6 +428,7 @@ impl Persister for SqlitePersister {
                 })?,
             });
         }
+        snapshot.jobs = load_jobs(c)?;
         Ok(snapshot)
     }
 
@@ -505,6 +536,10 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     record.request_id,
                 ])
             }),
+        Change::JobPut(job) => put_job(c, job),
+        Change::JobDelete(id) => c
+            .prepare_cached("DELETE FROM jobs WHERE id = ?1")
+            .and_then(|mut s| s.execute([&id.0[..]])),
         Change::HistoryPrune { ended_before } => c
             .prepare_cached("DELETE FROM history WHERE ended_at < ?1")
             .and_then(|mut s| s.execute([to_i64(*ended_before)])),
@@ -512,4 +547,161 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
     result
         .map(|_| ())
         .map_err(|error| PersistError(format!("cannot write a change: {error}")))
+}
+
+fn policy_text(policy: Policy) -> &'static str {
+    match policy {
+        Policy::Wait => "wait",
+        Policy::Skip => "skip",
+        Policy::Fail => "fail",
+        Policy::Replace => "replace",
+        Policy::Coalesce => "coalesce",
+    }
+}
+
+fn policy_parse(text: &str) -> Option<Policy> {
+    [
+        Policy::Wait,
+        Policy::Skip,
+        Policy::Fail,
+        Policy::Replace,
+        Policy::Coalesce,
+    ]
+    .into_iter()
+    .find(|policy| policy_text(*policy) == text)
+}
+
+fn state_text(state: JobState) -> &'static str {
+    match state {
+        JobState::Queued => "queued",
+        JobState::Waiting => "waiting",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+        JobState::Lost => "lost",
+        JobState::TimedOut => "timed_out",
+        JobState::Skipped => "skipped",
+        JobState::Coalesced => "coalesced",
+    }
+}
+
+fn state_parse(text: &str) -> Option<JobState> {
+    [
+        JobState::Queued,
+        JobState::Waiting,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Lost,
+        JobState::TimedOut,
+        JobState::Skipped,
+        JobState::Coalesced,
+    ]
+    .into_iter()
+    .find(|state| state_text(*state) == text)
+}
+
+fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> {
+    // The command line is a JSON array of strings: any argument survives, NUL bytes included.
+    let command = serde_json::to_string(&job.command).unwrap_or_else(|_| "[]".into());
+    c.prepare_cached(
+        "INSERT OR REPLACE INTO jobs (id, name, lock, policy, owner, host, command, state, reason, \
+         token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, \
+         created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, \
+         output_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
+         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+    )?
+    .execute(params![
+        &job.id.0[..],
+        job.name,
+        job.lock.as_str(),
+        policy_text(job.policy),
+        job.owner,
+        job.host,
+        command,
+        state_text(job.state),
+        job.reason,
+        job.token.map(to_i64),
+        job.lease.map(|id| id.0.to_vec()),
+        job.ticket.map(|id| id.0.to_vec()),
+        job.coalesced_into.map(|id| id.0.to_vec()),
+        job.stop.map(|StopReason::Replaced| "replaced"),
+        job.exit_code,
+        job.batch,
+        job.request_id,
+        to_i64(job.created_at),
+        job.waiting_at.map(to_i64),
+        job.started_at.map(to_i64),
+        job.finished_at.map(to_i64),
+        job.min_hold_ms.map(to_i64),
+        job.release_at.map(to_i64),
+        job.once_slot.map(to_i64),
+        job.output_tail,
+    ])
+}
+
+fn optional_time(value: Option<i64>, what: &str) -> Result<Option<u64>, PersistError> {
+    value.map(|v| unsigned(v, what)).transpose()
+}
+
+fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
+    let mut statement = c
+        .prepare(
+            "SELECT id, name, lock, policy, owner, host, command, state, reason, token, lease_id, \
+             ticket_id, coalesced_into, stop, exit_code, batch, request_id, created_at, \
+             waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail \
+             FROM jobs",
+        )
+        .map_err(sql_error("cannot read jobs"))?;
+    let mut rows = statement.query([]).map_err(sql_error("cannot read jobs"))?;
+    let mut jobs = Vec::new();
+    while let Some(row) = rows.next().map_err(sql_error("cannot read a job"))? {
+        let get = |e: rusqlite::Error| PersistError(format!("cannot read a job: {e}"));
+        let id16 = |v: Option<Vec<u8>>, what: &str| v.map(|b| bytes16(b, what)).transpose();
+        let command: String = row.get(6).map_err(get)?;
+        let policy: String = row.get(3).map_err(get)?;
+        let state: String = row.get(7).map_err(get)?;
+        let stop: Option<String> = row.get(13).map_err(get)?;
+        jobs.push(Job {
+            id: JobId(bytes16(row.get(0).map_err(get)?, "job id")?),
+            name: row.get(1).map_err(get)?,
+            lock: name(row.get(2).map_err(get)?)?,
+            policy: policy_parse(&policy)
+                .ok_or_else(|| PersistError(format!("a stored job policy is unknown: {policy}")))?,
+            owner: row.get(4).map_err(get)?,
+            host: row.get(5).map_err(get)?,
+            command: serde_json::from_str(&command)
+                .map_err(|e| PersistError(format!("a stored command line is invalid: {e}")))?,
+            state: state_parse(&state)
+                .ok_or_else(|| PersistError(format!("a stored job state is unknown: {state}")))?,
+            reason: row.get(8).map_err(get)?,
+            token: optional_time(row.get(9).map_err(get)?, "token")?,
+            lease: id16(row.get(10).map_err(get)?, "lease id")?.map(LeaseId),
+            ticket: id16(row.get(11).map_err(get)?, "ticket id")?.map(TicketId),
+            coalesced_into: id16(row.get(12).map_err(get)?, "job id")?.map(JobId),
+            stop: match stop.as_deref() {
+                None => None,
+                Some("replaced") => Some(StopReason::Replaced),
+                Some(other) => {
+                    return Err(PersistError(format!(
+                        "a stored stop reason is unknown: {other}"
+                    )));
+                }
+            },
+            exit_code: row.get(14).map_err(get)?,
+            batch: row.get(15).map_err(get)?,
+            request_id: row.get(16).map_err(get)?,
+            created_at: unsigned(row.get(17).map_err(get)?, "time")?,
+            waiting_at: optional_time(row.get(18).map_err(get)?, "time")?,
+            started_at: optional_time(row.get(19).map_err(get)?, "time")?,
+            finished_at: optional_time(row.get(20).map_err(get)?, "time")?,
+            min_hold_ms: optional_time(row.get(21).map_err(get)?, "min hold")?,
+            release_at: optional_time(row.get(22).map_err(get)?, "time")?,
+            once_slot: optional_time(row.get(23).map_err(get)?, "slot")?,
+            output_tail: row.get(24).map_err(get)?,
+        });
+    }
+    Ok(jobs)
 }

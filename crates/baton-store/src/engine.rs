@@ -21,14 +21,16 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use baton_core::JobError;
 use baton_core::{
-    Acquire, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseId, LockName,
-    LockView, Millis, Released, Snapshot, State, TicketId, TicketStatus,
+    Acquire, Acquired, Cancelled, Change, Config, CreateJob, FinishJob, HistoryRecord, Job,
+    JobCapability, JobCreated, JobFilter, JobId, Lease, LeaseId, LockName, LockView, Millis,
+    Released, Snapshot, State, StopReason, TicketId, TicketStatus,
 };
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
 use crate::clock::Clock;
-use crate::store::{AcquireArgs, AcquireOutcome, Store, StoreError, StoreStats};
+use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};
 
 /// A failure to load or commit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -406,13 +408,16 @@ fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32
                     return;
                 }
                 let needed = shared.wanted > shared.sealed;
-                let overdue =
-                    shared.dirty_since.is_some_and(|since| since.elapsed() >= LAZY_COMMIT_DELAY);
+                let overdue = shared
+                    .dirty_since
+                    .is_some_and(|since| since.elapsed() >= LAZY_COMMIT_DELAY);
                 if dirty && (needed || overdue || shared.closing) {
                     break;
                 }
                 let wait = if dirty {
-                    let since = shared.dirty_since.get_or_insert_with(std::time::Instant::now);
+                    let since = shared
+                        .dirty_since
+                        .get_or_insert_with(std::time::Instant::now);
                     LAZY_COMMIT_DELAY.saturating_sub(since.elapsed())
                 } else {
                     Duration::from_secs(3_600)
@@ -637,6 +642,77 @@ impl Store for Engine {
         limit: usize,
     ) -> Result<Vec<HistoryRecord>, StoreError> {
         self.run(|core, now| core.history(&name, limit, now)).await
+    }
+
+    async fn create_job(&self, args: CreateJobArgs) -> Result<JobCreated, StoreError> {
+        let command = CreateJob {
+            job_id: JobId(random_id()?),
+            name: args.name,
+            lock: args.lock,
+            capacity: args.capacity,
+            policy: args.policy,
+            owner: args.owner,
+            host: args.host,
+            command: args.command,
+            ttl_ms: args.ttl_ms,
+            request_id: args.request_id,
+            min_hold_ms: args.min_hold_ms,
+            once_per_ms: args.once_per_ms,
+            batch: args.batch,
+            lease_id: LeaseId(random_id()?),
+            ticket_id: TicketId(random_id()?),
+        };
+        let (created, required) =
+            self.transact(|shared, now| shared.core.create_job(command, now))?;
+        let created = created?;
+        let ticket = match &created.ticket {
+            Some(queued) if !args.wait.is_zero() => queued.ticket.id,
+            _ => {
+                self.durable(required).await?;
+                return Ok(created);
+            }
+        };
+        // A job keeps its place when the wait runs out: its runner goes on waiting.
+        let _ = self.park(ticket, args.wait, true).await?;
+        let job = created.job.id;
+        self.run(move |core, _| {
+            core.job(job)
+                .cloned()
+                .map(|job| core.job_view(job))
+                .ok_or(JobError::NotFound)
+        })
+        .await?
+        .map_err(StoreError::from)
+    }
+
+    async fn job_heartbeat(
+        &self,
+        id: JobId,
+        lease: LeaseId,
+        ttl_ms: Option<u64>,
+    ) -> Result<(Lease, Option<StopReason>), StoreError> {
+        Ok(self
+            .run(|core, now| core.job_heartbeat(id, lease, ttl_ms, now))
+            .await??)
+    }
+
+    async fn finish_job(
+        &self,
+        id: JobId,
+        capability: JobCapability,
+        report: FinishJob,
+    ) -> Result<Job, StoreError> {
+        Ok(self
+            .run(|core, now| core.finish_job(id, capability, report, now))
+            .await??)
+    }
+
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError> {
+        self.run(|core, _| core.job(id).cloned()).await
+    }
+
+    async fn jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError> {
+        self.run(|core, _| core.jobs(&filter)).await
     }
 
     async fn tick(&self) -> Result<(), StoreError> {

@@ -20,4 +20,4 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineOptions, MemoryPersister, PersistError, Persister};
-pub use store::{AcquireArgs, AcquireOutcome, Store, StoreError, StoreStats};
+pub use store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};

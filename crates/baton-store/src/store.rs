@@ -4,8 +4,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::{
-    AcquireError, Cancelled, HistoryRecord, Lease, LeaseError, LeaseId, LockName, LockView, Millis,
-    QueuedTicket, Released, TicketError, TicketId, TicketStatus, TokenError,
+    AcquireError, Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobError,
+    JobFilter, JobId, Lease, LeaseError, LeaseId, LockName, LockView, Millis, Policy, QueuedTicket,
+    Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
 };
 
 /// An acquire as the server passes it on (validated; ids are the store's to choose).
@@ -40,6 +41,37 @@ pub enum AcquireOutcome {
     Busy(Vec<Lease>),
 }
 
+/// A job as the server passes it on (validated; ids are the store's to choose).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateJobArgs {
+    /// The job's name.
+    pub name: String,
+    /// The lock.
+    pub lock: LockName,
+    /// The lock's capacity.
+    pub capacity: Option<u32>,
+    /// The policy.
+    pub policy: Policy,
+    /// Who runs it.
+    pub owner: String,
+    /// The host.
+    pub host: Option<String>,
+    /// The command line.
+    pub command: Vec<String>,
+    /// The lease's time-to-live.
+    pub ttl_ms: u64,
+    /// How long to wait for the lock before answering (the job keeps waiting after).
+    pub wait: Duration,
+    /// Makes retries idempotent.
+    pub request_id: Option<String>,
+    /// Keep the lock at least this long after the start.
+    pub min_hold_ms: Option<u64>,
+    /// At most one run per period slot.
+    pub once_per_ms: Option<u64>,
+    /// A batch label.
+    pub batch: Option<String>,
+}
+
 /// Why a store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -55,6 +87,9 @@ pub enum StoreError {
     /// A fence check or revocation was refused.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// A job operation was refused.
+    #[error(transparent)]
+    Job(#[from] JobError),
     /// The store cannot make changes durable (disk full, I/O error, database down). Nothing
     /// was acknowledged; the caller may retry later.
     #[error("the store is unavailable: {0}")]
@@ -124,6 +159,31 @@ pub trait Store: Send + Sync + 'static {
     /// A lock's past holds, newest first.
     async fn history(&self, name: LockName, limit: usize)
     -> Result<Vec<HistoryRecord>, StoreError>;
+
+    /// Creates a job, applies its policy, and waits up to `args.wait` for the lock.
+    async fn create_job(&self, args: CreateJobArgs) -> Result<JobCreated, StoreError>;
+
+    /// Renews a running job's lease; says whether its runner must stop.
+    async fn job_heartbeat(
+        &self,
+        id: JobId,
+        lease: LeaseId,
+        ttl_ms: Option<u64>,
+    ) -> Result<(Lease, Option<StopReason>), StoreError>;
+
+    /// Records how a job ended and lets its lock go.
+    async fn finish_job(
+        &self,
+        id: JobId,
+        capability: JobCapability,
+        report: FinishJob,
+    ) -> Result<Job, StoreError>;
+
+    /// One job.
+    async fn job(&self, id: JobId) -> Result<Option<Job>, StoreError>;
+
+    /// Jobs matching a filter, newest first.
+    async fn jobs(&self, filter: JobFilter) -> Result<Vec<Job>, StoreError>;
 
     /// Runs every deadline due now (expiries, lapses, lock-delays). Stores also do this on
     /// their own timer; tests with a manual clock call it.

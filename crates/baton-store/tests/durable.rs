@@ -76,6 +76,11 @@ fn apply(snapshot: &mut Snapshot, change: &Change) {
             snapshot.forgotten_token_floor = *forgotten_token_floor;
         }
         Change::HistoryAppend(record) => snapshot.history.push(record.clone()),
+        Change::JobPut(job) => {
+            snapshot.jobs.retain(|stored| stored.id != job.id);
+            snapshot.jobs.push(job.clone());
+        }
+        Change::JobDelete(id) => snapshot.jobs.retain(|stored| stored.id != *id),
         Change::HistoryPrune { ended_before } => {
             snapshot
                 .history

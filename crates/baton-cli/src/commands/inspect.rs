@@ -210,11 +210,13 @@ mod tests {
                 token: 41,
                 since: at(940),
                 expires_at: at(1020),
+                job: None,
             }],
             waiters: vec![Waiter {
                 position: 1,
                 owner: "h/u/2".into(),
                 since: at(990),
+                job: None,
             }],
             delayed_until: None,
             newest_token: 41,

@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use baton_core::{
-    Change, HistoryRecord, Lease, LeaseId, LockName, LockRecord, Snapshot, Ticket, TicketId,
+    Change, HistoryRecord, Job, JobId, Lease, LeaseId, LockName, LockRecord, Snapshot, Ticket,
+    TicketId,
 };
 
 /// What a store keeps. Applying a change that makes no sense (deleting what was never stored,
@@ -21,6 +22,7 @@ pub struct Disk {
     pub leases: HashMap<LeaseId, Lease>,
     pub tickets: HashMap<TicketId, Ticket>,
     pub history: Vec<HistoryRecord>,
+    pub jobs: HashMap<JobId, Job>,
 }
 
 impl Disk {
@@ -66,6 +68,12 @@ impl Disk {
                 self.floor = *forgotten_token_floor;
             }
             Change::HistoryAppend(record) => self.history.push(record.clone()),
+            Change::JobPut(job) => {
+                self.jobs.insert(job.id, job.clone());
+            }
+            Change::JobDelete(id) => {
+                assert!(self.jobs.remove(id).is_some(), "deleted a job never stored");
+            }
             Change::HistoryPrune { ended_before } => {
                 self.history.retain(|r| r.ended_at >= *ended_before);
             }
@@ -86,6 +94,7 @@ impl Disk {
             leases: self.leases.values().cloned().collect(),
             tickets: self.tickets.values().cloned().collect(),
             history: self.history.clone(),
+            jobs: self.jobs.values().cloned().collect(),
         }
     }
 }
