@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use baton_proto::{
-    AcquireRequest, CancelResponse, ErrorBody, ErrorCode, FenceResponse, Health, History, Lease,
-    LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest, RevokeResponse, Ticket,
-    TicketResponse, TokenRequest, WaitRequest,
+    AcquireRequest, CancelResponse, CreateJobRequest, CreateJobResponse, ErrorBody, ErrorCode,
+    FenceResponse, FinishJobRequest, Health, HeartbeatRequest, HeartbeatResponse, History, Job,
+    JobDetail, JobList, Lease, LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest,
+    RevokeResponse, Ticket, TicketResponse, TokenRequest, WaitRequest,
 };
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
@@ -22,7 +23,7 @@ use tokio::time::Instant;
 
 use crate::error::{Code, Error, Result};
 use crate::guard::{LeaseGuard, local_deadline};
-use crate::path::{id_path, lock_path};
+use crate::path::{encode_segment, id_path, lock_path};
 use crate::retry::RetryPolicy;
 
 /// The server address used when `BATON_URL` is not set.
@@ -360,6 +361,144 @@ impl Client {
     pub fn current_url(&self) -> &str {
         let index = self.inner.preferred.load(Ordering::Relaxed) % self.inner.bases.len();
         &self.inner.bases[index]
+    }
+
+    // ----- jobs -------------------------------------------------------------------------------
+
+    /// `POST /v1/jobs`: records a job and applies its policy, long-polling up to
+    /// `request.wait_ms` for the lock. A request without a `request_id` gets a fresh one, so a
+    /// retry after a lost answer returns the same job (G7).
+    pub async fn create_job(&self, request: &CreateJobRequest) -> Result<JobStart> {
+        let mut request = request.clone();
+        if request.request_id.is_none() {
+            request.request_id = Some(generate_request_id());
+        }
+        let wait = Duration::from_millis(request.wait_ms.unwrap_or(0));
+        let answer = self
+            .send(Call {
+                method: Method::POST,
+                path: &format!("{}/jobs", baton_proto::API_PREFIX),
+                body: Some(to_json(&request)?),
+                wait,
+                retry: self.inner.retry,
+            })
+            .await?;
+        job_start(&answer)
+    }
+
+    /// `POST /v1/jobs/{id}/wait`: waits up to `wait` for a waiting job's turn. Call it again at
+    /// once while the answer still carries a ticket, or the ticket lapses.
+    pub async fn wait_job(
+        &self,
+        job_id: &str,
+        ticket_id: &str,
+        wait: Duration,
+    ) -> Result<JobStart> {
+        #[derive(Serialize)]
+        struct Body<'a> {
+            ticket_id: &'a str,
+            wait_ms: u64,
+        }
+        let path = id_path("jobs", job_id, "/wait")?;
+        let answer = self
+            .send(Call {
+                method: Method::POST,
+                path: &path,
+                body: Some(to_json(&Body {
+                    ticket_id,
+                    wait_ms: millis(wait),
+                })?),
+                wait,
+                retry: self.inner.retry,
+            })
+            .await?;
+        job_start(&answer)
+    }
+
+    /// `POST /v1/jobs/{id}/heartbeat`: renews a running job's lease. The answer says whether
+    /// the runner must stop (`Some("replaced")`). Sent once: the caller retries on its own
+    /// deadline, like the lease guard.
+    pub async fn job_heartbeat(
+        &self,
+        job_id: &str,
+        lease_id: &str,
+        ttl: Option<Duration>,
+    ) -> Result<(Granted, Option<String>)> {
+        let path = id_path("jobs", job_id, "/heartbeat")?;
+        let request = HeartbeatRequest {
+            lease_id: lease_id.to_owned(),
+            ttl_ms: ttl.map(millis),
+        };
+        let answer = self
+            .send(Call {
+                method: Method::POST,
+                path: &path,
+                body: Some(to_json(&request)?),
+                wait: Duration::ZERO,
+                retry: RetryPolicy::NONE,
+            })
+            .await?;
+        let HeartbeatResponse { lease, stop } = answer.decode()?;
+        Ok((
+            Granted {
+                lease,
+                sent_at: answer.sent_at,
+            },
+            stop,
+        ))
+    }
+
+    /// `POST /v1/jobs/{id}/finish`: records how the job ended (state, exit code, output tail)
+    /// and lets its lock go. Safe to retry: the same report again is accepted.
+    pub async fn finish_job(&self, job_id: &str, request: &FinishJobRequest) -> Result<JobDetail> {
+        let path = id_path("jobs", job_id, "/finish")?;
+        self.send_decode(
+            Method::POST,
+            &path,
+            Some(to_json(request)?),
+            self.inner.retry,
+        )
+        .await
+    }
+
+    /// `GET /v1/jobs/{id}`: one job with its output tail.
+    pub async fn job(&self, job_id: &str) -> Result<JobDetail> {
+        let path = id_path("jobs", job_id, "")?;
+        self.send_decode(Method::GET, &path, None, self.inner.retry)
+            .await
+    }
+
+    /// `GET /v1/jobs`: jobs matching `query`, newest first.
+    pub async fn jobs(&self, query: &JobQuery) -> Result<JobList> {
+        let mut pairs: Vec<(&str, String)> = Vec::new();
+        if let Some(name) = &query.name {
+            pairs.push(("name", name.clone()));
+        }
+        if !query.states.is_empty() {
+            pairs.push(("state", query.states.join(",")));
+        }
+        if let Some(since) = &query.since {
+            pairs.push(("since", since.to_string()));
+        }
+        if let Some(until) = &query.until {
+            pairs.push(("until", until.to_string()));
+        }
+        if let Some(batch) = &query.batch {
+            pairs.push(("batch", batch.clone()));
+        }
+        if let Some(limit) = query.limit {
+            pairs.push(("limit", limit.to_string()));
+        }
+        let query_text: Vec<String> = pairs
+            .iter()
+            .map(|(key, value)| format!("{key}={}", encode_segment(value)))
+            .collect();
+        let mut path = format!("{}/jobs", baton_proto::API_PREFIX);
+        if !query_text.is_empty() {
+            path = format!("{path}?{}", query_text.join("&"));
+        }
+        self.send_decode(Method::GET, &path, None, self.inner.retry)
+            .await
     }
 
     // ----- locks and leases -------------------------------------------------------------------
@@ -842,6 +981,52 @@ async fn read_body(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>
 }
 
 /// Decodes a 200 lease or 202 ticket answer.
+/// What creating (or waiting on) a job answered: the job, with its lease when it runs or its
+/// ticket when it waits; neither when it will not run (skipped, coalesced).
+#[derive(Debug, Clone)]
+pub struct JobStart {
+    /// The job.
+    pub job: Job,
+    /// Its lease, with when the granting request was sent.
+    pub lease: Option<Granted>,
+    /// Its ticket.
+    pub ticket: Option<Ticket>,
+}
+
+/// Which jobs `Client::jobs` lists.
+#[derive(Debug, Clone, Default)]
+pub struct JobQuery {
+    /// Only this name.
+    pub name: Option<String>,
+    /// Only these states (wire names such as `failed`).
+    pub states: Vec<String>,
+    /// Only jobs created at or after this.
+    pub since: Option<jiff::Timestamp>,
+    /// Only jobs created before this.
+    pub until: Option<jiff::Timestamp>,
+    /// Only this batch.
+    pub batch: Option<String>,
+    /// At most this many.
+    pub limit: Option<u32>,
+}
+
+fn job_start(answer: &Answer) -> Result<JobStart> {
+    match answer.status {
+        StatusCode::OK | StatusCode::ACCEPTED => {
+            let CreateJobResponse { job, lease, ticket } = answer.decode()?;
+            Ok(JobStart {
+                job,
+                lease: lease.map(|lease| Granted {
+                    lease,
+                    sent_at: answer.sent_at,
+                }),
+                ticket,
+            })
+        }
+        _ => Err(answer.unexpected()),
+    }
+}
+
 fn lease_or_ticket(answer: &Answer) -> Result<Acquired> {
     match answer.status {
         StatusCode::OK => {

@@ -33,8 +33,8 @@ mod retry;
 
 pub use baton_proto as proto;
 pub use client::{
-    Acquired, Client, ClientBuilder, DEFAULT_URL, Granted, LONG_POLL_MAX, LockOptions,
-    default_owner, generate_request_id, owner_label,
+    Acquired, Client, ClientBuilder, DEFAULT_URL, Granted, JobQuery, JobStart, LONG_POLL_MAX,
+    LockOptions, default_owner, generate_request_id, owner_label,
 };
 pub use error::{Code, Error, Result};
 pub use guard::{
