@@ -380,9 +380,6 @@ impl State {
                 return Ok(self.record_job(job));
             }
         }
-        if !free && command.policy == Policy::Replace {
-            self.request_stop_of_holders(&command.lock);
-        }
         let queue = matches!(
             command.policy,
             Policy::Wait | Policy::Replace | Policy::Coalesce
@@ -414,6 +411,10 @@ impl State {
                 job.waiting_at = Some(now);
                 job.ticket = Some(queued.ticket.id);
                 self.ticket_jobs.insert(queued.ticket.id, job.id);
+                // Only once the run is queued: a refused request must not stop the holders.
+                if command.policy == Policy::Replace {
+                    self.request_stop_of_holders(&command.lock);
+                }
                 if command.policy == Policy::Coalesce {
                     self.pending_coalesce
                         .insert((job.lock.clone(), job.name.clone()), job.id);
@@ -516,6 +517,16 @@ impl State {
         let now = self.observe(now);
         if !report.state.is_reportable() {
             return Err(JobError::InvalidState(report.state));
+        }
+        if let JobCapability::Lease(lease) = capability
+            && self
+                .jobs
+                .get(&id)
+                .is_some_and(|job| job.lease == Some(lease))
+        {
+            // As for a renewal or release: a lease at or past its deadline has expired (and
+            // its job is lost), even if the timer has not run yet.
+            self.expire_if_due(lease, now);
         }
         let job = self.jobs.get(&id).ok_or(JobError::NotFound)?;
         let authorised = match capability {
@@ -705,6 +716,12 @@ impl State {
         self.lease_jobs.get(&lease).and_then(|id| self.jobs.get(id))
     }
 
+    /// True while a finished job's min-hold still keeps its lease (the job schedules the
+    /// release after a restart, so it must be kept until then).
+    fn holds_after_finish(&self, job: &Job) -> bool {
+        job.release_at.is_some() && job.lease.is_some_and(|l| self.leases.contains_key(&l))
+    }
+
     /// Drops the oldest finished job, if there is one. Returns whether one was dropped.
     fn prune_one_finished_job(&mut self) -> bool {
         let oldest = self
@@ -713,7 +730,7 @@ impl State {
             .find(|(_, id)| {
                 self.jobs
                     .get(id)
-                    .is_some_and(|job| job.state.is_final() && job.release_at.is_none())
+                    .is_some_and(|job| job.state.is_final() && !self.holds_after_finish(job))
             })
             .copied();
         match oldest {
