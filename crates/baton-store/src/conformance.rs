@@ -38,14 +38,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::{
-    AcquireError, Cancelled, Config, HistoryRecord, Lease, LeaseEnd, LeaseError, LeaseId, LockName,
-    LockView, Millis, QueuedTicket, Released, TicketEnd, TicketError, TicketId, TicketStatus,
-    TokenError, limits,
+    AcquireError, Cancelled, Config, FinishJob, HistoryRecord, Job, JobCapability, JobCreated,
+    JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId, LockName, LockView,
+    Millis, Policy, QueuedTicket, Released, StopReason, TicketEnd, TicketError, TicketId,
+    TicketStatus, TokenError, limits,
 };
 use tokio::time::Instant;
 
 use crate::clock::{Clock, ManualClock};
-use crate::store::{AcquireArgs, AcquireOutcome, Store, StoreError};
+use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError};
 
 /// What the suite needs of a backend.
 ///
@@ -124,6 +125,12 @@ macro_rules! __conformance_each_case {
             concurrent_mutex
             concurrent_semaphore
             concurrent_tries
+            job_lifecycle
+            job_waits_then_runs
+            job_skip_on_busy
+            job_coalesce
+            job_replace
+            restart_keeps_jobs
         }
     };
 }
@@ -2172,5 +2179,567 @@ pub async fn concurrent_tries(backend: &dyn Backend) {
     assert!(
         view.holders.is_empty() && view.waiters.is_empty(),
         "tries leave nothing: {view:?}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jobs
+
+/// A job named `job` (also its lock), no wait, the suite's ttl.
+fn job_req(job: &str, owner: &str, policy: Policy) -> CreateJobArgs {
+    CreateJobArgs {
+        name: job.to_owned(),
+        lock: name(job),
+        capacity: None,
+        policy,
+        owner: owner.to_owned(),
+        host: Some("host-a".into()),
+        command: vec!["run.sh".into(), "--all".into()],
+        ttl_ms: TTL,
+        wait: Duration::ZERO,
+        request_id: None,
+        min_hold_ms: None,
+        once_per_ms: None,
+        batch: None,
+    }
+}
+
+fn done(state: JobState, exit_code: Option<i32>, output: &str) -> FinishJob {
+    FinishJob {
+        state,
+        exit_code,
+        reason: None,
+        output_tail: output.to_owned(),
+    }
+}
+
+fn every_job() -> JobFilter {
+    JobFilter {
+        limit: usize::MAX,
+        ..JobFilter::default()
+    }
+}
+
+impl Case {
+    async fn create_job(&self, args: CreateJobArgs) -> JobCreated {
+        let what = format!("{}: job {} by {}", self.key, args.name, args.owner);
+        self.store
+            .create_job(args)
+            .await
+            .unwrap_or_else(|error| panic!("{what}: {error}"))
+    }
+
+    /// Creates a job that must run at once; returns it with its lease.
+    async fn run_job(&self, args: CreateJobArgs) -> (Job, Lease) {
+        let created = self.create_job(args).await;
+        match (created.job.state, created.lease, created.ticket) {
+            (JobState::Running, Some(lease), None) => (created.job, lease),
+            (state, lease, ticket) => panic!(
+                "{}: expected a running job with its lease, got {state:?} {lease:?} {ticket:?}",
+                self.key
+            ),
+        }
+    }
+
+    /// Creates a job that must wait; returns it with its ticket.
+    async fn queue_job(&self, args: CreateJobArgs) -> (Job, QueuedTicket) {
+        let created = self.create_job(args).await;
+        match (created.job.state, created.lease, created.ticket) {
+            (JobState::Waiting, None, Some(ticket)) => (created.job, ticket),
+            (state, lease, ticket) => panic!(
+                "{}: expected a waiting job with its ticket, got {state:?} {lease:?} {ticket:?}",
+                self.key
+            ),
+        }
+    }
+
+    async fn job(&self, id: JobId) -> Job {
+        match self.store.job(id).await {
+            Ok(Some(job)) => job,
+            other => panic!("{}: job {id:?}: expected it, got {other:?}", self.key),
+        }
+    }
+
+    async fn finish_job(&self, id: JobId, lease: &Lease, report: FinishJob) -> Job {
+        self.store
+            .finish_job(id, JobCapability::Lease(lease.id), report)
+            .await
+            .unwrap_or_else(|error| panic!("{}: finish of job {id:?}: {error}", self.key))
+    }
+}
+
+/// A job on a free lock runs at once with its lease; a heartbeat renews that lease (in the
+/// store: it outlives its first deadline) and asks nothing; finish records the state, exit code
+/// and output (its end, at most the limit), releases the lock cleanly, and reads back from
+/// `job` and `jobs`. Wrong capabilities, unknown ids and unreportable states are refused.
+pub async fn job_lifecycle(backend: &dyn Backend) {
+    let c = Case::open(backend, "job-lifecycle").await;
+    let t0 = c.now();
+    let (job, lease) = c
+        .run_job(job_req("nightly", "runner-1", Policy::Wait))
+        .await;
+    assert_eq!(
+        (job.name.as_str(), job.lock.as_str()),
+        ("nightly", "nightly")
+    );
+    assert_eq!(job.command, ["run.sh", "--all"]);
+    assert_eq!(job.host.as_deref(), Some("host-a"));
+    assert_eq!(
+        (job.created_at, job.started_at, job.waiting_at),
+        (t0, Some(t0), None)
+    );
+    assert_eq!(job.token, Some(lease.token));
+    assert_eq!(
+        (lease.owner.as_str(), lease.expires_at),
+        ("runner-1", t0 + TTL)
+    );
+    let view = c.view("nightly").await;
+    assert_eq!(tokens(&view.holders), [lease.token]);
+    assert_eq!(
+        view.holder_jobs,
+        [Some(job.id)],
+        "the listing names the job"
+    );
+    assert_eq!(c.job(job.id).await, job);
+
+    c.advance(5_000);
+    let (renewed, stop) = c
+        .store
+        .job_heartbeat(job.id, lease.id, None)
+        .await
+        .expect("heartbeat of a running job");
+    assert_eq!((renewed.id, renewed.expires_at), (lease.id, c.now() + TTL));
+    assert_eq!(stop, None);
+    c.advance_to(lease.expires_at + 1);
+    c.tick().await;
+    assert_eq!(
+        c.job(job.id).await.state,
+        JobState::Running,
+        "the heartbeat held"
+    );
+
+    let bad_lease = LeaseId([0x5a; 16]);
+    assert_eq!(
+        c.store.job_heartbeat(job.id, bad_lease, None).await,
+        Err(StoreError::Job(JobError::WrongCapability))
+    );
+    assert_eq!(
+        c.store
+            .finish_job(
+                job.id,
+                JobCapability::Lease(bad_lease),
+                done(JobState::Succeeded, Some(0), "")
+            )
+            .await,
+        Err(StoreError::Job(JobError::WrongCapability))
+    );
+    assert_eq!(
+        c.store
+            .finish_job(
+                job.id,
+                JobCapability::Lease(lease.id),
+                done(JobState::Running, None, "")
+            )
+            .await,
+        Err(StoreError::Job(JobError::InvalidState(JobState::Running)))
+    );
+    let unknown = JobId([0x5a; 16]);
+    assert_eq!(c.store.job(unknown).await, Ok(None));
+    assert_eq!(
+        c.store
+            .finish_job(
+                unknown,
+                JobCapability::Lease(lease.id),
+                done(JobState::Failed, Some(1), "")
+            )
+            .await,
+        Err(StoreError::Job(JobError::NotFound))
+    );
+    assert_eq!(
+        c.job(job.id).await.state,
+        JobState::Running,
+        "refusals change nothing"
+    );
+
+    let finished_at = c.now();
+    let finished = c
+        .finish_job(
+            job.id,
+            &lease,
+            done(JobState::Succeeded, Some(0), "hello\nworld\n"),
+        )
+        .await;
+    assert_eq!(finished.state, JobState::Succeeded);
+    assert_eq!(
+        (finished.exit_code, finished.finished_at),
+        (Some(0), Some(finished_at))
+    );
+    assert_eq!(finished.output_tail, "hello\nworld\n");
+    assert_eq!(
+        c.job(job.id).await,
+        finished,
+        "the job reads back as finished"
+    );
+    let view = c.view("nightly").await;
+    assert!(view.holders.is_empty(), "finish released the lock");
+    assert_eq!(view.delayed_until, None, "cleanly");
+    assert_eq!(
+        c.store.job_heartbeat(job.id, lease.id, None).await,
+        Err(StoreError::Job(JobError::Lease(LeaseError::Ended(
+            LeaseEnd::Released
+        ))))
+    );
+    assert_eq!(
+        c.store
+            .finish_job(
+                job.id,
+                JobCapability::Lease(lease.id),
+                done(JobState::Failed, Some(1), "")
+            )
+            .await,
+        Err(StoreError::Job(JobError::AlreadyEnded(JobState::Succeeded)))
+    );
+
+    // A second job, failed with an output over the limit: its end is kept, cut at a character.
+    c.advance(1_000);
+    let (second, lease) = c
+        .run_job(job_req("nightly", "runner-2", Policy::Wait))
+        .await;
+    assert!(second.token > job.token);
+    let output = format!("x{}END", "é".repeat(limits::OUTPUT_TAIL_BYTES_MAX / 2));
+    let failed = c
+        .finish_job(second.id, &lease, done(JobState::Failed, Some(3), &output))
+        .await;
+    assert_eq!(
+        (failed.state, failed.exit_code),
+        (JobState::Failed, Some(3))
+    );
+    assert!(failed.output_tail.len() <= limits::OUTPUT_TAIL_BYTES_MAX);
+    assert!(failed.output_tail.len() > limits::OUTPUT_TAIL_BYTES_MAX - 4);
+    assert!(output.ends_with(&failed.output_tail), "the end is kept");
+
+    let listed = c.store.jobs(every_job()).await.expect("list jobs");
+    assert_eq!(
+        listed.iter().map(|job| job.id).collect::<Vec<_>>(),
+        [second.id, job.id],
+        "newest first"
+    );
+    let succeeded = c
+        .store
+        .jobs(JobFilter {
+            states: vec![JobState::Succeeded],
+            ..every_job()
+        })
+        .await
+        .expect("list jobs");
+    assert_eq!(succeeded, [finished]);
+    let none = c
+        .store
+        .jobs(JobFilter {
+            name: Some("other".into()),
+            ..every_job()
+        })
+        .await
+        .expect("list jobs");
+    assert!(none.is_empty());
+}
+
+/// A job on a busy lock waits: `create_job` with a wait parks until the holder finishes (a
+/// wake-up, not a poll) and answers it running with its lease. A create whose wait runs out
+/// answers it waiting, keeps its place, and a later `wait_ticket` collects the grant.
+pub async fn job_waits_then_runs(backend: &dyn Backend) {
+    let c = Case::open(backend, "job-waits").await;
+    let (holder, lease) = c.run_job(job_req("etl", "holder", Policy::Wait)).await;
+
+    let store = Arc::clone(&c.store);
+    let parked = Spawned::new(async move {
+        store
+            .create_job(CreateJobArgs {
+                wait: LONG_WAIT,
+                ..job_req("etl", "parked", Policy::Wait)
+            })
+            .await
+    });
+    let view = c.wait_for_waiters("etl", 1).await;
+    let ticket = view.waiters[0].id;
+    let waiter = view.waiter_jobs[0].expect("the waiter is a job");
+    assert_eq!(c.job(waiter).await.state, JobState::Waiting);
+    c.let_park("etl", ticket).await;
+    assert!(
+        !parked.is_finished(),
+        "a job with a wait waits while the lock is held"
+    );
+    c.advance(1_000);
+    let finished_at = c.now();
+    c.finish_job(holder.id, &lease, done(JobState::Succeeded, Some(0), ""))
+        .await;
+    let created = parked
+        .join("a parked create_job after the holder finished")
+        .await
+        .expect("create_job");
+    assert_eq!(created.job.id, waiter);
+    assert_eq!(created.job.state, JobState::Running);
+    assert_eq!(created.job.started_at, Some(finished_at));
+    let granted = created.lease.expect("a running job comes with its lease");
+    assert_eq!(granted.ticket, Some(ticket));
+    assert!(granted.token > lease.token);
+    assert_eq!(created.job.token, Some(granted.token));
+    assert_eq!(tokens(&c.view("etl").await.holders), [granted.token]);
+
+    // A wait that runs out: the job keeps waiting with its ticket.
+    let created = c
+        .create_job(CreateJobArgs {
+            wait: Duration::from_millis(200),
+            ..job_req("etl", "patient", Policy::Wait)
+        })
+        .await;
+    assert_eq!(created.job.state, JobState::Waiting);
+    assert!(created.lease.is_none());
+    let ticket = created
+        .ticket
+        .expect("a waiting job comes with its ticket")
+        .ticket
+        .id;
+    assert_eq!(c.view("etl").await.waiter_jobs, [Some(created.job.id)]);
+    let store = Arc::clone(&c.store);
+    let waiting = Spawned::new(async move { store.wait_ticket(ticket, LONG_WAIT).await });
+    c.let_park("etl", ticket).await;
+    assert!(
+        !waiting.is_finished(),
+        "the ticket waits while the lock is held"
+    );
+    c.finish_job(waiter, &granted, done(JobState::Succeeded, Some(0), ""))
+        .await;
+    match waiting.join("a parked wait on a job's ticket").await {
+        Ok(TicketStatus::Granted(lease)) => assert_eq!(lease.owner, "patient"),
+        other => panic!("a job's ticket: expected the grant, got {other:?}"),
+    }
+    let job = c.job(created.job.id).await;
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(c.view("etl").await.holder_jobs, [Some(job.id)]);
+}
+
+/// `skip` and `fail` on a busy lock record a skipped job with no lease and no ticket; nothing
+/// is queued and nothing is granted to them later. On a free lock they run.
+pub async fn job_skip_on_busy(backend: &dyn Backend) {
+    let c = Case::open(backend, "job-skip").await;
+    let (holder, lease) = c.run_job(job_req("cron", "holder", Policy::Wait)).await;
+    let mut skipped = Vec::new();
+    for policy in [Policy::Skip, Policy::Fail] {
+        let created = c.create_job(job_req("cron", "late", policy)).await;
+        assert_eq!(created.job.state, JobState::Skipped, "{policy:?}");
+        assert!(created.lease.is_none() && created.ticket.is_none());
+        assert_eq!(created.job.finished_at, Some(c.now()));
+        assert!(created.job.reason.is_some(), "a skipped job says why");
+        skipped.push(created.job.id);
+    }
+    let view = c.view("cron").await;
+    assert!(view.waiters.is_empty(), "a skipped job is not queued");
+    assert_eq!(tokens(&view.holders), [lease.token]);
+    c.finish_job(holder.id, &lease, done(JobState::Succeeded, Some(0), ""))
+        .await;
+    assert!(
+        c.view("cron").await.holders.is_empty(),
+        "nothing granted to a skipped job"
+    );
+    for id in skipped {
+        assert_eq!(c.job(id).await.state, JobState::Skipped);
+    }
+    c.run_job(job_req("cron", "next", Policy::Skip)).await;
+}
+
+/// `coalesce`: while a run holds the lock, the first request waits and every later one folds
+/// into it (`coalesced`, naming it), so at most one run is pending; once the pending run
+/// starts, the next request waits again.
+pub async fn job_coalesce(backend: &dyn Backend) {
+    let c = Case::open(backend, "job-coalesce").await;
+    let (holder, lease) = c.run_job(job_req("index", "first", Policy::Coalesce)).await;
+    let (pending, _) = c
+        .queue_job(job_req("index", "pending", Policy::Coalesce))
+        .await;
+    for n in 0..5 {
+        let created = c
+            .create_job(job_req("index", &format!("folded-{n}"), Policy::Coalesce))
+            .await;
+        assert_eq!(created.job.state, JobState::Coalesced);
+        assert_eq!(created.job.coalesced_into, Some(pending.id));
+        assert!(created.lease.is_none() && created.ticket.is_none());
+    }
+    assert_eq!(
+        c.view("index").await.waiter_jobs,
+        [Some(pending.id)],
+        "one pending run"
+    );
+    c.finish_job(holder.id, &lease, done(JobState::Succeeded, Some(0), ""))
+        .await;
+    assert_eq!(c.job(pending.id).await.state, JobState::Running);
+    let (next, _) = c
+        .queue_job(job_req("index", "next", Policy::Coalesce))
+        .await;
+    let folded = c
+        .create_job(job_req("index", "folded", Policy::Coalesce))
+        .await;
+    assert_eq!(folded.job.coalesced_into, Some(next.id));
+    let coalesced = c
+        .store
+        .jobs(JobFilter {
+            states: vec![JobState::Coalesced],
+            ..every_job()
+        })
+        .await
+        .expect("list jobs");
+    assert_eq!(coalesced.len(), 6);
+}
+
+/// `replace`: the running holder hears `replaced` at its heartbeat; the new run waits (the lock
+/// never has two holders) and is granted, by a wake-up, only once the holder finished.
+pub async fn job_replace(backend: &dyn Backend) {
+    let c = Case::open(backend, "job-replace").await;
+    let (holder, lease) = c.run_job(job_req("sync", "old", Policy::Wait)).await;
+    let (_, stop) = c
+        .store
+        .job_heartbeat(holder.id, lease.id, None)
+        .await
+        .expect("heartbeat");
+    assert_eq!(stop, None, "nobody asked it to stop yet");
+    let (replacing, ticket) = c.queue_job(job_req("sync", "new", Policy::Replace)).await;
+    let ticket = ticket.ticket.id;
+    let (_, stop) = c
+        .store
+        .job_heartbeat(holder.id, lease.id, None)
+        .await
+        .expect("heartbeat");
+    assert_eq!(stop, Some(StopReason::Replaced));
+    assert_eq!(c.job(holder.id).await.stop, Some(StopReason::Replaced));
+    let store = Arc::clone(&c.store);
+    let waiting = Spawned::new(async move { store.wait_ticket(ticket, LONG_WAIT).await });
+    c.let_park("sync", ticket).await;
+    assert!(!waiting.is_finished(), "not granted while the holder runs");
+    assert_eq!(
+        tokens(&c.view("sync").await.holders),
+        [lease.token],
+        "one holder"
+    );
+    let cancelled = c
+        .finish_job(
+            holder.id,
+            &lease,
+            FinishJob {
+                reason: Some("replaced".into()),
+                ..done(JobState::Cancelled, Some(143), "")
+            },
+        )
+        .await;
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    let granted = match waiting
+        .join("a replacing run after the holder finished")
+        .await
+    {
+        Ok(TicketStatus::Granted(lease)) => lease,
+        other => panic!("the replacing run: expected the grant, got {other:?}"),
+    };
+    assert!(granted.token > lease.token);
+    let job = c.job(replacing.id).await;
+    assert_eq!(
+        (job.state, job.token),
+        (JobState::Running, Some(granted.token))
+    );
+    assert_eq!(job.stop, None);
+}
+
+/// A restart keeps jobs: a running job with its lease (it still heartbeats and finishes), a
+/// waiting one with its place (it runs when the holder finishes), a finished one with its output,
+/// a skipped one, and request ids (a retry gets the same job).
+pub async fn restart_keeps_jobs(backend: &dyn Backend) {
+    if !backend.durable() {
+        return;
+    }
+    let c = Case::open(backend, "restart-jobs").await;
+    let (running, lease) = c
+        .run_job(CreateJobArgs {
+            request_id: Some("job-req-1".into()),
+            batch: Some("batch-1".into()),
+            ..job_req("restart-etl", "runner", Policy::Wait)
+        })
+        .await;
+    let (waiting, ticket) = c
+        .queue_job(job_req("restart-etl", "waiter", Policy::Wait))
+        .await;
+    let skipped = c
+        .create_job(job_req("restart-etl", "skipper", Policy::Skip))
+        .await
+        .job;
+    let (done_job, done_lease) = c
+        .run_job(job_req("restart-done", "done", Policy::Wait))
+        .await;
+    let output = format!("start\n{}\nend ✓\n", "€".repeat(1_000));
+    let finished = c
+        .finish_job(
+            done_job.id,
+            &done_lease,
+            done(JobState::Failed, Some(2), &output),
+        )
+        .await;
+    let before = c.store.jobs(every_job()).await.expect("list jobs");
+    assert_eq!(before.len(), 4);
+
+    c.advance(2_000);
+    let c = c.reopen(backend).await;
+
+    let after = c.store.jobs(every_job()).await.expect("list jobs");
+    assert_eq!(after, before, "every job survives as it was");
+    assert_eq!(
+        c.job(finished.id).await.output_tail,
+        output,
+        "the output survives"
+    );
+    assert_eq!(c.job(skipped.id).await.state, JobState::Skipped);
+    let view = c.view("restart-etl").await;
+    assert_eq!(tokens(&view.holders), [lease.token]);
+    assert_eq!(view.holder_jobs, [Some(running.id)]);
+    assert_eq!(
+        view.waiters.iter().map(|t| t.id).collect::<Vec<_>>(),
+        [ticket.ticket.id]
+    );
+    assert_eq!(view.waiter_jobs, [Some(waiting.id)]);
+    let retry = c
+        .create_job(CreateJobArgs {
+            request_id: Some("job-req-1".into()),
+            ..job_req("restart-etl", "runner", Policy::Wait)
+        })
+        .await;
+    assert_eq!(retry.job.id, running.id, "a retry gets the same job");
+    assert_eq!(
+        retry.lease.map(|l| l.id),
+        Some(lease.id),
+        "and the same lease"
+    );
+    let (_, stop) = c
+        .store
+        .job_heartbeat(running.id, lease.id, None)
+        .await
+        .expect("a running job heartbeats after the restart");
+    assert_eq!(stop, None);
+    c.finish_job(
+        running.id,
+        &lease,
+        done(JobState::Succeeded, Some(0), "after"),
+    )
+    .await;
+    let granted = c.granted(ticket.ticket.id).await;
+    let job = c.job(waiting.id).await;
+    assert_eq!(
+        (job.state, job.token),
+        (JobState::Running, Some(granted.token))
+    );
+    assert!(granted.token > lease.token);
+
+    // And what changed after the restart survives the next one.
+    let c = c.reopen(backend).await;
+    assert_eq!(c.job(running.id).await.output_tail, "after");
+    assert_eq!(c.job(waiting.id).await.state, JobState::Running);
+    assert_eq!(
+        tokens(&c.view("restart-etl").await.holders),
+        [granted.token]
     );
 }
