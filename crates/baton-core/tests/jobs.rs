@@ -11,8 +11,8 @@
 mod common;
 
 use baton_core::{
-    Acquire, Acquired, Config, CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError,
-    JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId, LockName, Policy,
+    Acquire, AcquireError, Acquired, Config, CreateJob, FinishJob, Job, JobCapability, JobCreated,
+    JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId, LockName, Policy,
     QueuedTicket, State, StopReason, TicketError, TicketId, TicketStatus, limits, once_slot,
 };
 use common::Disk;
@@ -1624,4 +1624,57 @@ fn min_hold_jobs_are_pruned_by_the_count_bound_once_their_hold_ended() {
     assert!(t.holders("cron-1").is_empty(), "the hold ended");
     running(&t.create(cmd("cron-3", Policy::Wait, 3), T0 + 1_001));
     assert_eq!(t.state.job(jid(1)), None, "the oldest finished job went");
+}
+
+/// Regression: a runner giving up a waiting job through its ticket could report it
+/// `succeeded` or `failed`, although the command never ran.
+#[test]
+fn a_waiting_job_given_up_through_its_ticket_can_only_be_cancelled() {
+    let mut state = State::new(Config::default(), 1_000);
+    let holder = state
+        .create_job(cmd("nightly", Policy::Wait, 1), 1_000)
+        .unwrap();
+    assert_eq!(holder.job.state, JobState::Running);
+    let waiting = state
+        .create_job(cmd("nightly", Policy::Wait, 2), 1_010)
+        .unwrap();
+    let ticket = waiting.ticket.expect("a ticket").ticket.id;
+    assert_eq!(
+        state.finish_job(
+            waiting.job.id,
+            JobCapability::Ticket(ticket),
+            report(JobState::Succeeded, Some(0), ""),
+            1_020
+        ),
+        Err(JobError::InvalidState(JobState::Succeeded))
+    );
+    let job = state
+        .finish_job(
+            waiting.job.id,
+            JobCapability::Ticket(ticket),
+            report(JobState::Cancelled, None, ""),
+            1_030,
+        )
+        .unwrap();
+    assert_eq!(job.state, JobState::Cancelled);
+    state.check_invariants();
+}
+
+/// Regression: reusing a request id for another job returned the first job silently.
+#[test]
+fn a_request_id_reused_for_another_job_is_a_conflict() {
+    let mut state = State::new(Config::default(), 1_000);
+    let first = CreateJob {
+        request_id: Some("r-1".into()),
+        ..cmd("alpha", Policy::Wait, 1)
+    };
+    state.create_job(first, 1_000).unwrap();
+    let other = CreateJob {
+        request_id: Some("r-1".into()),
+        ..cmd("beta", Policy::Wait, 2)
+    };
+    assert!(matches!(
+        state.create_job(other, 1_010),
+        Err(JobError::Acquire(AcquireError::RequestIdConflict { .. }))
+    ));
 }

@@ -317,6 +317,12 @@ impl State {
             && let Some(id) = self.jobs_by_request.get(request_id).copied()
             && let Some(job) = self.jobs.get(&id).cloned()
         {
+            // The same request id for another job is a client bug, as for plain acquires.
+            if job.name != command.name || job.lock != command.lock {
+                return Err(JobError::Acquire(AcquireError::RequestIdConflict {
+                    lock: job.lock.clone(),
+                }));
+            }
             return Ok(self.job_created(job));
         }
         validate(&command)?;
@@ -536,6 +542,14 @@ impl State {
         if !authorised {
             return Err(JobError::WrongCapability);
         }
+        // A runner that gives up waiting (its ticket is the capability) never ran the command:
+        // the only true report is that the job was cancelled.
+        if matches!(capability, JobCapability::Ticket(_))
+            && job.state == JobState::Waiting
+            && report.state != JobState::Cancelled
+        {
+            return Err(JobError::InvalidState(report.state));
+        }
         if job.state.is_final() {
             // A job the table already marked lost still takes its runner's report of exit code
             // and output; any other final state only accepts the same report again.
@@ -641,6 +655,7 @@ impl State {
             && !job.state.is_final()
         {
             job.state = JobState::Lost;
+            job.stop = None;
             job.reason = Some(
                 match end {
                     LeaseEnd::Expired => "the lease expired",
