@@ -420,3 +420,217 @@ pub fn random_hex32() -> String {
     }
     out
 }
+
+// ----- client processes (`baton run` …) -------------------------------------------------------
+
+/// How long a client process may take to drain its output once it exited (its pipes close with
+/// it; a grandchild that kept one open would hold them, which must not hang the test).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A `baton` client process (e.g. `baton run`) started in the background against a [`Server`],
+/// its stdout and stderr collected as they arrive. Dropping it SIGKILLs the process (as a
+/// crash would; `baton run`'s guardian then ends the command's tree).
+pub struct ClientProcess {
+    /// The process id.
+    pub pid: u32,
+    args: Vec<String>,
+    child: Child,
+    stdout: Arc<Mutex<Vec<u8>>>,
+    stderr: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// How a [`ClientProcess`] ended.
+#[derive(Debug)]
+pub struct Exited {
+    /// The exit code; `None` when a signal ended the process.
+    pub code: Option<i32>,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
+    /// Everything it wrote on stdout.
+    pub stdout: Vec<u8>,
+    /// Everything it wrote on stderr.
+    pub stderr: String,
+}
+
+impl Server {
+    /// Starts `baton ARGS…` with `BATON_URL` pointing at this server and none of baton's other
+    /// variables set, in `dir` when given.
+    pub fn spawn_baton(&self, args: &[&str], dir: Option<&std::path::Path>) -> ClientProcess {
+        let mut command = Command::new(BATON);
+        command
+            .args(args)
+            .env("BATON_URL", &self.base)
+            .env_remove("BATON_API_KEY")
+            .env_remove("BATON_OWNER")
+            .env_remove("BATON_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(dir) = dir {
+            command.current_dir(dir);
+        }
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot run baton {args:?}: {error}"));
+        let pid = child
+            .id()
+            .unwrap_or_else(|| panic!("baton {args:?} has no pid"));
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let mut readers = Vec::new();
+        if let Some(pipe) = child.stdout.take() {
+            readers.push(tokio::spawn(collect(pipe, Arc::clone(&stdout))));
+        }
+        if let Some(pipe) = child.stderr.take() {
+            readers.push(tokio::spawn(collect(pipe, Arc::clone(&stderr))));
+        }
+        ClientProcess {
+            pid,
+            args: args.iter().map(|arg| (*arg).to_owned()).collect(),
+            child,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+}
+
+async fn collect(mut pipe: impl tokio::io::AsyncRead + Unpin, into: Arc<Mutex<Vec<u8>>>) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = vec![0u8; 64 * 1024];
+    while let Ok(read) = pipe.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+        if let Ok(mut into) = into.lock() {
+            into.extend_from_slice(&buffer[..read]);
+        }
+    }
+}
+
+impl ClientProcess {
+    /// What it wrote on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        self.stderr
+            .lock()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Sends `signal` to the process (only to it, not to its group).
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|error| {
+            panic!("cannot send {signal} to baton {:?}: {error}", self.args)
+        });
+    }
+
+    /// Whether it has exited (without reaping output).
+    pub fn has_exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits, at most `limit`, for the process to exit; a process still running then fails the
+    /// test with what it wrote on stderr.
+    pub async fn wait(mut self, limit: Duration) -> Exited {
+        use std::os::unix::process::ExitStatusExt;
+        let status = match tokio::time::timeout(limit, self.child.wait()).await {
+            Ok(Ok(status)) => status,
+            Ok(Err(error)) => panic!("cannot wait for baton {:?}: {error}", self.args),
+            Err(_) => panic!(
+                "baton {:?} did not exit within {limit:?}; stderr so far:\n{}",
+                self.args,
+                self.stderr_text()
+            ),
+        };
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, reader).await;
+        }
+        let take = |buffer: &Arc<Mutex<Vec<u8>>>| {
+            buffer
+                .lock()
+                .map(|mut bytes| std::mem::take(&mut *bytes))
+                .unwrap_or_default()
+        };
+        Exited {
+            code: status.code(),
+            signal: status.signal(),
+            stdout: take(&self.stdout),
+            stderr: String::from_utf8_lossy(&take(&self.stderr)).into_owned(),
+        }
+    }
+}
+
+/// Whether process `pid` exists and is not a zombie (an orphan re-parented to an init that
+/// never reaps stays a zombie: it runs nothing and holds nothing but its pid).
+pub fn process_alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // `pid (comm) S …`: the state follows the last `)`.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| !matches!(state, 'Z' | 'X')),
+        Err(_) => false,
+    }
+}
+
+/// The process group of process `pid`, while it exists.
+pub fn process_group(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the comm: state, ppid, pgrp.
+    rest.split_whitespace().nth(2)?.parse().ok()
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, for at most `limit`; then fails the test
+/// naming `what`. For conditions with no event to await (a job's state, a file's content).
+pub async fn eventually<T>(
+    what: &str,
+    limit: Duration,
+    mut probe: impl AsyncFnMut() -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("timed out after {limit:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The lines of a text file; none while it does not exist.
+pub fn file_lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .map(|text| text.lines().map(str::to_owned).collect())
+        .unwrap_or_default()
+}
+
+/// The jobs of `name`, newest first (`GET /v1/jobs?name=…`).
+pub async fn jobs_named(server: &Server, name: &str) -> Vec<Value> {
+    let path = format!("/v1/jobs?name={}", encode_segment(name));
+    let (status, body) = server.get(&path).await;
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body["jobs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no jobs array: {body}"))
+        .clone()
+}
+
+/// `GET /v1/jobs/{id}`: the job and its output tail.
+pub async fn job_detail(server: &Server, id: &str) -> Value {
+    let (status, body) = server.get(&format!("/v1/jobs/{id}")).await;
+    assert_eq!(status, 200, "GET job {id}: {body}");
+    body
+}
+
+/// `GET /v1/locks/{name}`.
+pub async fn lock_view(server: &Server, name: &str) -> Value {
+    let (status, body) = server.get(&lock_path(name, "")).await;
+    assert_eq!(status, 200, "GET lock {name}: {body}");
+    body
+}
