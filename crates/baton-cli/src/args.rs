@@ -76,6 +76,49 @@ pub enum Command {
     Fence(TokenArgs),
     /// End the lease holding a token (administrators only; audited).
     Revoke(TokenArgs),
+    /// Run a command under a lock, as a job: wait, skip, fail, replace or coalesce when busy.
+    Run(RunArgs),
+    /// List jobs, newest first: name, state, host, start, duration, exit code.
+    Jobs(JobsArgs),
+    /// Show one job: every field and the tail of its output.
+    Job(JobArgs),
+}
+
+/// `baton jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// Only jobs of this name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Only jobs in these states (comma-separated, repeatable): queued, waiting, running,
+    /// succeeded, failed, cancelled, lost, timed_out, skipped, coalesced.
+    #[arg(long, value_name = "STATES")]
+    pub state: Vec<String>,
+
+    /// Only jobs created within this long ago (e.g. 1h, 2d).
+    #[arg(long, value_name = "DURATION", value_parser = parse_span)]
+    pub since: Option<jiff::SignedDuration>,
+
+    /// Only jobs of this batch.
+    #[arg(long, value_name = "BATCH")]
+    pub batch: Option<String>,
+
+    /// Show at most this many.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// `baton job`.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// The job's id (`job_…`, as `baton jobs` shows it).
+    pub id: String,
+}
+
+fn parse_span(text: &str) -> Result<jiff::SignedDuration, String> {
+    let duration = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    jiff::SignedDuration::try_from(duration).map_err(|error| error.to_string())
 }
 
 /// `baton server`.
@@ -267,5 +310,105 @@ mod tests {
         let parsed = Cli::try_parse_from(["baton", "locks", "--json", "--url", "http://h:1"]);
         let cli = parsed.map_err(|error| error.to_string());
         assert!(matches!(&cli, Ok(cli) if cli.global.json && cli.global.url == "http://h:1"));
+    }
+}
+
+/// `baton run`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("policy").args(["wait", "skip", "fail", "replace", "coalesce"])))]
+pub struct RunArgs {
+    /// The job's name; also the lock's unless --lock is given.
+    pub name: String,
+
+    /// The command and its arguments, after `--`. It runs without a shell.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+
+    /// Busy: wait in the FIFO queue (the default), at most TIMEOUT if given; then exit 75.
+    #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "forever")]
+    pub wait: Option<String>,
+
+    /// Busy: record the job as skipped and exit 0.
+    #[arg(long)]
+    pub skip: bool,
+
+    /// Busy: record the job as skipped and exit 75.
+    #[arg(long)]
+    pub fail: bool,
+
+    /// Busy: ask the running holder to stop (it exits 80), and run once it has released.
+    #[arg(long)]
+    pub replace: bool,
+
+    /// Busy: at most one pending follow-up run; if one is already waiting, fold into it and
+    /// exit 0.
+    #[arg(long)]
+    pub coalesce: bool,
+
+    /// The lock to hold [default: NAME].
+    #[arg(long, value_name = "LOCK")]
+    pub lock: Option<String>,
+
+    /// How many runs may hold the lock at once.
+    #[arg(long, value_name = "N")]
+    pub capacity: Option<u32>,
+
+    /// The lease's time-to-live; renewed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+
+    /// Keep the lock at least this long after the start, even if the command ends sooner.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub min_hold: Option<std::time::Duration>,
+
+    /// At most one run of this job name per period slot, across all hosts.
+    #[arg(long, value_name = "PERIOD", value_parser = humantime::parse_duration)]
+    pub once_per: Option<std::time::Duration>,
+
+    /// A shell command to run (through sh -c) when the lease is lost and the command stopped;
+    /// it gets BATON_JOB_ID, BATON_LOCK and BATON_LOST_REASON.
+    #[arg(long, value_name = "CMD")]
+    pub on_lost: Option<String>,
+
+    /// The owner label [default: HOST/USER/PID].
+    #[arg(long, env = "BATON_OWNER", value_name = "OWNER")]
+    pub owner: Option<String>,
+
+    /// Stop the command if it runs longer than this (exit 124, job timed_out).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Between SIGTERM and SIGKILL when the command must stop (at most a third of the ttl).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+
+    /// How many bytes of output (the end of it) to keep in the job record (at most 65536).
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub output_max: u32,
+}
+
+impl RunArgs {
+    /// The policy the flags ask for.
+    pub fn policy(&self) -> baton_client::proto::Policy {
+        use baton_client::proto::Policy;
+        if self.skip {
+            Policy::Skip
+        } else if self.fail {
+            Policy::Fail
+        } else if self.replace {
+            Policy::Replace
+        } else if self.coalesce {
+            Policy::Coalesce
+        } else {
+            Policy::Wait
+        }
+    }
+
+    /// The `--wait` limit; `None` waits for ever.
+    pub fn wait_limit(&self) -> Option<std::time::Duration> {
+        match self.wait.as_deref() {
+            None | Some("forever") => None,
+            Some(text) => humantime::parse_duration(text).ok(),
+        }
     }
 }

@@ -36,6 +36,10 @@ pub const NO_PERMISSION: u8 = 77;
 /// The lease is lost: `renew` or `release` found it expired, released, or revoked. Whatever the
 /// lease protected may have run unprotected; stop and check. Outside `sysexits.h` on purpose.
 pub const LEASE_LOST: u8 = 79;
+/// `baton run`: the command was stopped because a `--replace` run took over the lock.
+pub const REPLACED: u8 = 80;
+/// `baton run`: the command ran longer than `--timeout` and was stopped (as `timeout(1)`).
+pub const TIMED_OUT: u8 = 124;
 /// Interrupted (Ctrl-C, SIGINT) before finishing: the shell convention 128 + 2.
 pub const INTERRUPTED: u8 = 130;
 
@@ -64,6 +68,8 @@ pub const TABLE: &[(u8, &str)] = &[
         "unauthorized or forbidden (401/403): check the API key",
     ),
     (LEASE_LOST, "lease lost: expired, released or revoked; stop"),
+    (REPLACED, "run: stopped because a --replace run took over"),
+    (TIMED_OUT, "run: the command ran longer than --timeout"),
     (INTERRUPTED, "interrupted"),
 ];
 

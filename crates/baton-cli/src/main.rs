@@ -11,6 +11,7 @@ mod args;
 mod commands;
 mod exit;
 mod output;
+mod supervise;
 
 use std::process::ExitCode;
 
@@ -22,6 +23,15 @@ use crate::args::{Cli, Command};
 use crate::commands::Context;
 
 fn main() -> ExitCode {
+    // The guardian of `baton run` is this binary re-executed; it must start before anything
+    // else (no runtime, no threads, no argument parser).
+    let mut arguments = std::env::args_os();
+    if arguments
+        .nth(1)
+        .is_some_and(|first| first == supervise::GUARD_SUBCOMMAND)
+    {
+        return ExitCode::from(supervise::guard_main(arguments));
+    }
     let cli = match parse() {
         Ok(cli) => cli,
         Err(code) => return ExitCode::from(code),
@@ -87,6 +97,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::History(args) => commands::inspect::history(&context, args).await,
         Command::Fence(args) => commands::admin::fence(&context, args).await,
         Command::Revoke(args) => commands::admin::revoke(&context, args).await,
+        Command::Run(args) => commands::run::run(&context, args).await,
+        Command::Jobs(args) => commands::jobs::jobs(&context, args).await,
+        Command::Job(args) => commands::jobs::job(&context, args).await,
         Command::Server(args) => commands::server::run(args).await,
     }
 }

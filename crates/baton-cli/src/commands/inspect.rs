@@ -98,13 +98,14 @@ fn render_lock(info: &LockInfo, now: Timestamp) -> String {
     if info.holders.is_empty() {
         text.push_str("  none\n");
     } else {
-        let mut table = Table::new(&["TOKEN", "OWNER", "SINCE", "EXPIRES"]);
+        let mut table = Table::new(&["TOKEN", "OWNER", "SINCE", "EXPIRES", "JOB"]);
         for holder in &info.holders {
             table.row(vec![
                 holder.token.to_string(),
                 holder.owner.clone(),
                 relative(holder.since, now),
                 relative(holder.expires_at, now),
+                holder.job.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         text.push_str(&indent(&table.render()));
@@ -113,12 +114,13 @@ fn render_lock(info: &LockInfo, now: Timestamp) -> String {
     if info.waiters.is_empty() {
         text.push_str("  none\n");
     } else {
-        let mut table = Table::new(&["POSITION", "OWNER", "SINCE"]);
+        let mut table = Table::new(&["POSITION", "OWNER", "SINCE", "JOB"]);
         for waiter in &info.waiters {
             table.row(vec![
                 waiter.position.to_string(),
                 waiter.owner.clone(),
                 relative(waiter.since, now),
+                waiter.job.clone().unwrap_or_else(|| "-".into()),
             ]);
         }
         text.push_str(&indent(&table.render()));

@@ -4,7 +4,9 @@
 
 pub mod admin;
 pub mod inspect;
+pub mod jobs;
 pub mod lease;
+pub mod run;
 pub mod server;
 
 use baton_client::Client;

@@ -1,0 +1,452 @@
+//! `baton run NAME [policy] -- CMD...`: runs a command under a lock, as a job record, and never
+//! lets it outlive its lease (guarantee G6).
+//!
+//! The flow:
+//! 1. create the job; its policy decides: run now, wait in the FIFO queue, or never run
+//!    (skipped, coalesced);
+//! 2. while waiting, long-poll the job's ticket; a `--wait` limit or a signal gives up (the job
+//!    is recorded cancelled);
+//! 3. once granted, start the command under the supervisor (own process group, guardian that
+//!    kills the tree if `baton run` dies) with `BATON_FENCING_TOKEN`, `BATON_LEASE_ID`,
+//!    `BATON_LOCK` and `BATON_JOB_ID` in its environment;
+//! 4. heartbeat at a third of the TTL. The *local deadline* is (when the last successful
+//!    heartbeat or grant was **sent**) + the server's `expires_in_ms` − a drift margin. The tree
+//!    is stopped (TERM, grace, KILL) so that it is gone before that deadline whenever the lease
+//!    is lost, revoked, replaced, or cannot be renewed in time;
+//! 5. record how it ended (state, exit code, output tail), run `--on-lost` if the lease was
+//!    lost, and exit with the command's own code or baton's documented one.
+
+use std::ffi::OsString;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton_client::proto::{CreateJobRequest, FinishJobRequest, JobState, Policy};
+use baton_client::{Error, default_owner, local_deadline};
+use tokio::time::Instant;
+
+use crate::args::RunArgs;
+use crate::commands::Context;
+use crate::exit;
+use crate::supervise::{self, End, Spec, Supervisor};
+
+/// The longest single long-poll while waiting for the lock.
+const LONG_POLL: Duration = Duration::from_secs(30);
+/// The pause between heartbeat attempts while the server does not answer.
+const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
+
+/// Why `baton run` stopped the command itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StopCause {
+    /// The server said the lease ended (expired or released) or was revoked.
+    LeaseLost { revoked: bool },
+    /// No heartbeat succeeded in time: the local deadline was near.
+    Deadline,
+    /// A `--replace` run asked this one to stop.
+    Replaced,
+    /// `--timeout` ran out.
+    TimedOut,
+}
+
+/// Runs the command under the lock. Returns the exit code (see `docs/cli.md`).
+pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
+    let policy = args.policy();
+    let lock = args.lock.clone().unwrap_or_else(|| args.name.clone());
+    let ttl = args.ttl;
+    let grace = args.grace.min(ttl / 3);
+    let request = CreateJobRequest {
+        name: args.name.clone(),
+        lock: Some(lock.clone()),
+        capacity: args.capacity,
+        policy,
+        owner: args.owner.clone().unwrap_or_else(default_owner),
+        host: Some(gethostname::gethostname().to_string_lossy().into_owned()),
+        command: args.command.clone(),
+        ttl_ms: Some(millis(ttl)),
+        wait_ms: Some(millis(first_wait(&args))),
+        request_id: None,
+        min_hold_ms: args.min_hold.map(millis),
+        once_per_ms: args.once_per.map(millis),
+        batch: None,
+    };
+    let waiting_since = Instant::now();
+    let mut start = context.client.create_job(&request).await?;
+    let job_id = start.job.id.clone();
+
+    // Wait for the lock, or learn that the job will not run.
+    let mut signals = Signals::new()?;
+    let granted = loop {
+        match start.job.state {
+            JobState::Running => match start.lease.take() {
+                Some(granted) => break granted,
+                None => anyhow::bail!("the server said the job runs but gave no lease"),
+            },
+            JobState::Skipped => {
+                let reason = start.job.reason.clone().unwrap_or_else(|| "busy".into());
+                if policy == Policy::Fail {
+                    eprintln!("baton run: {} not run: {reason} (job {job_id})", args.name);
+                    return Ok(exit::TEMPORARY_FAILURE);
+                }
+                eprintln!("baton run: {} skipped: {reason} (job {job_id})", args.name);
+                return Ok(exit::SUCCESS);
+            }
+            JobState::Coalesced => {
+                let into = start.job.coalesced_into.clone().unwrap_or_default();
+                eprintln!(
+                    "baton run: {} coalesced into the pending run {into} (job {job_id})",
+                    args.name
+                );
+                return Ok(exit::SUCCESS);
+            }
+            JobState::Waiting => {}
+            other => anyhow::bail!("the job is {} before it ran", other.as_str()),
+        }
+        let Some(ticket) = start.ticket.clone() else {
+            anyhow::bail!("the server said the job waits but gave no ticket");
+        };
+        let remaining = match args.wait_limit() {
+            Some(limit) => limit.saturating_sub(waiting_since.elapsed()),
+            None => LONG_POLL,
+        };
+        if remaining.is_zero() {
+            give_up(
+                context,
+                &job_id,
+                &ticket.id,
+                "timed out waiting for the lock",
+            )
+            .await;
+            eprintln!(
+                "baton run: {} timed out waiting for {lock} (job {job_id})",
+                args.name
+            );
+            return Ok(exit::TEMPORARY_FAILURE);
+        }
+        tokio::select! {
+            answer = context.client.wait_job(&job_id, &ticket.id, remaining.min(LONG_POLL)) => {
+                start = answer?;
+            }
+            signal = signals.next() => {
+                give_up(context, &job_id, &ticket.id, &format!("signal {signal} while waiting")).await;
+                return Ok(128 + signal as u8);
+            }
+        }
+    };
+    drop(signals);
+
+    let lease = granted.lease.clone();
+    eprintln!(
+        "baton run: {} holds {lock} (token {}, job {job_id})",
+        args.name, lease.token
+    );
+    let deadline = Arc::new(Mutex::new(granted.local_deadline()));
+    let spec = Spec {
+        grace,
+        tail_bytes: args.output_max as usize,
+        ..Spec::new(args.command.iter().map(OsString::from))
+    }
+    .env("BATON_FENCING_TOKEN", lease.token.to_string())
+    .env("BATON_LEASE_ID", &lease.id)
+    .env("BATON_LOCK", &lock)
+    .env("BATON_JOB_ID", &job_id);
+    let mut supervisor = match Supervisor::spawn(spec) {
+        Ok(supervisor) => supervisor,
+        Err(error) => {
+            let report = finish_request(&lease.id, JobState::Failed, None, error.to_string(), "");
+            let _ = context.client.finish_job(&job_id, &report).await;
+            return Err(error.into());
+        }
+    };
+
+    // The heartbeat loop: renews, and stops the tree in time when it cannot.
+    let control = supervisor.control();
+    let cause: Arc<Mutex<Option<StopCause>>> = Arc::new(Mutex::new(None));
+    let heartbeat = {
+        let client = context.client.clone();
+        let job_id = job_id.clone();
+        let lease_id = lease.id.clone();
+        let deadline = Arc::clone(&deadline);
+        let cause = Arc::clone(&cause);
+        let control = control.clone();
+        let mut renew_at = granted.sent_at + ttl / 3;
+        tokio::spawn(async move {
+            loop {
+                // The last moment a stop can start and still finish before the deadline.
+                let stop_by = current(&deadline)
+                    .checked_sub(grace + supervise::STOP_SLACK)
+                    .unwrap_or_else(Instant::now);
+                tokio::select! {
+                    () = tokio::time::sleep_until(renew_at.min(stop_by)) => {}
+                }
+                if Instant::now() >= stop_by {
+                    set_cause(&cause, StopCause::Deadline);
+                    control.request_stop(grace);
+                    return;
+                }
+                let attempt = client.job_heartbeat(&job_id, &lease_id, Some(ttl));
+                match tokio::time::timeout_at(stop_by, attempt).await {
+                    Ok(Ok((renewed, stop))) => {
+                        let next = local_deadline(
+                            renewed.sent_at,
+                            Duration::from_millis(renewed.lease.expires_in_ms),
+                            ttl,
+                        );
+                        if let Ok(mut deadline) = deadline.lock() {
+                            *deadline = next;
+                        }
+                        renew_at = renewed.sent_at + ttl / 3;
+                        if stop.is_some() {
+                            set_cause(&cause, StopCause::Replaced);
+                            control.request_stop(grace);
+                            return;
+                        }
+                    }
+                    Ok(Err(Error::LeaseLost { revoked, .. })) => {
+                        set_cause(&cause, StopCause::LeaseLost { revoked });
+                        control.request_stop(grace.min(remaining(&deadline)));
+                        return;
+                    }
+                    Ok(Err(Error::NotFound { .. })) => {
+                        set_cause(&cause, StopCause::LeaseLost { revoked: false });
+                        control.request_stop(grace.min(remaining(&deadline)));
+                        return;
+                    }
+                    // Unreachable, slow or failing server: try again soon, until `stop_by`.
+                    Ok(Err(_)) | Err(_) => {
+                        renew_at = Instant::now() + HEARTBEAT_RETRY;
+                    }
+                }
+            }
+        })
+    };
+
+    let outcome = match args.timeout {
+        Some(limit) => {
+            let limit_at = Instant::now() + limit;
+            tokio::select! {
+                outcome = supervisor.wait() => outcome,
+                () = tokio::time::sleep_until(limit_at) => {
+                    set_cause(&cause, StopCause::TimedOut);
+                    supervisor.stop(grace).await
+                }
+            }
+        }
+        None => supervisor.wait().await,
+    };
+    heartbeat.abort();
+    let outcome = outcome?;
+    let stop_cause = cause.lock().ok().and_then(|cause| *cause);
+
+    let code = outcome.end.exit_code();
+    let (state, reason, exit_code) = match (stop_cause, &outcome.end) {
+        (Some(StopCause::LeaseLost { revoked: true }), _) => (
+            JobState::Lost,
+            "the lease was revoked; the command was stopped".to_owned(),
+            exit::LEASE_LOST,
+        ),
+        (Some(StopCause::LeaseLost { revoked: false }), _) => (
+            JobState::Lost,
+            "the lease was lost; the command was stopped".to_owned(),
+            exit::LEASE_LOST,
+        ),
+        (Some(StopCause::Deadline), _) => (
+            JobState::Lost,
+            "the lease could not be renewed before its deadline; the command was stopped"
+                .to_owned(),
+            exit::LEASE_LOST,
+        ),
+        (Some(StopCause::Replaced), _) => (
+            JobState::Cancelled,
+            "replaced by a newer run; the command was stopped".to_owned(),
+            exit::REPLACED,
+        ),
+        (Some(StopCause::TimedOut), _) => (
+            JobState::TimedOut,
+            format!(
+                "ran longer than --timeout {}",
+                crate::output::duration(args.timeout.unwrap_or_default())
+            ),
+            exit::TIMED_OUT,
+        ),
+        (None, _) if !outcome.forwarded.is_empty() => (
+            JobState::Cancelled,
+            format!(
+                "signal {} forwarded to the command",
+                outcome.forwarded[0].signo()
+            ),
+            code,
+        ),
+        (None, End::Exited(0)) => (JobState::Succeeded, String::new(), code),
+        (None, End::Exited(status)) => (JobState::Failed, format!("exit code {status}"), code),
+        (None, End::Signaled(signal)) => {
+            (JobState::Failed, format!("killed by signal {signal}"), code)
+        }
+        (None, End::SpawnFailed(error)) => {
+            eprintln!(
+                "baton run: cannot start {:?}: {error}",
+                args.command.first().cloned().unwrap_or_default()
+            );
+            (
+                JobState::Failed,
+                format!("cannot start the command: {error}"),
+                code,
+            )
+        }
+    };
+    let process_code = match &outcome.end {
+        End::Exited(status) => Some(*status),
+        End::Signaled(signal) => Some(128 + signal),
+        End::SpawnFailed(_) => Some(i32::from(code)),
+    };
+    let report = finish_request(
+        &lease.id,
+        state,
+        process_code,
+        reason.clone(),
+        &outcome.tail_text(),
+    );
+    match context.client.finish_job(&job_id, &report).await {
+        Ok(_) => {}
+        // The server already ended the lease (and so marked the job lost); the report of a lost
+        // job is still taken, so anything else is worth a warning only.
+        Err(error) => eprintln!("baton run: could not record the end of job {job_id}: {error}"),
+    }
+    if state == JobState::Lost {
+        eprintln!(
+            "baton run: {} lost {lock}: {reason} (job {job_id})",
+            args.name
+        );
+        if let Some(hook) = &args.on_lost {
+            run_hook(hook, &job_id, &lock, &reason).await;
+        }
+    } else if stop_cause.is_some() {
+        eprintln!("baton run: {}: {reason} (job {job_id})", args.name);
+    }
+    Ok(exit_code)
+}
+
+/// How long the first create request may wait: the whole `--wait` limit or one long-poll.
+fn first_wait(args: &RunArgs) -> Duration {
+    match args.wait_limit() {
+        Some(limit) => limit.min(LONG_POLL),
+        None if matches!(args.policy(), Policy::Skip | Policy::Fail) => Duration::ZERO,
+        None => LONG_POLL,
+    }
+}
+
+fn finish_request(
+    lease_id: &str,
+    state: JobState,
+    exit_code: Option<i32>,
+    reason: String,
+    output: &str,
+) -> FinishJobRequest {
+    FinishJobRequest {
+        lease_id: Some(lease_id.to_owned()),
+        ticket_id: None,
+        state,
+        exit_code,
+        reason: (!reason.is_empty()).then_some(reason),
+        output_tail: (!output.is_empty()).then(|| output.to_owned()),
+    }
+}
+
+/// Gives up waiting: the job is recorded cancelled and leaves the queue.
+async fn give_up(context: &Context, job_id: &str, ticket_id: &str, reason: &str) {
+    let report = FinishJobRequest {
+        lease_id: None,
+        ticket_id: Some(ticket_id.to_owned()),
+        state: JobState::Cancelled,
+        exit_code: None,
+        reason: Some(reason.to_owned()),
+        output_tail: None,
+    };
+    if let Err(error) = context.client.finish_job(job_id, &report).await {
+        eprintln!("baton run: could not record job {job_id} as cancelled: {error}");
+    }
+}
+
+/// Runs the `--on-lost` hook through `sh -c`, with the job's details in its environment, for
+/// at most a minute.
+async fn run_hook(hook: &str, job_id: &str, lock: &str, reason: &str) {
+    let child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(hook)
+        .env("BATON_JOB_ID", job_id)
+        .env("BATON_LOCK", lock)
+        .env("BATON_LOST_REASON", reason)
+        .kill_on_drop(true)
+        .status();
+    match tokio::time::timeout(Duration::from_secs(60), child).await {
+        Ok(Ok(status)) if status.success() => {}
+        Ok(Ok(status)) => eprintln!("baton run: the --on-lost hook failed ({status})"),
+        Ok(Err(error)) => eprintln!("baton run: cannot run the --on-lost hook: {error}"),
+        Err(_) => eprintln!("baton run: the --on-lost hook ran over a minute and was stopped"),
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn current(deadline: &Mutex<Instant>) -> Instant {
+    deadline
+        .lock()
+        .map_or_else(|_| Instant::now(), |deadline| *deadline)
+}
+
+fn remaining(deadline: &Mutex<Instant>) -> Duration {
+    current(deadline).saturating_duration_since(Instant::now())
+}
+
+fn set_cause(cause: &Mutex<Option<StopCause>>, value: StopCause) {
+    if let Ok(mut cause) = cause.lock() {
+        cause.get_or_insert(value);
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP while waiting for the lock (the supervisor forwards them once the
+/// command runs).
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt())?,
+            terminate: signal(SignalKind::terminate())?,
+            hangup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// The number of the next signal received.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.interrupt.recv() => 2,
+            _ = self.terminate.recv() => 15,
+            _ = self.hangup.recv() => 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_client::drift_margin;
+
+    #[test]
+    fn the_deadline_margin_leaves_room_for_the_grace() {
+        // With the defaults (ttl 30 s, grace 10 s) a stop starts no later than ~18.6 s after
+        // the last successful renewal was sent: well before the server's 30 s.
+        let ttl = Duration::from_secs(30);
+        let grace = Duration::from_secs(10).min(ttl / 3);
+        let budget = ttl - drift_margin(ttl) - grace - supervise::STOP_SLACK;
+        assert!(
+            budget > ttl / 3,
+            "a renewal attempt must fit before the stop: {budget:?}"
+        );
+    }
+}
