@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_client::proto::{CreateJobRequest, FinishJobRequest, JobState, Policy};
-use baton_client::{Error, default_owner, local_deadline};
+use baton_client::{Error, Granted, default_owner, local_deadline};
 use tokio::time::Instant;
 
 use crate::args::RunArgs;
@@ -62,18 +62,21 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
         host: Some(gethostname::gethostname().to_string_lossy().into_owned()),
         command: args.command.clone(),
         ttl_ms: Some(millis(ttl)),
-        wait_ms: Some(millis(first_wait(&args))),
+        // No long-poll here: all waiting happens below, where signals are listened for.
+        wait_ms: Some(0),
         request_id: None,
         min_hold_ms: args.min_hold.map(millis),
         once_per_ms: args.once_per.map(millis),
         batch: None,
     };
+    // Signals are watched from before the job exists, so Ctrl-C while waiting withdraws it.
+    let mut signals = Signals::new()?;
     let waiting_since = Instant::now();
     let mut start = context.client.create_job(&request).await?;
     let job_id = start.job.id.clone();
 
     // Wait for the lock, or learn that the job will not run.
-    let mut signals = Signals::new()?;
+    let mut waited = false;
     let granted = loop {
         match start.job.state {
             JobState::Running => match start.lease.take() {
@@ -121,6 +124,7 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
             );
             return Ok(exit::TEMPORARY_FAILURE);
         }
+        waited = true;
         tokio::select! {
             answer = context.client.wait_job(&job_id, &ticket.id, remaining.min(LONG_POLL)) => {
                 start = answer?;
@@ -130,6 +134,23 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
                 return Ok(128 + signal as u8);
             }
         }
+    };
+    // A grant that arrived during a long-poll counts from when that poll was sent, possibly
+    // long before the grant: renew once so the deadline starts from a fresh request.
+    let granted = if waited {
+        match renew_before_start(context, &job_id, &granted, ttl).await {
+            Ok(renewed) => renewed,
+            Err(cause) => {
+                let reason = format!("the lease was lost before the command started: {cause}");
+                let report =
+                    finish_request(&granted.lease.id, JobState::Lost, None, reason.clone(), "");
+                let _ = context.client.finish_job(&job_id, &report).await;
+                eprintln!("baton run: {}: {reason} (job {job_id})", args.name);
+                return Ok(exit::LEASE_LOST);
+            }
+        }
+    } else {
+        granted
     };
     drop(signals);
 
@@ -324,12 +345,30 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
     Ok(exit_code)
 }
 
-/// How long the first create request may wait: the whole `--wait` limit or one long-poll.
-fn first_wait(args: &RunArgs) -> Duration {
-    match args.wait_limit() {
-        Some(limit) => limit.min(LONG_POLL),
-        None if matches!(args.policy(), Policy::Skip | Policy::Fail) => Duration::ZERO,
-        None => LONG_POLL,
+/// Renews a lease just granted after waiting, retrying a short outage until its current
+/// local deadline. Fails when the server says it is lost, or the deadline passes.
+async fn renew_before_start(
+    context: &Context,
+    job_id: &str,
+    granted: &Granted,
+    ttl: Duration,
+) -> Result<Granted, String> {
+    let deadline = granted.local_deadline();
+    loop {
+        let attempt = context
+            .client
+            .job_heartbeat(job_id, &granted.lease.id, Some(ttl));
+        match tokio::time::timeout_at(deadline, attempt).await {
+            Ok(Ok((renewed, _))) => return Ok(renewed),
+            Ok(Err(error @ (Error::LeaseLost { .. } | Error::NotFound { .. }))) => {
+                return Err(error.to_string());
+            }
+            Ok(Err(_)) if Instant::now() + HEARTBEAT_RETRY < deadline => {
+                tokio::time::sleep(HEARTBEAT_RETRY).await;
+            }
+            Ok(Err(error)) => return Err(error.to_string()),
+            Err(_) => return Err("no renewal succeeded before its deadline".into()),
+        }
     }
 }
 
