@@ -638,10 +638,8 @@ fn signals_to_the_supervisor_are_forwarded_to_the_group() {
     assert!(!running(child) && !running(pgid));
 }
 
-/// The real `baton` binary as the guardian. Enable once `main` dispatches `__guard` to
-/// `supervise::guard_main`.
+/// The real `baton` binary as the guardian: `main` dispatches `__guard` to `guard_main`.
 #[tokio::test]
-#[ignore = "needs main.rs to dispatch `baton __guard` to supervise::guard_main"]
 async fn the_baton_binary_is_the_guardian() {
     let (out, err) = (Sink::default(), Sink::default());
     let mut spec = sh("echo hello; exit 7", &out, &err);

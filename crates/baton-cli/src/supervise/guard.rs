@@ -51,7 +51,6 @@ struct Args {
 /// when it could not be started, 70 when the guardian itself failed.
 ///
 /// Call it first thing in `main`, before any thread or runtime exists.
-#[allow(dead_code)] // Called by `main` when argv[1] is `__guard`.
 pub fn guard_main<I>(args: I) -> u8
 where
     I: IntoIterator<Item = OsString>,

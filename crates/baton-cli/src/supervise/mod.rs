@@ -81,27 +81,25 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
-// Until the `run` command and `main`'s dispatch of `__guard` use them.
 #[cfg(target_os = "linux")]
-#[allow(unused_imports)]
 pub use guard::guard_main;
 #[cfg(target_os = "linux")]
 #[allow(unused_imports)]
+// Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
 pub use supervisor::{Control, Supervisor};
 #[cfg(not(target_os = "linux"))]
 #[allow(unused_imports)]
+// Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
 pub use unsupported::{Control, Supervisor, guard_main};
 
 /// The hidden subcommand that runs the guardian: `baton __guard --grace-ms MS --status-fd FD --
 /// CMD [ARG...]`. Only [`Supervisor`] starts it; `main` must dispatch it before anything else
 /// (before clap, before starting a tokio runtime).
-#[allow(dead_code)] // Read by `main`'s dispatch to `guard_main`.
 pub const GUARD_SUBCOMMAND: &str = "__guard";
 
 /// How much later than its `grace` a stop can finish, at most, once the tree is SIGKILLed:
 /// reaping the guardian and the orphans, and draining the output pipes. The caller starts a stop
 /// at `lease deadline - margin - grace - STOP_SLACK` at the latest.
-#[allow(dead_code)] // Used by the `run` command's deadline computation.
 pub const STOP_SLACK: Duration = Duration::from_secs(1);
 
 /// Errors of the supervisor itself (not of the command it runs: see [`End`]).
@@ -192,7 +190,6 @@ pub struct Spec {
     pub launcher: GuardLauncher,
 }
 
-#[allow(dead_code)] // Used by the `run` command.
 impl Spec {
     /// A spec with the defaults: 64 KiB of tail, 10 s of grace, signals forwarded, output to
     /// this process's stdout and stderr, this binary as the guardian.
@@ -231,7 +228,6 @@ pub enum Forwarded {
     Hangup,
 }
 
-#[allow(dead_code)] // Used by the `run` command to record the job as cancelled.
 impl Forwarded {
     /// The signal's number (2, 15, 1 on Linux).
     pub fn signo(self) -> i32 {
@@ -255,7 +251,6 @@ pub enum End {
     SpawnFailed(io::Error),
 }
 
-#[allow(dead_code)] // Used by the `run` command for its exit code.
 impl End {
     /// The exit code a shell would report: the code, 128 + the signal, 127 when the command
     /// was not found and 126 when it could not be executed.
@@ -278,7 +273,6 @@ pub struct Stopped {
 
 /// Everything [`Supervisor::wait`] reports once the tree is gone.
 #[derive(Debug)]
-#[allow(dead_code)] // Read by the `run` command.
 pub struct Outcome {
     /// How the command ended.
     pub end: End,
@@ -287,20 +281,29 @@ pub struct Outcome {
     /// How many bytes of output there were in all.
     pub output_bytes: u64,
     /// When the guardian was started.
+    #[allow(dead_code)]
+    // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub started: Instant,
     /// When the tree was found gone.
+    #[allow(dead_code)]
+    // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub ended: Instant,
     /// [`Outcome::started`] on the wall clock, for job records.
+    #[allow(dead_code)]
+    // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub started_at: SystemTime,
     /// [`Outcome::ended`] on the wall clock.
+    #[allow(dead_code)]
+    // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub ended_at: SystemTime,
     /// Signals forwarded to the command, in order.
     pub forwarded: Vec<Forwarded>,
     /// Set when a stop was requested (lease lost, deadline, [`Control::stop`]).
+    #[allow(dead_code)]
+    // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub stopped: Option<Stopped>,
 }
 
-#[allow(dead_code)] // Used by the `run` command for the job record.
 impl Outcome {
     /// The tail as text: when the tail was cut inside a UTF-8 sequence its first bytes are
     /// dropped, and any other invalid byte becomes U+FFFD.

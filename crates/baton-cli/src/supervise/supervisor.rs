@@ -54,10 +54,11 @@ pub struct Control {
     /// Requests to the supervisor.
     requests: mpsc::UnboundedSender<Request>,
     /// Becomes true once the tree is gone and the outcome is known.
+    #[allow(dead_code)]
+    // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     finished: watch::Receiver<bool>,
 }
 
-#[allow(dead_code)] // Used by the `run` command's lease-renewal loop.
 impl Control {
     /// Asks for the tree to be stopped: SIGTERM to the group now, SIGKILL after `grace`. A
     /// second request can only shorten the grace. Does nothing once the tree is gone.
@@ -68,6 +69,7 @@ impl Control {
 
     /// Stops the tree and returns once it is gone (at most `grace` +
     /// [`STOP_SLACK`](super::STOP_SLACK) later, given a task in [`Supervisor::wait`]).
+    #[allow(dead_code)] // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub async fn stop(&self, grace: Duration) {
         self.request_stop(grace);
         let mut finished = self.finished.clone();
@@ -76,6 +78,7 @@ impl Control {
     }
 
     /// Whether the tree is gone and the outcome known.
+    #[allow(dead_code)] // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub fn is_finished(&self) -> bool {
         *self.finished.borrow()
     }
@@ -130,7 +133,6 @@ pub struct Supervisor {
     reaped: bool,
 }
 
-#[allow(dead_code)] // Used by the `run` command.
 impl Supervisor {
     /// Starts `spec.argv` under a guardian, in a new process group. Must be called within a
     /// tokio runtime. A command that cannot be started is not an error here: it is reported as
@@ -234,6 +236,7 @@ impl Supervisor {
     }
 
     /// The job's process-group id, which is also the guardian's pid.
+    #[allow(dead_code)] // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub fn pgid(&self) -> u32 {
         self.guardian.id()
     }
@@ -294,6 +297,7 @@ impl Supervisor {
 
     /// Waits like [`Supervisor::wait`], but stops the tree with `grace` if it is still running
     /// at `deadline`.
+    #[allow(dead_code)] // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     pub async fn wait_until(
         &mut self,
         deadline: tokio::time::Instant,
