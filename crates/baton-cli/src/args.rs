@@ -82,6 +82,9 @@ pub enum Command {
     Jobs(JobsArgs),
     /// Show one job: every field and the tail of its output.
     Job(JobArgs),
+    /// Run many commands, N at a time (or under a fleet-wide --slots limit), as jobs of one
+    /// batch: collated output, progress, a summary.
+    Parallel(ParallelArgs),
 }
 
 /// `baton jobs`.
@@ -411,4 +414,91 @@ impl RunArgs {
             Some(text) => humantime::parse_duration(text).ok(),
         }
     }
+}
+
+/// `baton parallel`.
+#[derive(Debug, Args)]
+pub struct ParallelArgs {
+    /// The command template, then `:::` and the arguments: `-- ./install.sh {} ::: h1 h2`.
+    /// `{}` is replaced by the argument (appended when absent), `{#}` by the job's index.
+    /// Without `:::`, arguments come from --args-file or standard input, one per line.
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "CMD {} ::: ARG"
+    )]
+    pub command: Vec<String>,
+
+    /// How many jobs run at once on this host [default: the number of CPUs].
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub jobs: Option<u32>,
+
+    /// Share one limit with every `baton parallel` and `baton run` on the server: each job
+    /// holds the lock NAME, of capacity N, while it runs.
+    #[arg(long, value_name = "NAME:N")]
+    pub slots: Option<String>,
+
+    /// Job names are NAME-INDEX [default: the template's first word].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Read the arguments from this file, one per line.
+    #[arg(long, value_name = "FILE")]
+    pub args_file: Option<PathBuf>,
+
+    /// Read the jobs from this file: JSON lines `{"name", "command": [...], "env": {...},
+    /// "lock"}`.
+    #[arg(long, value_name = "FILE", conflicts_with = "args_file")]
+    pub jobs_file: Option<PathBuf>,
+
+    /// Run locally, without a server or job records.
+    #[arg(long)]
+    pub local: bool,
+
+    /// Print output lines as they come, each prefixed by its job's name, instead of each job's
+    /// output whole when it ends.
+    #[arg(long)]
+    pub line_buffer: bool,
+
+    /// Keep each job's stdout and stderr in DIR/INDEX-NAME/{stdout,stderr}.
+    #[arg(long, value_name = "DIR")]
+    pub results: Option<PathBuf>,
+
+    /// When a job fails: `now` stops the running jobs and starts no more; `soon` starts no
+    /// more and lets the running ones finish.
+    #[arg(long, value_enum, value_name = "WHEN")]
+    pub halt_on_failure: Option<Halt>,
+
+    /// Run a failed (or timed-out) job again, up to N more times.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub retries: u32,
+
+    /// Stop a job that runs longer than this (job timed_out).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<std::time::Duration>,
+
+    /// Each job's lease time-to-live; renewed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+
+    /// Between SIGTERM and SIGKILL when a job must stop (at most a third of the ttl).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+
+    /// How many bytes of each job's output (the end of it) its record keeps (at most 65536).
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub output_max: u32,
+
+    /// The owner label [default: HOST/USER/PID].
+    #[arg(long, env = "BATON_OWNER", value_name = "OWNER")]
+    pub owner: Option<String>,
+}
+
+/// `baton parallel --halt-on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Halt {
+    /// Stop the running jobs' process trees and start no more.
+    Now,
+    /// Start no more jobs; let the running ones finish.
+    Soon,
 }

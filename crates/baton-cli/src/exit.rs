@@ -38,6 +38,9 @@ pub const NO_PERMISSION: u8 = 77;
 pub const LEASE_LOST: u8 = 79;
 /// `baton run`: the command was stopped because a `--replace` run took over the lock.
 pub const REPLACED: u8 = 80;
+/// `baton parallel`: one or more jobs did not succeed (failed, timed out, lost, cancelled, or
+/// not started after `--halt-on-failure`); the summary says which.
+pub const JOBS_FAILED: u8 = 81;
 /// `baton run`: the command ran longer than `--timeout` and was stopped (as `timeout(1)`).
 pub const TIMED_OUT: u8 = 124;
 /// Interrupted (Ctrl-C, SIGINT) before finishing: the shell convention 128 + 2.
@@ -69,6 +72,7 @@ pub const TABLE: &[(u8, &str)] = &[
     ),
     (LEASE_LOST, "lease lost: expired, released or revoked; stop"),
     (REPLACED, "run: stopped because a --replace run took over"),
+    (JOBS_FAILED, "parallel: one or more jobs did not succeed"),
     (TIMED_OUT, "run: the command ran longer than --timeout"),
     (INTERRUPTED, "interrupted"),
 ];

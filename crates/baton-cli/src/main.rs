@@ -100,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => commands::run::run(&context, args).await,
         Command::Jobs(args) => commands::jobs::jobs(&context, args).await,
         Command::Job(args) => commands::jobs::job(&context, args).await,
+        Command::Parallel(args) => commands::parallel::parallel(&context, args).await,
         Command::Server(args) => commands::server::run(args).await,
     }
 }
