@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_core::{
     FinishJob, Job, JobCapability, JobCreated, JobFilter, JobState, LeaseId, LockName, Policy,
-    StopReason, TicketId, TicketStatus, limits, validate_owner, validate_request_id,
+    StopReason, TicketId, TicketStatus, limits,
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
@@ -15,7 +15,9 @@ use baton_store::CreateJobArgs;
 
 use crate::error::ApiError;
 use crate::extract::{JobPath, JsonBody, QueryMap};
-use crate::routes::{AppState, lease_wire, ticket_wire, timestamp, ttl, wait_duration};
+use crate::routes::{
+    AppState, lease_wire, ticket_wire, timestamp, ttl, validate_requester, wait_duration,
+};
 
 /// The largest finish body: the output tail plus room for the rest.
 pub const FINISH_BODY_BYTES_MAX: usize = limits::OUTPUT_TAIL_BYTES_MAX * 2 + 16 * 1024;
@@ -153,22 +155,13 @@ pub(crate) async fn create(
             .map_err(|error| ApiError::new(ErrorCode::InvalidName, error.to_string()))?,
         None => name.clone(),
     };
-    validate_owner(&request.owner)
-        .map_err(|error| ApiError::new(ErrorCode::InvalidOwner, format!("owner {error}")))?;
+    validate_requester(
+        &request.owner,
+        request.request_id.as_deref(),
+        request.capacity,
+    )?;
     optional_label(request.host.as_ref(), "host", limits::HOST_BYTES_MAX)?;
     optional_label(request.batch.as_ref(), "batch", limits::BATCH_BYTES_MAX)?;
-    if let Some(request_id) = &request.request_id {
-        validate_request_id(request_id)
-            .map_err(|error| ApiError::new(ErrorCode::InvalidRequestId, error.to_string()))?;
-    }
-    if let Some(capacity) = request.capacity
-        && !(1..=limits::CAPACITY_MAX).contains(&capacity)
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidCapacity,
-            format!("capacity must be between 1 and {}", limits::CAPACITY_MAX),
-        ));
-    }
     let args = CreateJobArgs {
         name: request.name,
         lock,

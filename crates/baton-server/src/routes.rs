@@ -182,6 +182,30 @@ fn queued(queued: QueuedTicket, now: Millis) -> Response {
         .into_response()
 }
 
+/// Checks what every acquiring request carries: the owner label, the request id and the
+/// capacity asked for.
+pub(crate) fn validate_requester(
+    owner: &str,
+    request_id: Option<&str>,
+    capacity: Option<u32>,
+) -> Result<(), ApiError> {
+    validate_owner(owner)
+        .map_err(|error| ApiError::new(ErrorCode::InvalidOwner, format!("owner {error}")))?;
+    if let Some(request_id) = request_id {
+        validate_request_id(request_id)
+            .map_err(|error| ApiError::new(ErrorCode::InvalidRequestId, error.to_string()))?;
+    }
+    if let Some(capacity) = capacity
+        && !(1..=limits::CAPACITY_MAX).contains(&capacity)
+    {
+        return Err(ApiError::new(
+            ErrorCode::InvalidCapacity,
+            format!("capacity must be between 1 and {}", limits::CAPACITY_MAX),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
     match wait_ms {
         Some(ms) if ms > WAIT_MS_MAX => Err(ApiError::new(
@@ -226,24 +250,15 @@ async fn acquire(
     LockPath(lock): LockPath,
     JsonBody(request): JsonBody<proto::AcquireRequest>,
 ) -> Result<Response, ApiError> {
-    validate_owner(&request.owner)
-        .map_err(|error| ApiError::new(ErrorCode::InvalidOwner, format!("owner {error}")))?;
+    validate_requester(
+        &request.owner,
+        request.request_id.as_deref(),
+        request.capacity,
+    )?;
     if let Some(key) = &request.owner_key {
         validate_owner(key).map_err(|error| {
             ApiError::new(ErrorCode::InvalidOwner, format!("owner_key {error}"))
         })?;
-    }
-    if let Some(request_id) = &request.request_id {
-        validate_request_id(request_id)
-            .map_err(|error| ApiError::new(ErrorCode::InvalidRequestId, error.to_string()))?;
-    }
-    if let Some(capacity) = request.capacity
-        && !(1..=limits::CAPACITY_MAX).contains(&capacity)
-    {
-        return Err(ApiError::new(
-            ErrorCode::InvalidCapacity,
-            format!("capacity must be between 1 and {}", limits::CAPACITY_MAX),
-        ));
     }
     let args = AcquireArgs {
         lock,
