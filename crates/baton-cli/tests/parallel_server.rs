@@ -1,0 +1,230 @@
+//! `baton parallel` against a real server: every job is a job record of one batch, `--slots`
+//! holds one limit across two `baton parallel` processes, and SIGINT stops every job's process
+//! tree (grandchildren included) and records the jobs `cancelled`.
+//!
+//! Every wait is bounded; no assertion is about how long something took.
+
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Exited, Server, eventually};
+use nix::sys::signal::Signal;
+use serde_json::Value;
+use tempfile::TempDir;
+
+const TEST_TIMEOUT: Duration = Duration::from_secs(120);
+/// The bound on one `baton parallel` finishing, or one condition becoming true.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn workdir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("baton-parallel-")
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+fn assert_code(exited: &Exited, code: i32, what: &str) {
+    assert_eq!(
+        exited.code,
+        Some(code),
+        "{what}: expected exit code {code}, got {:?} (signal {:?}); stderr:\n{}",
+        exited.code,
+        exited.signal,
+        exited.stderr
+    );
+}
+
+/// The batch id `baton parallel` announced on stderr.
+fn batch_of(stderr: &str) -> String {
+    stderr
+        .split_whitespace()
+        .skip_while(|word| *word != "batch")
+        .nth(1)
+        .map(|word| word.trim_end_matches(':').to_owned())
+        .unwrap_or_else(|| panic!("no batch announced:\n{stderr}"))
+}
+
+async fn batch_jobs(server: &Server, batch: &str) -> Vec<Value> {
+    let (status, body) = server.get(&format!("/v1/jobs?batch={batch}")).await;
+    assert_eq!(status, 200, "{body}");
+    body["jobs"].as_array().expect("a jobs array").clone()
+}
+
+/// The most intervals open at once in a log of `S t` / `E t` lines.
+fn max_overlap(lines: &[String]) -> usize {
+    let mut events: Vec<(u128, i32)> = lines
+        .iter()
+        .map(|line| {
+            let (kind, time) = line.split_once(' ').expect("`S t` or `E t`");
+            (
+                time.trim().parse().expect("nanoseconds"),
+                if kind == "S" { 1 } else { -1 },
+            )
+        })
+        .collect();
+    events.sort_unstable();
+    let (mut open, mut most) = (0i32, 0i32);
+    for (_, delta) in events {
+        open += delta;
+        most = most.max(open);
+    }
+    usize::try_from(most).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_job_is_a_record_of_the_batch() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir();
+        let exited = server
+            .spawn_baton(
+                &[
+                    "parallel",
+                    "--json",
+                    "--name",
+                    "rec",
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo job $0 token $BATON_FENCING_TOKEN; exit $0",
+                    "{}",
+                    ":::",
+                    "0",
+                    "4",
+                ],
+                Some(dir.path()),
+            )
+            .wait(PATIENCE)
+            .await;
+        assert_code(&exited, 81, "one job fails");
+        let batch = batch_of(&exited.stderr);
+        let results: Vec<Value> = serde_json::from_slice(&exited.stdout).unwrap();
+        let jobs = batch_jobs(&server, &batch).await;
+        assert_eq!(jobs.len(), 2, "{jobs:#?}");
+        for (result, (name, state, code)) in results
+            .iter()
+            .zip([("rec-1", "succeeded", 0), ("rec-2", "failed", 4)])
+        {
+            let id = result["job_id"].as_str().expect("a job id");
+            let job = jobs
+                .iter()
+                .find(|job| job["id"] == id)
+                .unwrap_or_else(|| panic!("job {id} in the batch: {jobs:#?}"));
+            assert_eq!(job["name"], name);
+            assert_eq!(job["state"], state);
+            assert_eq!(job["exit_code"], code);
+            let detail = harness::job_detail(&server, id).await;
+            let tail = detail["output_tail"]
+                .as_str()
+                .or_else(|| detail["job"]["output_tail"].as_str())
+                .unwrap_or_else(|| panic!("an output tail: {detail}"));
+            assert!(tail.starts_with("job "), "{tail}");
+            assert!(!tail.contains("token \n"), "the job had a token: {tail}");
+        }
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_hold_one_limit_across_two_parallel_processes() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir();
+        let log = dir.path().join("log");
+        let script = format!(
+            "echo S $(date +%s%N) >> {log}; sleep 0.3; echo E $(date +%s%N) >> {log}",
+            log = log.display()
+        );
+        let spawn = |name: &str| {
+            server.spawn_baton(
+                &[
+                    "parallel", "-j", "3", "--slots", "build:2", "--name", name, "--", "sh", "-c",
+                    &script, ":::", "1", "2", "3", "4",
+                ],
+                Some(dir.path()),
+            )
+        };
+        let first = spawn("one");
+        let second = spawn("two");
+        let first = first.wait(PATIENCE).await;
+        let second = second.wait(PATIENCE).await;
+        assert_code(&first, 0, "the first batch");
+        assert_code(&second, 0, "the second batch");
+        let lines = harness::file_lines(&log);
+        assert_eq!(lines.len(), 16, "every job logged its start and end");
+        let most = max_overlap(&lines);
+        assert!(most <= 2, "{most} jobs ran at once under --slots build:2");
+        for exited in [&first, &second] {
+            let jobs = batch_jobs(&server, &batch_of(&exited.stderr)).await;
+            assert_eq!(jobs.len(), 4, "{jobs:#?}");
+            assert!(
+                jobs.iter().all(|job| job["state"] == "succeeded"),
+                "{jobs:#?}"
+            );
+        }
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigint_stops_every_jobs_tree_and_records_them_cancelled() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir();
+        let runner = server.spawn_baton(
+            &[
+                "parallel",
+                "-j",
+                "2",
+                "--slots",
+                "sig:2",
+                "--grace",
+                "2s",
+                "--",
+                "sh",
+                "-c",
+                "sleep 300 & echo $! > pid.$0; wait",
+                "{}",
+                ":::",
+                "a",
+                "b",
+                "c",
+            ],
+            Some(dir.path()),
+        );
+        let pids: Vec<i32> =
+            eventually("both running jobs wrote their pids", PATIENCE, async || {
+                let read = |name: &str| {
+                    std::fs::read_to_string(dir.path().join(name))
+                        .ok()
+                        .and_then(|text| text.trim().parse::<i32>().ok())
+                };
+                Some(vec![read("pid.a")?, read("pid.b")?])
+            })
+            .await;
+        let batch = batch_of(&runner.stderr_text());
+        runner.signal(Signal::SIGINT);
+        let exited = runner.wait(PATIENCE).await;
+        assert_code(&exited, 130, "interrupted");
+        for pid in pids {
+            assert!(!harness::process_alive(pid), "the grandchild {pid} is gone");
+        }
+        assert!(
+            !dir.path().join("pid.c").exists(),
+            "the third job never ran"
+        );
+        let jobs = batch_jobs(&server, &batch).await;
+        assert_eq!(jobs.len(), 2, "two jobs started: {jobs:#?}");
+        assert!(
+            jobs.iter().all(|job| job["state"] == "cancelled"),
+            "{jobs:#?}"
+        );
+    })
+    .await
+    .expect("the test finished in time");
+}
