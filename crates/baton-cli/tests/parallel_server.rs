@@ -228,3 +228,44 @@ async fn sigint_stops_every_jobs_tree_and_records_them_cancelled() {
     .await
     .expect("the test finished in time");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_whose_lease_cannot_be_renewed_is_stopped_and_reported_lost() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let mut server = Server::start(&[]).await;
+        let dir = workdir();
+        let runner = server.spawn_baton(
+            &[
+                "parallel",
+                "--json",
+                "--ttl",
+                "3s",
+                "--grace",
+                "500ms",
+                "--",
+                "sh",
+                "-c",
+                "sleep 300 & echo $! > pid.$0; wait",
+                "{}",
+                ":::",
+                "a",
+            ],
+            Some(dir.path()),
+        );
+        let pid: i32 = eventually("the job wrote its pid", PATIENCE, async || {
+            std::fs::read_to_string(dir.path().join("pid.a"))
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        })
+        .await;
+        // Cut off from its server, the job's lease can no longer be renewed.
+        server.kill9().await;
+        let exited = runner.wait(PATIENCE).await;
+        assert_code(&exited, 81, "the job was lost");
+        let results: Vec<Value> = serde_json::from_slice(&exited.stdout).unwrap();
+        assert_eq!(results[0]["state"], "lost", "{results:#?}");
+        assert!(!harness::process_alive(pid), "the grandchild {pid} is gone");
+    })
+    .await
+    .expect("the test finished in time");
+}

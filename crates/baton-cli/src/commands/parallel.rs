@@ -562,18 +562,17 @@ async fn run_task(shared: &Shared, task: Task) -> JobResult {
             ));
         }
     }
-    let (done, total, failed) = match shared.progress.lock() {
+    let (done, total) = match shared.progress.lock() {
         Ok(mut progress) => {
             progress.running -= 1;
             progress.done += 1;
             if !result.succeeded() {
                 progress.failed += 1;
             }
-            (progress.done, progress.total, progress.failed)
+            (progress.done, progress.total)
         }
-        Err(_) => (0, 0, 0),
+        Err(_) => (0, 0),
     };
-    let _ = failed;
     let code = result
         .exit_code
         .map_or_else(|| result.state.clone(), |code| format!("exit {code}"));
