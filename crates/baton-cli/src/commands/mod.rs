@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod inspect;
 pub mod jobs;
+pub mod keeper;
 pub mod lease;
 pub mod parallel;
 pub mod run;

@@ -25,21 +25,20 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_client::proto::{CreateJobRequest, FinishJobRequest, JobState, Policy};
-use baton_client::{Client, Error, Granted, default_owner, local_deadline};
+use baton_client::{Client, Error, Granted, default_owner};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::Instant;
 
 use crate::args::{Halt, ParallelArgs};
 use crate::commands::Context;
+use crate::commands::keeper::{KeeperStop, Signals, keep_lease, millis, renew_after_wait};
 use crate::exit;
 use crate::output;
-use crate::supervise::{self, Control, End, Spec, Supervisor};
+use crate::supervise::{Control, End, Spec, Supervisor};
 
 /// The longest single long-poll while waiting for a slot.
 const LONG_POLL: Duration = Duration::from_secs(30);
-/// The pause between heartbeat attempts while the server does not answer.
-const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
 /// How often the progress line is redrawn.
 const PROGRESS_TICK: Duration = Duration::from_millis(250);
 /// The separator between the command template and its arguments.
@@ -725,14 +724,24 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
         control.request_stop(shared.grace);
     }
     let heartbeat = lease.as_ref().map(|(client, job_id, granted, _)| {
-        tokio::spawn(heartbeat(
+        let cause = Arc::clone(&cause);
+        tokio::spawn(keep_lease(
             client.clone(),
             job_id.clone(),
             granted.clone(),
             shared.ttl,
             shared.grace,
             control.clone(),
-            Arc::clone(&cause),
+            move |why| {
+                set_cause(
+                    &cause,
+                    match why {
+                        KeeperStop::LeaseLost { revoked } => Cause::LeaseLost { revoked },
+                        KeeperStop::Deadline => Cause::Deadline,
+                        KeeperStop::Replaced => Cause::Replaced,
+                    },
+                );
+            },
         ))
     });
     let outcome = match shared.timeout {
@@ -915,11 +924,8 @@ async fn take_slot(
     }
     // A grant that arrived during a long-poll counts from when that poll was sent: renew once
     // so the deadline starts from a fresh request.
-    match client
-        .job_heartbeat(&job_id, &granted.lease.id, Some(shared.ttl))
-        .await
-    {
-        Ok((renewed, _)) => Ok(Slot::Granted(job_id, renewed)),
+    match renew_after_wait(client, &job_id, &granted, shared.ttl).await {
+        Ok(renewed) => Ok(Slot::Granted(job_id, renewed)),
         Err(error) => {
             let reason = format!("the lease was lost before the command started: {error}");
             let report = finish_request(&granted.lease.id, JobState::Lost, None, &reason, "");
@@ -933,61 +939,6 @@ fn gave_up_reason(cause: Cause) -> String {
     match cause {
         Cause::Interrupted(signal) => format!("baton parallel got signal {signal} while waiting"),
         _ => "--halt-on-failure now: another job failed while waiting".into(),
-    }
-}
-
-/// Renews the lease at a third of the ttl and stops the tree so that it is gone before the
-/// local deadline when the lease is lost or cannot be renewed (the loop of `baton run`).
-async fn heartbeat(
-    client: Client,
-    job_id: String,
-    granted: Granted,
-    ttl: Duration,
-    grace: Duration,
-    control: Control,
-    cause: Arc<Mutex<Option<Cause>>>,
-) {
-    let mut deadline = granted.local_deadline();
-    let mut renew_at = granted.sent_at + ttl / 3;
-    let lease_id = granted.lease.id;
-    loop {
-        let stop_by = deadline
-            .checked_sub(grace + supervise::STOP_SLACK)
-            .unwrap_or_else(Instant::now);
-        tokio::time::sleep_until(renew_at.min(stop_by)).await;
-        if Instant::now() >= stop_by {
-            set_cause(&cause, Cause::Deadline);
-            control.request_stop(grace);
-            return;
-        }
-        let attempt = client.job_heartbeat(&job_id, &lease_id, Some(ttl));
-        match tokio::time::timeout_at(stop_by, attempt).await {
-            Ok(Ok((renewed, stop))) => {
-                deadline = local_deadline(
-                    renewed.sent_at,
-                    Duration::from_millis(renewed.lease.expires_in_ms),
-                    ttl,
-                );
-                renew_at = renewed.sent_at + ttl / 3;
-                if stop.is_some() {
-                    set_cause(&cause, Cause::Replaced);
-                    control.request_stop(grace);
-                    return;
-                }
-            }
-            Ok(Err(Error::LeaseLost { revoked, .. })) => {
-                set_cause(&cause, Cause::LeaseLost { revoked });
-                control.request_stop(grace.min(deadline.saturating_duration_since(Instant::now())));
-                return;
-            }
-            Ok(Err(Error::NotFound { .. })) => {
-                set_cause(&cause, Cause::LeaseLost { revoked: false });
-                control.request_stop(grace.min(deadline.saturating_duration_since(Instant::now())));
-                return;
-            }
-            // Unreachable, slow or failing server: try again soon, until `stop_by`.
-            Ok(Err(_)) | Err(_) => renew_at = Instant::now() + HEARTBEAT_RETRY,
-        }
     }
 }
 
@@ -1178,40 +1129,9 @@ fn file_safe(name: &str) -> String {
         .collect()
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
 fn set_cause(cause: &Mutex<Option<Cause>>, value: Cause) {
     if let Ok(mut cause) = cause.lock() {
         cause.get_or_insert(value);
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP.
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// The number of the next signal received.
-    async fn next(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.interrupt.recv() => 2,
-            _ = self.terminate.recv() => 15,
-            _ = self.hangup.recv() => 1,
-        }
     }
 }
 

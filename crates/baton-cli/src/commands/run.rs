@@ -20,19 +20,18 @@ use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use baton_client::default_owner;
 use baton_client::proto::{CreateJobRequest, FinishJobRequest, JobState, Policy};
-use baton_client::{Error, Granted, default_owner, local_deadline};
 use tokio::time::Instant;
 
 use crate::args::RunArgs;
 use crate::commands::Context;
+use crate::commands::keeper::{KeeperStop, Signals, keep_lease, millis, renew_after_wait};
 use crate::exit;
-use crate::supervise::{self, End, Spec, Supervisor};
+use crate::supervise::{End, Spec, Supervisor};
 
 /// The longest single long-poll while waiting for the lock.
 const LONG_POLL: Duration = Duration::from_secs(30);
-/// The pause between heartbeat attempts while the server does not answer.
-const HEARTBEAT_RETRY: Duration = Duration::from_millis(500);
 
 /// Why `baton run` stopped the command itself.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,7 +137,7 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
     // A grant that arrived during a long-poll counts from when that poll was sent, possibly
     // long before the grant: renew once so the deadline starts from a fresh request.
     let granted = if waited {
-        match renew_before_start(context, &job_id, &granted, ttl).await {
+        match renew_after_wait(&context.client, &job_id, &granted, ttl).await {
             Ok(renewed) => renewed,
             Err(cause) => {
                 let reason = format!("the lease was lost before the command started: {cause}");
@@ -159,7 +158,6 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
         "baton run: {} holds {lock} (token {}, job {job_id})",
         args.name, lease.token
     );
-    let deadline = Arc::new(Mutex::new(granted.local_deadline()));
     let spec = Spec {
         grace,
         tail_bytes: args.output_max as usize,
@@ -178,66 +176,29 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
         }
     };
 
-    // The heartbeat loop: renews, and stops the tree in time when it cannot.
+    // The lease keeper: renews, and stops the tree in time when it cannot.
     let control = supervisor.control();
     let cause: Arc<Mutex<Option<StopCause>>> = Arc::new(Mutex::new(None));
     let heartbeat = {
-        let client = context.client.clone();
-        let job_id = job_id.clone();
-        let lease_id = lease.id.clone();
-        let deadline = Arc::clone(&deadline);
         let cause = Arc::clone(&cause);
-        let control = control.clone();
-        let mut renew_at = granted.sent_at + ttl / 3;
-        tokio::spawn(async move {
-            loop {
-                // The last moment a stop can start and still finish before the deadline.
-                let stop_by = current(&deadline)
-                    .checked_sub(grace + supervise::STOP_SLACK)
-                    .unwrap_or_else(Instant::now);
-                tokio::select! {
-                    () = tokio::time::sleep_until(renew_at.min(stop_by)) => {}
-                }
-                if Instant::now() >= stop_by {
-                    set_cause(&cause, StopCause::Deadline);
-                    control.request_stop(grace);
-                    return;
-                }
-                let attempt = client.job_heartbeat(&job_id, &lease_id, Some(ttl));
-                match tokio::time::timeout_at(stop_by, attempt).await {
-                    Ok(Ok((renewed, stop))) => {
-                        let next = local_deadline(
-                            renewed.sent_at,
-                            Duration::from_millis(renewed.lease.expires_in_ms),
-                            ttl,
-                        );
-                        if let Ok(mut deadline) = deadline.lock() {
-                            *deadline = next;
-                        }
-                        renew_at = renewed.sent_at + ttl / 3;
-                        if stop.is_some() {
-                            set_cause(&cause, StopCause::Replaced);
-                            control.request_stop(grace);
-                            return;
-                        }
-                    }
-                    Ok(Err(Error::LeaseLost { revoked, .. })) => {
-                        set_cause(&cause, StopCause::LeaseLost { revoked });
-                        control.request_stop(grace.min(remaining(&deadline)));
-                        return;
-                    }
-                    Ok(Err(Error::NotFound { .. })) => {
-                        set_cause(&cause, StopCause::LeaseLost { revoked: false });
-                        control.request_stop(grace.min(remaining(&deadline)));
-                        return;
-                    }
-                    // Unreachable, slow or failing server: try again soon, until `stop_by`.
-                    Ok(Err(_)) | Err(_) => {
-                        renew_at = Instant::now() + HEARTBEAT_RETRY;
-                    }
-                }
-            }
-        })
+        tokio::spawn(keep_lease(
+            context.client.clone(),
+            job_id.clone(),
+            granted.clone(),
+            ttl,
+            grace,
+            control.clone(),
+            move |why| {
+                set_cause(
+                    &cause,
+                    match why {
+                        KeeperStop::LeaseLost { revoked } => StopCause::LeaseLost { revoked },
+                        KeeperStop::Deadline => StopCause::Deadline,
+                        KeeperStop::Replaced => StopCause::Replaced,
+                    },
+                );
+            },
+        ))
     };
 
     let outcome = match args.timeout {
@@ -345,33 +306,6 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
     Ok(exit_code)
 }
 
-/// Renews a lease just granted after waiting, retrying a short outage until its current
-/// local deadline. Fails when the server says it is lost, or the deadline passes.
-async fn renew_before_start(
-    context: &Context,
-    job_id: &str,
-    granted: &Granted,
-    ttl: Duration,
-) -> Result<Granted, String> {
-    let deadline = granted.local_deadline();
-    loop {
-        let attempt = context
-            .client
-            .job_heartbeat(job_id, &granted.lease.id, Some(ttl));
-        match tokio::time::timeout_at(deadline, attempt).await {
-            Ok(Ok((renewed, _))) => return Ok(renewed),
-            Ok(Err(error @ (Error::LeaseLost { .. } | Error::NotFound { .. }))) => {
-                return Err(error.to_string());
-            }
-            Ok(Err(_)) if Instant::now() + HEARTBEAT_RETRY < deadline => {
-                tokio::time::sleep(HEARTBEAT_RETRY).await;
-            }
-            Ok(Err(error)) => return Err(error.to_string()),
-            Err(_) => return Err("no renewal succeeded before its deadline".into()),
-        }
-    }
-}
-
 fn finish_request(
     lease_id: &str,
     state: JobState,
@@ -423,51 +357,9 @@ async fn run_hook(hook: &str, job_id: &str, lock: &str, reason: &str) {
     }
 }
 
-fn millis(duration: Duration) -> u64 {
-    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn current(deadline: &Mutex<Instant>) -> Instant {
-    deadline
-        .lock()
-        .map_or_else(|_| Instant::now(), |deadline| *deadline)
-}
-
-fn remaining(deadline: &Mutex<Instant>) -> Duration {
-    current(deadline).saturating_duration_since(Instant::now())
-}
-
 fn set_cause(cause: &Mutex<Option<StopCause>>, value: StopCause) {
     if let Ok(mut cause) = cause.lock() {
         cause.get_or_insert(value);
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP while waiting for the lock (the supervisor forwards them once the
-/// command runs).
-struct Signals {
-    interrupt: tokio::signal::unix::Signal,
-    terminate: tokio::signal::unix::Signal,
-    hangup: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    fn new() -> anyhow::Result<Signals> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Signals {
-            interrupt: signal(SignalKind::interrupt())?,
-            terminate: signal(SignalKind::terminate())?,
-            hangup: signal(SignalKind::hangup())?,
-        })
-    }
-
-    /// The number of the next signal received.
-    async fn next(&mut self) -> i32 {
-        tokio::select! {
-            _ = self.interrupt.recv() => 2,
-            _ = self.terminate.recv() => 15,
-            _ = self.hangup.recv() => 1,
-        }
     }
 }
 
@@ -482,7 +374,7 @@ mod tests {
         // the last successful renewal was sent: well before the server's 30 s.
         let ttl = Duration::from_secs(30);
         let grace = Duration::from_secs(10).min(ttl / 3);
-        let budget = ttl - drift_margin(ttl) - grace - supervise::STOP_SLACK;
+        let budget = ttl - drift_margin(ttl) - grace - crate::supervise::STOP_SLACK;
         assert!(
             budget > ttl / 3,
             "a renewal attempt must fit before the stop: {budget:?}"
