@@ -19,6 +19,7 @@ mod metrics;
 mod minimal;
 mod procs;
 mod report;
+mod scale;
 mod stats;
 mod targets;
 mod workload;
@@ -81,6 +82,26 @@ struct Cli {
     /// Print the tables to stdout at the end instead of stderr.
     #[arg(long)]
     table: bool,
+    /// Also run the scale workload on baton (PRODUCT.md: 100,000 leases renewed every 10 s and
+    /// 10,000 parked waiters); same as adding `--workload scale`.
+    #[arg(long)]
+    scale: bool,
+    /// Workloads to run, comma-separated: `default` (uncontended and contended) and/or `scale`
+    /// (baton only, opt-in) [default: default].
+    #[arg(long, value_delimiter = ',')]
+    workload: Option<Vec<String>>,
+    /// Scale workload: leases held, one lock each.
+    #[arg(long, default_value_t = 100_000)]
+    scale_leases: usize,
+    /// Scale workload: waiters parked (10 per held lock), each holding a connection open.
+    #[arg(long, default_value_t = 10_000)]
+    scale_waiters: usize,
+    /// Scale workload: length of the baseline and of the measured window under load.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    scale_duration: Duration,
+    /// Scale workload: client tasks taking leases, queueing waiters and renewing.
+    #[arg(long, default_value_t = 64)]
+    scale_pool: usize,
     /// Internal: serve the minimal lock server on this loopback port and do nothing else.
     #[arg(long, hide = true)]
     serve_minimal: Option<u16>,
@@ -192,6 +213,15 @@ async fn run(cli: Cli) -> Result<()> {
             kinds
         }
     };
+    let (mut run_default, mut run_scale) = (cli.workload.is_none(), cli.scale);
+    for w in cli.workload.iter().flatten().map(|w| w.trim()) {
+        match w {
+            "default" => run_default = true,
+            "scale" => run_scale = true,
+            "" => {}
+            _ => bail!("unknown workload {w:?}; expected default or scale"),
+        }
+    }
     let bounds = Bounds {
         duration: cli.duration,
         max_ops: cli.max_ops.max(1),
@@ -242,7 +272,12 @@ async fn run(cli: Cli) -> Result<()> {
         rows.push(row);
     };
 
-    for kind in kinds {
+    let default_kinds = if run_default {
+        kinds.clone()
+    } else {
+        Vec::new()
+    };
+    for kind in default_kinds {
         let name = kind.name();
         if let Some(reason) = targets::unavailable(kind, &opts) {
             progress!(quiet, "{name}: skipped: {reason}");
@@ -363,6 +398,58 @@ async fn run(cli: Cli) -> Result<()> {
         drop(target);
     }
 
+    let mut scale_table = String::new();
+    if run_scale {
+        if !kinds.contains(&Kind::Baton) {
+            progress!(
+                quiet,
+                "scale: skipped: it runs on baton only, which is not selected"
+            );
+        } else if let Some(reason) = targets::unavailable(Kind::Baton, &opts) {
+            progress!(quiet, "scale: skipped: {reason}");
+            emit(
+                &mut rows,
+                Row::Skipped {
+                    target: "baton".into(),
+                    workload: Some("scale".into()),
+                    reason,
+                },
+            );
+        } else {
+            progress!(
+                quiet,
+                "baton: starting a fresh server for the scale workload"
+            );
+            let mut target = targets::start(Kind::Baton, &opts).await?;
+            let scale_opts = scale::ScaleOptions {
+                leases: cli.scale_leases,
+                waiters: cli.scale_waiters,
+                duration: cli.scale_duration,
+                pool: cli.scale_pool,
+                max_ops: cli.max_ops,
+            };
+            let say = |msg: &str| progress!(quiet, "{msg}");
+            match scale::run(&mut target, &scale_opts, &say).await {
+                Ok(r) => {
+                    println!("{}", r.json);
+                    scale_table = r.table;
+                }
+                Err(e) => {
+                    progress!(quiet, "scale failed: {e:#}");
+                    emit(
+                        &mut rows,
+                        Row::Skipped {
+                            target: "baton".into(),
+                            workload: Some("scale".into()),
+                            reason: format!("{e:#}"),
+                        },
+                    );
+                }
+            }
+            drop(target);
+        }
+    }
+
     let pick = |counts: &[usize]| {
         if counts.contains(&64) {
             64
@@ -371,8 +458,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
     };
     let ratios = report::ratios(&rows, pick(&cli.clients.0), pick(&cli.contended_clients.0));
-    println!("{}", report::ratios_json(&ratios));
-    let text = format!("{}{}", report::table(&rows), report::ratio_table(&ratios));
+    if run_default {
+        println!("{}", report::ratios_json(&ratios));
+    }
+    let mut text = String::new();
+    if run_default {
+        text = format!("{}{}", report::table(&rows), report::ratio_table(&ratios));
+    }
+    text.push_str(&scale_table);
     if cli.table {
         print!("{text}");
     } else if !quiet {

@@ -21,7 +21,7 @@ pub struct StoreCounters {
 }
 
 /// The value of the sample `name` (with any labels) in Prometheus text, if present.
-fn sample(text: &str, name: &str) -> Option<f64> {
+pub(crate) fn sample(text: &str, name: &str) -> Option<f64> {
     text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
         let rest = l.strip_prefix(name)?;
         // `name{labels} value` or `name value`; not a longer name that starts with `name`.

@@ -245,6 +245,11 @@ impl Running {
         })
     }
 
+    /// `http://127.0.0.1:PORT` (HTTP targets).
+    pub fn base_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
     /// Fails when the server process has died.
     pub fn check_alive(&mut self) -> Result<()> {
         self.server.check_alive()
