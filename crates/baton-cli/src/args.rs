@@ -447,7 +447,7 @@ pub struct ParallelArgs {
     pub args_file: Option<PathBuf>,
 
     /// Read the jobs from this file: JSON lines `{"name", "command": [...], "env": {...},
-    /// "lock"}`.
+    /// "lock"}`, or, when its name ends in `.toml`, `[[job]]` tables with the same keys.
     #[arg(long, value_name = "FILE", conflicts_with = "args_file")]
     pub jobs_file: Option<PathBuf>,
 

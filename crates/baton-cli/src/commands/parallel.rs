@@ -2,7 +2,8 @@
 //!
 //! - **Inputs**: a command template whose `{}` (and `{#}`, the job's 1-based index) is replaced
 //!   by each argument after `:::`, or each line of `--args-file` or of standard input; or a
-//!   `--jobs-file` of JSON lines `{"name", "command": [...], "env": {...}, "lock"}`.
+//!   `--jobs-file` of JSON lines `{"name", "command": [...], "env": {...}, "lock"}`, or of
+//!   `[[job]]` tables with the same keys when its name ends in `.toml`.
 //! - **Limits**: `-j N` jobs at once on this host (started in input order); `--slots NAME:N`
 //!   runs every job under the lock NAME with capacity N, so one limit holds for every
 //!   `baton parallel` and `baton run` on the same server.
@@ -58,7 +59,7 @@ struct Task {
     lock: Option<String>,
 }
 
-/// A line of `--jobs-file`.
+/// A job of `--jobs-file`: one JSON line, or one `[[job]]` table of a TOML file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobLine {
@@ -67,6 +68,14 @@ struct JobLine {
     #[serde(default)]
     env: BTreeMap<String, String>,
     lock: Option<String>,
+}
+
+/// A TOML `--jobs-file`: `[[job]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobsToml {
+    #[serde(default)]
+    job: Vec<JobLine>,
 }
 
 /// How one job ended, as `--json` prints it.
@@ -1050,23 +1059,37 @@ fn substitute(template: &[String], input: &str, index: usize) -> Vec<String> {
     argv
 }
 
+/// `--jobs-file`: TOML (`[[job]]` tables) when the path ends in `.toml`, else JSON lines.
 fn read_jobs_file(path: &Path, base: Option<&str>) -> Result<Vec<Task>, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|error| format!("cannot read {}: {error}", path.display()))?;
-    let mut tasks = Vec::new();
-    for (number, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
+    let is_toml = path
+        .extension()
+        .is_some_and(|extension| extension == "toml");
+    // Each job with where it came from, for error messages.
+    let mut jobs: Vec<(String, JobLine)> = Vec::new();
+    if is_toml {
+        let file: JobsToml =
+            toml::from_str(&text).map_err(|error| format!("{}: {error}", path.display()))?;
+        for (offset, job) in file.job.into_iter().enumerate() {
+            jobs.push((format!("{} job {}", path.display(), offset + 1), job));
         }
-        let job: JobLine = serde_json::from_str(line)
-            .map_err(|error| format!("{} line {}: {error}", path.display(), number + 1))?;
+    } else {
+        for (number, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let place = format!("{} line {}", path.display(), number + 1);
+            let job: JobLine =
+                serde_json::from_str(line).map_err(|error| format!("{place}: {error}"))?;
+            jobs.push((place, job));
+        }
+    }
+    let mut tasks = Vec::new();
+    for (place, job) in jobs {
         if job.command.is_empty() {
-            return Err(format!(
-                "{} line {}: empty command",
-                path.display(),
-                number + 1
-            ));
+            return Err(format!("{place}: empty command"));
         }
         let index = tasks.len() + 1;
         let name = job.name.unwrap_or_else(|| {
