@@ -1,7 +1,8 @@
 //! `baton parallel --local` with real processes: the `-j` limit holds, `-j 1` keeps input
 //! order, each job's output is printed whole and never interleaved, failures are counted in
-//! the exit code (81) and the JSON results, and retries, timeouts and `--halt-on-failure now`
-//! do what they say.
+//! the exit code (81) and the JSON results, retries, timeouts and `--halt-on-failure now|soon`
+//! do what they say, arguments come from `:::`, a file or standard input, jobs from JSON lines
+//! or TOML, and `--line-buffer` streams whole lines prefixed by the job's name.
 //!
 //! Every wait is bounded; no assertion is about how long something took.
 
@@ -417,6 +418,246 @@ async fn a_jobs_file_gives_names_commands_and_environments() {
         assert_eq!(results[0]["output_tail"], "hi\n");
         assert_eq!(results[1]["name"], "sh-2");
         assert_eq!(results[1]["exit_code"], 2);
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_toml_jobs_file_gives_names_commands_and_environments() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir();
+        std::fs::write(
+            dir.path().join("jobs.toml"),
+            r#"
+# Two jobs: one named, with an environment; one not, failing.
+[[job]]
+name = "first"
+command = ["sh", "-c", "echo $GREETING $OTHER"]
+env = { GREETING = "hi", OTHER = "there" }
+
+[[job]]
+command = ["sh", "-c", "exit 2"]
+"#,
+        )
+        .unwrap();
+        let exited = parallel(&server, dir.path(), &["--json", "--jobs-file", "jobs.toml"]).await;
+        assert_code(&exited, 81, "the second job fails");
+        let results = json_results(&exited);
+        assert_eq!(results.len(), 2, "{results:?}");
+        assert_eq!(results[0]["name"], "first");
+        assert_eq!(results[0]["state"], "succeeded");
+        assert_eq!(results[0]["output_tail"], "hi there\n");
+        assert_eq!(results[1]["name"], "sh-2");
+        assert_eq!(results[1]["exit_code"], 2);
+
+        // The same validation as JSON lines: an empty command names the file and the job.
+        std::fs::write(
+            dir.path().join("bad.toml"),
+            "[[job]]\ncommand = [\"true\"]\n\n[[job]]\nname = \"empty\"\ncommand = []\n",
+        )
+        .unwrap();
+        let bad = parallel(&server, dir.path(), &["--jobs-file", "bad.toml"]).await;
+        assert_code(&bad, 64, "an empty command");
+        assert!(
+            bad.stderr.contains("bad.toml job 2: empty command"),
+            "{}",
+            bad.stderr
+        );
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn line_buffer_streams_whole_lines_prefixed_by_the_jobs_name() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir();
+        // Each line waits for a go file the test creates once it saw the previous line in
+        // baton's output, so the lines of x and y must come out alternately, each while its
+        // job still runs. The first line of each is written in two pieces. With `--json` the
+        // jobs' output goes to stderr, which the test can read as it arrives.
+        let script = "wait_for() { while [ ! -e \"$1\" ]; do sleep 0.02; done; }; \
+                      wait_for go.$0.1; printf \"$0 one\"; sleep 0.1; echo ' whole'; \
+                      wait_for go.$0.2; echo \"$0 two\" >&2; \
+                      wait_for go.$0.3; echo \"$0 three\"";
+        let process = server.spawn_baton(
+            &[
+                "parallel",
+                "--local",
+                "--json",
+                "--line-buffer",
+                "--name",
+                "w",
+                "-j",
+                "2",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "{}",
+                ":::",
+                "x",
+                "y",
+            ],
+            Some(dir.path()),
+        );
+        let steps = [
+            ("x", 1, "w-1: x one whole"),
+            ("y", 1, "w-2: y one whole"),
+            ("x", 2, "w-1: x two"),
+            ("y", 2, "w-2: y two"),
+            ("x", 3, "w-1: x three"),
+            ("y", 3, "w-2: y three"),
+        ];
+        for (job, step, line) in steps {
+            std::fs::write(dir.path().join(format!("go.{job}.{step}")), "").unwrap();
+            harness::eventually(line, PATIENCE, async || {
+                process
+                    .stderr_text()
+                    .lines()
+                    .any(|seen| seen == line)
+                    .then_some(())
+            })
+            .await;
+        }
+        let exited = process.wait(PATIENCE).await;
+        assert_code(&exited, 0, "two streamed jobs");
+        assert_eq!(states(&json_results(&exited)), ["succeeded", "succeeded"]);
+        // Every line is whole and prefixed; the jobs' lines alternate as they were released.
+        let job_lines: Vec<&str> = exited
+            .stderr
+            .lines()
+            .filter(|line| !line.starts_with("baton parallel: "))
+            .collect();
+        let expected: Vec<&str> = steps.iter().map(|(_, _, line)| *line).collect();
+        assert_eq!(job_lines, expected, "stderr:\n{}", exited.stderr);
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arguments_come_from_standard_input() {
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = workdir();
+        let mut child = tokio::process::Command::new(harness::BATON)
+            .args([
+                "parallel",
+                "--local",
+                "--json",
+                "-j",
+                "1",
+                "--",
+                "sh",
+                "-c",
+                "echo got $0",
+                "{}",
+            ])
+            .env_remove("BATON_URL")
+            .env_remove("BATON_API_KEY")
+            .env_remove("BATON_OWNER")
+            .env_remove("BATON_LOG")
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("baton runs");
+        let mut stdin = child.stdin.take().expect("a stdin pipe");
+        stdin.write_all(b"alpha\nbeta\n\ngamma\n").await.unwrap();
+        drop(stdin);
+        let output = tokio::time::timeout(PATIENCE, child.wait_with_output())
+            .await
+            .expect("baton parallel ended in time")
+            .expect("baton parallel was waited for");
+        let exited = Exited {
+            code: output.status.code(),
+            signal: None,
+            stdout: output.stdout,
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        };
+        assert_code(&exited, 0, "three jobs from standard input");
+        let results = json_results(&exited);
+        let args: Vec<&Value> = results.iter().map(|result| &result["args"]).collect();
+        assert_eq!(
+            args,
+            [
+                &serde_json::json!(["alpha"]),
+                &serde_json::json!(["beta"]),
+                &serde_json::json!(["gamma"])
+            ]
+        );
+        let tails: Vec<&str> = results
+            .iter()
+            .map(|result| result["output_tail"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(tails, ["got alpha\n", "got beta\n", "got gamma\n"]);
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn halt_on_failure_soon_lets_running_jobs_finish_and_starts_no_more() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir();
+        // `bad` fails once `slow` runs; `slow` ends (successfully) only when the test, having
+        // seen baton announce the halt, creates `release`; the others record that they ran.
+        let script = "case $0 in \
+                      bad) while [ ! -e started.slow ]; do sleep 0.02; done; exit 1;; \
+                      slow) touch started.slow; while [ ! -e release ]; do sleep 0.02; done; echo slow done;; \
+                      *) touch ran.$0;; esac";
+        let process = server.spawn_baton(
+            &[
+                "parallel",
+                "--local",
+                "--json",
+                "-j",
+                "2",
+                "--halt-on-failure",
+                "soon",
+                "--",
+                "sh",
+                "-c",
+                script,
+                "{}",
+                ":::",
+                "bad",
+                "slow",
+                "later1",
+                "later2",
+            ],
+            Some(dir.path()),
+        );
+        harness::eventually("the halt to be announced", PATIENCE, async || {
+            process
+                .stderr_text()
+                .contains("starting no more jobs")
+                .then_some(())
+        })
+        .await;
+        std::fs::write(dir.path().join("release"), "").unwrap();
+        let exited = process.wait(PATIENCE).await;
+        assert_code(&exited, 81, "halted after a failure");
+        let results = json_results(&exited);
+        assert_eq!(
+            states(&results),
+            ["failed", "succeeded", "skipped", "skipped"]
+        );
+        assert_eq!(results[1]["exit_code"], 0);
+        assert_eq!(results[1]["output_tail"], "slow done\n");
+        for later in ["later1", "later2"] {
+            assert!(
+                !dir.path().join(format!("ran.{later}")).exists(),
+                "{later} never ran"
+            );
+        }
     })
     .await
     .expect("the test finished in time");

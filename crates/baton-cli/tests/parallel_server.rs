@@ -1,6 +1,8 @@
 //! `baton parallel` against a real server: every job is a job record of one batch, `--slots`
 //! holds one limit across two `baton parallel` processes, and SIGINT stops every job's process
-//! tree (grandchildren included) and records the jobs `cancelled`.
+//! tree (grandchildren included) and records the jobs `cancelled`. With no server answering,
+//! the jobs run locally (a note says so), unless `--slots` asks for a fleet-wide limit: then
+//! nothing runs and the exit code is 69.
 //!
 //! Every wait is bounded; no assertion is about how long something took.
 
@@ -265,6 +267,108 @@ async fn a_job_whose_lease_cannot_be_renewed_is_stopped_and_reported_lost() {
         let results: Vec<Value> = serde_json::from_slice(&exited.stdout).unwrap();
         assert_eq!(results[0]["state"], "lost", "{results:#?}");
         assert!(!harness::process_alive(pid), "the grandchild {pid} is gone");
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+/// `baton parallel ARGS…` in `dir` with `BATON_URL` pointing where no server answers.
+async fn parallel_without_server(dir: &std::path::Path, args: &[&str]) -> Exited {
+    let mut command = tokio::process::Command::new(harness::BATON);
+    command
+        .arg("parallel")
+        .args(args)
+        .env("BATON_URL", "http://127.0.0.1:1")
+        .env_remove("BATON_API_KEY")
+        .env_remove("BATON_OWNER")
+        .env_remove("BATON_LOG")
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(PATIENCE, command.output())
+        .await
+        .expect("baton parallel ended in time")
+        .expect("baton parallel runs");
+    Exited {
+        code: output.status.code(),
+        signal: None,
+        stdout: output.stdout,
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_reachable_server_the_jobs_run_locally_and_a_note_says_so() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = workdir();
+        let exited = parallel_without_server(
+            dir.path(),
+            &[
+                "--json",
+                "--",
+                "sh",
+                "-c",
+                "echo ran $0",
+                "{}",
+                ":::",
+                "a",
+                "b",
+            ],
+        )
+        .await;
+        assert_code(&exited, 0, "local fallback");
+        let results: Value = serde_json::from_slice(&exited.stdout).unwrap_or_else(|error| {
+            panic!(
+                "stdout is not JSON ({error}):\n{}",
+                String::from_utf8_lossy(&exited.stdout)
+            )
+        });
+        let results = results.as_array().expect("a JSON array");
+        assert_eq!(results.len(), 2);
+        for (result, arg) in results.iter().zip(["a", "b"]) {
+            assert_eq!(result["state"], "succeeded", "{result}");
+            assert_eq!(result["output_tail"], format!("ran {arg}\n"), "{result}");
+            assert!(result.get("job_id").is_none(), "no job record: {result}");
+        }
+        assert_eq!(
+            exited.stderr.matches("no baton server at").count(),
+            1,
+            "one note about the fallback:\n{}",
+            exited.stderr
+        );
+        assert!(
+            exited.stderr.contains("running locally"),
+            "{}",
+            exited.stderr
+        );
+    })
+    .await
+    .expect("the test finished in time");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_without_a_reachable_server_fail_instead_of_running_unlimited() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let dir = workdir();
+        let exited = parallel_without_server(
+            dir.path(),
+            &[
+                "--slots", "build:1", "--", "touch", "ran.{}", ":::", "a", "b",
+            ],
+        )
+        .await;
+        assert_code(&exited, 69, "--slots needs the server");
+        assert!(
+            !exited.stderr.contains("running locally"),
+            "{}",
+            exited.stderr
+        );
+        for arg in ["a", "b"] {
+            assert!(
+                !dir.path().join(format!("ran.{arg}")).exists(),
+                "job {arg} must not run without its fleet-wide limit"
+            );
+        }
     })
     .await
     .expect("the test finished in time");
