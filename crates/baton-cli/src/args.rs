@@ -169,6 +169,19 @@ pub struct ServerArgs {
     /// How long ended holds are kept in history.
     #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
     pub history_retention: Duration,
+
+    /// Serve at most this many connections at once; one more is answered 503 and closed.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub max_connections: u32,
+
+    /// A request's headers must arrive whole within this long (also closes keep-alive
+    /// connections idle this long).
+    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    pub header_read_timeout: Duration,
+
+    /// Refuse (431) a request whose headers exceed this many bytes (at least 8192).
+    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(8192..), value_name = "BYTES")]
+    pub max_header_bytes: u32,
 }
 
 /// The store of `baton server --store`.

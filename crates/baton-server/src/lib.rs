@@ -14,6 +14,7 @@
 mod error;
 mod extract;
 mod jobs;
+mod listen;
 mod openapi;
 mod routes;
 
@@ -57,7 +58,28 @@ pub struct ServerConfig {
     pub ticket_lapse_ms: u64,
     /// Ended holds are kept in a lock's history for this long.
     pub history_retention_ms: u64,
+    /// At most this many connections are served at once; one more is answered `503` with
+    /// `Retry-After: 1` (when its socket takes it at once) and closed.
+    pub max_connections: usize,
+    /// A request's head (request line and headers) must arrive whole within this long, counted
+    /// from when the server starts waiting for it, so a keep-alive connection idle this long is
+    /// closed too. Cuts off clients that send a byte now and then.
+    pub header_read_timeout_ms: u64,
+    /// A request head larger than this is answered `431` and the connection closed. Also caps
+    /// each connection's read buffer. At least 8 KiB (hyper's floor).
+    pub max_header_bytes: usize,
 }
+
+/// The default of [`ServerConfig::max_connections`].
+pub const MAX_CONNECTIONS_DEFAULT: usize = 20_000;
+/// The default of [`ServerConfig::header_read_timeout_ms`].
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The default of [`ServerConfig::max_header_bytes`].
+pub const MAX_HEADER_BYTES_DEFAULT: usize = 16 * 1024;
+/// The smallest [`ServerConfig::max_header_bytes`] hyper accepts; smaller values are raised.
+pub const MAX_HEADER_BYTES_MIN: usize = 8 * 1024;
+/// How long requests in flight may run on after shutdown is asked for.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
 impl ServerConfig {
     /// The defaults of `baton server` with no flags.
@@ -71,6 +93,9 @@ impl ServerConfig {
             lock_delay_ms: 1_000,
             ticket_lapse_ms: 10_000,
             history_retention_ms: 7 * 24 * 3_600_000,
+            max_connections: MAX_CONNECTIONS_DEFAULT,
+            header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
+            max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
         }
     }
 }
@@ -137,8 +162,10 @@ pub async fn serve(
     run(listener, store, &config, shutdown).await
 }
 
-/// Serves the API on `listener` over `store` until `shutdown` completes. Requests still in
-/// flight then get a short grace period; parked long-polls are cut (their clients re-poll).
+/// Serves the API on `listener` over `store` until `shutdown` completes, under the connection
+/// limits of `config` (see `listen`). Requests still in flight then get a short grace period
+/// (2 s); parked long-polls are cut (their clients re-poll). Every connection task has ended
+/// when this returns.
 pub async fn run(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
@@ -149,17 +176,12 @@ pub async fn run(
         store,
         default_ttl_ms: config.default_ttl_ms,
     });
-    let (stopping_tx, stopping_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        let _ = stopping_tx.send(true);
-    });
-    let mut stopping = stopping_rx;
-    tokio::select! {
-        result = server => result.context("the server stopped"),
-        () = async {
-            let _ = stopping.wait_for(|stopping| *stopping).await;
-            tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        } => Ok(()),
-    }
+    let limits = listen::Limits {
+        max_connections: config.max_connections.max(1),
+        header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms.max(1)),
+        max_header_bytes: config.max_header_bytes.max(MAX_HEADER_BYTES_MIN),
+        shutdown_grace: SHUTDOWN_GRACE,
+    };
+    listen::serve(listener, app, limits, shutdown).await;
+    Ok(())
 }

@@ -41,6 +41,9 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.lock_delay_ms = millis(args.lock_delay);
     config.ticket_lapse_ms = millis(args.ticket_lapse);
     config.history_retention_ms = millis(args.history_retention);
+    config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
+    config.header_read_timeout_ms = millis(args.header_read_timeout);
+    config.max_header_bytes = usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX);
     config
 }
 
@@ -119,6 +122,12 @@ mod tests {
             "5s",
             "--history-retention",
             "1d",
+            "--max-connections",
+            "500",
+            "--header-read-timeout",
+            "2s",
+            "--max-header-bytes",
+            "32768",
         ]);
         let Ok(Cli {
             command: crate::args::Command::Server(args),
@@ -135,5 +144,8 @@ mod tests {
         assert_eq!(config.lock_delay_ms, 1_500);
         assert_eq!(config.ticket_lapse_ms, 5_000);
         assert_eq!(config.history_retention_ms, 86_400_000);
+        assert_eq!(config.max_connections, 500);
+        assert_eq!(config.header_read_timeout_ms, 2_000);
+        assert_eq!(config.max_header_bytes, 32_768);
     }
 }
