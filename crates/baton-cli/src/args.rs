@@ -175,8 +175,8 @@ pub struct ServerArgs {
     pub max_connections: u32,
 
     /// A request's headers must arrive whole within this long (also closes keep-alive
-    /// connections idle this long).
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    /// connections idle this long; keep it above a third of the ttls clients use).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub header_read_timeout: Duration,
 
     /// Refuse (431) a request whose headers exceed this many bytes (at least 8192).

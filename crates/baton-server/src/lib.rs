@@ -72,8 +72,11 @@ pub struct ServerConfig {
 
 /// The default of [`ServerConfig::max_connections`].
 pub const MAX_CONNECTIONS_DEFAULT: usize = 20_000;
-/// The default of [`ServerConfig::header_read_timeout_ms`].
-pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+/// The default of [`ServerConfig::header_read_timeout_ms`]. The timer also closes keep-alive
+/// connections idle this long, so it is longer than the default heartbeat period (a third of
+/// the default 30 s ttl): a client that renews on schedule never races the server closing its
+/// connection.
+pub const HEADER_READ_TIMEOUT_MS_DEFAULT: u64 = 30_000;
 /// The default of [`ServerConfig::max_header_bytes`].
 pub const MAX_HEADER_BYTES_DEFAULT: usize = 16 * 1024;
 /// The smallest [`ServerConfig::max_header_bytes`] hyper accepts; smaller values are raised.
