@@ -13,37 +13,18 @@ mod harness;
 use std::path::Path;
 use std::time::Duration;
 
-use harness::{Exited, Server};
+use harness::{Exited, Server, assert_code, workdir};
 use serde_json::Value;
-use tempfile::TempDir;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound on one `baton parallel` finishing.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("baton-parallel-")
-        .tempdir()
-        .expect("a temporary folder")
-}
 
 /// `baton parallel --local ARGS…` in `dir`, waited for.
 async fn parallel(server: &Server, dir: &Path, args: &[&str]) -> Exited {
     let mut argv = vec!["parallel", "--local"];
     argv.extend_from_slice(args);
     server.spawn_baton(&argv, Some(dir)).wait(PATIENCE).await
-}
-
-fn assert_code(exited: &Exited, code: i32, what: &str) {
-    assert_eq!(
-        exited.code,
-        Some(code),
-        "{what}: expected exit code {code}, got {:?} (signal {:?}); stderr:\n{}",
-        exited.code,
-        exited.signal,
-        exited.stderr
-    );
 }
 
 fn json_results(exited: &Exited) -> Vec<Value> {
@@ -95,7 +76,7 @@ pub fn max_overlap(lines: &[String]) -> usize {
 async fn never_more_than_j_jobs_run_at_once() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let log = dir.path().join("log");
         let script = logged(&log, "sleep 0.3");
         let exited = parallel(
@@ -121,7 +102,7 @@ async fn never_more_than_j_jobs_run_at_once() {
 async fn j1_runs_the_jobs_one_by_one_in_input_order() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let log = dir.path().join("order");
         let script = format!("echo {{}} >> {}", log.display());
         let inputs = ["e", "b", "d", "a", "c", "f"];
@@ -145,7 +126,7 @@ async fn j1_runs_the_jobs_one_by_one_in_input_order() {
 async fn each_jobs_output_is_printed_whole_never_interleaved() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let script = "for i in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15; do echo \"line $0 $i\"; sleep 0.02; done";
         let exited = parallel(
             &server,
@@ -185,7 +166,7 @@ async fn each_jobs_output_is_printed_whole_never_interleaved() {
 async fn failures_are_counted_and_the_exit_code_says_so() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let exited = parallel(
             &server,
             dir.path(),
@@ -231,7 +212,7 @@ async fn failures_are_counted_and_the_exit_code_says_so() {
 async fn a_failed_job_is_retried() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         // Fails the first time (leaving a marker), succeeds the second.
         let script =
             "if [ -e marker.$0 ]; then echo second; else touch marker.$0; echo first; exit 1; fi";
@@ -278,7 +259,7 @@ async fn a_failed_job_is_retried() {
 async fn a_job_over_its_timeout_is_stopped() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let exited = parallel(
             &server,
             dir.path(),
@@ -310,7 +291,7 @@ async fn a_job_over_its_timeout_is_stopped() {
 async fn halt_on_failure_now_stops_the_running_jobs_and_starts_no_more() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         // The first job fails once the two sleepers have written their pid files.
         let script = "if [ $0 = bad ]; then while [ ! -e pid.s1 ] || [ ! -e pid.s2 ]; do sleep 0.05; done; exit 1; fi; \
                       sleep 60 & echo $! > pid.$0; wait";
@@ -365,7 +346,7 @@ async fn halt_on_failure_now_stops_the_running_jobs_and_starts_no_more() {
 async fn arguments_come_from_a_file_and_results_are_kept() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         std::fs::write(dir.path().join("args"), "one\ntwo\n").unwrap();
         let results = dir.path().join("results");
         let exited = parallel(
@@ -400,7 +381,7 @@ async fn arguments_come_from_a_file_and_results_are_kept() {
 async fn a_jobs_file_gives_names_commands_and_environments() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         std::fs::write(
             dir.path().join("jobs"),
             concat!(
@@ -427,7 +408,7 @@ async fn a_jobs_file_gives_names_commands_and_environments() {
 async fn a_toml_jobs_file_gives_names_commands_and_environments() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         std::fs::write(
             dir.path().join("jobs.toml"),
             r#"
@@ -474,7 +455,7 @@ command = ["sh", "-c", "exit 2"]
 async fn line_buffer_streams_whole_lines_prefixed_by_the_jobs_name() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         // Each line waits for a go file the test creates once it saw the previous line in
         // baton's output, so the lines of x and y must come out alternately, each while its
         // job still runs. The first line of each is written in two pieces. With `--json` the
@@ -543,7 +524,7 @@ async fn line_buffer_streams_whole_lines_prefixed_by_the_jobs_name() {
 async fn arguments_come_from_standard_input() {
     use tokio::io::AsyncWriteExt;
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let mut child = tokio::process::Command::new(harness::BATON)
             .args([
                 "parallel",
@@ -606,7 +587,7 @@ async fn arguments_come_from_standard_input() {
 async fn halt_on_failure_soon_lets_running_jobs_finish_and_starts_no_more() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         // `bad` fails once `slow` runs; `slow` ends (successfully) only when the test, having
         // seen baton announce the halt, creates `release`; the others record that they ran.
         let script = "case $0 in \

@@ -12,32 +12,13 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Exited, Server, eventually};
+use harness::{Exited, Server, assert_code, eventually, workdir};
 use nix::sys::signal::Signal;
 use serde_json::Value;
-use tempfile::TempDir;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound on one `baton parallel` finishing, or one condition becoming true.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("baton-parallel-")
-        .tempdir()
-        .expect("a temporary folder")
-}
-
-fn assert_code(exited: &Exited, code: i32, what: &str) {
-    assert_eq!(
-        exited.code,
-        Some(code),
-        "{what}: expected exit code {code}, got {:?} (signal {:?}); stderr:\n{}",
-        exited.code,
-        exited.signal,
-        exited.stderr
-    );
-}
 
 /// The batch id `baton parallel` announced on stderr.
 fn batch_of(stderr: &str) -> String {
@@ -80,7 +61,7 @@ fn max_overlap(lines: &[String]) -> usize {
 async fn every_job_is_a_record_of_the_batch() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let exited = server
             .spawn_baton(
                 &[
@@ -135,7 +116,7 @@ async fn every_job_is_a_record_of_the_batch() {
 async fn slots_hold_one_limit_across_two_parallel_processes() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let log = dir.path().join("log");
         let script = format!(
             "echo S $(date +%s%N) >> {log}; sleep 0.3; echo E $(date +%s%N) >> {log}",
@@ -177,7 +158,7 @@ async fn slots_hold_one_limit_across_two_parallel_processes() {
 async fn sigint_stops_every_jobs_tree_and_records_them_cancelled() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let runner = server.spawn_baton(
             &[
                 "parallel",
@@ -235,7 +216,7 @@ async fn sigint_stops_every_jobs_tree_and_records_them_cancelled() {
 async fn a_job_whose_lease_cannot_be_renewed_is_stopped_and_reported_lost() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let runner = server.spawn_baton(
             &[
                 "parallel",
@@ -300,7 +281,7 @@ async fn parallel_without_server(dir: &std::path::Path, args: &[&str]) -> Exited
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_a_reachable_server_the_jobs_run_locally_and_a_note_says_so() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let exited = parallel_without_server(
             dir.path(),
             &[
@@ -349,7 +330,7 @@ async fn without_a_reachable_server_the_jobs_run_locally_and_a_note_says_so() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slots_without_a_reachable_server_fail_instead_of_running_unlimited() {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let dir = workdir();
+        let dir = workdir("baton-parallel-");
         let exited = parallel_without_server(
             dir.path(),
             &[

@@ -19,21 +19,13 @@ use std::time::Duration;
 
 use harness::{
     ClientProcess, Server, eventually, file_lines, job_detail, jobs_named, lock_view, millis,
-    process_alive, process_group, str_of,
+    process_alive, process_group, str_of, workdir,
 };
 use serde_json::Value;
-use tempfile::TempDir;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound on one `baton run` finishing, or one condition becoming true.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("baton-run-")
-        .tempdir()
-        .expect("a temporary folder")
-}
 
 fn run_sh(server: &Server, dir: &Path, args: &[&str], script: &str) -> ClientProcess {
     let mut argv = vec!["run"];
@@ -79,7 +71,7 @@ async fn fresh_expiry(server: &Server, name: &str) -> i64 {
 async fn a_run_cut_off_from_its_server_stops_its_command_before_the_lease_expires() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let mut server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/cut-off";
         let runner = run_sh(
             &server,
@@ -151,7 +143,7 @@ async fn a_run_cut_off_from_its_server_stops_its_command_before_the_lease_expire
 async fn kill_9_of_baton_run_leaves_nothing_running_and_the_lease_ends() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/kill-9";
         // The grandchild ignores SIGTERM: only the guardian's SIGKILL ends it.
         let runner = run_sh(

@@ -14,23 +14,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::{
-    ClientProcess, Exited, Server, eventually, file_lines, job_detail, jobs_named, lock_path,
-    lock_view, str_of,
+    ClientProcess, Server, assert_code, eventually, file_lines, job_detail, jobs_named, lock_path,
+    lock_view, str_of, workdir,
 };
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// The bound on one `baton run` finishing, or one condition becoming true.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("baton-run-")
-        .tempdir()
-        .expect("a temporary folder")
-}
 
 /// `baton run NAME ARGS… -- CMD…` in `dir`.
 fn run(server: &Server, dir: &Path, name: &str, args: &[&str], command: &[&str]) -> ClientProcess {
@@ -39,17 +31,6 @@ fn run(server: &Server, dir: &Path, name: &str, args: &[&str], command: &[&str])
     argv.push("--");
     argv.extend_from_slice(command);
     server.spawn_baton(&argv, Some(dir))
-}
-
-fn assert_code(exited: &Exited, code: i32, what: &str) {
-    assert_eq!(
-        exited.code,
-        Some(code),
-        "{what}: expected exit code {code}, got {:?} (signal {:?}); stderr:\n{}",
-        exited.code,
-        exited.signal,
-        exited.stderr
-    );
 }
 
 /// The only job of `name`.
@@ -75,7 +56,7 @@ async fn block(server: &Server, name: &str) -> String {
 async fn the_commands_exit_code_passes_through_and_a_command_that_cannot_start_fails() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let not_executable = dir.path().join("not-executable");
         std::fs::write(&not_executable, "#!/bin/sh\necho hi\n").unwrap();
         let not_executable = not_executable.to_str().unwrap().to_owned();
@@ -118,7 +99,7 @@ async fn the_commands_exit_code_passes_through_and_a_command_that_cannot_start_f
 async fn all_output_passes_through_and_the_job_keeps_a_bounded_tail() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         // `seq 1 35000`: about 200 KB of ASCII.
         let expected: String = (1..=35_000).map(|number| format!("{number}\n")).collect();
         assert!(expected.len() > 190_000);
@@ -159,7 +140,7 @@ async fn all_output_passes_through_and_the_job_keeps_a_bounded_tail() {
 async fn timeout_stops_the_command_with_124_and_a_busy_lock_gives_75() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
 
         // --timeout: 124, timed_out.
         let exited = run(
@@ -229,7 +210,7 @@ async fn timeout_stops_the_command_with_124_and_a_busy_lock_gives_75() {
 async fn sigint_and_sigterm_are_forwarded_to_a_running_command_and_the_job_is_cancelled() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let script = "trap 'echo got-INT >> log; exit 130' INT; \
              trap 'echo got-TERM >> log; exit 143' TERM; \
              echo ready >> log; while :; do sleep 0.1; done";
@@ -272,7 +253,7 @@ async fn sigint_and_sigterm_are_forwarded_to_a_running_command_and_the_job_is_ca
 async fn sigint_and_sigterm_while_waiting_cancel_the_job_and_leave_the_queue() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "signal/waiting";
         let blocker = block(&server, name).await;
         for (signal, code) in [(Signal::SIGINT, 130), (Signal::SIGTERM, 143)] {

@@ -20,11 +20,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use harness::{
-    ClientProcess, Exited, Server, eventually, file_lines, jobs_named, lock_path, lock_view,
-    process_alive, str_of,
+    ClientProcess, Server, assert_code, eventually, file_lines, jobs_named, lock_path, lock_view,
+    process_alive, str_of, workdir,
 };
 use serde_json::{Value, json};
-use tempfile::TempDir;
 
 /// The bound on a whole test.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
@@ -33,13 +32,6 @@ const PATIENCE: Duration = Duration::from_secs(30);
 
 /// Shell that blocks until the test creates `go` in the working directory.
 const HOLD_UNTIL_GO: &str = "while [ ! -e go ]; do sleep 0.05; done";
-
-fn workdir() -> TempDir {
-    tempfile::Builder::new()
-        .prefix("baton-run-")
-        .tempdir()
-        .expect("a temporary folder")
-}
 
 /// `baton run ARGS… -- sh -c SCRIPT` in `dir`.
 fn run_sh(server: &Server, dir: &Path, args: &[&str], script: &str) -> ClientProcess {
@@ -51,17 +43,6 @@ fn run_sh(server: &Server, dir: &Path, args: &[&str], script: &str) -> ClientPro
 
 fn go(dir: &Path) {
     std::fs::write(dir.join("go"), b"").expect("create go");
-}
-
-fn assert_code(exited: &Exited, code: i32, what: &str) {
-    assert_eq!(
-        exited.code,
-        Some(code),
-        "{what}: expected exit code {code}, got {:?} (signal {:?}); stderr:\n{}",
-        exited.code,
-        exited.signal,
-        exited.stderr
-    );
 }
 
 /// The job of `owner` among `jobs`.
@@ -97,7 +78,7 @@ async fn settled_jobs(server: &Server, name: &str, count: usize) -> Vec<Value> {
 async fn two_skip_runs_racing_run_once_and_the_other_exits_0_skipped() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/skip";
         let script = format!("echo \"$BATON_JOB_ID\" >> ran; {HOLD_UNTIL_GO}");
         // Both started at once: which one wins is the server's call.
@@ -156,7 +137,7 @@ async fn two_skip_runs_racing_run_once_and_the_other_exits_0_skipped() {
 async fn ten_waiting_runs_run_in_their_arrival_order() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/fifo";
         // A blocker holds the lock while the queue forms.
         let (status, blocker) = server
@@ -231,7 +212,7 @@ async fn ten_waiting_runs_run_in_their_arrival_order() {
 async fn replace_stops_the_whole_tree_before_the_new_run_starts() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/replace";
         // The old command: a grandchild that ignores SIGTERM (so only the KILL after the grace
         // ends it), and a TERM trap that records when the command stopped.
@@ -329,7 +310,7 @@ async fn replace_stops_the_whole_tree_before_the_new_run_starts() {
 async fn coalesce_keeps_at_most_one_pending_run() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/coalesce";
         let first = run_sh(
             &server,
@@ -434,7 +415,7 @@ async fn once_per_runs_once_per_slot_among_runs_started_together() {
     }
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/once";
         let args = |owner: &'static str| [name, "--once-per", "1h", "--owner", owner];
         let script = "echo \"$BATON_JOB_ID\" >> runs";
@@ -477,7 +458,7 @@ async fn once_per_runs_once_per_slot_among_runs_started_together() {
 async fn a_run_granted_after_a_long_wait_still_runs() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let server = Server::start(&[]).await;
-        let dir = workdir();
+        let dir = workdir("baton-run-");
         let name = "run/long-wait";
         let (status, blocker) = server
             .post(

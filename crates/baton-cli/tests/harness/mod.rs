@@ -634,3 +634,24 @@ pub async fn lock_view(server: &Server, name: &str) -> Value {
     assert_eq!(status, 200, "GET lock {name}: {body}");
     body
 }
+
+/// A fresh temporary folder for one test, named with `prefix`.
+#[allow(clippy::expect_used)] // a test without a temporary folder cannot run
+pub fn workdir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("a temporary folder")
+}
+
+/// Fails the test, with the process's stderr, unless it exited with `code`.
+pub fn assert_code(exited: &Exited, code: i32, what: &str) {
+    assert_eq!(
+        exited.code,
+        Some(code),
+        "{what}: expected exit code {code}, got {:?} (signal {:?}); stderr:\n{}",
+        exited.code,
+        exited.signal,
+        exited.stderr
+    );
+}
