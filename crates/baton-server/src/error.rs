@@ -47,7 +47,17 @@ impl IntoResponse for ApiError {
             holders: self.holders,
             newest_token: self.newest_token,
         };
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if self.code == ErrorCode::BodyTooLarge {
+            // The rest of the body was never read, so the connection cannot carry another
+            // request: say so, or a keep-alive client would send its next request into a
+            // connection the server is closing.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+        }
+        response
     }
 }
 

@@ -86,3 +86,42 @@ async fn acquire_release_round_trip() {
     );
     assert!(text.contains("baton_locks{store=\"memory\"} 1"), "{text}");
 }
+
+/// Regression: a 413 for an oversized body left the unread body in a keep-alive connection the
+/// server then dropped, and the client's next request on it failed ("error sending request").
+/// The 413 now says `Connection: close`, so the client opens a fresh connection.
+#[tokio::test]
+async fn an_oversized_body_closes_the_connection_and_the_next_request_works() {
+    let (base, _stop) = start().await;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let huge = format!("{{\"owner\":\"{}\"}}", "x".repeat(64 * 1024));
+    let response = client
+        .post(format!("{base}/v1/locks/big/acquire"))
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 413);
+    assert_eq!(
+        response
+            .headers()
+            .get("connection")
+            .and_then(|v| v.to_str().ok()),
+        Some("close")
+    );
+    let _ = response.text().await;
+    for _ in 0..5 {
+        let response = client
+            .post(format!("{base}/v1/locks/big/acquire"))
+            .header("content-type", "application/json")
+            .body(r#"{"owner":"me","owner_key":"k"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 200);
+    }
+}
