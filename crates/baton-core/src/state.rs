@@ -15,11 +15,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 mod jobs;
+mod slice;
 
 pub use jobs::{
     CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState, Policy,
     StopReason, once_slot,
 };
+pub use slice::{EndedLease, EndedTicketEntry, LockSlice, RequestEntry, Slice};
 
 use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
@@ -158,6 +160,24 @@ pub enum LeaseEnd {
     Expired,
     /// An administrator revoked it.
     Revoked,
+}
+
+impl LeaseEnd {
+    /// The stable text form stores keep.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseEnd::Released => "released",
+            LeaseEnd::Expired => "expired",
+            LeaseEnd::Revoked => "revoked",
+        }
+    }
+
+    /// Parses [`LeaseEnd::as_str`].
+    pub fn parse(text: &str) -> Option<LeaseEnd> {
+        [LeaseEnd::Released, LeaseEnd::Expired, LeaseEnd::Revoked]
+            .into_iter()
+            .find(|end| end.as_str() == text)
+    }
 }
 
 /// How a ticket stopped being queued.
@@ -484,9 +504,12 @@ enum Deadline {
     Housekeeping,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum RequestTarget {
+/// What a remembered request id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestTarget {
+    /// The lease it was granted.
     Lease(LeaseId),
+    /// The ticket it queued.
     Ticket(TicketId),
 }
 
@@ -545,6 +568,11 @@ pub struct State {
     /// The newest once-per slot taken by each job name.
     once_slots: HashMap<String, u64>,
     job_output_bytes: usize,
+    /// Tokens handed in by a store that draws them from a shared sequence (see [`Slice`]);
+    /// `None` for a table that owns its counter.
+    token_pool: Option<VecDeque<u64>>,
+    /// A grant found the pool empty: the transition must not be kept.
+    token_pool_exhausted: bool,
 }
 
 impl State {
@@ -580,6 +608,8 @@ impl State {
             pending_coalesce: HashMap::new(),
             once_slots: HashMap::new(),
             job_output_bytes: 0,
+            token_pool: None,
+            token_pool_exhausted: false,
         };
         state.schedule(now + HOUSEKEEPING_INTERVAL_MS, Deadline::Housekeeping, None);
         state
@@ -951,9 +981,7 @@ impl State {
         request_id: Option<String>,
         now: Millis,
     ) -> Lease {
-        let token = self.next_token;
-        self.next_token += 1;
-        self.counters_dirty = true;
+        let token = self.next_grant_token();
         let lease = Lease {
             id,
             lock: name.clone(),
@@ -980,6 +1008,23 @@ impl State {
         self.changes.push(Change::LeasePut(lease.clone()));
         self.leases.insert(id, lease.clone());
         lease
+    }
+
+    fn next_grant_token(&mut self) -> u64 {
+        if let Some(pool) = &mut self.token_pool {
+            return match pool.pop_front() {
+                Some(token) => token,
+                None => {
+                    // Never reused: the store discards the whole transition.
+                    self.token_pool_exhausted = true;
+                    self.next_token
+                }
+            };
+        }
+        let token = self.next_token;
+        self.next_token += 1;
+        self.counters_dirty = true;
+        token
     }
 
     /// Grants queued tickets while the lock has room, and notes an idle lock. Called after

@@ -55,6 +55,43 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, for parsing.
+    pub const ALL: [JobState; 10] = [
+        JobState::Queued,
+        JobState::Waiting,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+        JobState::Lost,
+        JobState::TimedOut,
+        JobState::Skipped,
+        JobState::Coalesced,
+    ];
+
+    /// The stable text form stores keep.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Waiting => "waiting",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+            JobState::Lost => "lost",
+            JobState::TimedOut => "timed_out",
+            JobState::Skipped => "skipped",
+            JobState::Coalesced => "coalesced",
+        }
+    }
+
+    /// Parses [`JobState::as_str`].
+    pub fn parse(text: &str) -> Option<JobState> {
+        JobState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+    }
+
     /// True for states a job never leaves.
     pub fn is_final(self) -> bool {
         !matches!(
@@ -73,6 +110,32 @@ impl JobState {
                 | JobState::Lost
                 | JobState::TimedOut
         )
+    }
+}
+
+impl Policy {
+    /// The stable text form stores keep.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Policy::Wait => "wait",
+            Policy::Skip => "skip",
+            Policy::Fail => "fail",
+            Policy::Replace => "replace",
+            Policy::Coalesce => "coalesce",
+        }
+    }
+
+    /// Parses [`Policy::as_str`].
+    pub fn parse(text: &str) -> Option<Policy> {
+        [
+            Policy::Wait,
+            Policy::Skip,
+            Policy::Fail,
+            Policy::Replace,
+            Policy::Coalesce,
+        ]
+        .into_iter()
+        .find(|policy| policy.as_str() == text)
     }
 }
 
