@@ -146,9 +146,44 @@ pub struct ServerArgs {
     )]
     pub data_dir: PathBuf,
 
-    /// Where state is kept: `sqlite` (durable, in --data-dir) or `memory` (lost on exit).
-    #[arg(long, value_enum, default_value_t = StoreArg::Sqlite)]
-    pub store: StoreArg,
+    /// Where state is kept: `sqlite` (durable, in --data-dir), `memory` (lost on exit) or
+    /// `postgres` (the database of --database; chosen by --database alone too).
+    #[arg(long, value_enum)]
+    pub store: Option<StoreArg>,
+
+    /// Keep state in this PostgreSQL database, shared by every server given the same one:
+    /// `postgres://user@host:5432/db` (a libpq URL or key=value string).
+    #[arg(
+        long,
+        env = "BATON_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database: Option<String>,
+
+    /// The schema of baton's tables in --database (created if missing).
+    #[arg(
+        long,
+        env = "BATON_DATABASE_SCHEMA",
+        default_value = "baton",
+        value_name = "NAME"
+    )]
+    pub database_schema: String,
+
+    /// Connections this server keeps to --database.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000), value_name = "N")]
+    pub database_pool: u32,
+
+    /// Testing aid: shift this server's own clock by this many milliseconds (may be negative).
+    /// With PostgreSQL, leases still expire by the database's clock.
+    #[arg(
+        long,
+        default_value_t = 0,
+        hide = true,
+        allow_hyphen_values = true,
+        value_name = "MS"
+    )]
+    pub clock_skew_ms: i64,
 
     /// Allow listening on a non-loopback address without API keys.
     #[arg(long)]
@@ -191,6 +226,8 @@ pub enum StoreArg {
     Sqlite,
     /// In memory: everything is lost when the server stops.
     Memory,
+    /// PostgreSQL (--database): many servers share it.
+    Postgres,
 }
 
 /// `baton acquire`.

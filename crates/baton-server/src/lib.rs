@@ -24,6 +24,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use baton_store::{Engine, EngineOptions, MemoryPersister, Store, SystemClock};
+use baton_store_postgres::{PgOptions, PostgresStore};
 use baton_store_sqlite::SqlitePersister;
 
 pub use error::ApiError;
@@ -37,6 +38,8 @@ pub enum StoreKind {
     Sqlite,
     /// In memory only: everything is lost when the server stops. For tests and trials.
     Memory,
+    /// PostgreSQL at `database_url`: any number of servers share it.
+    Postgres,
 }
 
 /// Everything `baton server` can be told.
@@ -68,6 +71,17 @@ pub struct ServerConfig {
     /// A request head larger than this is answered `431` and the connection closed. Also caps
     /// each connection's read buffer. At least 8 KiB (hyper's floor).
     pub max_header_bytes: usize,
+    /// The PostgreSQL database (with [`StoreKind::Postgres`]).
+    pub database_url: Option<String>,
+    /// The schema holding baton's tables in that database; servers that share state use the
+    /// same one.
+    pub database_schema: String,
+    /// Connections to the database.
+    pub database_pool: usize,
+    /// Shifts this server's own clock by this many milliseconds. A testing aid: with
+    /// PostgreSQL, expiry follows the database's clock, so a server whose clock is off still
+    /// expires leases on time.
+    pub clock_skew_ms: i64,
 }
 
 /// The default of [`ServerConfig::max_connections`].
@@ -99,6 +113,10 @@ impl ServerConfig {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
+            database_url: None,
+            database_schema: "baton".into(),
+            database_pool: 16,
+            clock_skew_ms: 0,
         }
     }
 }
@@ -116,7 +134,7 @@ impl ServerConfig {
 }
 
 /// Opens the configured store.
-pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
+pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     let options = EngineOptions {
         config: config.core_config(),
         ..EngineOptions::default()
@@ -129,6 +147,23 @@ pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
                 format!("cannot open the store in {}", config.data_dir.display())
             })?;
             Engine::open(Box::new(persister), clock, options).context("cannot recover the store")?
+        }
+        StoreKind::Postgres => {
+            let url = config
+                .database_url
+                .clone()
+                .context("the PostgreSQL store needs a database URL (--database)")?;
+            let options = PgOptions {
+                schema: config.database_schema.clone(),
+                config: config.core_config(),
+                pool_size: config.database_pool,
+                local_skew_ms: config.clock_skew_ms,
+                ..PgOptions::new(url)
+            };
+            let store = PostgresStore::open(options)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            return Ok(Arc::new(store));
         }
     };
     Ok(Arc::new(engine))
@@ -150,17 +185,20 @@ pub async fn serve(
             config.listen
         );
     }
-    let store = open_store(&config)?;
+    let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let address = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let data = match config.store {
+        StoreKind::Postgres => format!("schema {}", config.database_schema),
+        StoreKind::Sqlite | StoreKind::Memory => config.data_dir.display().to_string(),
+    };
     eprintln!(
-        "baton listening on http://{address} (store: {}, data: {})",
-        store.kind(),
-        config.data_dir.display()
+        "baton listening on http://{address} (store: {}, data: {data})",
+        store.kind()
     );
     run(listener, store, &config, shutdown).await
 }

@@ -25,7 +25,7 @@ async fn start(configure: impl FnOnce(&mut ServerConfig)) -> Server {
     let mut config = ServerConfig::new(address, std::env::temp_dir());
     config.store = StoreKind::Memory;
     configure(&mut config);
-    let store = baton_server::open_store(&config).unwrap();
+    let store = baton_server::open_store(&config).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         baton_server::run(listener, Arc::clone(&store), &config, async move {

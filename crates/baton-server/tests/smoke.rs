@@ -11,7 +11,7 @@ async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
     let address = listener.local_addr().unwrap();
     let mut config = ServerConfig::new(address, std::env::temp_dir());
     config.store = StoreKind::Memory;
-    let store = baton_server::open_store(&config).unwrap();
+    let store = baton_server::open_store(&config).await.unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = baton_server::run(listener, Arc::clone(&store), &config, async move {

@@ -86,6 +86,8 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// Run the expiry timer and housekeeping (tests with a manual clock tick by hand).
     pub run_timer: bool,
+    /// Shifts this server's own clock (a testing aid; expiry follows the database's clock).
+    pub local_skew_ms: i64,
 }
 
 impl PgOptions {
@@ -98,6 +100,7 @@ impl PgOptions {
             time: TimeSource::Database,
             pool_size: 16,
             run_timer: true,
+            local_skew_ms: 0,
         }
     }
 }
@@ -162,6 +165,7 @@ struct Inner {
     commits: AtomicU64,
     commit_micros: AtomicU64,
     listening: AtomicBool,
+    local_skew_ms: i64,
 }
 
 /// The PostgreSQL store. See the crate documentation.
@@ -187,7 +191,7 @@ impl Drop for PostgresStore {
     }
 }
 
-fn local_ms() -> i64 {
+fn system_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |elapsed| {
@@ -214,7 +218,10 @@ fn pg_config(options: &PgOptions) -> Result<tokio_postgres::Config, StoreError> 
         .url
         .parse()
         .map_err(|error| StoreError::Unavailable(format!("invalid database URL: {error}")))?;
-    config.options(format!("-c search_path={}", options.schema));
+    config.options(format!(
+        "-c search_path={} -c client_min_messages=warning",
+        options.schema
+    ));
     if config.get_application_name().is_none() {
         config.application_name("baton");
     }
@@ -278,6 +285,7 @@ impl PostgresStore {
             commits: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
             listening: AtomicBool::new(false),
+            local_skew_ms: options.local_skew_ms,
         });
         let mut tasks = Vec::new();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
@@ -415,11 +423,16 @@ struct Outcome<T> {
 }
 
 impl Inner {
+    /// This server's own clock (shifted by the configured skew).
+    fn local_ms(&self) -> i64 {
+        system_ms().saturating_add(self.local_skew_ms)
+    }
+
     fn now_estimate(&self) -> Millis {
         match &self.time {
             TimeSource::Clock(clock) => clock.now_ms(),
             TimeSource::Database => {
-                let now = local_ms() + self.offset_ms.load(Ordering::Relaxed);
+                let now = self.local_ms() + self.offset_ms.load(Ordering::Relaxed);
                 u64::try_from(now).unwrap_or(0)
             }
         }
@@ -445,7 +458,8 @@ impl Inner {
                     .await
                     .map_err(db("cannot read the database clock"))?
                     .get(0);
-                self.offset_ms.store(now - local_ms(), Ordering::Relaxed);
+                self.offset_ms
+                    .store(now - self.local_ms(), Ordering::Relaxed);
                 rows::u64_of(now, "clock")
             }
         }

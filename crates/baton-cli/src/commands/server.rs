@@ -32,10 +32,16 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
 /// The server's configuration from the flags.
 fn config(args: ServerArgs) -> ServerConfig {
     let mut config = ServerConfig::new(args.listen, args.data_dir);
-    config.store = match args.store {
-        StoreArg::Sqlite => StoreKind::Sqlite,
-        StoreArg::Memory => StoreKind::Memory,
+    config.store = match (args.store, &args.database) {
+        (Some(StoreArg::Sqlite), _) => StoreKind::Sqlite,
+        (Some(StoreArg::Memory), _) => StoreKind::Memory,
+        (Some(StoreArg::Postgres), _) | (None, Some(_)) => StoreKind::Postgres,
+        (None, None) => StoreKind::Sqlite,
     };
+    config.database_url = args.database;
+    config.database_schema = args.database_schema;
+    config.database_pool = usize::try_from(args.database_pool).unwrap_or(16);
+    config.clock_skew_ms = args.clock_skew_ms;
     config.allow_unauthenticated = args.allow_unauthenticated;
     config.default_ttl_ms = millis(args.default_ttl);
     config.lock_delay_ms = millis(args.lock_delay);
