@@ -505,83 +505,61 @@ impl Inner {
             .transaction()
             .await
             .map_err(db("cannot start a transaction"))?;
-        let create = match want.create {
-            Some(capacity) => Some((capacity, self.db_now(&tx).await?)),
-            None => None,
-        };
-        let (row, created) = if skip_locked {
-            let statement = tx
-                .prepare_cached(&format!(
-                    "SELECT {} FROM locks WHERE name = $1 FOR UPDATE SKIP LOCKED",
-                    rows::LOCK_COLUMNS
-                ))
-                .await
-                .map_err(db("cannot lock a lock"))?;
-            match tx
-                .query_opt(&statement, &[&lock.as_str()])
-                .await
-                .map_err(db("cannot lock a lock"))?
-            {
-                Some(row) => (Some(row), false),
-                None => return Ok(None),
-            }
+        let row_lock = if skip_locked {
+            slice::RowLock::SkipLocked
         } else {
-            slice::lock_row(&tx, lock, create).await?
+            slice::RowLock::Wait
         };
-        if row.is_none() && create.is_some() {
-            return Err(StoreError::Unavailable(
-                "the lock was forgotten meanwhile".into(),
-            ));
+        let database_time = matches!(self.time, TimeSource::Database);
+        let loaded = slice::load(
+            &tx,
+            lock,
+            want,
+            row_lock,
+            database_time,
+            self.now_estimate(),
+        )
+        .await?;
+        if !loaded.locked {
+            if skip_locked {
+                return Ok(None);
+            }
+            if want.create.is_some() {
+                return Err(StoreError::Unavailable(
+                    "the lock was forgotten meanwhile".into(),
+                ));
+            }
         }
+        let created = loaded.created;
         if created {
             let locks = self.counts_now().0;
             if locks >= self.config.locks_max as u64 {
                 return Err(AcquireError::LimitReached("too many locks").into());
             }
         }
-        let now = self.db_now(&tx).await?;
-        let before = slice::read(&tx, lock, row.as_ref(), want).await?;
-        let capacity = before
-            .locks
-            .first()
-            .map_or(1, |lock| lock.record.capacity)
-            .max(want.create.unwrap_or(1));
-        let due = due(&before, &self.config, now);
-        let tokens = if want.grants || due {
-            let count = i64::from(capacity).min(before.tickets.len() as i64 + 1);
-            let statement = tx
-                .prepare_cached(
-                    "SELECT nextval('token_seq') FROM generate_series(1::bigint, $1::bigint)",
-                )
-                .await
-                .map_err(db("cannot draw tokens"))?;
-            let mut tokens = Vec::new();
-            for row in tx
-                .query(&statement, &[&count])
-                .await
-                .map_err(db("cannot draw tokens"))?
-            {
-                tokens.push(rows::u64_of(row.get(0), "token")?);
+        let now = match (loaded.now, &self.time) {
+            (Some(now), _) => {
+                self.offset_ms.store(
+                    i64::try_from(now).unwrap_or(i64::MAX) - self.local_ms(),
+                    Ordering::Relaxed,
+                );
+                now
             }
-            tokens.sort_unstable();
-            tokens
-        } else {
-            Vec::new()
+            (None, TimeSource::Clock(clock)) => clock.now_ms(),
+            (None, TimeSource::Database) => self.db_now(&tx).await?,
         };
-        let ticket_seq = if want.queues {
-            let statement = tx
-                .prepare_cached("SELECT nextval('ticket_seq')")
-                .await
-                .map_err(db("cannot draw a ticket number"))?;
-            let seq: i64 = tx
-                .query_one(&statement, &[])
-                .await
-                .map_err(db("cannot draw a ticket number"))?
-                .get(0);
-            rows::u64_of(seq, "ticket number")?
-        } else {
-            1
-        };
+        let before = loaded.slice;
+        let mut tokens = loaded.tokens;
+        if tokens.is_empty() && due(&before, &self.config, now) {
+            let capacity = before
+                .locks
+                .first()
+                .map_or(1, |lock| lock.record.capacity)
+                .max(want.create.unwrap_or(1));
+            let count = i64::from(capacity).min(before.tickets.len() as i64 + 1);
+            tokens = slice::draw_tokens(&tx, count).await?;
+        }
+        let ticket_seq = loaded.ticket_seq.unwrap_or(1);
         let mut state =
             State::from_slice(self.config.clone(), before.clone(), tokens, ticket_seq, now);
         state.tick(now);

@@ -44,144 +44,204 @@ pub(crate) struct Want {
     pub queues: bool,
 }
 
-/// Reads the slice of `lock`. The caller's transaction must have locked the lock row first (see
-/// [`lock_row`]).
-pub(crate) async fn read(
+/// What [`load`] read.
+pub(crate) struct Loaded {
+    /// The slice (without tokens).
+    pub slice: Slice,
+    /// The lock row existed (or was created) and is now locked by this transaction.
+    pub locked: bool,
+    /// The lock row was created by this transaction.
+    pub created: bool,
+    /// The database's time, read after the row lock.
+    pub now: Option<Millis>,
+    /// Tokens drawn (when the request may grant).
+    pub tokens: Vec<u64>,
+    /// A ticket sequence number (when the request may queue).
+    pub ticket_seq: Option<u64>,
+}
+
+/// How to take the lock's row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RowLock {
+    /// Wait for it.
+    Wait,
+    /// Give up when another transaction holds it.
+    SkipLocked,
+}
+
+const NOW_SQL: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+
+/// Locks the lock's row (creating it first when asked) and reads its slice, in one pipelined
+/// round trip: PostgreSQL runs a connection's statements in order, so every read after the
+/// `FOR UPDATE` sees the lock as it stands once the row lock is held. Statements are prepared
+/// (or found in the connection's cache) before any is executed, so the executions go out in
+/// this order.
+pub(crate) async fn load(
     tx: &Transaction<'_>,
     lock: &LockName,
-    lock_row: Option<&tokio_postgres::Row>,
     want: &Want,
-) -> Result<Slice, StoreError> {
+    row_lock: RowLock,
+    database_time: bool,
+    placeholder_idle_since: Millis,
+) -> Result<Loaded, StoreError> {
     let name = lock.as_str();
-    let leases = async {
-        let statement = tx
-            .prepare_cached(&format!(
-                "SELECT {LEASE_COLUMNS} FROM leases WHERE lock = $1"
-            ))
-            .await
-            .map_err(db("cannot read leases"))?;
-        tx.query(&statement, &[&name])
-            .await
-            .map_err(db("cannot read leases"))?
-            .iter()
-            .map(rows::lease_of)
-            .collect::<Result<Vec<_>, _>>()
+    let lock_sql = match row_lock {
+        RowLock::Wait => format!("SELECT {LOCK_COLUMNS} FROM locks WHERE name = $1 FOR UPDATE"),
+        RowLock::SkipLocked => {
+            format!("SELECT {LOCK_COLUMNS} FROM locks WHERE name = $1 FOR UPDATE SKIP LOCKED")
+        }
     };
-    let tickets = async {
-        let statement = tx
-            .prepare_cached(&format!(
-                "SELECT {TICKET_COLUMNS} FROM tickets WHERE lock = $1"
-            ))
+    let prepare = |sql: String| async move {
+        tx.prepare_cached(&sql)
             .await
-            .map_err(db("cannot read tickets"))?;
-        tx.query(&statement, &[&name])
-            .await
-            .map_err(db("cannot read tickets"))?
-            .iter()
-            .map(rows::ticket_of)
-            .collect::<Result<Vec<_>, _>>()
+            .map_err(db("cannot prepare a read"))
     };
+    let (insert, lock_statement, now, leases, tickets, jobs, requests, floor, tokens, seq) = tokio::try_join!(
+        prepare(
+            "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until,
+                                idle_since)
+             VALUES ($1, $2, 0, 0, NULL, $3) ON CONFLICT (name) DO NOTHING"
+                .into()
+        ),
+        prepare(lock_sql),
+        prepare(NOW_SQL.into()),
+        prepare(format!(
+            "SELECT {LEASE_COLUMNS} FROM leases WHERE lock = $1"
+        )),
+        prepare(format!(
+            "SELECT {TICKET_COLUMNS} FROM tickets WHERE lock = $1"
+        )),
+        prepare(format!(
+            "SELECT {JOB_COLUMNS} FROM jobs
+             WHERE lock = $1 AND (state IN ('queued', 'waiting', 'running')
+                    OR (release_at IS NOT NULL
+                        AND lease_id IN (SELECT id FROM leases WHERE lock = $1))
+                    OR id = ANY($2))"
+        )),
+        // The request ids of queued tickets come too: a grant makes them stand for the lease,
+        // and a withdrawn ticket forgets its request id.
+        prepare(format!(
+            "SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ANY($1)
+             OR request_id IN (SELECT request_id FROM tickets
+                               WHERE lock = $2 AND request_id IS NOT NULL)"
+        )),
+        prepare("SELECT value FROM meta WHERE key = 'forgotten_token_floor'".into()),
+        prepare(
+            "SELECT nextval('token_seq') FROM generate_series(1::bigint,
+                 LEAST(GREATEST((SELECT capacity FROM locks WHERE name = $1)::bigint, $2::bigint),
+                       (SELECT count(*) FROM tickets WHERE lock = $1) + 1))"
+                .into()
+        ),
+        prepare("SELECT nextval('ticket_seq')".into()),
+    )?;
+    let capacity = i32::try_from(want.create.unwrap_or(1)).unwrap_or(i32::MAX);
+    let idle_since = t(placeholder_idle_since);
     let job_ids: Vec<Vec<u8>> = want.jobs.iter().map(|id| id.0.to_vec()).collect();
-    let jobs = async {
-        let statement = tx
-            .prepare_cached(&format!(
-                "SELECT {JOB_COLUMNS} FROM jobs
-                 WHERE lock = $1 AND (state IN ('queued', 'waiting', 'running')
-                        OR (release_at IS NOT NULL
-                            AND lease_id IN (SELECT id FROM leases WHERE lock = $1))
-                        OR id = ANY($2))"
-            ))
-            .await
-            .map_err(db("cannot read jobs"))?;
-        tx.query(&statement, &[&name, &job_ids])
-            .await
-            .map_err(db("cannot read jobs"))?
-            .iter()
-            .map(rows::job_of)
-            .collect::<Result<Vec<_>, _>>()
-    };
     let ended_ids: Vec<Vec<u8>> = want.ended_leases.iter().map(|id| id.0.to_vec()).collect();
-    let ended_leases = ended_leases(tx, &ended_ids);
     let ticket_ids: Vec<Vec<u8>> = want.ended_tickets.iter().map(|id| id.0.to_vec()).collect();
-    let ended_tickets = async {
-        if ticket_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let statement = tx
-            .prepare_cached(&format!(
-                "SELECT {ENDED_TICKET_COLUMNS} FROM ended_tickets WHERE id = ANY($1)"
-            ))
-            .await
-            .map_err(db("cannot read ended tickets"))?;
-        tx.query(&statement, &[&ticket_ids])
-            .await
-            .map_err(db("cannot read ended tickets"))?
-            .iter()
-            .map(rows::ended_ticket_of)
-            .collect::<Result<Vec<_>, _>>()
-    };
-    // The request ids of queued tickets come too: a grant makes them stand for the lease, and a
-    // withdrawn ticket forgets its request id.
-    let requests = async {
-        let statement = tx
-            .prepare_cached(&format!(
-                "SELECT {REQUEST_COLUMNS} FROM requests WHERE request_id = ANY($1)
-                 OR request_id IN (SELECT request_id FROM tickets
-                                   WHERE lock = $2 AND request_id IS NOT NULL)"
-            ))
-            .await
-            .map_err(db("cannot read request ids"))?;
-        tx.query(&statement, &[&want.requests, &name])
-            .await
-            .map_err(db("cannot read request ids"))?
-            .iter()
-            .map(rows::request_of)
-            .collect::<Result<Vec<_>, _>>()
-    };
-    let once = async {
-        let Some(job_name) = &want.once_name else {
-            return Ok(Vec::new());
-        };
-        let statement = tx
-            .prepare_cached("SELECT max(once_slot) FROM jobs WHERE name = $1")
-            .await
-            .map_err(db("cannot read once-per slots"))?;
-        let slot: Option<i64> = tx
-            .query_one(&statement, &[job_name])
-            .await
-            .map_err(db("cannot read once-per slots"))?
-            .get(0);
-        Ok(slot
-            .map(|slot| vec![(job_name.clone(), rows::u64_of(slot, "slot").unwrap_or(0))])
-            .unwrap_or_default())
-    };
-    let floor = async {
-        if lock_row.is_some() {
-            return Ok(0);
-        }
-        let statement = tx
-            .prepare_cached("SELECT value FROM meta WHERE key = 'forgotten_token_floor'")
-            .await
-            .map_err(db("cannot read the token floor"))?;
-        let value: Option<i64> = tx
-            .query_opt(&statement, &[])
-            .await
-            .map_err(db("cannot read the token floor"))?
-            .map(|row| row.get(0));
-        rows::u64_of(value.unwrap_or(0), "token floor")
-    };
-    let (leases, tickets, jobs, mut ended_leases, ended_tickets, requests, once_slots, floor) = tokio::try_join!(
+    let capacity_hint = i64::from(want.create.unwrap_or(1));
+    let (
+        created,
+        row,
+        now,
         leases,
         tickets,
         jobs,
+        requests,
+        floor,
+        tokens,
+        seq,
         ended_leases,
         ended_tickets,
-        requests,
         once,
-        floor
+    ) = tokio::try_join!(
+        async {
+            if want.create.is_none() {
+                return Ok(false);
+            }
+            tx.execute(&insert, &[&name, &capacity, &idle_since])
+                .await
+                .map(|count| count == 1)
+                .map_err(db("cannot create a lock"))
+        },
+        async {
+            tx.query_opt(&lock_statement, &[&name])
+                .await
+                .map_err(db("cannot lock a lock"))
+        },
+        async {
+            if !database_time {
+                return Ok(None);
+            }
+            let now: i64 = tx
+                .query_one(&now, &[])
+                .await
+                .map_err(db("cannot read the database clock"))?
+                .get(0);
+            rows::u64_of(now, "clock").map(Some)
+        },
+        async {
+            tx.query(&leases, &[&name])
+                .await
+                .map_err(db("cannot read leases"))
+        },
+        async {
+            tx.query(&tickets, &[&name])
+                .await
+                .map_err(db("cannot read tickets"))
+        },
+        async {
+            tx.query(&jobs, &[&name, &job_ids])
+                .await
+                .map_err(db("cannot read jobs"))
+        },
+        async {
+            tx.query(&requests, &[&want.requests, &name])
+                .await
+                .map_err(db("cannot read request ids"))
+        },
+        async {
+            tx.query_opt(&floor, &[])
+                .await
+                .map_err(db("cannot read the token floor"))
+        },
+        async {
+            if !want.grants {
+                return Ok(Vec::new());
+            }
+            tx.query(&tokens, &[&name, &capacity_hint])
+                .await
+                .map_err(db("cannot draw tokens"))
+        },
+        async {
+            if !want.queues {
+                return Ok(None);
+            }
+            tx.query_one(&seq, &[])
+                .await
+                .map(Some)
+                .map_err(db("cannot draw a ticket number"))
+        },
+        ended_leases(tx, &ended_ids),
+        ended_tickets(tx, &ticket_ids),
+        once_slot(tx, want.once_name.as_deref()),
     )?;
-    // A reused request id that stands for an ended lease: say how it ended.
-    let more: Vec<Vec<u8>> = requests
+    let leases = leases
+        .iter()
+        .map(rows::lease_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let tickets = tickets
+        .iter()
+        .map(rows::ticket_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let requests = requests
+        .iter()
+        .map(rows::request_of)
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut ended_leases = ended_leases;
+    let mut ended_tickets = ended_tickets;
+    // A reused request id that stands for an ended lease or ticket: say how it ended.
+    let more_leases: Vec<Vec<u8>> = requests
         .iter()
         .filter_map(|request| match request.target {
             RequestTarget::Lease(id) if !leases.iter().any(|lease| lease.id == id) => {
@@ -190,10 +250,6 @@ pub(crate) async fn read(
             _ => None,
         })
         .collect();
-    if !more.is_empty() {
-        ended_leases.extend(self::ended_leases(tx, &more).await?);
-    }
-    let mut ended_tickets = ended_tickets;
     let more_tickets: Vec<Vec<u8>> = requests
         .iter()
         .filter_map(|request| match request.target {
@@ -203,35 +259,112 @@ pub(crate) async fn read(
             _ => None,
         })
         .collect();
-    if !more_tickets.is_empty() {
-        let statement = tx
-            .prepare_cached(&format!(
-                "SELECT {ENDED_TICKET_COLUMNS} FROM ended_tickets WHERE id = ANY($1)"
-            ))
-            .await
-            .map_err(db("cannot read ended tickets"))?;
-        for row in tx
-            .query(&statement, &[&more_tickets])
-            .await
-            .map_err(db("cannot read ended tickets"))?
-        {
-            ended_tickets.push(rows::ended_ticket_of(&row)?);
-        }
+    if !more_leases.is_empty() || !more_tickets.is_empty() {
+        let (more_leases, more_tickets) = tokio::try_join!(
+            self::ended_leases(tx, &more_leases),
+            self::ended_tickets(tx, &more_tickets)
+        )?;
+        ended_leases.extend(more_leases);
+        ended_tickets.extend(more_tickets);
     }
-    let locks = match lock_row {
+    let mut drawn = Vec::new();
+    for row in &tokens {
+        drawn.push(rows::u64_of(row.get(0), "token")?);
+    }
+    drawn.sort_unstable();
+    let ticket_seq = match seq {
+        Some(row) => Some(rows::u64_of(row.get(0), "ticket number")?),
+        None => None,
+    };
+    let floor = match floor {
+        Some(row) => rows::u64_of(row.get(0), "token floor")?,
+        None => 0,
+    };
+    let locks = match &row {
         Some(row) => vec![rows::lock_of(row)?],
         None => Vec::new(),
     };
-    Ok(Slice {
-        locks,
-        leases,
-        tickets,
-        ended_leases,
-        ended_tickets,
-        requests,
-        jobs,
-        once_slots,
-        forgotten_token_floor: floor,
+    Ok(Loaded {
+        slice: Slice {
+            locks,
+            leases,
+            tickets,
+            ended_leases,
+            ended_tickets,
+            requests,
+            jobs: jobs
+                .iter()
+                .map(rows::job_of)
+                .collect::<Result<Vec<_>, _>>()?,
+            once_slots: once,
+            forgotten_token_floor: floor,
+        },
+        locked: row.is_some(),
+        created,
+        now,
+        tokens: drawn,
+        ticket_seq,
+    })
+}
+
+/// Draws tokens for a transition that turned out to have deadlines due.
+pub(crate) async fn draw_tokens(tx: &Transaction<'_>, count: i64) -> Result<Vec<u64>, StoreError> {
+    let statement = tx
+        .prepare_cached("SELECT nextval('token_seq') FROM generate_series(1::bigint, $1::bigint)")
+        .await
+        .map_err(db("cannot draw tokens"))?;
+    let mut tokens = Vec::new();
+    for row in tx
+        .query(&statement, &[&count])
+        .await
+        .map_err(db("cannot draw tokens"))?
+    {
+        tokens.push(rows::u64_of(row.get(0), "token")?);
+    }
+    tokens.sort_unstable();
+    Ok(tokens)
+}
+
+async fn ended_tickets(
+    tx: &Transaction<'_>,
+    ids: &[Vec<u8>],
+) -> Result<Vec<baton_core::EndedTicketEntry>, StoreError> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let statement = tx
+        .prepare_cached(&format!(
+            "SELECT {ENDED_TICKET_COLUMNS} FROM ended_tickets WHERE id = ANY($1)"
+        ))
+        .await
+        .map_err(db("cannot read ended tickets"))?;
+    tx.query(&statement, &[&ids])
+        .await
+        .map_err(db("cannot read ended tickets"))?
+        .iter()
+        .map(rows::ended_ticket_of)
+        .collect()
+}
+
+async fn once_slot(
+    tx: &Transaction<'_>,
+    job_name: Option<&str>,
+) -> Result<Vec<(String, u64)>, StoreError> {
+    let Some(job_name) = job_name else {
+        return Ok(Vec::new());
+    };
+    let statement = tx
+        .prepare_cached("SELECT max(once_slot) FROM jobs WHERE name = $1")
+        .await
+        .map_err(db("cannot read once-per slots"))?;
+    let slot: Option<i64> = tx
+        .query_one(&statement, &[&job_name])
+        .await
+        .map_err(db("cannot read once-per slots"))?
+        .get(0);
+    Ok(match slot {
+        Some(slot) => vec![(job_name.to_owned(), rows::u64_of(slot, "slot")?)],
+        None => Vec::new(),
     })
 }
 
@@ -260,43 +393,6 @@ async fn ended_leases(
             })
         })
         .collect()
-}
-
-/// Locks the lock's row (creating it first when asked). `None` when there is no such lock.
-pub(crate) async fn lock_row(
-    tx: &Transaction<'_>,
-    lock: &LockName,
-    create: Option<(u32, Millis)>,
-) -> Result<(Option<tokio_postgres::Row>, bool), StoreError> {
-    let name = lock.as_str();
-    let mut created = false;
-    if let Some((capacity, now)) = create {
-        let statement = tx
-            .prepare_cached(
-                "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until,
-                                    idle_since)
-                 VALUES ($1, $2, 0, 0, NULL, $3) ON CONFLICT (name) DO NOTHING",
-            )
-            .await
-            .map_err(db("cannot create a lock"))?;
-        let capacity = i32::try_from(capacity).unwrap_or(i32::MAX);
-        created = tx
-            .execute(&statement, &[&name, &capacity, &t(now)])
-            .await
-            .map_err(db("cannot create a lock"))?
-            == 1;
-    }
-    let statement = tx
-        .prepare_cached(&format!(
-            "SELECT {LOCK_COLUMNS} FROM locks WHERE name = $1 FOR UPDATE"
-        ))
-        .await
-        .map_err(db("cannot lock a lock"))?;
-    let row = tx
-        .query_opt(&statement, &[&name])
-        .await
-        .map_err(db("cannot lock a lock"))?;
-    Ok((row, created))
 }
 
 /// Writes what changed between the slice read and the slice after the transition, and the
