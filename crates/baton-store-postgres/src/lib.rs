@@ -58,6 +58,8 @@ const HOUSEKEEPING: Duration = Duration::from_secs(10);
 /// The timer sleeps at most this long between looks for due deadlines (another server may have
 /// created one).
 const TIMER_MAX_SLEEP_MS: u64 = 1_000;
+/// How often the counts behind `/metrics` and the total limits are refreshed.
+const COUNTS_EVERY: Duration = Duration::from_secs(1);
 /// At most this many locks are handled per look of the timer.
 const DUE_BATCH: i64 = 256;
 
@@ -383,6 +385,7 @@ async fn listen(
 /// Runs due deadlines on time, refreshes the counts, and does housekeeping.
 async fn timer(inner: Weak<Inner>) {
     let mut last_housekeeping = tokio::time::Instant::now();
+    let mut last_counts = tokio::time::Instant::now();
     loop {
         let Some(strong) = inner.upgrade() else {
             return;
@@ -390,7 +393,10 @@ async fn timer(inner: Weak<Inner>) {
         if let Err(error) = strong.run_due().await {
             tracing::warn!(%error, "expiry pass failed");
         }
-        strong.refresh_counts().await;
+        if last_counts.elapsed() >= COUNTS_EVERY {
+            last_counts = tokio::time::Instant::now();
+            strong.refresh_counts().await;
+        }
         if last_housekeeping.elapsed() >= HOUSEKEEPING {
             last_housekeeping = tokio::time::Instant::now();
             if let Err(error) = strong.housekeeping().await {
@@ -588,7 +594,7 @@ impl Inner {
                         .any(|ticket| ticket.lock == kept.record.name)
             });
         }
-        slice::write(&tx, lock, &before, &after, &changes).await?;
+        let durability = slice::write(&tx, lock, &before, &after, &changes).await?;
         if !wakeups.is_empty() {
             let statement = tx
                 .prepare_cached("SELECT pg_notify($1, $2)")
@@ -604,6 +610,11 @@ impl Inner {
             .map_err(db("cannot send a wake-up"))?;
         }
         let has_deadline = state.next_deadline().is_some();
+        if durability == slice::Durability::Lazy && wakeups.is_empty() {
+            tx.batch_execute("SET LOCAL synchronous_commit = off")
+                .await
+                .map_err(db("cannot relax the commit"))?;
+        }
         tx.commit().await.map_err(db("cannot commit"))?;
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.commit_micros
@@ -1177,7 +1188,7 @@ impl Store for PostgresStore {
             let after = after.as_ref().map(|name| name.as_str().to_owned());
             client
                 .query(
-                    "SELECT name FROM locks WHERE $1::text IS NULL OR name > $1
+                    "SELECT name FROM locks WHERE $1::text IS NULL OR name COLLATE \"C\" > $1
                      ORDER BY name COLLATE \"C\" LIMIT $2",
                     &[&after, &limit],
                 )
