@@ -1599,6 +1599,11 @@ impl State {
         self.leases.get(&id)
     }
 
+    /// A queued ticket by id.
+    pub fn ticket(&self, id: TicketId) -> Option<&Ticket> {
+        self.tickets.get(&id)
+    }
+
     /// The next fencing token this table will grant.
     pub fn next_token(&self) -> u64 {
         self.next_token

@@ -123,7 +123,7 @@ pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
     };
     let clock = Arc::new(SystemClock::new());
     let engine = match config.store {
-        StoreKind::Memory => Engine::open(Box::new(MemoryPersister), clock, options)?,
+        StoreKind::Memory => Engine::open(Box::new(MemoryPersister::new()), clock, options)?,
         StoreKind::Sqlite => {
             let persister = SqlitePersister::open(&config.data_dir).with_context(|| {
                 format!("cannot open the store in {}", config.data_dir.display())
