@@ -1599,9 +1599,16 @@ impl State {
         self.leases.get(&id)
     }
 
-    /// A queued ticket by id.
-    pub fn ticket(&self, id: TicketId) -> Option<&Ticket> {
-        self.tickets.get(&id)
+    /// The lock a ticket is about, while a wait or cancel on it could still change or reveal
+    /// anything: when it is queued, or granted with its lease still live.
+    pub fn ticket_lock(&self, id: TicketId) -> Option<&LockName> {
+        if let Some(ticket) = self.tickets.get(&id) {
+            return Some(&ticket.lock);
+        }
+        match self.ended_tickets.get(&id)?.end {
+            TicketEnd::Granted(lease) => self.leases.get(&lease).map(|lease| &lease.lock),
+            TicketEnd::Lapsed | TicketEnd::Cancelled => None,
+        }
     }
 
     /// The next fencing token this table will grant.

@@ -2893,11 +2893,16 @@ pub async fn lock_of_lease_and_ticket(backend: &dyn Backend) {
         Ok(None),
         "a ticket id is not a lease id"
     );
+    c.store.release(lease.id).await.expect("release");
+    assert_eq!(
+        c.store.lock_of_ticket(queued.ticket.id).await,
+        Ok(Some(name("team-a/of"))),
+        "a granted ticket whose lease lives still names its lock"
+    );
     c.store
         .cancel_ticket(queued.ticket.id)
         .await
         .expect("cancel");
-    c.store.release(lease.id).await.expect("release");
     assert_eq!(c.store.lock_of_lease(lease.id).await, Ok(None));
     assert_eq!(c.store.lock_of_ticket(queued.ticket.id).await, Ok(None));
 }

@@ -859,12 +859,7 @@ impl Store for Engine {
     }
 
     async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
-        Ok(self
-            .inner
-            .lock()
-            .core
-            .ticket(id)
-            .map(|ticket| ticket.lock.clone()))
+        Ok(self.inner.lock().core.ticket_lock(id).cloned())
     }
 
     fn stats(&self) -> StoreStats {

@@ -227,8 +227,9 @@ pub trait Store: Send + Sync + 'static {
         scan_locks(self, |view| view.holders.iter().any(|lease| lease.id == id)).await
     }
 
-    /// The lock of a queued ticket; `None` when no queued ticket has this id. The default
-    /// scans [`Store::locks`].
+    /// The lock of a queued ticket, or of a granted ticket whose lease is still live (a wait
+    /// would hand that lease out, a cancel would release it); `None` otherwise. The default
+    /// scans [`Store::locks`] and so finds queued tickets only: a store should override it.
     async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
         scan_locks(self, |view| {
             view.waiters.iter().any(|ticket| ticket.id == id)
