@@ -341,7 +341,8 @@ impl Caller {
         self.key.as_ref().map_or(ANONYMOUS, |key| key.id.as_str())
     }
 
-    /// Whether the caller holds `role` (or a higher one) over `lock`.
+    /// Whether the caller holds `role` (or a higher one) over `lock`. With `lock` `""`: over
+    /// every lock (only a grant with the empty prefix covers it).
     pub fn allows(&self, role: Role, lock: &str) -> bool {
         match &self.key {
             None => true,

@@ -508,7 +508,7 @@ async fn in_scope_keys_work_and_listings_are_filtered_by_prefix() {
         base,
         Some(&w.team_a),
         "POST",
-        &format!("/v1/locks/team-a%2Flock/fence"),
+        "/v1/locks/team-a%2Flock/fence",
         Some(&json!({"token": w.lease_token})),
     )
     .await;
