@@ -35,7 +35,7 @@ pub struct KeyInfo {
     /// Its own rate limit, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<u32>,
-    /// When it was created.
+    /// When it was created (the Unix epoch for a key from the keys file).
     pub created_at: Timestamp,
     /// When it was revoked.
     #[serde(default, skip_serializing_if = "Option::is_none")]

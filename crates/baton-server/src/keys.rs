@@ -63,8 +63,18 @@ pub(crate) async fn create(
     let grants = auth::validate_key(&request.name, &request.grants, request.rate_per_sec)
         .map_err(|message| ApiError::new(ErrorCode::InvalidKey, message))?;
     let secret = auth::generate_secret().map_err(|error| internal(&error))?;
+    // A put replaces the key with the same id: never reuse one (64 random bits; a collision
+    // is all but impossible, but it would silently replace another key).
+    state.auth.reload().await?;
+    let current = state.auth.current();
+    let id = loop {
+        let id = auth::generate_key_id().map_err(|error| internal(&error))?;
+        if !current.keys.iter().any(|(key, _)| key.id == id) {
+            break id;
+        }
+    };
     let key = ApiKey {
-        id: auth::generate_key_id().map_err(|error| internal(&error))?,
+        id,
         name: request.name,
         secret_sha256: auth::hash_secret(&secret),
         grants,

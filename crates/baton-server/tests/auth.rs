@@ -817,3 +817,67 @@ async fn a_non_loopback_address_without_keys_is_refused() {
         "{error:#}"
     );
 }
+
+/// Two servers over one store (as two servers share a PostgreSQL database): a key made and then
+/// revoked through one is accepted and then refused by the other after its next reload.
+#[tokio::test]
+async fn keys_made_or_revoked_through_another_server_count_after_a_reload() {
+    let mut config = ServerConfig::new("127.0.0.1:0".parse().unwrap(), std::env::temp_dir());
+    config.store = StoreKind::Memory;
+    config.key_reload_ms = 20;
+    let store = baton_server::open_store(&config).unwrap();
+    let mut bases = Vec::new();
+    let mut stops = Vec::new();
+    for _ in 0..2 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        bases.push(format!("http://{}", listener.local_addr().unwrap()));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        stops.push(stop);
+        let (store, config) = (Arc::clone(&store), config.clone());
+        tokio::spawn(async move {
+            let _ = baton_server::run(listener, store, &config, async move {
+                let _ = stopped.await;
+            })
+            .await;
+        });
+    }
+    let (a, b) = (bases[0].as_str(), bases[1].as_str());
+    // Wait until both answer (they start asynchronously).
+    for base in [a, b] {
+        eventually(|| async { call(base, None, "GET", "/healthz", None).await.status == 200 })
+            .await;
+    }
+    let (admin_id, admin) = create_key(a, None, "ops", &["admin:"], None).await;
+    eventually(|| async { call(b, Some(&admin), "GET", "/v1/locks", None).await.status == 200 })
+        .await;
+    assert_eq!(
+        call(b, None, "GET", "/v1/locks", None).await.status,
+        401,
+        "b requires keys too"
+    );
+    ok(
+        a,
+        Some(&admin),
+        "DELETE",
+        &format!("/v1/keys/{admin_id}"),
+        None,
+    )
+    .await;
+    eventually(|| async { call(b, Some(&admin), "GET", "/v1/locks", None).await.status == 401 })
+        .await;
+}
+
+/// Polls `check` until it holds, failing after a generous bound (liveness, not speed).
+async fn eventually<F, Fut>(check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..500 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("the condition did not hold within 10 s");
+}
