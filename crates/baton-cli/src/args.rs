@@ -85,6 +85,64 @@ pub enum Command {
     /// Run many commands, N at a time (or under a fleet-wide --slots limit), as jobs of one
     /// batch: collated output, progress, a summary.
     Parallel(ParallelArgs),
+    /// Manage API keys: create, list, revoke (a key granted admin: needed once keys exist).
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Show the audit log, newest first: key creations and revocations, lease revocations.
+    Audit(AuditArgs),
+}
+
+/// `baton keys …`.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Create a key and print its secret (shown this once). With --offline, make one without a
+    /// server and print the `[[key]]` entry for `baton server --keys-file`.
+    Create(KeyCreateArgs),
+    /// List keys: id, name, grants, rate, created, revoked. Never secrets.
+    List,
+    /// Revoke a key: it authenticates nothing from now on.
+    Revoke(KeyRevokeArgs),
+}
+
+/// `baton keys create`.
+#[derive(Debug, Args)]
+pub struct KeyCreateArgs {
+    /// A label for people.
+    #[arg(long, value_name = "NAME")]
+    pub name: String,
+
+    /// ROLE:PREFIX, repeatable. ROLE is read, acquire or admin; PREFIX a lock-name prefix,
+    /// empty for every lock (`--grant admin:` is a full administrator).
+    #[arg(long = "grant", value_name = "ROLE:PREFIX", required = true)]
+    pub grants: Vec<String>,
+
+    /// Requests per second the key may make [default: the server's --key-rate-limit].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub rate: Option<u32>,
+
+    /// Make the key here, without a server: print its secret and the `[[key]]` entry to add
+    /// to the server's --keys-file.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+/// `baton keys revoke`.
+#[derive(Debug, Args)]
+pub struct KeyRevokeArgs {
+    /// The key's id (`key_…`, as `baton keys list` shows it).
+    pub id: String,
+}
+
+/// `baton audit`.
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Show at most this many entries.
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    pub limit: u32,
+
+    /// Only entries older than this seq (the next page).
+    #[arg(long, value_name = "SEQ")]
+    pub before: Option<u64>,
 }
 
 /// `baton jobs`.
@@ -188,6 +246,21 @@ pub struct ServerArgs {
     /// Allow listening on a non-loopback address without API keys.
     #[arg(long)]
     pub allow_unauthenticated: bool,
+
+    /// API keys to accept from start: a TOML file of `[[key]]` tables (name, secret_sha256,
+    /// grants, rate_per_sec), as `baton keys create --offline` prints them.
+    #[arg(long, env = "BATON_KEYS_FILE", value_name = "FILE")]
+    pub keys_file: Option<PathBuf>,
+
+    /// Requests per second each API key may make unless it has its own rate; more are
+    /// answered 429 with Retry-After.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    pub key_rate_limit: u32,
+
+    /// How often API keys are read again from the store (keys made or revoked through another
+    /// server sharing the database count within this period).
+    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
+    pub key_reload: Duration,
 
     /// Lease time-to-live when a request gives none.
     #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]

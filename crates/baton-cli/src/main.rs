@@ -101,6 +101,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Jobs(args) => commands::jobs::jobs(&context, args).await,
         Command::Job(args) => commands::jobs::job(&context, args).await,
         Command::Parallel(args) => commands::parallel::parallel(&context, args).await,
+        Command::Keys(command) => commands::keys::keys(&context, command).await,
+        Command::Audit(args) => commands::keys::audit(&context, args).await,
         Command::Server(args) => commands::server::run(args).await,
     }
 }

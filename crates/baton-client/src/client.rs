@@ -15,6 +15,7 @@ use baton_proto::{
     JobDetail, JobList, Lease, LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest,
     RevokeResponse, Ticket, TicketResponse, TokenRequest, WaitRequest,
 };
+use baton_proto::{AuditList, CreateKeyRequest, CreatedKey, KeyList, RevokeKeyResponse};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -810,6 +811,53 @@ impl Client {
                 Err(Error::from_response(&url, status, &body))
             }
         }
+    }
+
+    // ----- API keys and the audit log -------------------------------------------------------
+
+    /// `POST /v1/keys`: creates an API key; the answer holds its secret, shown this once.
+    /// Never retried: a repeat after a lost answer would make a second key.
+    pub async fn create_key(&self, request: &CreateKeyRequest) -> Result<CreatedKey> {
+        let path = format!("{}/keys", baton_proto::API_PREFIX);
+        self.send_decode(
+            Method::POST,
+            &path,
+            Some(to_json(request)?),
+            RetryPolicy::NONE,
+        )
+        .await
+    }
+
+    /// `GET /v1/keys`: every API key, without secrets.
+    pub async fn keys(&self) -> Result<KeyList> {
+        let path = format!("{}/keys", baton_proto::API_PREFIX);
+        self.send_decode(Method::GET, &path, None, self.inner.retry)
+            .await
+    }
+
+    /// `DELETE /v1/keys/{id}`: revokes an API key (idempotent).
+    pub async fn revoke_key(&self, id: &str) -> Result<RevokeKeyResponse> {
+        let path = format!("{}/keys/{}", baton_proto::API_PREFIX, encode_segment(id));
+        self.send_decode(Method::DELETE, &path, None, self.inner.retry)
+            .await
+    }
+
+    /// `GET /v1/audit?before=SEQ&limit=N`: the audit log, newest first.
+    pub async fn audit(&self, before: Option<u64>, limit: Option<u32>) -> Result<AuditList> {
+        let mut query = Vec::new();
+        if let Some(before) = before {
+            query.push(format!("before={before}"));
+        }
+        if let Some(limit) = limit {
+            query.push(format!("limit={limit}"));
+        }
+        let mut path = format!("{}/audit", baton_proto::API_PREFIX);
+        if !query.is_empty() {
+            path.push('?');
+            path.push_str(&query.join("&"));
+        }
+        self.send_decode(Method::GET, &path, None, self.inner.retry)
+            .await
     }
 
     // ----- transport --------------------------------------------------------------------------

@@ -246,12 +246,16 @@ impl Error {
                 revoked: true,
                 message,
             },
-            (Code::Known(ErrorCode::Unavailable | ErrorCode::LimitReached), _) | (_, 502..=504) => {
-                Error::Unavailable {
-                    code: Some(code),
-                    message,
-                }
-            }
+            (
+                Code::Known(
+                    ErrorCode::Unavailable | ErrorCode::LimitReached | ErrorCode::RateLimited,
+                ),
+                _,
+            )
+            | (_, 429 | 502..=504) => Error::Unavailable {
+                code: Some(code),
+                message,
+            },
             (_, 401 | 403) => Error::Unauthorized {
                 status,
                 code,
@@ -357,6 +361,7 @@ mod tests {
             (403, "forbidden", "Unauthorized"),
             (503, "unavailable", "Unavailable"),
             (503, "limit_reached", "Unavailable"),
+            (429, "rate_limited", "Unavailable"),
             (500, "internal", "Server"),
             (418, "a_new_code", "Rejected"),
         ];

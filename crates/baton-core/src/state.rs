@@ -789,7 +789,7 @@ impl State {
                     lock: record.lock.clone(),
                 });
             }
-            return match record.target.clone() {
+            return match record.target {
                 RequestTarget::Lease(id) => self.lease_outcome(id).map(Acquired::Granted),
                 RequestTarget::Ticket(id) => match self.ticket_status(id, None, now) {
                     Ok(TicketStatus::Granted(lease)) => Ok(Acquired::Granted(lease)),
@@ -1642,6 +1642,18 @@ impl State {
     /// A live lease by id.
     pub fn lease(&self, id: LeaseId) -> Option<&Lease> {
         self.leases.get(&id)
+    }
+
+    /// The lock a ticket is about, while a wait or cancel on it could still change or reveal
+    /// anything: when it is queued, or granted with its lease still live.
+    pub fn ticket_lock(&self, id: TicketId) -> Option<&LockName> {
+        if let Some(ticket) = self.tickets.get(&id) {
+            return Some(&ticket.lock);
+        }
+        match self.ended_tickets.get(&id)?.end {
+            TicketEnd::Granted(lease) => self.leases.get(&lease).map(|lease| &lease.lock),
+            TicketEnd::Lapsed | TicketEnd::Cancelled => None,
+        }
     }
 
     /// The next fencing token this table will grant.

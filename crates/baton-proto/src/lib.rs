@@ -11,10 +11,15 @@
 //! deliberately have no id field (guarantee G8).
 
 mod jobs;
+mod keys;
 
 pub use jobs::{
     CreateJobRequest, CreateJobResponse, FinishJobRequest, HeartbeatRequest, HeartbeatResponse,
     Job, JobDetail, JobList, JobState, Policy,
+};
+
+pub use keys::{
+    AuditEntry, AuditList, CreateKeyRequest, CreatedKey, KeyInfo, KeyList, RevokeKeyResponse,
 };
 
 use jiff::Timestamp;
@@ -418,6 +423,16 @@ error_codes! {
     Unavailable = ("unavailable", 503),
     /// No job has this id.
     JobNotFound = ("job_not_found", 404),
+    /// No API key was presented, or it is unknown or revoked.
+    Unauthorized = ("unauthorized", 401),
+    /// The API key does not grant this (role or lock-name prefix).
+    Forbidden = ("forbidden", 403),
+    /// The API key made more requests per second than it may; see `Retry-After`.
+    RateLimited = ("rate_limited", 429),
+    /// No API key has this id.
+    KeyNotFound = ("key_not_found", 404),
+    /// A key grant is not `ROLE:PREFIX`, or a key's name or rate is out of bounds.
+    InvalidKey = ("invalid_key", 400),
     /// The job is not in a state that allows this (e.g. finishing a finished job).
     JobStateConflict = ("job_state_conflict", 409),
     /// A job state that cannot be reported (e.g. `running` in a finish).

@@ -11,12 +11,14 @@ use baton_core::{
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
-use baton_store::CreateJobArgs;
+use baton_store::{CreateJobArgs, Role};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JobPath, JsonBody, QueryMap};
 use crate::routes::{
-    AppState, lease_wire, ticket_wire, timestamp, ttl, validate_requester, wait_duration,
+    AppState, authorize_by_id, lease_wire, ticket_wire, timestamp, ttl, validate_requester,
+    wait_duration,
 };
 
 /// The largest finish body: the output tail plus room for the rest.
@@ -142,6 +144,7 @@ fn optional_label(value: Option<&String>, what: &str, max: usize) -> Result<(), 
     ))]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     JsonBody(request): JsonBody<proto::CreateJobRequest, CREATE_BODY_BYTES_MAX>,
 ) -> Result<Response, ApiError> {
     let name = LockName::new(&request.name).map_err(|error| {
@@ -155,6 +158,7 @@ pub(crate) async fn create(
             .map_err(|error| ApiError::new(ErrorCode::InvalidName, error.to_string()))?,
         None => name.clone(),
     };
+    caller.require(Role::Acquire, lock.as_str())?;
     validate_requester(
         &request.owner,
         request.request_id.as_deref(),
@@ -203,6 +207,7 @@ pub(crate) struct JobWaitRequest {
     ))]
 pub(crate) async fn wait(
     State(state): State<AppState>,
+    caller: Caller,
     JobPath(id): JobPath,
     JsonBody(request): JsonBody<JobWaitRequest>,
 ) -> Result<Response, ApiError> {
@@ -213,11 +218,13 @@ pub(crate) async fn wait(
         )
     })?;
     let wait = wait_duration(request.wait_ms)?;
-    let job = state
-        .store
-        .job(id)
-        .await?
-        .ok_or_else(|| ApiError::new(ErrorCode::JobNotFound, "no job has this id"))?;
+    let job = state.store.job(id).await?.ok_or_else(job_not_found)?;
+    authorize_by_id(
+        &caller,
+        Some(job.lock.clone()),
+        Role::Acquire,
+        job_not_found,
+    )?;
     if job.ticket != Some(ticket) {
         return Err(ApiError::new(
             ErrorCode::TicketNotFound,
@@ -256,9 +263,11 @@ pub(crate) async fn wait(
     ))]
 pub(crate) async fn heartbeat(
     State(state): State<AppState>,
+    caller: Caller,
     JobPath(id): JobPath,
     JsonBody(request): JsonBody<proto::HeartbeatRequest>,
 ) -> Result<Json<proto::HeartbeatResponse>, ApiError> {
+    authorize_job(&state, &caller, id, Role::Acquire).await?;
     let lease = LeaseId::parse(&request.lease_id).ok_or_else(|| {
         ApiError::new(
             ErrorCode::InvalidId,
@@ -285,9 +294,11 @@ pub(crate) async fn heartbeat(
     ))]
 pub(crate) async fn finish(
     State(state): State<AppState>,
+    caller: Caller,
     JobPath(id): JobPath,
     JsonBody(request): JsonBody<proto::FinishJobRequest, FINISH_BODY_BYTES_MAX>,
 ) -> Result<Json<proto::JobDetail>, ApiError> {
+    authorize_job(&state, &caller, id, Role::Acquire).await?;
     let capability = match (&request.lease_id, &request.ticket_id) {
         (Some(lease), None) => JobCapability::Lease(LeaseId::parse(lease).ok_or_else(|| {
             ApiError::new(
@@ -342,14 +353,11 @@ pub(crate) async fn finish(
     ))]
 pub(crate) async fn get_one(
     State(state): State<AppState>,
+    caller: Caller,
     JobPath(id): JobPath,
 ) -> Result<Json<proto::JobDetail>, ApiError> {
-    let job = state.store.job(id).await?.ok_or_else(|| {
-        ApiError::new(
-            ErrorCode::JobNotFound,
-            "no job has this id (finished jobs are kept for the retention)",
-        )
-    })?;
+    let job = state.store.job(id).await?.ok_or_else(job_not_found)?;
+    authorize_by_id(&caller, Some(job.lock.clone()), Role::Read, job_not_found)?;
     Ok(Json(proto::JobDetail {
         output_tail: job.output_tail.clone(),
         job: job_wire(&job),
@@ -387,6 +395,7 @@ fn time_query(query: &QueryMap, key: &str) -> Result<Option<u64>, ApiError> {
     responses((status = 200, description = "Newest first", body = proto::JobList)))]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     query: QueryMap,
 ) -> Result<Json<proto::JobList>, ApiError> {
     query.only(&["name", "state", "since", "until", "batch", "limit"])?;
@@ -414,8 +423,41 @@ pub(crate) async fn list(
         batch: query.0.get("batch").cloned(),
         limit: query.limit("limit", 100, JOB_LIST_LIMIT_MAX)?,
     };
-    let jobs = state.store.jobs(filter).await?;
+    // A key limited to some prefixes sees its jobs among the newest JOB_LIST_LIMIT_MAX that
+    // match the filter.
+    let limit = filter.limit;
+    let restricted = !caller.sees("");
+    let filter = JobFilter {
+        limit: if restricted {
+            JOB_LIST_LIMIT_MAX
+        } else {
+            limit
+        },
+        ..filter
+    };
+    let mut jobs = state.store.jobs(filter).await?;
+    jobs.retain(|job| caller.sees(job.lock.as_str()));
+    jobs.truncate(limit);
     Ok(Json(proto::JobList {
         jobs: jobs.iter().map(job_wire).collect(),
     }))
+}
+
+fn job_not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::JobNotFound,
+        "no job has this id (finished jobs are kept for the retention)",
+    )
+}
+
+/// Authorizes `role` on the lock of job `id`; an unknown job, or one the caller cannot read,
+/// is `job_not_found`.
+async fn authorize_job(
+    state: &AppState,
+    caller: &Caller,
+    id: baton_core::JobId,
+    role: Role,
+) -> Result<(), ApiError> {
+    let job = state.store.job(id).await?.ok_or_else(job_not_found)?;
+    authorize_by_id(caller, Some(job.lock), role, job_not_found)
 }

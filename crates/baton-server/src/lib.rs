@@ -11,9 +11,11 @@
 //! **Architecture invariant:** no SQL and no domain rule here; outcomes come from the core
 //! through the store, and internal error text is logged, never sent.
 
+pub mod auth;
 mod error;
 mod extract;
 mod jobs;
+mod keys;
 mod listen;
 mod openapi;
 mod routes;
@@ -53,6 +55,15 @@ pub struct ServerConfig {
     pub store: StoreKind,
     /// Permit listening on a non-loopback address without API keys.
     pub allow_unauthenticated: bool,
+    /// A TOML file of API keys (`[[key]]` with `name`, `secret_sha256`, `grants`), read at
+    /// start, so the first administrator needs no running server.
+    pub keys_file: Option<PathBuf>,
+    /// Requests per second each API key may make unless the key says otherwise; more are
+    /// answered `429` with `Retry-After`.
+    pub key_rate_limit: u32,
+    /// How often the store's API keys are read again (keys made or revoked through another
+    /// server sharing the database count within this period).
+    pub key_reload_ms: u64,
     /// Lease time-to-live when a request gives none.
     pub default_ttl_ms: u64,
     /// After an unclean end of a lease (expiry, revocation) the lock grants nothing for this long.
@@ -106,6 +117,9 @@ impl ServerConfig {
             data_dir,
             store: StoreKind::Sqlite,
             allow_unauthenticated: false,
+            keys_file: None,
+            key_rate_limit: auth::KEY_RATE_LIMIT_DEFAULT,
+            key_reload_ms: auth::KEY_RELOAD_MS_DEFAULT,
             default_ttl_ms: 30_000,
             lock_delay_ms: 1_000,
             ticket_lapse_ms: 10_000,
@@ -141,7 +155,7 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
     };
     let clock = Arc::new(SystemClock::new());
     let engine = match config.store {
-        StoreKind::Memory => Engine::open(Box::new(MemoryPersister), clock, options)?,
+        StoreKind::Memory => Engine::open(Box::new(MemoryPersister::new()), clock, options)?,
         StoreKind::Sqlite => {
             let persister = SqlitePersister::open(&config.data_dir).with_context(|| {
                 format!("cannot open the store in {}", config.data_dir.display())
@@ -171,21 +185,24 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
 
 /// Runs `baton server` until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
 ///
-/// Refuses a non-loopback address unless `allow_unauthenticated`. Prints
-/// `baton listening on http://ADDR` to standard error once it accepts connections.
+/// Refuses a non-loopback address when no API key is known (in the store or the keys file)
+/// unless `allow_unauthenticated`. Prints `baton listening on http://ADDR` to standard error
+/// once it accepts connections.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    if !config.listen.ip().is_loopback() && !config.allow_unauthenticated {
+    let store = open_store(&config).await?;
+    let auth = start_auth(&store, &config).await?;
+    if !config.listen.ip().is_loopback() && !config.allow_unauthenticated && !auth.enabled() {
         anyhow::bail!(
             "refusing to listen on {}: it is not a loopback address and this server has no API \
              keys, so anyone who can reach it could take or revoke locks. Listen on 127.0.0.1, \
+             give keys (--keys-file, or `baton keys create` against a loopback server first), \
              or pass --allow-unauthenticated if the network is trusted.",
             config.listen
         );
     }
-    let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -200,7 +217,25 @@ pub async fn serve(
         "baton listening on http://{address} (store: {}, data: {data})",
         store.kind()
     );
-    run(listener, store, &config, shutdown).await
+    run_with(listener, store, auth, &config, shutdown).await
+}
+
+/// Loads the keys file and the store's keys.
+async fn start_auth(
+    store: &Arc<dyn Store>,
+    config: &ServerConfig,
+) -> anyhow::Result<Arc<auth::Auth>> {
+    let file_keys = match &config.keys_file {
+        Some(path) => auth::read_keys_file(path)?,
+        None => Vec::new(),
+    };
+    let auth = Arc::new(auth::Auth::new(
+        Arc::clone(store),
+        file_keys,
+        config.key_rate_limit,
+    ));
+    auth.reload().await.context("cannot read the API keys")?;
+    Ok(auth)
 }
 
 /// Serves the API on `listener` over `store` until `shutdown` completes, under the connection
@@ -213,9 +248,25 @@ pub async fn run(
     config: &ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    let auth = start_auth(&store, config).await?;
+    run_with(listener, store, auth, config, shutdown).await
+}
+
+async fn run_with(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    auth: Arc<auth::Auth>,
+    config: &ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let reloader = auth::spawn_reloader(
+        Arc::clone(&auth),
+        std::time::Duration::from_millis(config.key_reload_ms.max(1)),
+    );
     let app = router(AppState {
         store,
         default_ttl_ms: config.default_ttl_ms,
+        auth,
     });
     let limits = listen::Limits {
         max_connections: config.max_connections.max(1),
@@ -224,5 +275,6 @@ pub async fn run(
         shutdown_grace: SHUTDOWN_GRACE,
     };
     listen::serve(listener, app, limits, shutdown).await;
+    reloader.abort();
     Ok(())
 }

@@ -15,9 +15,10 @@ use baton_core::{
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
-use baton_store::{AcquireArgs, AcquireOutcome, Store};
+use baton_store::{AcquireArgs, AcquireOutcome, AuditEntry, Role, Store};
 use jiff::Timestamp;
 
+use crate::auth::{Auth, Caller};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, LeasePath, LockPath, QueryMap, TicketPath};
 
@@ -35,6 +36,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     /// Lease time-to-live when a request gives none.
     pub default_ttl_ms: u64,
+    /// The API keys in force and their rate limits.
+    pub auth: Arc<Auth>,
 }
 
 /// The `/v1` routes plus health, readiness and the OpenAPI document.
@@ -55,12 +58,19 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/wait", post(crate::jobs::wait))
         .route("/v1/jobs/{id}/heartbeat", post(crate::jobs::heartbeat))
         .route("/v1/jobs/{id}/finish", post(crate::jobs::finish))
+        .route("/v1/keys", post(crate::keys::create).get(crate::keys::list))
+        .route("/v1/keys/{id}", delete(crate::keys::revoke))
+        .route("/v1/audit", get(crate::keys::audit))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.auth),
+            crate::auth::authenticate,
+        ))
         .with_state(state)
 }
 
@@ -182,6 +192,42 @@ fn queued(queued: QueuedTicket, now: Millis) -> Response {
         .into_response()
 }
 
+fn lease_not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::LeaseNotFound,
+        "no lease has this id (leases are forgotten an hour after they end)",
+    )
+}
+
+fn ticket_not_found() -> ApiError {
+    ApiError::new(
+        ErrorCode::TicketNotFound,
+        "no ticket has this id (tickets are forgotten an hour after they end)",
+    )
+}
+
+/// Authorizes a request that names a lease, ticket or job by id, whose lock the store found
+/// (`None`: no live one has this id, and the store's own answer follows). An id whose lock the
+/// caller cannot even read is answered as unknown (`hidden`), so nobody learns whether an id
+/// exists under another prefix; one the caller can read but not act on is `403`.
+pub(crate) fn authorize_by_id(
+    caller: &Caller,
+    lock: Option<LockName>,
+    role: Role,
+    hidden: fn() -> ApiError,
+) -> Result<(), ApiError> {
+    match lock {
+        Some(lock) if !caller.allows(role, lock.as_str()) => {
+            if caller.sees(lock.as_str()) {
+                caller.require(role, lock.as_str())
+            } else {
+                Err(hidden())
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Checks what every acquiring request carries: the owner label, the request id and the
 /// capacity asked for.
 pub(crate) fn validate_requester(
@@ -247,9 +293,11 @@ pub(crate) fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiEr
     ))]
 async fn acquire(
     State(state): State<AppState>,
+    caller: Caller,
     LockPath(lock): LockPath,
     JsonBody(request): JsonBody<proto::AcquireRequest>,
 ) -> Result<Response, ApiError> {
+    caller.require(Role::Acquire, lock.as_str())?;
     validate_requester(
         &request.owner,
         request.request_id.as_deref(),
@@ -298,10 +346,15 @@ async fn acquire(
     ))]
 async fn wait_ticket(
     State(state): State<AppState>,
+    caller: Caller,
     TicketPath(id): TicketPath,
     JsonBody(request): JsonBody<proto::WaitRequest>,
 ) -> Result<Response, ApiError> {
     let wait = wait_duration(request.wait_ms)?;
+    if !caller.allows(Role::Acquire, "") {
+        let lock = state.store.lock_of_ticket(id).await?;
+        authorize_by_id(&caller, lock, Role::Acquire, ticket_not_found)?;
+    }
     let status = state.store.wait_ticket(id, wait).await?;
     let now = state.store.now_ms();
     Ok(match status {
@@ -319,8 +372,13 @@ async fn wait_ticket(
     ))]
 async fn cancel_ticket(
     State(state): State<AppState>,
+    caller: Caller,
     TicketPath(id): TicketPath,
 ) -> Result<Json<proto::CancelResponse>, ApiError> {
+    if !caller.allows(Role::Acquire, "") {
+        let lock = state.store.lock_of_ticket(id).await?;
+        authorize_by_id(&caller, lock, Role::Acquire, ticket_not_found)?;
+    }
     let outcome = state.store.cancel_ticket(id).await?;
     Ok(Json(match outcome {
         Cancelled::Cancelled | Cancelled::ReleasedUncollected => proto::CancelResponse {
@@ -352,9 +410,14 @@ async fn cancel_ticket(
     ))]
 async fn renew(
     State(state): State<AppState>,
+    caller: Caller,
     LeasePath(id): LeasePath,
     JsonBody(request): JsonBody<proto::RenewRequest>,
 ) -> Result<Response, ApiError> {
+    if !caller.allows(Role::Acquire, "") {
+        let lock = state.store.lock_of_lease(id).await?;
+        authorize_by_id(&caller, lock, Role::Acquire, lease_not_found)?;
+    }
     if let Some(ttl_ms) = request.ttl_ms {
         ttl(Some(ttl_ms), state.default_ttl_ms)?;
     }
@@ -371,9 +434,14 @@ async fn renew(
     ))]
 async fn release(
     State(state): State<AppState>,
+    caller: Caller,
     LeasePath(id): LeasePath,
     JsonBody(_body): JsonBody<serde_json::Map<String, serde_json::Value>>,
 ) -> Result<Json<proto::ReleaseResponse>, ApiError> {
+    if !caller.allows(Role::Acquire, "") {
+        let lock = state.store.lock_of_lease(id).await?;
+        authorize_by_id(&caller, lock, Role::Acquire, lease_not_found)?;
+    }
     let outcome = state.store.release(id).await?;
     Ok(Json(match outcome {
         Released::Released => proto::ReleaseResponse {
@@ -403,6 +471,7 @@ async fn release(
     responses((status = 200, description = "Locks by name", body = proto::LockList)))]
 async fn list_locks(
     State(state): State<AppState>,
+    caller: Caller,
     query: QueryMap,
 ) -> Result<Json<proto::LockList>, ApiError> {
     query.only(&["after", "limit"])?;
@@ -414,7 +483,22 @@ async fn list_locks(
             })?),
             None => None,
         };
-    let locks = state.store.locks(after, limit).await?;
+    // Only the locks the caller may see: page through the store until `limit` of them.
+    let mut locks = Vec::new();
+    let mut after = after;
+    loop {
+        let page = state.store.locks(after, limit).await?;
+        let full = page.len() == limit;
+        after = page.last().map(|view| view.name.clone());
+        locks.extend(
+            page.into_iter()
+                .filter(|view| caller.sees(view.name.as_str())),
+        );
+        if !full || locks.len() >= limit {
+            break;
+        }
+    }
+    locks.truncate(limit);
     Ok(Json(proto::LockList {
         locks: locks.into_iter().map(lock_wire).collect(),
     }))
@@ -429,8 +513,10 @@ async fn list_locks(
     ))]
 async fn get_lock(
     State(state): State<AppState>,
+    caller: Caller,
     LockPath(name): LockPath,
 ) -> Result<Json<proto::LockInfo>, ApiError> {
+    caller.require(Role::Read, name.as_str())?;
     match state.store.lock(name).await? {
         Some(view) => Ok(Json(lock_wire(view))),
         None => Err(ApiError::new(
@@ -450,11 +536,25 @@ async fn get_lock(
     ))]
 async fn revoke(
     State(state): State<AppState>,
+    caller: Caller,
     LockPath(name): LockPath,
     JsonBody(request): JsonBody<proto::TokenRequest>,
 ) -> Result<Json<proto::RevokeResponse>, ApiError> {
+    caller.require(Role::Admin, name.as_str())?;
     let lease = state.store.revoke(name.clone(), request.token).await?;
-    tracing::warn!(lock = %name, token = lease.token, owner = %lease.owner, "lease revoked");
+    tracing::warn!(lock = %name, token = lease.token, owner = %lease.owner, actor = caller.actor(), "lease revoked");
+    // The revocation stands even if the log cannot be written; the caller hears of it.
+    state
+        .store
+        .append_audit(AuditEntry {
+            seq: 0,
+            at: state.store.now_ms(),
+            actor: caller.actor().to_owned(),
+            action: "lease.revoke".to_owned(),
+            target: name.to_string(),
+            detail: Some(format!("token {} owner {}", lease.token, lease.owner)),
+        })
+        .await?;
     Ok(Json(proto::RevokeResponse {
         revoked: true,
         holder: holder_wire(&lease),
@@ -472,9 +572,11 @@ async fn revoke(
     ))]
 async fn fence(
     State(state): State<AppState>,
+    caller: Caller,
     LockPath(name): LockPath,
     JsonBody(request): JsonBody<proto::TokenRequest>,
 ) -> Result<Json<proto::FenceResponse>, ApiError> {
+    caller.require(Role::Acquire, name.as_str())?;
     let newest = state.store.fence(name, request.token).await?;
     Ok(Json(proto::FenceResponse {
         accepted: true,
@@ -491,9 +593,11 @@ async fn fence(
     responses((status = 200, description = "Newest first", body = proto::History)))]
 async fn history(
     State(state): State<AppState>,
+    caller: Caller,
     LockPath(name): LockPath,
     query: QueryMap,
 ) -> Result<Json<proto::History>, ApiError> {
+    caller.require(Role::Read, name.as_str())?;
     query.only(&["limit"])?;
     let limit = query.limit("limit", 100, HISTORY_LIMIT_MAX)?;
     let records = state.store.history(name.clone(), limit).await?;
@@ -633,7 +737,40 @@ async fn openapi() -> Response {
         crate::jobs::get_one,
         crate::jobs::wait,
         crate::jobs::heartbeat,
-        crate::jobs::finish
-    )
+        crate::jobs::finish,
+        crate::keys::create,
+        crate::keys::list,
+        crate::keys::revoke,
+        crate::keys::audit
+    ),
+    modifiers(&BearerAuth)
 )]
 pub(crate) struct ApiDoc;
+
+/// Declares the bearer API key in the OpenAPI document, required everywhere but the open paths.
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`baton_…`), when the server has any. 401 without a valid \
+                         one, 403 when it does not grant the call, 429 over its rate limit.",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "api_key",
+            Vec::<String>::new(),
+        )]);
+    }
+}

@@ -41,7 +41,8 @@ use baton_core::{
     TokenError,
 };
 use baton_store::{
-    AcquireArgs, AcquireOutcome, Clock, CreateJobArgs, Store, StoreError, StoreStats,
+    AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Clock, CreateJobArgs, KeyGrant, Store,
+    StoreError, StoreStats,
 };
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio::sync::Notify;
@@ -1419,6 +1420,160 @@ impl Store for PostgresStore {
             Err(_) => self.inner.counts_now(),
         };
         (locks as usize, leases as usize, waiters as usize)
+    }
+
+    async fn put_key(&self, key: ApiKey) -> Result<(), StoreError> {
+        let client = self.inner.client().await?;
+        let rate = key
+            .rate_per_sec
+            .map(|rate| i32::try_from(rate).unwrap_or(i32::MAX));
+        client
+            .execute(
+                "INSERT INTO api_keys (id, name, secret_sha256, grants, rate_per_sec, created_at,
+                                       revoked_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)
+                 ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name,
+                    secret_sha256 = EXCLUDED.secret_sha256, grants = EXCLUDED.grants,
+                    rate_per_sec = EXCLUDED.rate_per_sec, created_at = EXCLUDED.created_at,
+                    revoked_at = EXCLUDED.revoked_at",
+                &[
+                    &key.id,
+                    &key.name,
+                    &key.secret_sha256,
+                    &KeyGrant::to_lines(&key.grants),
+                    &rate,
+                    &t(key.created_at),
+                    &key.revoked_at.map(t),
+                ],
+            )
+            .await
+            .map_err(db("cannot store an API key"))?;
+        Ok(())
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        let client = self.inner.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT id, name, secret_sha256, grants, rate_per_sec, created_at, revoked_at
+                 FROM api_keys ORDER BY created_at, id",
+            )
+            .await
+            .map_err(db("cannot read API keys"))?;
+        client
+            .query(&statement, &[])
+            .await
+            .map_err(db("cannot read API keys"))?
+            .iter()
+            .map(|row| {
+                let grants: &str = row.get(3);
+                let rate: Option<i32> = row.get(4);
+                Ok(ApiKey {
+                    id: row.get(0),
+                    name: row.get(1),
+                    secret_sha256: row.get(2),
+                    grants: KeyGrant::from_lines(grants)
+                        .map_err(|line| rows::corrupt("key grant", line))?,
+                    rate_per_sec: rate
+                        .map(|rate| {
+                            u32::try_from(rate).map_err(|_| rows::corrupt("key rate", rate))
+                        })
+                        .transpose()?,
+                    created_at: rows::u64_of(row.get(5), "time")?,
+                    revoked_at: row
+                        .get::<_, Option<i64>>(6)
+                        .map(|at| rows::u64_of(at, "time"))
+                        .transpose()?,
+                })
+            })
+            .collect()
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        let client = self.inner.client().await?;
+        let seq: i64 = client
+            .query_one(
+                "INSERT INTO audit_log (at, actor, action, target, detail)
+                 VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+                &[
+                    &t(entry.at),
+                    &entry.actor,
+                    &entry.action,
+                    &entry.target,
+                    &entry.detail,
+                ],
+            )
+            .await
+            .map_err(db("cannot append to the audit log"))?
+            .get(0);
+        Ok(AuditEntry {
+            seq: rows::u64_of(seq, "audit seq")?,
+            ..entry
+        })
+    }
+
+    async fn audit(
+        &self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        let client = self.inner.client().await?;
+        let before = before_seq.map(rows::i64_of);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        client
+            .query(
+                "SELECT seq, at, actor, action, target, detail FROM audit_log
+                 WHERE $1::bigint IS NULL OR seq < $1 ORDER BY seq DESC LIMIT $2",
+                &[&before, &limit],
+            )
+            .await
+            .map_err(db("cannot read the audit log"))?
+            .iter()
+            .map(|row| {
+                Ok(AuditEntry {
+                    seq: rows::u64_of(row.get(0), "audit seq")?,
+                    at: rows::u64_of(row.get(1), "time")?,
+                    actor: row.get(2),
+                    action: row.get(3),
+                    target: row.get(4),
+                    detail: row.get(5),
+                })
+            })
+            .collect()
+    }
+
+    async fn lock_of_lease(&self, id: LeaseId) -> Result<Option<LockName>, StoreError> {
+        let client = self.inner.client().await?;
+        let statement = client
+            .prepare_cached("SELECT lock FROM leases WHERE id = $1")
+            .await
+            .map_err(db("cannot find a lease"))?;
+        client
+            .query_opt(&statement, &[&id.0.to_vec()])
+            .await
+            .map_err(db("cannot find a lease"))?
+            .map(|row| rows::lock_name(row.get(0)))
+            .transpose()
+    }
+
+    async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
+        let client = self.inner.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT lock FROM tickets WHERE id = $1
+                 UNION ALL
+                 SELECT e.lock FROM ended_tickets e JOIN leases l ON l.id = e.lease_id
+                 WHERE e.id = $1 AND e.end_kind = 'granted'
+                 LIMIT 1",
+            )
+            .await
+            .map_err(db("cannot find a ticket"))?;
+        client
+            .query_opt(&statement, &[&id.0.to_vec()])
+            .await
+            .map_err(db("cannot find a ticket"))?
+            .map(|row| rows::lock_name(row.get(0)))
+            .transpose()
     }
 
     fn stats(&self) -> StoreStats {

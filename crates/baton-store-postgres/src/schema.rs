@@ -136,6 +136,27 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_release ON jobs (release_at) WHERE release_at IS NOT NULL;
     INSERT INTO meta (key, value) VALUES ('forgotten_token_floor', 0);
     ",
+    // Version 2: API keys (only the SHA-256 of each secret; grants as `role:prefix` lines) and
+    // the audit log.
+    "
+    CREATE TABLE api_keys (
+        id text PRIMARY KEY,
+        name text NOT NULL,
+        secret_sha256 text NOT NULL,
+        grants text NOT NULL,
+        rate_per_sec integer,
+        created_at bigint NOT NULL,
+        revoked_at bigint
+    );
+    CREATE TABLE audit_log (
+        seq bigserial PRIMARY KEY,
+        at bigint NOT NULL,
+        actor text NOT NULL,
+        action text NOT NULL,
+        target text NOT NULL,
+        detail text
+    );
+    ",
 ];
 
 /// Checks a schema name: it is spliced into SQL, so only plain lower-case identifiers.

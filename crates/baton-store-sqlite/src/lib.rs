@@ -15,14 +15,14 @@ use baton_core::{
     Change, HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
     Policy, Snapshot, StopReason, Ticket, TicketId,
 };
-use baton_store::{PersistError, Persister};
+use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError, Persister};
 use rusqlite::{Connection, OptionalExtension, params};
 
 /// The database file's name inside the data folder.
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -103,6 +103,27 @@ const MIGRATIONS: &[&str] = &[
         release_at INTEGER,
         once_slot INTEGER,
         output_tail TEXT NOT NULL
+    ) STRICT;
+    ",
+    // Version 4: API keys (only the SHA-256 of each secret) and the audit log. Grants are
+    // `role:prefix` lines.
+    "
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 TEXT NOT NULL,
+        grants TEXT NOT NULL,
+        rate_per_sec INTEGER,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    ) STRICT;
+    CREATE TABLE audit_log (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        at INTEGER NOT NULL,
+        actor TEXT NOT NULL,
+        action TEXT NOT NULL,
+        target TEXT NOT NULL,
+        detail TEXT
     ) STRICT;
     ",
 ];
@@ -254,9 +275,157 @@ fn unsigned(value: i64, what: &str) -> Result<u64, PersistError> {
     u64::try_from(value).map_err(|_| PersistError(format!("a stored {what} is negative")))
 }
 
+fn grants_parse(text: &str) -> Result<Vec<KeyGrant>, PersistError> {
+    KeyGrant::from_lines(text)
+        .map_err(|line| PersistError(format!("a stored key grant is invalid: {line}")))
+}
+
+fn audit_row(
+    row: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(i64, i64, String, String, String, Option<String>)> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+        row.get(5)?,
+    ))
+}
+
+fn audit_entry(
+    (seq, at, actor, action, target, detail): (i64, i64, String, String, String, Option<String>),
+) -> Result<AuditEntry, PersistError> {
+    Ok(AuditEntry {
+        seq: unsigned(seq, "audit seq")?,
+        at: unsigned(at, "time")?,
+        actor,
+        action,
+        target,
+        detail,
+    })
+}
+
 impl Persister for SqlitePersister {
     fn kind(&self) -> &'static str {
         "sqlite"
+    }
+
+    fn put_key(&mut self, key: &ApiKey) -> Result<(), PersistError> {
+        self.connection
+            .prepare_cached(
+                "INSERT OR REPLACE INTO api_keys (id, name, secret_sha256, grants, rate_per_sec, \
+                 created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )
+            .and_then(|mut statement| {
+                statement.execute(params![
+                    key.id,
+                    key.name,
+                    key.secret_sha256,
+                    KeyGrant::to_lines(&key.grants),
+                    key.rate_per_sec,
+                    to_i64(key.created_at),
+                    key.revoked_at.map(to_i64),
+                ])
+            })
+            .map_err(sql_error("cannot store an API key"))?;
+        Ok(())
+    }
+
+    fn keys(&mut self) -> Result<Vec<ApiKey>, PersistError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT id, name, secret_sha256, grants, rate_per_sec, created_at, revoked_at \
+                 FROM api_keys ORDER BY created_at, id",
+            )
+            .map_err(sql_error("cannot read API keys"))?;
+        let rows = statement
+            .query_map([], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, i64>(5)?,
+                    row.get::<_, Option<i64>>(6)?,
+                ))
+            })
+            .map_err(sql_error("cannot read API keys"))?;
+        let mut keys = Vec::new();
+        for row in rows {
+            let (id, name, secret_sha256, grants, rate, created_at, revoked_at) =
+                row.map_err(sql_error("cannot read an API key"))?;
+            keys.push(ApiKey {
+                id,
+                name,
+                secret_sha256,
+                grants: grants_parse(&grants)?,
+                rate_per_sec: rate
+                    .map(|rate| {
+                        u32::try_from(rate)
+                            .map_err(|_| PersistError("a stored key rate is out of range".into()))
+                    })
+                    .transpose()?,
+                created_at: unsigned(created_at, "time")?,
+                revoked_at: optional_time(revoked_at, "time")?,
+            });
+        }
+        Ok(keys)
+    }
+
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<AuditEntry, PersistError> {
+        let row = self
+            .connection
+            .prepare_cached(
+                "INSERT INTO audit_log (at, actor, action, target, detail) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) RETURNING seq, at, actor, action, target, detail",
+            )
+            .and_then(|mut statement| {
+                statement.query_row(
+                    params![
+                        to_i64(entry.at),
+                        entry.actor,
+                        entry.action,
+                        entry.target,
+                        entry.detail
+                    ],
+                    audit_row,
+                )
+            })
+            .map_err(sql_error("cannot append to the audit log"))?;
+        audit_entry(row)
+    }
+
+    fn audit(
+        &mut self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, PersistError> {
+        let mut statement = self
+            .connection
+            .prepare_cached(
+                "SELECT seq, at, actor, action, target, detail FROM audit_log \
+                 WHERE seq < ?1 ORDER BY seq DESC LIMIT ?2",
+            )
+            .map_err(sql_error("cannot read the audit log"))?;
+        let rows = statement
+            .query_map(
+                params![
+                    before_seq.map_or(i64::MAX, to_i64),
+                    i64::try_from(limit).unwrap_or(i64::MAX)
+                ],
+                audit_row,
+            )
+            .map_err(sql_error("cannot read the audit log"))?;
+        let mut entries = Vec::new();
+        for row in rows {
+            entries.push(audit_entry(
+                row.map_err(sql_error("cannot read the audit log"))?,
+            )?);
+        }
+        Ok(entries)
     }
 
     fn load(&mut self) -> Result<Snapshot, PersistError> {

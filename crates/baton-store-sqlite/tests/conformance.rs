@@ -71,3 +71,41 @@ fn a_newer_schema_is_refused() {
     let error = SqlitePersister::open(root.path()).expect_err("a newer schema must be refused");
     assert!(error.to_string().contains("newer"), "{error}");
 }
+
+/// A database of schema version 3 (before API keys) gains the key and audit tables on open.
+#[tokio::test]
+async fn a_version_3_database_gains_keys_and_audit() {
+    use baton_store::{ApiKey, AuditEntry, Persister};
+    let root = tempfile::tempdir().expect("a temporary folder");
+    drop(SqlitePersister::open(root.path()).expect("create"));
+    let connection =
+        rusqlite::Connection::open(root.path().join(baton_store_sqlite::DATABASE_FILE))
+            .expect("open directly");
+    connection
+        .execute_batch("DROP TABLE api_keys; DROP TABLE audit_log; PRAGMA user_version = 3;")
+        .expect("go back to version 3");
+    drop(connection);
+    let mut persister = SqlitePersister::open(root.path()).expect("migrate");
+    let key = ApiKey {
+        id: "key_00000000000000ff".into(),
+        name: "ops".into(),
+        secret_sha256: "0".repeat(64),
+        grants: vec![],
+        rate_per_sec: None,
+        created_at: 1,
+        revoked_at: None,
+    };
+    persister.put_key(&key).expect("put a key");
+    assert_eq!(persister.keys().expect("keys"), vec![key]);
+    let entry = persister
+        .append_audit(&AuditEntry {
+            seq: 0,
+            at: 1,
+            actor: "a".into(),
+            action: "key.create".into(),
+            target: "key_00000000000000ff".into(),
+            detail: None,
+        })
+        .expect("append");
+    assert_eq!(entry.seq, 1);
+}

@@ -46,6 +46,7 @@ use baton_core::{
 use tokio::time::Instant;
 
 use crate::clock::{Clock, ManualClock};
+use crate::keys::{ApiKey, AuditEntry, KeyGrant, Role};
 use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError};
 
 /// What the suite needs of a backend.
@@ -131,6 +132,10 @@ macro_rules! __conformance_each_case {
             job_coalesce
             job_replace
             restart_keeps_jobs
+            keys_put_replace_list
+            audit_log_order_and_paging
+            lock_of_lease_and_ticket
+            restart_keeps_keys_and_audit
         }
     };
 }
@@ -2741,5 +2746,198 @@ pub async fn restart_keeps_jobs(backend: &dyn Backend) {
     assert_eq!(
         tokens(&c.view("restart-etl").await.holders),
         [granted.token]
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// API keys and the audit log: kept as given, nothing interpreted.
+
+fn api_key(id: &str, name: &str, grants: &[(Role, &str)]) -> ApiKey {
+    ApiKey {
+        id: id.to_owned(),
+        name: name.to_owned(),
+        secret_sha256: format!("{:0>64}", id.trim_start_matches("key_")),
+        grants: grants
+            .iter()
+            .map(|(role, prefix)| KeyGrant {
+                role: *role,
+                prefix: (*prefix).to_owned(),
+            })
+            .collect(),
+        rate_per_sec: None,
+        created_at: START_MS,
+        revoked_at: None,
+    }
+}
+
+fn audit_entry(action: &str, target: &str, at: Millis) -> AuditEntry {
+    AuditEntry {
+        seq: 0,
+        at,
+        actor: "key_00000000000000aa".to_owned(),
+        action: action.to_owned(),
+        target: target.to_owned(),
+        detail: None,
+    }
+}
+
+fn sorted_keys(mut keys: Vec<ApiKey>) -> Vec<ApiKey> {
+    keys.sort_by(|a, b| a.id.cmp(&b.id));
+    keys
+}
+
+/// Keys are inserted, replaced by id (a revocation is a replace), and listed with revoked ones,
+/// every field as given (prefixes with every lock-name character, an empty prefix, several
+/// grants, a rate).
+pub async fn keys_put_replace_list(backend: &dyn Backend) {
+    let c = Case::open(backend, "keys").await;
+    assert_eq!(
+        c.store.keys().await,
+        Ok(vec![]),
+        "a fresh store has no keys"
+    );
+    let admin = api_key("key_0000000000000001", "ops", &[(Role::Admin, "")]);
+    let team = ApiKey {
+        rate_per_sec: Some(25),
+        ..api_key(
+            "key_0000000000000002",
+            "team a: ci ✓",
+            &[
+                (Role::Read, ""),
+                (Role::Acquire, "team-a/"),
+                (Role::Admin, "x:y@z.-_/"),
+            ],
+        )
+    };
+    c.store.put_key(admin.clone()).await.expect("put admin");
+    c.store.put_key(team.clone()).await.expect("put team");
+    assert_eq!(
+        sorted_keys(c.store.keys().await.expect("list")),
+        vec![admin.clone(), team.clone()]
+    );
+    let revoked = ApiKey {
+        revoked_at: Some(START_MS + 5),
+        ..team.clone()
+    };
+    c.store.put_key(revoked.clone()).await.expect("revoke");
+    assert_eq!(
+        sorted_keys(c.store.keys().await.expect("list")),
+        vec![admin, revoked],
+        "a put with a known id replaces the key; revoked keys stay listed"
+    );
+}
+
+/// The store numbers entries in increasing order, lists them newest first, and pages with
+/// `before_seq`.
+pub async fn audit_log_order_and_paging(backend: &dyn Backend) {
+    let c = Case::open(backend, "audit").await;
+    assert_eq!(c.store.audit(None, 10).await, Ok(vec![]));
+    let mut kept = Vec::new();
+    for index in 0..5u64 {
+        let entry = AuditEntry {
+            detail: (index % 2 == 0).then(|| format!("detail {index}")),
+            ..audit_entry("key.revoke", &format!("key_{index:016}"), START_MS + index)
+        };
+        let stored = c.store.append_audit(entry.clone()).await.expect("append");
+        assert_eq!(
+            AuditEntry {
+                seq: 0,
+                ..stored.clone()
+            },
+            entry,
+            "the entry is kept as given"
+        );
+        if let Some(previous) = kept.last() {
+            let previous: &AuditEntry = previous;
+            assert!(stored.seq > previous.seq, "seq increases");
+        }
+        kept.push(stored);
+    }
+    let newest_first: Vec<AuditEntry> = kept.iter().rev().cloned().collect();
+    assert_eq!(c.store.audit(None, 10).await.expect("all"), newest_first);
+    assert_eq!(
+        c.store.audit(None, 2).await.expect("two"),
+        newest_first[..2]
+    );
+    assert_eq!(
+        c.store
+            .audit(Some(newest_first[1].seq), 2)
+            .await
+            .expect("page"),
+        newest_first[2..4],
+        "before_seq excludes that entry and newer"
+    );
+    assert_eq!(
+        c.store.audit(Some(kept[0].seq), 10).await.expect("none"),
+        vec![]
+    );
+}
+
+/// A live lease and a queued ticket are found by id; unknown and ended ones are not.
+pub async fn lock_of_lease_and_ticket(backend: &dyn Backend) {
+    let c = Case::open(backend, "lock-of").await;
+    let lease = c.grant(req("team-a/of", "alice")).await;
+    let queued = c.enqueue(req("team-a/of", "bob")).await;
+    assert_eq!(
+        c.store.lock_of_lease(lease.id).await,
+        Ok(Some(name("team-a/of")))
+    );
+    assert_eq!(
+        c.store.lock_of_ticket(queued.ticket.id).await,
+        Ok(Some(name("team-a/of")))
+    );
+    assert_eq!(c.store.lock_of_lease(LeaseId([7; 16])).await, Ok(None));
+    assert_eq!(c.store.lock_of_ticket(TicketId([7; 16])).await, Ok(None));
+    assert_eq!(
+        c.store.lock_of_lease(LeaseId(queued.ticket.id.0)).await,
+        Ok(None),
+        "a ticket id is not a lease id"
+    );
+    c.store.release(lease.id).await.expect("release");
+    assert_eq!(
+        c.store.lock_of_ticket(queued.ticket.id).await,
+        Ok(Some(name("team-a/of"))),
+        "a granted ticket whose lease lives still names its lock"
+    );
+    c.store
+        .cancel_ticket(queued.ticket.id)
+        .await
+        .expect("cancel");
+    assert_eq!(c.store.lock_of_lease(lease.id).await, Ok(None));
+    assert_eq!(c.store.lock_of_ticket(queued.ticket.id).await, Ok(None));
+}
+
+/// Keys and the audit log survive a restart, and numbering goes on increasing after it.
+pub async fn restart_keeps_keys_and_audit(backend: &dyn Backend) {
+    if !backend.durable() {
+        return;
+    }
+    let c = Case::open(backend, "restart-keys").await;
+    let key = ApiKey {
+        rate_per_sec: Some(7),
+        revoked_at: Some(START_MS + 1),
+        ..api_key("key_00000000000000b1", "b", &[(Role::Acquire, "b/")])
+    };
+    c.store.put_key(key.clone()).await.expect("put");
+    let first = c
+        .store
+        .append_audit(audit_entry("key.create", "key_00000000000000b1", START_MS))
+        .await
+        .expect("append");
+    let c = c.reopen(backend).await;
+    assert_eq!(c.store.keys().await, Ok(vec![key]));
+    assert_eq!(c.store.audit(None, 10).await, Ok(vec![first.clone()]));
+    let second = c
+        .store
+        .append_audit(audit_entry(
+            "key.revoke",
+            "key_00000000000000b1",
+            START_MS + 1,
+        ))
+        .await
+        .expect("append after restart");
+    assert!(
+        second.seq > first.seq,
+        "seq goes on increasing after a restart"
     );
 }

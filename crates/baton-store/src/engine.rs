@@ -30,6 +30,7 @@ use baton_core::{
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
 use crate::clock::Clock;
+use crate::keys::{ApiKey, AuditEntry};
 use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};
 
 /// A failure to load or commit.
@@ -52,11 +53,39 @@ pub trait Persister: Send + 'static {
 
     /// Makes a batch of changes durable, atomically: all or nothing.
     fn commit(&mut self, changes: &[Change]) -> Result<(), PersistError>;
+
+    /// Inserts or replaces (by id) an API key, durably. Called outside the committer, under
+    /// the same mutex, so it never runs during a commit.
+    fn put_key(&mut self, key: &ApiKey) -> Result<(), PersistError>;
+
+    /// Every API key.
+    fn keys(&mut self) -> Result<Vec<ApiKey>, PersistError>;
+
+    /// Appends an audit entry durably, assigning its `seq` (one more than the highest kept).
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<AuditEntry, PersistError>;
+
+    /// Audit entries below `before_seq`, newest first, at most `limit`.
+    fn audit(
+        &mut self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, PersistError>;
 }
 
-/// The in-memory reference store's persister: keeps nothing.
+/// The in-memory reference store's persister: keeps no lock-table changes, and keeps API keys
+/// and the audit log in memory only.
 #[derive(Debug, Default)]
-pub struct MemoryPersister;
+pub struct MemoryPersister {
+    keys: Vec<ApiKey>,
+    audit: Vec<AuditEntry>,
+}
+
+impl MemoryPersister {
+    /// An empty one.
+    pub fn new() -> MemoryPersister {
+        MemoryPersister::default()
+    }
+}
 
 impl Persister for MemoryPersister {
     fn kind(&self) -> &'static str {
@@ -74,7 +103,47 @@ impl Persister for MemoryPersister {
     fn commit(&mut self, _changes: &[Change]) -> Result<(), PersistError> {
         Ok(())
     }
+
+    fn put_key(&mut self, key: &ApiKey) -> Result<(), PersistError> {
+        match self.keys.iter_mut().find(|kept| kept.id == key.id) {
+            Some(kept) => *kept = key.clone(),
+            None => self.keys.push(key.clone()),
+        }
+        Ok(())
+    }
+
+    fn keys(&mut self) -> Result<Vec<ApiKey>, PersistError> {
+        Ok(self.keys.clone())
+    }
+
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<AuditEntry, PersistError> {
+        let seq = self.audit.last().map_or(1, |last| last.seq + 1);
+        let entry = AuditEntry {
+            seq,
+            ..entry.clone()
+        };
+        self.audit.push(entry.clone());
+        Ok(entry)
+    }
+
+    fn audit(
+        &mut self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, PersistError> {
+        Ok(self
+            .audit
+            .iter()
+            .rev()
+            .filter(|entry| before_seq.is_none_or(|before| entry.seq < before))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
 }
+
+/// The persister, shared by the committer thread and the (rare) key and audit calls.
+type SharedPersister = Arc<Mutex<Box<dyn Persister>>>;
 
 /// How the engine runs.
 #[derive(Debug, Clone)]
@@ -147,6 +216,7 @@ struct Inner {
 /// A [`Store`] over the in-memory lock table and a [`Persister`]. See the module documentation.
 pub struct Engine {
     inner: Arc<Inner>,
+    persister: SharedPersister,
     committer: Option<std::thread::JoinHandle<()>>,
     timer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -177,6 +247,7 @@ impl Engine {
         core.drain_wakeups();
         let kind = persister.kind();
         let volatile = persister.volatile();
+        let persister: SharedPersister = Arc::new(Mutex::new(persister));
         let inner = Arc::new(Inner {
             shared: Mutex::new(Shared {
                 core,
@@ -204,11 +275,12 @@ impl Engine {
             None
         } else {
             let inner = Arc::clone(&inner);
+            let persister = Arc::clone(&persister);
             let attempts = options.commit_attempts.max(1);
             Some(
                 std::thread::Builder::new()
                     .name("baton-committer".into())
-                    .spawn(move || run_committer(&inner, persister, attempts))
+                    .spawn(move || run_committer(&inner, &persister, attempts))
                     .map_err(|error| {
                         PersistError(format!("cannot start the committer: {error}"))
                     })?,
@@ -219,6 +291,7 @@ impl Engine {
             .then(|| tokio::spawn(run_timer(Arc::downgrade(&inner))));
         Ok(Engine {
             inner,
+            persister,
             committer,
             timer,
         })
@@ -398,7 +471,7 @@ impl Inner {
     }
 }
 
-fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32) {
+fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
     loop {
         let (changes, batch) = {
             let mut shared = inner.lock();
@@ -435,7 +508,10 @@ fn run_committer(inner: &Inner, mut persister: Box<dyn Persister>, attempts: u32
         let mut outcome = Err(PersistError("no attempt".into()));
         let started = std::time::Instant::now();
         for attempt in 0..attempts {
-            outcome = persister.commit(&changes);
+            outcome = match persister.lock() {
+                Ok(mut persister) => persister.commit(&changes),
+                Err(_) => Err(PersistError("the persister's mutex is poisoned".into())),
+            };
             match &outcome {
                 Ok(()) => break,
                 Err(error) => {
@@ -514,6 +590,26 @@ impl Drop for Engine {
         if let Some(committer) = self.committer.take() {
             let _ = committer.join();
         }
+    }
+}
+
+impl Engine {
+    /// Runs `f` on the persister on a blocking thread (it may wait for a commit in flight and
+    /// for the disk).
+    async fn with_persister<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn Persister) -> Result<T, PersistError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let persister = Arc::clone(&self.persister);
+        tokio::task::spawn_blocking(move || {
+            let mut persister = persister
+                .lock()
+                .map_err(|_| PersistError("the persister's mutex is poisoned".into()))?;
+            f(persister.as_mut())
+        })
+        .await
+        .map_err(|error| StoreError::Unavailable(format!("a store task failed: {error}")))?
+        .map_err(|error| StoreError::Unavailable(error.0))
     }
 }
 
@@ -728,6 +824,42 @@ impl Store for Engine {
 
     async fn counts(&self) -> (usize, usize, usize) {
         self.inner.lock().core.counts()
+    }
+
+    async fn put_key(&self, key: ApiKey) -> Result<(), StoreError> {
+        self.with_persister(move |persister| persister.put_key(&key))
+            .await
+    }
+
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError> {
+        self.with_persister(|persister| persister.keys()).await
+    }
+
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError> {
+        self.with_persister(move |persister| persister.append_audit(&entry))
+            .await
+    }
+
+    async fn audit(
+        &self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError> {
+        self.with_persister(move |persister| persister.audit(before_seq, limit))
+            .await
+    }
+
+    async fn lock_of_lease(&self, id: LeaseId) -> Result<Option<LockName>, StoreError> {
+        Ok(self
+            .inner
+            .lock()
+            .core
+            .lease(id)
+            .map(|lease| lease.lock.clone()))
+    }
+
+    async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
+        Ok(self.inner.lock().core.ticket_lock(id).cloned())
     }
 
     fn stats(&self) -> StoreStats {

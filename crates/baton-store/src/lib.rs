@@ -16,8 +16,10 @@
 mod clock;
 pub mod conformance;
 mod engine;
+mod keys;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineOptions, MemoryPersister, PersistError, Persister};
+pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
 pub use store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use crate::keys::{ApiKey, AuditEntry};
 use async_trait::async_trait;
 use baton_core::{
     AcquireError, Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobError,
@@ -198,5 +199,60 @@ pub trait Store: Send + Sync + 'static {
     /// Counters for `/metrics`.
     fn stats(&self) -> StoreStats {
         StoreStats::default()
+    }
+
+    /// Inserts an API key, or replaces the one with the same id (revoking is a replace with
+    /// `revoked_at` set). Durable before it returns.
+    async fn put_key(&self, key: ApiKey) -> Result<(), StoreError>;
+
+    /// Every API key, revoked ones included.
+    async fn keys(&self) -> Result<Vec<ApiKey>, StoreError>;
+
+    /// Appends an entry to the audit log; the store assigns `seq` (increasing) and returns the
+    /// entry as kept. Durable before it returns.
+    async fn append_audit(&self, entry: AuditEntry) -> Result<AuditEntry, StoreError>;
+
+    /// Audit entries with `seq` below `before_seq` (all when `None`), newest first, at most
+    /// `limit`.
+    async fn audit(
+        &self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, StoreError>;
+
+    /// The lock of a live lease, so the server can authorize a request that names only the
+    /// lease. `None` when no live lease has this id. The default scans [`Store::locks`]; a
+    /// store with an index should override it.
+    async fn lock_of_lease(&self, id: LeaseId) -> Result<Option<LockName>, StoreError> {
+        scan_locks(self, |view| view.holders.iter().any(|lease| lease.id == id)).await
+    }
+
+    /// The lock of a queued ticket, or of a granted ticket whose lease is still live (a wait
+    /// would hand that lease out, a cancel would release it); `None` otherwise. The default
+    /// scans [`Store::locks`] and so finds queued tickets only: a store should override it.
+    async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
+        scan_locks(self, |view| {
+            view.waiters.iter().any(|ticket| ticket.id == id)
+        })
+        .await
+    }
+}
+
+/// The first lock, by name, whose view satisfies `found`.
+async fn scan_locks<S: Store + ?Sized>(
+    store: &S,
+    found: impl Fn(&LockView) -> bool + Send,
+) -> Result<Option<LockName>, StoreError> {
+    const PAGE: usize = 1_000;
+    let mut after = None;
+    loop {
+        let page = store.locks(after, PAGE).await?;
+        if let Some(view) = page.iter().find(|view| found(view)) {
+            return Ok(Some(view.name.clone()));
+        }
+        if page.len() < PAGE {
+            return Ok(None);
+        }
+        after = page.last().map(|view| view.name.clone());
     }
 }

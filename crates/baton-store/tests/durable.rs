@@ -12,15 +12,21 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_core::{Change, Snapshot};
 use baton_store::conformance::{self, Backend};
-use baton_store::{Engine, EngineOptions, ManualClock, PersistError, Persister, Store};
+use baton_store::{
+    ApiKey, AuditEntry, Engine, EngineOptions, ManualClock, PersistError, Persister, Store,
+};
 
 /// Committed snapshots by key: the "disk".
 type Disks = Arc<Mutex<HashMap<String, Snapshot>>>;
+
+/// Keys and audit entries by store key: the rest of the "disk".
+type KeyDisks = Arc<Mutex<HashMap<String, (Vec<ApiKey>, Vec<AuditEntry>)>>>;
 
 /// Applies each committed batch to the snapshot of its key, all or nothing.
 struct SnapshotPersister {
     key: String,
     disks: Disks,
+    key_disks: KeyDisks,
 }
 
 impl Persister for SnapshotPersister {
@@ -48,6 +54,53 @@ impl Persister for SnapshotPersister {
         }
         disks.insert(self.key.clone(), snapshot);
         Ok(())
+    }
+
+    fn put_key(&mut self, key: &ApiKey) -> Result<(), PersistError> {
+        let mut disks = self.key_disks.lock().unwrap();
+        let (keys, _) = disks.entry(self.key.clone()).or_default();
+        keys.retain(|kept| kept.id != key.id);
+        keys.push(key.clone());
+        Ok(())
+    }
+
+    fn keys(&mut self) -> Result<Vec<ApiKey>, PersistError> {
+        let disks = self.key_disks.lock().unwrap();
+        Ok(disks
+            .get(&self.key)
+            .map(|(keys, _)| keys.clone())
+            .unwrap_or_default())
+    }
+
+    fn append_audit(&mut self, entry: &AuditEntry) -> Result<AuditEntry, PersistError> {
+        let mut disks = self.key_disks.lock().unwrap();
+        let (_, audit) = disks.entry(self.key.clone()).or_default();
+        let entry = AuditEntry {
+            seq: audit.last().map_or(1, |last| last.seq + 1),
+            ..entry.clone()
+        };
+        audit.push(entry.clone());
+        Ok(entry)
+    }
+
+    fn audit(
+        &mut self,
+        before_seq: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<AuditEntry>, PersistError> {
+        let disks = self.key_disks.lock().unwrap();
+        Ok(disks
+            .get(&self.key)
+            .map(|(_, audit)| {
+                audit
+                    .iter()
+                    .rev()
+                    .filter(|entry| before_seq.is_none_or(|before| entry.seq < before))
+                    .take(limit)
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default())
     }
 }
 
@@ -93,6 +146,7 @@ fn apply(snapshot: &mut Snapshot, change: &Change) {
 #[derive(Default)]
 struct Durable {
     disks: Disks,
+    key_disks: KeyDisks,
 }
 
 #[async_trait]
@@ -101,6 +155,7 @@ impl Backend for Durable {
         let persister = SnapshotPersister {
             key: key.to_owned(),
             disks: Arc::clone(&self.disks),
+            key_disks: Arc::clone(&self.key_disks),
         };
         let options = EngineOptions {
             config: conformance::config(),

@@ -23,7 +23,8 @@ impl Backend for Memory {
             ..EngineOptions::default()
         };
         Arc::new(
-            Engine::open(Box::new(MemoryPersister), clock, options).expect("open the memory store"),
+            Engine::open(Box::new(MemoryPersister::new()), clock, options)
+                .expect("open the memory store"),
         )
     }
 

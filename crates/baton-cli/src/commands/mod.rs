@@ -6,6 +6,7 @@ pub mod admin;
 pub mod inspect;
 pub mod jobs;
 pub mod keeper;
+pub mod keys;
 pub mod lease;
 pub mod parallel;
 pub mod run;

@@ -43,6 +43,9 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.database_pool = usize::try_from(args.database_pool).unwrap_or(16);
     config.clock_skew_ms = args.clock_skew_ms;
     config.allow_unauthenticated = args.allow_unauthenticated;
+    config.keys_file = args.keys_file;
+    config.key_rate_limit = args.key_rate_limit;
+    config.key_reload_ms = millis(args.key_reload);
     config.default_ttl_ms = millis(args.default_ttl);
     config.lock_delay_ms = millis(args.lock_delay);
     config.ticket_lapse_ms = millis(args.ticket_lapse);
@@ -134,6 +137,12 @@ mod tests {
             "2s",
             "--max-header-bytes",
             "32768",
+            "--keys-file",
+            "/etc/baton/keys.toml",
+            "--key-rate-limit",
+            "50",
+            "--key-reload",
+            "5s",
         ]);
         let Ok(Cli {
             command: crate::args::Command::Server(args),
@@ -153,5 +162,11 @@ mod tests {
         assert_eq!(config.max_connections, 500);
         assert_eq!(config.header_read_timeout_ms, 2_000);
         assert_eq!(config.max_header_bytes, 32_768);
+        assert_eq!(
+            config.keys_file.as_deref(),
+            Some(std::path::Path::new("/etc/baton/keys.toml"))
+        );
+        assert_eq!(config.key_rate_limit, 50);
+        assert_eq!(config.key_reload_ms, 5_000);
     }
 }
