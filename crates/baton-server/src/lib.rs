@@ -17,6 +17,7 @@ mod jobs;
 mod listen;
 mod openapi;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ use baton_store_sqlite::SqlitePersister;
 
 pub use error::ApiError;
 pub use extract::BODY_BYTES_MAX;
+pub use tls::{TlsFiles, TlsSetupError};
 pub use routes::{AppState, HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX, router};
 
 /// Which store keeps the server's state.
@@ -68,6 +70,11 @@ pub struct ServerConfig {
     /// A request head larger than this is answered `431` and the connection closed. Also caps
     /// each connection's read buffer. At least 8 KiB (hyper's floor).
     pub max_header_bytes: usize,
+    /// Serve HTTPS with this certificate chain and private key (PEM files); plain HTTP when
+    /// `None`. The TLS handshake runs under the connection limit and must finish within
+    /// `header_read_timeout_ms`. Files that cannot be used fail the start with a
+    /// [`TlsSetupError`] before the server listens.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The default of [`ServerConfig::max_connections`].
@@ -99,6 +106,7 @@ impl ServerConfig {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
+            tls: None,
         }
     }
 }
@@ -136,8 +144,10 @@ pub fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Runs `baton server` until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
 ///
-/// Refuses a non-loopback address unless `allow_unauthenticated`. Prints
-/// `baton listening on http://ADDR` to standard error once it accepts connections.
+/// Refuses a non-loopback address unless `allow_unauthenticated`, and certificate or key files
+/// that cannot be used (a [`TlsSetupError`] in the error's chain). Prints
+/// `baton listening on http://ADDR` (`https://` under TLS) to standard error once it accepts
+/// connections.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -150,6 +160,8 @@ pub async fn serve(
             config.listen
         );
     }
+    // Before the store and the socket: a bad certificate is the operator's to fix at once.
+    let tls = config.tls.as_ref().map(tls::load_acceptor).transpose()?;
     let store = open_store(&config)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -157,22 +169,35 @@ pub async fn serve(
     let address = listener
         .local_addr()
         .context("cannot read the listening address")?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "baton listening on http://{address} (store: {}, data: {})",
+        "baton listening on {scheme}://{address} (store: {}, data: {})",
         store.kind(),
         config.data_dir.display()
     );
-    run(listener, store, &config, shutdown).await
+    run_with(listener, store, &config, tls, shutdown).await
 }
 
 /// Serves the API on `listener` over `store` until `shutdown` completes, under the connection
 /// limits of `config` (see `listen`). Requests still in flight then get a short grace period
 /// (2 s); parked long-polls are cut (their clients re-poll). Every connection task has ended
-/// when this returns.
+/// when this returns. Serves HTTPS when `config.tls` is set; its files are read here.
 pub async fn run(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     config: &ServerConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tls = config.tls.as_ref().map(tls::load_acceptor).transpose()?;
+    run_with(listener, store, config, tls, shutdown).await
+}
+
+/// [`run`] with the TLS acceptor already built.
+async fn run_with(
+    listener: tokio::net::TcpListener,
+    store: Arc<dyn Store>,
+    config: &ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let app = router(AppState {
@@ -185,6 +210,6 @@ pub async fn run(
         max_header_bytes: config.max_header_bytes.max(MAX_HEADER_BYTES_MIN),
         shutdown_grace: SHUTDOWN_GRACE,
     };
-    listen::serve(listener, app, limits, shutdown).await;
+    listen::serve(listener, app, limits, tls, shutdown).await;
     Ok(())
 }
