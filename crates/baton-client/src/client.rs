@@ -1128,17 +1128,27 @@ fn describe(error: &reqwest::Error) -> String {
 fn tls_failure(error: &reqwest::Error) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
     while let Some(cause) = source {
-        // io::Error hides the error it wraps from source(): look inside explicitly.
-        let inner = cause
-            .downcast_ref::<std::io::Error>()
-            .and_then(std::io::Error::get_ref)
-            .map(|inner| inner as &(dyn std::error::Error + 'static));
-        for candidate in [Some(cause), inner].into_iter().flatten() {
-            if let Some(tls) = candidate.downcast_ref::<rustls::Error>() {
-                return Some(describe_tls(tls));
-            }
+        if let Some(tls) = rustls_error_in(cause) {
+            return Some(describe_tls(tls));
         }
         source = cause.source();
+    }
+    None
+}
+
+/// `error` as a rustls error, looking through io::Errors that wrap one: an io::Error hides the
+/// error it wraps from `source()`, and they nest.
+fn rustls_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = error;
+    // Bounded: io::Errors do not nest deeply; this only guards against a pathological chain.
+    for _ in 0..16 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)?;
+        current = inner;
     }
     None
 }
