@@ -130,7 +130,13 @@ async fn acquire_and_release_over_https_with_the_ca_file() {
     let by_name = server.url.replace("127.0.0.1", "localhost");
     for url in [server.url.as_str(), by_name.as_str()] {
         let (code, lease, stderr) = run(&mut baton(&[
-            "--url", url, "--ca-file", ca, "acquire", "tls-lock", "--no-wait",
+            "--url",
+            url,
+            "--ca-file",
+            ca,
+            "acquire",
+            "tls-lock",
+            "--no-wait",
         ]))
         .await;
         assert_eq!(code, 0, "acquire over {url}: {stderr}");
@@ -142,7 +148,14 @@ async fn acquire_and_release_over_https_with_the_ca_file() {
         .await;
         assert_eq!(code, 0, "release over {url}: {stderr}");
     }
-    let (code, _, stderr) = run(&mut baton(&["--url", &server.url, "--ca-file", ca, "status"])).await;
+    let (code, _, stderr) = run(&mut baton(&[
+        "--url",
+        &server.url,
+        "--ca-file",
+        ca,
+        "status",
+    ]))
+    .await;
     assert_eq!(code, 0, "status over https: {stderr}");
 }
 
@@ -194,8 +207,14 @@ async fn the_wrong_scheme_fails_and_the_server_keeps_serving() {
     assert_ne!(code, 0, "plain http to the TLS port succeeded: {stderr}");
     let plain = start(&[]).await;
     let tls_to_plain = plain.url.replace("http://", "https://");
-    let (code, _, stderr) =
-        run(&mut baton(&["--url", &tls_to_plain, "--ca-file", ca, "status"])).await;
+    let (code, _, stderr) = run(&mut baton(&[
+        "--url",
+        &tls_to_plain,
+        "--ca-file",
+        ca,
+        "status",
+    ]))
+    .await;
     assert_eq!(code, 76, "https to a plain server: {stderr}");
     assert!(stderr.contains("serving https"), "no hint: {stderr}");
     let (code, _, stderr) = run(&mut baton(&["--url", &tls.url, "--ca-file", ca, "status"])).await;

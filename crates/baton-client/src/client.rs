@@ -959,19 +959,24 @@ impl Client {
                         sent_at,
                     });
                 }
-                Err(error) if error.is_connect() => {
-                    match tls_failure(&error) {
-                        Some(problem) => tls_failures.push(format!("{}: {problem}", bases[index])),
-                        None => failures.push(format!("{}: {}", bases[index], describe(&error))),
-                    }
-                }
+                Err(error) if error.is_connect() => match tls_failure(&error) {
+                    Some(problem) => tls_failures.push(format!("{}: {problem}", bases[index])),
+                    None => failures.push(format!("{}: {}", bases[index], describe(&error))),
+                },
                 Err(error) => {
                     // The request may have reached the server: do not send it elsewhere in this
                     // attempt; the retry policy decides whether it is sent again.
                     self.inner.preferred.store(index, Ordering::Relaxed);
+                    let mut message = format!("{}: {}", bases[index], describe(&error));
+                    if bases[index].starts_with("http://")
+                        && message.contains("invalid HTTP version parsed")
+                    {
+                        // What a TLS server's alert looks like to a plain HTTP client.
+                        message.push_str("; is the server serving https? Use an https:// URL");
+                    }
                     return Err(Error::Unavailable {
                         code: None,
-                        message: format!("{}: {}", bases[index], describe(&error)),
+                        message,
                     });
                 }
             }
@@ -1169,14 +1174,13 @@ fn describe_tls(error: &rustls::Error) -> String {
     }
 }
 
-/// The reason a certificate was refused, in words.
+/// The reason a certificate was refused, in words; variants without words here are named, never
+/// dumped with their fields.
 fn certificate_problem(problem: &rustls::CertificateError) -> String {
     use rustls::CertificateError;
     match problem {
         CertificateError::UnknownIssuer => "signed by an unknown certificate authority".to_owned(),
-        CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
-            "expired".to_owned()
-        }
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".to_owned(),
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             "not valid yet".to_owned()
         }
@@ -1184,8 +1188,26 @@ fn certificate_problem(problem: &rustls::CertificateError) -> String {
             "issued for another host name".to_owned()
         }
         CertificateError::BadSignature => "bad signature".to_owned(),
-        other => format!("{other}"),
+        CertificateError::Revoked => "revoked".to_owned(),
+        CertificateError::Other(other) => match other.to_string().as_str() {
+            "CaUsedAsEndEntity" => "a CA certificate is used as the server's own; give the \
+                                    server a certificate with basicConstraints CA:FALSE"
+                .to_owned(),
+            text => format!(
+                "it cannot be verified against the trusted certificate authorities: {}",
+                variant_name(text)
+            ),
+        },
+        other => format!(
+            "it cannot be verified against the trusted certificate authorities: {}",
+            variant_name(&format!("{other:?}"))
+        ),
     }
+}
+
+/// `Name` of a `Name { field: … }` or `Name(…)` debug text.
+fn variant_name(text: &str) -> &str {
+    text.split(['(', '{', ' ']).next().unwrap_or(text)
 }
 
 /// Time left until `deadline`: `None` for no deadline, zero once it passed.
@@ -1226,14 +1248,7 @@ mod tests {
 
     #[test]
     fn bad_base_urls_are_config_errors() {
-        for urls in [
-            "",
-            " , ",
-            "a:b:c",
-            "ftp://x",
-            "http://x/?q=1",
-            "nope",
-        ] {
+        for urls in ["", " , ", "a:b:c", "ftp://x", "http://x/?q=1", "nope"] {
             assert!(
                 matches!(parse_base_urls(urls), Err(Error::Config { .. })),
                 "{urls:?}"

@@ -29,8 +29,8 @@ use baton_store_sqlite::SqlitePersister;
 
 pub use error::ApiError;
 pub use extract::BODY_BYTES_MAX;
-pub use tls::{TlsFiles, TlsSetupError};
 pub use routes::{AppState, HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX, router};
+pub use tls::{TlsFiles, TlsSetupError};
 
 /// Which store keeps the server's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

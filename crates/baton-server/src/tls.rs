@@ -64,8 +64,12 @@ pub fn load_acceptor(files: &TlsFiles) -> Result<TlsAcceptor, TlsSetupError> {
 }
 
 fn read_file(path: &Path, what: &str) -> Result<Vec<u8>, TlsSetupError> {
-    std::fs::read(path)
-        .map_err(|error| setup_error(format!("cannot read TLS {what} {}: {error}", path.display())))
+    std::fs::read(path).map_err(|error| {
+        setup_error(format!(
+            "cannot read TLS {what} {}: {error}",
+            path.display()
+        ))
+    })
 }
 
 fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsSetupError> {

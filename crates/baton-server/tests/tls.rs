@@ -154,7 +154,10 @@ async fn a_client_not_trusting_the_ca_is_refused_with_a_certificate_error() {
     let server = start(&pki, |_| {}).await;
     let untrusting = client_trusting(&other.ca);
     let error = untrusting
-        .get(format!("https://127.0.0.1:{}/healthz", server.address.port()))
+        .get(format!(
+            "https://127.0.0.1:{}/healthz",
+            server.address.port()
+        ))
         .send()
         .await
         .expect_err("a certificate from an unknown CA was accepted");
@@ -225,7 +228,10 @@ async fn a_handshake_that_never_finishes_is_cut_off_by_the_header_read_timeout()
     // the server's handshake.
     let mut silent = TcpStream::connect(server.address).await.unwrap();
     let mut partial = TcpStream::connect(server.address).await.unwrap();
-    partial.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00]).await.unwrap();
+    partial
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
     for (what, stream) in [("silent", &mut silent), ("partial", &mut partial)] {
         let answer = read_until_closed(stream, Duration::from_secs(20)).await;
         assert!(
@@ -268,7 +274,10 @@ async fn a_pending_handshake_holds_a_connection_slot() {
             None => tokio::time::sleep(Duration::from_millis(100)).await,
         }
     }
-    assert!(refused, "a second connection was not refused while the slot was held");
+    assert!(
+        refused,
+        "a second connection was not refused while the slot was held"
+    );
     drop(holder);
     // The slot comes back: a trusting client is served (bounded retries while it frees).
     let client = client_trusting(&pki.ca);

@@ -46,7 +46,9 @@ fn raise_open_files_limit() {
         match getrlimit(Resource::RLIMIT_NOFILE) {
             Ok((soft, hard)) if soft < hard => {
                 match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
-                    Ok(()) => tracing::debug!(from = soft, to = hard, "raised the open-files limit"),
+                    Ok(()) => {
+                        tracing::debug!(from = soft, to = hard, "raised the open-files limit")
+                    }
                     Err(error) => tracing::warn!(
                         soft,
                         hard,
