@@ -129,6 +129,9 @@ fn parse_counts(s: &str) -> Result<Counts, String> {
 }
 
 fn main() -> ExitCode {
+    // reqwest is built with rustls and no provider of its own (see the root Cargo.toml): every
+    // HTTP client of this process needs one installed first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     if let Some(port) = cli.serve_minimal {
         return match minimal::serve(port) {

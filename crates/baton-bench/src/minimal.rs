@@ -351,6 +351,7 @@ mod tests {
     #[tokio::test]
     async fn queued_waiters_are_granted_in_fifo_order() -> Result<()> {
         let base = start().await?;
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder().no_proxy().build()?;
         let acquire = format!("{base}/v1/locks/a%2Fb/acquire");
         let (s, a) = post(&http, acquire.clone(), json!({"owner": "a"})).await?;

@@ -50,6 +50,11 @@ pub struct GlobalArgs {
     )]
     pub api_key: Option<String>,
 
+    /// Trust the CA certificates in this PEM file for https:// servers, on top of the system's
+    /// roots (for a certificate a private CA signed, or a self-signed one).
+    #[arg(long, env = "BATON_CA_FILE", global = true, value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+
     /// Print answers as JSON on stdout instead of human text.
     #[arg(long, global = true)]
     pub json: bool,
@@ -290,6 +295,15 @@ pub struct ServerArgs {
     /// Refuse (431) a request whose headers exceed this many bytes (at least 8192).
     #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(8192..), value_name = "BYTES")]
     pub max_header_bytes: u32,
+
+    /// Serve HTTPS with this certificate chain (PEM: the server's certificate first, then any
+    /// intermediates). Needs --tls-key.
+    #[arg(long, env = "BATON_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// The store of `baton server --store`.

@@ -29,7 +29,8 @@ pub const SOFTWARE: u8 = 70;
 /// The lock is busy (`--no-wait`), or the `--wait` time ran out (`EX_TEMPFAIL`). Retry later.
 pub const TEMPORARY_FAILURE: u8 = 75;
 /// The answer could not be understood: `--url` probably points at something that is not baton
-/// (`EX_PROTOCOL`).
+/// (`EX_PROTOCOL`). Also a TLS failure: the server's certificate is not trusted (see
+/// `--ca-file`), or an `https://` URL names a server that does not speak TLS.
 pub const PROTOCOL: u8 = 76;
 /// The API key is missing, wrong, or does not grant this (HTTP 401 or 403) (`EX_NOPERM`).
 pub const NO_PERMISSION: u8 = 77;
@@ -65,7 +66,10 @@ pub const TABLE: &[(u8, &str)] = &[
         TEMPORARY_FAILURE,
         "lock busy (--no-wait) or timed out waiting (--wait)",
     ),
-    (PROTOCOL, "unintelligible answer: is --url a baton server?"),
+    (
+        PROTOCOL,
+        "unintelligible answer or TLS failure: check --url and --ca-file",
+    ),
     (
         NO_PERMISSION,
         "unauthorized or forbidden (401/403): check the API key",
@@ -111,7 +115,7 @@ pub fn for_client_error(error: &Error) -> u8 {
         Error::Unauthorized { .. } => NO_PERMISSION,
         Error::Rejected { .. } | Error::InvalidInput { .. } => DATA_ERROR,
         Error::Config { .. } => USAGE,
-        Error::Protocol { .. } => PROTOCOL,
+        Error::Protocol { .. } | Error::Tls { .. } => PROTOCOL,
         Error::Server { .. } => SOFTWARE,
         // A variant added to the client later: treat it as a defect until it is mapped here.
         _ => SOFTWARE,

@@ -84,6 +84,9 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
     if let Some(key) = cli.global.api_key {
         builder = builder.api_key(key);
     }
+    if let Some(path) = cli.global.ca_file {
+        builder = builder.ca_file(path);
+    }
     let context = Context {
         client: builder.build()?,
         json: cli.global.json,

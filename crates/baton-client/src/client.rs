@@ -5,6 +5,7 @@
 //! **API boundary**: every answer is decoded into a `baton_proto` type or an [`Error`] here and
 //! nowhere else; nothing above this module sees HTTP.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -80,9 +81,20 @@ pub struct ClientBuilder {
     api_key: Option<String>,
     retry: RetryPolicy,
     request_timeout: Duration,
+    /// PEM files of CAs trusted on top of the system's roots.
+    ca_files: Vec<PathBuf>,
 }
 
 impl ClientBuilder {
+    /// Trusts the CA certificates of this PEM file for `https://` servers, on top of the
+    /// system's roots (for a server whose certificate a private CA signed). The file is read
+    /// by [`ClientBuilder::build`]; an unreadable file or one without a certificate is an
+    /// [`Error::Config`] there.
+    pub fn ca_file(mut self, path: impl Into<PathBuf>) -> ClientBuilder {
+        self.ca_files.push(path.into());
+        self
+    }
+
     /// Sends `Authorization: Bearer KEY` with every request. An empty key sends nothing.
     pub fn api_key(mut self, key: impl Into<String>) -> ClientBuilder {
         let key = key.into();
@@ -119,9 +131,15 @@ impl ClientBuilder {
                 Some(value)
             }
         };
+        install_crypto_provider();
+        let mut extra_roots = Vec::new();
+        for path in &self.ca_files {
+            extra_roots.extend(read_ca_file(path)?);
+        }
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .user_agent(concat!("baton-client/", env!("CARGO_PKG_VERSION")))
+            .tls_certs_merge(extra_roots)
             .build()
             .map_err(|error| Error::Config {
                 message: format!("cannot set up the HTTP client: {error}"),
@@ -139,6 +157,32 @@ impl ClientBuilder {
     }
 }
 
+/// Makes rustls's ring provider the process's default, once, unless something else already
+/// installed one: reqwest's `rustls-no-provider` build takes whichever is installed.
+fn install_crypto_provider() {
+    static INSTALL: std::sync::Once = std::sync::Once::new();
+    INSTALL.call_once(|| {
+        // An error means another provider is already installed: it serves as well.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// The certificates of a PEM file given with [`ClientBuilder::ca_file`].
+fn read_ca_file(path: &Path) -> Result<Vec<reqwest::Certificate>> {
+    let pem = std::fs::read(path).map_err(|error| Error::Config {
+        message: format!("cannot read CA file {}: {error}", path.display()),
+    })?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| Error::Config {
+        message: format!("CA file {} is not PEM: {error}", path.display()),
+    })?;
+    if certs.is_empty() {
+        return Err(Error::Config {
+            message: format!("CA file {} holds no CERTIFICATE block", path.display()),
+        });
+    }
+    Ok(certs)
+}
+
 /// Splits a comma-separated list of base URLs, checks each, and drops trailing slashes.
 fn parse_base_urls(urls: &str) -> Result<Vec<String>> {
     let mut bases = Vec::new();
@@ -147,18 +191,12 @@ fn parse_base_urls(urls: &str) -> Result<Vec<String>> {
             message: format!("server URL {url:?} is not a URL: {error}"),
         })?;
         match parsed.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(Error::Config {
-                    message: format!(
-                        "server URL {url:?}: this build of baton speaks plain http only"
-                    ),
-                });
-            }
+            "http" | "https" => {}
             other => {
                 return Err(Error::Config {
                     message: format!(
-                        "server URL {url:?} has scheme {other:?}; expected http://HOST:PORT"
+                        "server URL {url:?} has scheme {other:?}; expected http://HOST:PORT \
+                         or https://HOST:PORT"
                     ),
                 });
             }
@@ -340,15 +378,20 @@ impl Client {
             api_key: None,
             retry: RetryPolicy::default(),
             request_timeout: REQUEST_TIMEOUT_DEFAULT,
+            ca_files: Vec::new(),
         }
     }
 
-    /// A client for `BATON_URL` (default [`DEFAULT_URL`]) with the API key `BATON_API_KEY` if set.
+    /// A client for `BATON_URL` (default [`DEFAULT_URL`]) with the API key `BATON_API_KEY` and
+    /// the extra trusted CA file `BATON_CA_FILE` if set.
     pub fn from_env() -> Result<Client> {
         let urls = std::env::var("BATON_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned());
         let mut builder = Client::builder(&urls);
         if let Ok(key) = std::env::var("BATON_API_KEY") {
             builder = builder.api_key(key);
+        }
+        if let Some(path) = std::env::var_os("BATON_CA_FILE").filter(|path| !path.is_empty()) {
+            builder = builder.ca_file(path);
         }
         builder.build()
     }
@@ -934,6 +977,7 @@ impl Client {
         let start = self.inner.preferred.load(Ordering::Relaxed);
         let timeout = self.inner.request_timeout + call.wait;
         let mut failures = Vec::new();
+        let mut tls_failures = Vec::new();
         for offset in 0..bases.len() {
             let index = (start + offset) % bases.len();
             let url = format!("{}{}", bases[index], call.path);
@@ -963,20 +1007,35 @@ impl Client {
                         sent_at,
                     });
                 }
-                Err(error) if error.is_connect() => {
-                    failures.push(format!("{}: {}", bases[index], describe(&error)));
-                }
+                Err(error) if error.is_connect() => match tls_failure(&error) {
+                    Some(problem) => tls_failures.push(format!("{}: {problem}", bases[index])),
+                    None => failures.push(format!("{}: {}", bases[index], describe(&error))),
+                },
                 Err(error) => {
                     // The request may have reached the server: do not send it elsewhere in this
                     // attempt; the retry policy decides whether it is sent again.
                     self.inner.preferred.store(index, Ordering::Relaxed);
+                    let mut message = format!("{}: {}", bases[index], describe(&error));
+                    if bases[index].starts_with("http://")
+                        && message.contains("invalid HTTP version parsed")
+                    {
+                        // What a TLS server's alert looks like to a plain HTTP client.
+                        message.push_str("; is the server serving https? Use an https:// URL");
+                    }
                     return Err(Error::Unavailable {
                         code: None,
-                        message: format!("{}: {}", bases[index], describe(&error)),
+                        message,
                     });
                 }
             }
         }
+        if failures.is_empty() && !tls_failures.is_empty() {
+            // Every server failed TLS: trying again will not change a certificate.
+            return Err(Error::Tls {
+                message: tls_failures.join("; "),
+            });
+        }
+        failures.extend(tls_failures);
         Err(Error::Unavailable {
             code: None,
             message: format!("cannot reach the baton server ({})", failures.join("; ")),
@@ -1117,6 +1176,88 @@ fn describe(error: &reqwest::Error) -> String {
     text
 }
 
+/// What went wrong in TLS, when that is why `error` (a failed connection) failed: the rustls
+/// error in its causes, said plainly, with what to do about it.
+fn tls_failure(error: &reqwest::Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(cause) = source {
+        if let Some(tls) = rustls_error_in(cause) {
+            return Some(describe_tls(tls));
+        }
+        source = cause.source();
+    }
+    None
+}
+
+/// `error` as a rustls error, looking through io::Errors that wrap one: an io::Error hides the
+/// error it wraps from `source()`, and they nest.
+fn rustls_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a rustls::Error> {
+    let mut current = error;
+    // Bounded: io::Errors do not nest deeply; this only guards against a pathological chain.
+    for _ in 0..16 {
+        if let Some(tls) = current.downcast_ref::<rustls::Error>() {
+            return Some(tls);
+        }
+        let inner = current
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref)?;
+        current = inner;
+    }
+    None
+}
+
+/// A rustls error as a sentence with a hint.
+fn describe_tls(error: &rustls::Error) -> String {
+    match error {
+        rustls::Error::InvalidCertificate(problem) => format!(
+            "the server's TLS certificate is not trusted ({}); if a private CA signed it, pass \
+             --ca-file CA.pem or set BATON_CA_FILE",
+            certificate_problem(problem)
+        ),
+        rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
+            "TLS handshake failed ({error}); is the server serving https? For a plain server \
+             use an http:// URL"
+        ),
+        other => format!("TLS handshake failed: {other}"),
+    }
+}
+
+/// The reason a certificate was refused, in words; variants without words here are named, never
+/// dumped with their fields.
+fn certificate_problem(problem: &rustls::CertificateError) -> String {
+    use rustls::CertificateError;
+    match problem {
+        CertificateError::UnknownIssuer => "signed by an unknown certificate authority".to_owned(),
+        CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".to_owned(),
+        CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+            "not valid yet".to_owned()
+        }
+        CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. } => {
+            "issued for another host name".to_owned()
+        }
+        CertificateError::BadSignature => "bad signature".to_owned(),
+        CertificateError::Revoked => "revoked".to_owned(),
+        CertificateError::Other(other) => match other.to_string().as_str() {
+            "CaUsedAsEndEntity" => "a CA certificate is used as the server's own; give the \
+                                    server a certificate with basicConstraints CA:FALSE"
+                .to_owned(),
+            text => format!(
+                "it cannot be verified against the trusted certificate authorities: {}",
+                variant_name(text)
+            ),
+        },
+        other => format!(
+            "it cannot be verified against the trusted certificate authorities: {}",
+            variant_name(&format!("{other:?}"))
+        ),
+    }
+}
+
+/// `Name` of a `Name { field: … }` or `Name(…)` debug text.
+fn variant_name(text: &str) -> &str {
+    text.split(['(', '{', ' ']).next().unwrap_or(text)
+}
+
 /// Time left until `deadline`: `None` for no deadline, zero once it passed.
 fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()))
@@ -1130,19 +1271,32 @@ mod tests {
     fn base_urls_are_split_and_trimmed() {
         let bases = parse_base_urls(" http://a:1/ , http://b:2/prefix/,,").unwrap_or_default();
         assert_eq!(bases, ["http://a:1", "http://b:2/prefix"]);
+        let bases = parse_base_urls("https://a:1/").unwrap_or_default();
+        assert_eq!(bases, ["https://a:1"]);
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_a_config_error() {
+        let missing = Client::builder("https://a:1")
+            .ca_file("/nonexistent/baton-ca.pem")
+            .build();
+        assert!(
+            matches!(&missing, Err(Error::Config { message }) if message.contains("cannot read CA file")),
+            "{missing:?}"
+        );
+        let not_pem = std::env::temp_dir().join(format!("baton-not-pem-{}", std::process::id()));
+        std::fs::write(&not_pem, "hello").unwrap_or_default();
+        let empty = Client::builder("https://a:1").ca_file(&not_pem).build();
+        let _ = std::fs::remove_file(&not_pem);
+        assert!(
+            matches!(&empty, Err(Error::Config { message }) if message.contains("no CERTIFICATE")),
+            "{empty:?}"
+        );
     }
 
     #[test]
     fn bad_base_urls_are_config_errors() {
-        for urls in [
-            "",
-            " , ",
-            "a:b:c",
-            "ftp://x",
-            "https://x",
-            "http://x/?q=1",
-            "nope",
-        ] {
+        for urls in ["", " , ", "a:b:c", "ftp://x", "http://x/?q=1", "nope"] {
             assert!(
                 matches!(parse_base_urls(urls), Err(Error::Config { .. })),
                 "{urls:?}"

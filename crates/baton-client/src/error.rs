@@ -155,6 +155,15 @@ pub enum Error {
         message: String,
     },
 
+    /// TLS with the server failed: its certificate is not trusted (unknown CA, wrong host name,
+    /// expired), or it does not speak TLS. Retrying will not help; fix the URL or the trusted
+    /// CAs (`ClientBuilder::ca_file`).
+    #[error("{message}")]
+    Tls {
+        /// What failed, per server, and what to do about it.
+        message: String,
+    },
+
     /// The client refused to send the request: a lock name the server could never accept.
     #[error("{message}")]
     InvalidInput {
@@ -174,7 +183,7 @@ pub enum Error {
 impl Error {
     /// A short, stable name for the error: the server's code when it sent one (`busy`,
     /// `lease_not_found`, …), else a client-side one (`unavailable`, `timed_out`, `protocol`,
-    /// `invalid_input`, `config`).
+    /// `tls`, `invalid_input`, `config`).
     pub fn code(&self) -> String {
         match self {
             Error::Unavailable { code, .. } => code
@@ -191,6 +200,7 @@ impl Error {
                 .as_ref()
                 .map_or_else(|| format!("http_{status}"), |code| code.to_string()),
             Error::Protocol { .. } => "protocol".to_owned(),
+            Error::Tls { .. } => "tls".to_owned(),
             Error::InvalidInput { .. } => "invalid_input".to_owned(),
             Error::Config { .. } => "config".to_owned(),
         }

@@ -19,6 +19,7 @@ mod keys;
 mod listen;
 mod openapi;
 mod routes;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -32,6 +33,7 @@ use baton_store_sqlite::SqlitePersister;
 pub use error::ApiError;
 pub use extract::BODY_BYTES_MAX;
 pub use routes::{AppState, HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX, router};
+pub use tls::{TlsFiles, TlsSetupError};
 
 /// Which store keeps the server's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,11 @@ pub struct ServerConfig {
     /// PostgreSQL, expiry follows the database's clock, so a server whose clock is off still
     /// expires leases on time.
     pub clock_skew_ms: i64,
+    /// Serve HTTPS with this certificate chain and private key (PEM files); plain HTTP when
+    /// `None`. The TLS handshake runs under the connection limit and must finish within
+    /// `header_read_timeout_ms`. Files that cannot be used fail the start with a
+    /// [`TlsSetupError`] before the server listens.
+    pub tls: Option<TlsFiles>,
 }
 
 /// The default of [`ServerConfig::max_connections`].
@@ -131,6 +138,7 @@ impl ServerConfig {
             database_schema: "baton".into(),
             database_pool: 16,
             clock_skew_ms: 0,
+            tls: None,
         }
     }
 }
@@ -186,8 +194,9 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
 /// Runs `baton server` until `shutdown` completes (the CLI passes Ctrl-C / SIGTERM).
 ///
 /// Refuses a non-loopback address when no API key is known (in the store or the keys file)
-/// unless `allow_unauthenticated`. Prints `baton listening on http://ADDR` to standard error
-/// once it accepts connections.
+/// unless `allow_unauthenticated`, and certificate or key files that cannot be used (a
+/// [`TlsSetupError`] in the error's chain). Prints `baton listening on http://ADDR`
+/// (`https://` under TLS) to standard error once it accepts connections.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -203,6 +212,8 @@ pub async fn serve(
             config.listen
         );
     }
+    // Before the store and the socket: a bad certificate is the operator's to fix at once.
+    let tls = config.tls.as_ref().map(tls::load_acceptor).transpose()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -213,11 +224,12 @@ pub async fn serve(
         StoreKind::Postgres => format!("schema {}", config.database_schema),
         StoreKind::Sqlite | StoreKind::Memory => config.data_dir.display().to_string(),
     };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     eprintln!(
-        "baton listening on http://{address} (store: {}, data: {data})",
+        "baton listening on {scheme}://{address} (store: {}, data: {data})",
         store.kind()
     );
-    run_with(listener, store, auth, &config, shutdown).await
+    run_with(listener, store, auth, &config, tls, shutdown).await
 }
 
 /// Loads the keys file and the store's keys.
@@ -241,7 +253,7 @@ async fn start_auth(
 /// Serves the API on `listener` over `store` until `shutdown` completes, under the connection
 /// limits of `config` (see `listen`). Requests still in flight then get a short grace period
 /// (2 s); parked long-polls are cut (their clients re-poll). Every connection task has ended
-/// when this returns.
+/// when this returns. Serves HTTPS when `config.tls` is set; its files are read here.
 pub async fn run(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
@@ -249,14 +261,17 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let auth = start_auth(&store, config).await?;
-    run_with(listener, store, auth, config, shutdown).await
+    let tls = config.tls.as_ref().map(tls::load_acceptor).transpose()?;
+    run_with(listener, store, auth, config, tls, shutdown).await
 }
 
+/// [`run`] with the key cache and the TLS acceptor already built.
 async fn run_with(
     listener: tokio::net::TcpListener,
     store: Arc<dyn Store>,
     auth: Arc<auth::Auth>,
     config: &ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let reloader = auth::spawn_reloader(
@@ -274,7 +289,7 @@ async fn run_with(
         max_header_bytes: config.max_header_bytes.max(MAX_HEADER_BYTES_MIN),
         shutdown_grace: SHUTDOWN_GRACE,
     };
-    listen::serve(listener, app, limits, shutdown).await;
+    listen::serve(listener, app, limits, tls, shutdown).await;
     reloader.abort();
     Ok(())
 }

@@ -3,7 +3,13 @@
 //!
 //! - **Connections:** at most `max_connections` are served at once (a semaphore). One more is
 //!   accepted, answered `503` with `Retry-After: 1` if the socket takes it at once, and closed;
-//!   a warning says so at most once a second.
+//!   a warning says so at most once a second. Under TLS it is closed without an answer (a
+//!   plain-text `503` means nothing inside a TLS session, and a handshake is what the limit
+//!   saves).
+//! - **TLS** (when configured): the handshake runs in the connection's task, under its permit,
+//!   and must finish within `header_read_timeout`; then hyper reads the first request head with
+//!   the usual timeout. A client that connects and never finishes the handshake (or speaks
+//!   plain HTTP to the TLS port) is closed; the accept loop never waits on a handshake.
 //! - **Header read timeout:** a request head must arrive whole within `header_read_timeout`
 //!   (hyper restarts the clock for each request, so it also closes keep-alive connections idle
 //!   that long); a client dribbling one byte a second is cut off.
@@ -21,10 +27,12 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 /// What a connection over the limit is told before it is closed.
 const OVER_LIMIT_RESPONSE: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nretry-after: 1\r\n\
@@ -44,6 +52,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections.max(1)));
@@ -66,7 +75,9 @@ pub(crate) async fn serve(
                     }
                 };
                 let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    refuse(&stream);
+                    if tls.is_none() {
+                        refuse(&stream);
+                    }
                     drop(stream);
                     refused += 1;
                     if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
@@ -82,6 +93,7 @@ pub(crate) async fn serve(
                 };
                 connections.spawn(connection(
                     stream,
+                    tls.clone(),
                     app.clone(),
                     limits,
                     stopping_rx.clone(),
@@ -107,8 +119,10 @@ pub(crate) async fn serve(
 }
 
 /// Serves one connection until it closes, or until shutdown once its request in flight is done.
+/// Under TLS, the handshake comes first (see the module).
 async fn connection(
     stream: TcpStream,
+    tls: Option<TlsAcceptor>,
     app: Router,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
@@ -116,13 +130,40 @@ async fn connection(
 ) {
     // Answers to long-polls are small and late: send them at once.
     let _ = stream.set_nodelay(true);
+    let Some(acceptor) = tls else {
+        return serve_http(stream, app, limits, stopping).await;
+    };
+    let handshake = tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream));
+    let stream = tokio::select! {
+        finished = handshake => match finished {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                tracing::debug!("TLS handshake failed: {error}");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!("TLS handshake not finished within the header read timeout");
+                return;
+            }
+        },
+        _ = stopping.wait_for(|stopping| *stopping) => return,
+    };
+    serve_http(stream, app, limits, stopping).await;
+}
+
+/// Speaks HTTP/1.1 on `io` until it closes, or until shutdown once its request in flight is
+/// done.
+async fn serve_http<I>(io: I, app: Router, limits: Limits, mut stopping: watch::Receiver<bool>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let service = TowerToHyperService::new(app);
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes);
-    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(stream), service));
+    let mut conn = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
     tokio::select! {
         result = conn.as_mut() => {
             if let Err(error) = result {

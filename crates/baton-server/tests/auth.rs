@@ -57,6 +57,8 @@ async fn call(
     path: &str,
     body: Option<&Value>,
 ) -> Answer {
+    // reqwest is built without a default TLS provider (see ARCHITECTURE.md).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::new();
     let mut request = client.request(method.parse().unwrap(), format!("{base}{path}"));
     if let Some(key) = key {

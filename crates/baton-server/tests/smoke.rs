@@ -7,6 +7,8 @@ use std::sync::Arc;
 use baton_server::{ServerConfig, StoreKind};
 
 async fn start() -> (String, tokio::sync::oneshot::Sender<()>) {
+    // reqwest is built with rustls and no provider of its own (see the root Cargo.toml).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let mut config = ServerConfig::new(address, std::env::temp_dir());

@@ -3,8 +3,7 @@
 
 use std::time::Duration;
 
-use anyhow::Context as _;
-use baton_server::{ServerConfig, StoreKind};
+use baton_server::{ServerConfig, StoreKind, TlsFiles, TlsSetupError};
 use tracing_subscriber::EnvFilter;
 
 use crate::args::{ServerArgs, StoreArg};
@@ -16,17 +15,51 @@ const LOG_ENV: &str = "BATON_LOG";
 /// `baton server`.
 pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
     init_logging();
+    raise_open_files_limit();
     let config = config(args);
     tracing::info!(
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         store = ?config.store,
+        tls = config.tls.is_some(),
         "starting baton server"
     );
-    baton_server::serve(config, shutdown_signal())
-        .await
-        .context("the server stopped with an error")?;
-    Ok(exit::SUCCESS)
+    match baton_server::serve(config, shutdown_signal()).await {
+        Ok(()) => Ok(exit::SUCCESS),
+        // A certificate or key that cannot be used is the operator's input to fix, like a bad
+        // flag: say what is wrong and exit with the usage code, before listening.
+        Err(error) if error.downcast_ref::<TlsSetupError>().is_some() => {
+            eprintln!("baton server: {error:#}");
+            Ok(exit::USAGE)
+        }
+        Err(error) => Err(error.context("the server stopped with an error")),
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, so that the connection limit (20,000
+/// by default), not the distribution's default of 1,024 descriptors, is what bounds idle
+/// connections. Failing to is logged, not fatal.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        match getrlimit(Resource::RLIMIT_NOFILE) {
+            Ok((soft, hard)) if soft < hard => {
+                match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                    Ok(()) => {
+                        tracing::debug!(from = soft, to = hard, "raised the open-files limit")
+                    }
+                    Err(error) => tracing::warn!(
+                        soft,
+                        hard,
+                        "cannot raise the open-files limit: {error}; it caps connections"
+                    ),
+                }
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!("cannot read the open-files limit: {error}"),
+        }
+    }
 }
 
 /// The server's configuration from the flags.
@@ -53,6 +86,10 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     config.header_read_timeout_ms = millis(args.header_read_timeout);
     config.max_header_bytes = usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX);
+    // clap makes each of the two flags require the other.
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(TlsFiles { cert, key });
+    }
     config
 }
 
@@ -143,6 +180,10 @@ mod tests {
             "50",
             "--key-reload",
             "5s",
+            "--tls-cert",
+            "cert.pem",
+            "--tls-key",
+            "key.pem",
         ]);
         let Ok(Cli {
             command: crate::args::Command::Server(args),
@@ -168,5 +209,18 @@ mod tests {
         );
         assert_eq!(config.key_rate_limit, 50);
         assert_eq!(config.key_reload_ms, 5_000);
+        assert_eq!(
+            config.tls,
+            Some(TlsFiles {
+                cert: "cert.pem".into(),
+                key: "key.pem".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_tls_certificate_needs_its_key() {
+        let cli = Cli::try_parse_from(["baton", "server", "--tls-cert", "cert.pem"]);
+        assert!(cli.is_err(), "--tls-cert without --tls-key parsed: {cli:?}");
     }
 }

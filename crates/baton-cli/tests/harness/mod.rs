@@ -73,6 +73,8 @@ impl Server {
             .prefix("baton-test-")
             .tempdir()
             .unwrap_or_else(|error| panic!("cannot create a temporary data folder: {error}"));
+        // reqwest is built with rustls and no provider of its own (see the root Cargo.toml).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
