@@ -53,12 +53,40 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
                 "send the body with Content-Type: application/json",
             ));
         }
-        serde_json::from_slice(text).map(JsonBody).map_err(|error| {
+        let invalid = |error: serde_json::Error| {
             ApiError::new(
                 ErrorCode::InvalidBody,
                 format!("the body is not valid: {error}"),
             )
-        })
+        };
+        let mut value: serde_json::Value = serde_json::from_slice(text).map_err(invalid)?;
+        integral_floats_as_integers(&mut value);
+        serde_json::from_value(value).map(JsonBody).map_err(invalid)
+    }
+}
+
+/// Rewrites numbers such as `1000.0` as the integers they are. JSON has one number type, and
+/// the document's `integer` (JSON Schema) admits `1000.0`; some encoders write whole numbers
+/// that way. Fractions (`1.5`) and numbers beyond 64 bits stay floats, so an integer field
+/// still refuses them.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+            {
+                // 2^63 and 2^64 are exact in f64; the casts below are exact in these ranges.
+                if (0.0..18_446_744_073_709_551_616.0).contains(&float) {
+                    *value = Value::from(float as u64);
+                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&float) {
+                    *value = Value::from(float as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
     }
 }
 
