@@ -143,6 +143,12 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
         ("FinishJobRequest", "lease_id", id_schema("lease_")),
         ("FinishJobRequest", "ticket_id", id_schema("ticket_")),
         ("FinishJobRequest", "reason", json!({"maxLength": 1_024})),
+        // The states a runner may report (`JobState::is_reportable`).
+        (
+            "FinishJobRequest",
+            "state",
+            json!({"enum": ["succeeded", "failed", "cancelled", "lost", "timed_out"]}),
+        ),
         ("JobWaitRequest", "ticket_id", id_schema("ticket_")),
         ("JobWaitRequest", "wait_ms", wait_schema()),
     ]

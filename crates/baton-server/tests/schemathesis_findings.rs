@@ -185,6 +185,28 @@ async fn documented_bounds_match_the_server() {
     assert!(acquire["request_id"]["pattern"].is_string());
     let heartbeat = &schemas["HeartbeatRequest"]["properties"];
     assert_eq!(heartbeat["lease_id"]["pattern"], "^lease_[0-9a-f]{32}$");
+    // finish takes only the states a runner may report; the others are refused.
+    let finish_states: Vec<String> = schemas["FinishJobRequest"]["properties"]["state"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|state| state.as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        finish_states,
+        ["succeeded", "failed", "cancelled", "lost", "timed_out"]
+    );
+    for state in ["queued", "waiting", "running", "skipped", "coalesced"] {
+        let (status, body) = call(
+            "POST",
+            &format!("{base}/v1/jobs/job_00000000000000000000000000000000/finish"),
+            Some(&format!(
+                r#"{{"lease_id":"lease_00000000000000000000000000000000","state":"{state}"}}"#
+            )),
+        )
+        .await;
+        assert_eq!(status, 400, "{state}: {body}");
+    }
     // Path and query parameters.
     let parameter = |path: &str, method: &str, name: &str| -> Value {
         document["paths"][path][method]["parameters"]
