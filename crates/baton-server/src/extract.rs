@@ -59,9 +59,87 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
                 format!("the body is not valid: {error}"),
             )
         };
-        let mut value: serde_json::Value = serde_json::from_slice(text).map_err(invalid)?;
-        integral_floats_as_integers(&mut value);
-        serde_json::from_value(value).map(JsonBody).map_err(invalid)
+        match serde_json::from_slice(text) {
+            Ok(body) => Ok(JsonBody(body)),
+            Err(error)
+                if error
+                    .to_string()
+                    .starts_with("invalid type: floating point") =>
+            {
+                // Perhaps a whole number written as a float. A `Value` keeps only the last of
+                // duplicate keys, so those are refused first, as the direct parse would.
+                serde_json::from_slice::<NoDuplicateKeys>(text).map_err(invalid)?;
+                let mut value: serde_json::Value = serde_json::from_slice(text).map_err(invalid)?;
+                integral_floats_as_integers(&mut value);
+                serde_json::from_value(value)
+                    .map(JsonBody)
+                    .map_err(|_| invalid(error))
+            }
+            Err(error) => Err(invalid(error)),
+        }
+    }
+}
+
+/// Accepts any JSON in which no object repeats a key.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoDuplicateKeys;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("JSON")
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<NoDuplicateKeys, A::Error> {
+                while items.next_element::<NoDuplicateKeys>()?.is_some() {}
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut fields: A,
+            ) -> Result<NoDuplicateKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = fields.next_key::<String>()? {
+                    fields.next_value::<NoDuplicateKeys>()?;
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                }
+                Ok(NoDuplicateKeys)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 

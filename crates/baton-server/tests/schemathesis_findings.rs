@@ -78,6 +78,9 @@ async fn whole_numbers_written_as_floats_are_integers() {
         r#"{"owner":"me","ttl_ms":1000.5}"#,
         r#"{"owner":"me","ttl_ms":1e30}"#,
         r#"{"owner":"me","ttl_ms":-1000.0}"#,
+        // Duplicate keys are refused whether or not a float comes first.
+        r#"{"owner":"me","ttl_ms":1000.0,"owner":"you"}"#,
+        r#"{"ttl_ms":1000.0,"owner":"me","owner":"you"}"#,
     ] {
         let (status, body) = call(
             "POST",
