@@ -470,6 +470,10 @@ struct LockEntry {
     newest_granted: u64,
     /// When the lock last became idle (no holders, no waiters).
     idle_since: Millis,
+    /// A `LockPut` of this lock was handed out by `drain_changes` (or the lock was restored
+    /// from one), so forgetting it must be recorded too. A lock made by a refused acquire and
+    /// forgotten unseen was never stored: its `LockForget` would name nothing.
+    stored: bool,
 }
 
 impl LockEntry {
@@ -482,6 +486,7 @@ impl LockEntry {
             newest_token: 0,
             newest_granted: 0,
             idle_since: now,
+            stored: false,
         }
     }
 
@@ -634,6 +639,7 @@ impl State {
             entry.newest_token = record.newest_token;
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
+            entry.stored = true;
             if let Some(until) = record.delayed_until {
                 // Look at the lock again when its delay ends, or its queue is never served.
                 state.schedule(until, Deadline::LockCheck, Some(record.name.clone()));
@@ -1461,7 +1467,9 @@ impl State {
             self.forgotten_token_floor = self.forgotten_token_floor.max(entry.newest_token);
             self.counters_dirty = true;
             self.dirty_locks.remove(name);
-            self.changes.push(Change::LockForget(name.clone()));
+            if entry.stored {
+                self.changes.push(Change::LockForget(name.clone()));
+            }
         }
     }
 
@@ -1542,7 +1550,8 @@ impl State {
     pub fn drain_changes(&mut self) -> Vec<Change> {
         let mut changes = std::mem::take(&mut self.changes);
         for name in std::mem::take(&mut self.dirty_locks) {
-            if let Some(entry) = self.locks.get(&name) {
+            if let Some(entry) = self.locks.get_mut(&name) {
+                entry.stored = true;
                 changes.push(Change::LockPut(LockRecord {
                     name,
                     capacity: entry.capacity,

@@ -53,12 +53,118 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
                 "send the body with Content-Type: application/json",
             ));
         }
-        serde_json::from_slice(text).map(JsonBody).map_err(|error| {
+        let invalid = |error: serde_json::Error| {
             ApiError::new(
                 ErrorCode::InvalidBody,
                 format!("the body is not valid: {error}"),
             )
-        })
+        };
+        match serde_json::from_slice(text) {
+            Ok(body) => Ok(JsonBody(body)),
+            Err(error)
+                if error
+                    .to_string()
+                    .starts_with("invalid type: floating point") =>
+            {
+                // Perhaps a whole number written as a float. A `Value` keeps only the last of
+                // duplicate keys, so those are refused first, as the direct parse would.
+                serde_json::from_slice::<NoDuplicateKeys>(text).map_err(invalid)?;
+                let mut value: serde_json::Value = serde_json::from_slice(text).map_err(invalid)?;
+                integral_floats_as_integers(&mut value);
+                serde_json::from_value(value)
+                    .map(JsonBody)
+                    .map_err(|_| invalid(error))
+            }
+            Err(error) => Err(invalid(error)),
+        }
+    }
+}
+
+/// Accepts any JSON in which no object repeats a key.
+struct NoDuplicateKeys;
+
+impl<'de> serde::Deserialize<'de> for NoDuplicateKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = NoDuplicateKeys;
+
+            fn expecting(&self, formatter: &mut std::fmt::Formatter) -> std::fmt::Result {
+                formatter.write_str("JSON")
+            }
+
+            fn visit_bool<E>(self, _: bool) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_i64<E>(self, _: i64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_u64<E>(self, _: u64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_f64<E>(self, _: f64) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_str<E>(self, _: &str) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_unit<E>(self) -> Result<NoDuplicateKeys, E> {
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut items: A,
+            ) -> Result<NoDuplicateKeys, A::Error> {
+                while items.next_element::<NoDuplicateKeys>()?.is_some() {}
+                Ok(NoDuplicateKeys)
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut fields: A,
+            ) -> Result<NoDuplicateKeys, A::Error> {
+                let mut seen = std::collections::HashSet::new();
+                while let Some(key) = fields.next_key::<String>()? {
+                    fields.next_value::<NoDuplicateKeys>()?;
+                    if !seen.insert(key.clone()) {
+                        return Err(serde::de::Error::custom(format!("duplicate field `{key}`")));
+                    }
+                }
+                Ok(NoDuplicateKeys)
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+/// Rewrites numbers such as `1000.0` as the integers they are. JSON has one number type, and
+/// the document's `integer` (JSON Schema) admits `1000.0`; some encoders write whole numbers
+/// that way. Fractions (`1.5`) and numbers beyond 64 bits stay floats, so an integer field
+/// still refuses them.
+fn integral_floats_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(number) => {
+            if let Some(float) = number.as_f64().filter(|_| number.is_f64())
+                && float.fract() == 0.0
+            {
+                // 2^63 and 2^64 are exact in f64; the casts below are exact in these ranges.
+                if (0.0..18_446_744_073_709_551_616.0).contains(&float) {
+                    *value = Value::from(float as u64);
+                } else if (-9_223_372_036_854_775_808.0..0.0).contains(&float) {
+                    *value = Value::from(float as i64);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_floats_as_integers),
+        _ => {}
     }
 }
 

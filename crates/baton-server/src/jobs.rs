@@ -369,9 +369,11 @@ fn time_query(query: &QueryMap, key: &str) -> Result<Option<u64>, ApiError> {
         .0
         .get(key)
         .map(|text| {
+            // A time before 1970 is valid RFC 3339: it bounds nothing here (no job is older),
+            // so it reads as the epoch.
             text.parse::<jiff::Timestamp>()
                 .ok()
-                .and_then(|time| u64::try_from(time.as_millisecond()).ok())
+                .map(|time| u64::try_from(time.as_millisecond()).unwrap_or(0))
                 .ok_or_else(|| {
                     ApiError::new(
                         ErrorCode::InvalidQuery,

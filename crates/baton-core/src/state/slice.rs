@@ -124,6 +124,8 @@ impl State {
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
             entry.idle_since = lock.idle_since;
+            // It is a row of the store's.
+            entry.stored = true;
             if let Some(until) = record.delayed_until {
                 state.schedule(until, Deadline::LockCheck, Some(record.name.clone()));
             }
