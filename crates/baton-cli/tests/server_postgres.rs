@@ -27,8 +27,6 @@ use tokio::time::Instant;
 
 /// No test here may take longer than this; a hang fails instead of stalling the run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Server processes sharing the schema.
-const SERVERS: usize = 3;
 /// Clients per lock in the contended runs.
 const CLIENTS: usize = 32;
 /// Acquire/hold/release rounds per client.
@@ -73,13 +71,14 @@ async fn start_pg(schema: &Schema, extra: &[&str]) -> Server {
     Server::start(&args).await
 }
 
-/// Starts `count` servers on the schema, one after another.
-async fn start_many(schema: &Schema, count: usize) -> Vec<Server> {
-    let mut servers = Vec::new();
-    for _ in 0..count {
-        servers.push(start_pg(schema, &[]).await);
-    }
-    servers
+/// Starts three servers on the schema at once (they create its tables concurrently).
+async fn start_three(schema: &Schema) -> Vec<Server> {
+    let (a, b, c) = tokio::join!(
+        start_pg(schema, &[]),
+        start_pg(schema, &[]),
+        start_pg(schema, &[])
+    );
+    vec![a, b, c]
 }
 
 /// Runs `test` bounded by [`TEST_TIMEOUT`].
@@ -315,7 +314,7 @@ async fn three_servers_share_one_lock() {
     };
     bounded(async {
         let schema = Schema::new(&url, "share");
-        let servers: Vec<Arc<Server>> = start_many(&schema, SERVERS)
+        let servers: Vec<Arc<Server>> = start_three(&schema)
             .await
             .into_iter()
             .map(Arc::new)
@@ -371,7 +370,7 @@ async fn fifo_across_servers() {
     };
     bounded(async {
         let schema = Schema::new(&url, "fifo");
-        let servers: Vec<Arc<Server>> = start_many(&schema, SERVERS)
+        let servers: Vec<Arc<Server>> = start_three(&schema)
             .await
             .into_iter()
             .map(Arc::new)
@@ -407,7 +406,7 @@ async fn fifo_across_servers() {
             );
             expected.push(owner.clone());
             // Visibly queued, at its place, through another server than its own.
-            let other = &servers[(on + 1) % SERVERS];
+            let other = &servers[(on + 1) % servers.len()];
             assert_eq!(
                 listed_waiters(&lock_view(other, name).await),
                 expected,
@@ -506,7 +505,7 @@ async fn kill9_one_server_mid_load() {
     };
     bounded(async {
         let schema = Schema::new(&url, "kill9");
-        let mut servers = start_many(&schema, SERVERS).await;
+        let mut servers = start_three(&schema).await;
         let bases: Vec<String> = servers.iter().map(|server| server.base.clone()).collect();
         let victim = bases[0].clone();
         let name = "pg/kill";
@@ -648,6 +647,32 @@ async fn kill9_one_server_mid_load() {
             }));
         }
 
+        // Last in the queue, the `baton` command line, victim first in its BATON_URL: its
+        // acquire long-polls on the victim, and after the kill it retries with the same request
+        // id elsewhere, which must give back the same place, not a new one.
+        let cli = {
+            let mut command = tokio::process::Command::new(harness::BATON);
+            command
+                .args([
+                    "acquire", name, "--owner", "w-cli", "--ttl", "60s", "--json",
+                ])
+                .env("BATON_URL", bases.join(","))
+                .env_remove("BATON_API_KEY")
+                .env_remove("BATON_OWNER")
+                .env_remove("BATON_LOG")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            tokio::spawn(async move { command.output().await })
+        };
+        let mut queue = expected.clone();
+        queue.push("w-cli".to_owned());
+        eventually(
+            "baton acquire queued last",
+            Duration::from_secs(30),
+            async || (listed_waiters(&lock_view(&servers[2], name).await) == queue).then_some(()),
+        )
+        .await;
+
         // Kill the victim while its waiters are polling it and the load runs.
         eventually(
             "every waiter of the victim polling it",
@@ -685,7 +710,7 @@ async fn kill9_one_server_mid_load() {
             (holder.token, "holder"),
             "{view}"
         );
-        assert_eq!(listed_waiters(&view), expected, "{view}");
+        assert_eq!(listed_waiters(&view), queue, "{view}");
 
         // Every waiter was told "still queued" after the kill by a live server, at its place.
         eventually(
@@ -757,6 +782,26 @@ async fn kill9_one_server_mid_load() {
         }
         assert!(grants[0].token > holder.token);
 
+        // The command line was granted last, through a live server, and exited 0.
+        let output = tokio::time::timeout(Duration::from_secs(60), cli)
+            .await
+            .unwrap_or_else(|_| panic!("baton acquire did not exit"))
+            .unwrap_or_else(|error| panic!("baton acquire: {error}"))
+            .unwrap_or_else(|error| panic!("baton acquire: {error}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "baton acquire: {stderr}");
+        let cli_lease: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!("baton acquire --json printed no lease ({error}): {stderr}")
+        });
+        assert_eq!(cli_lease["owner"], "w-cli", "{cli_lease}");
+        let cli_token = u64_of(&cli_lease["token"], "token");
+        let last = grants.last().map_or(0, |grant| grant.token);
+        assert!(
+            cli_token > last,
+            "baton acquire got token {cli_token}, before {last}"
+        );
+        release(&servers[1], &cli_lease).await;
+
         stop.store(true, Ordering::Relaxed);
         for task in load {
             let (own, current) = task.await.unwrap_or_else(|error| panic!("load: {error}"));
@@ -771,7 +816,7 @@ async fn kill9_one_server_mid_load() {
         let holds = agreed_history(&live, name).await;
         let order: Vec<&str> = holds.iter().map(|hold| hold.owner.as_str()).collect();
         let mut all = vec!["holder"];
-        all.extend(expected.iter().map(String::as_str));
+        all.extend(queue.iter().map(String::as_str));
         assert_eq!(order, all, "{holds:?}");
         assert!(holds.iter().all(|hold| hold.end == "released"), "{holds:?}");
         let view_restarted = lock_view(&live[0], name).await;
@@ -787,8 +832,27 @@ async fn kill9_one_server_mid_load() {
             .await;
         assert_eq!(status, 200, "acquire through the restarted server: {body}");
         assert!(u64_of(&body["lease"]["token"], "token") > newest, "{body}");
-        let view = lock_view(&live[1], name).await;
-        assert_eq!(listed_holders(&view).len(), 1, "{view}");
+        let after = body["lease"].clone();
+
+        // A waiter parked on the restarted server is granted by a release through another.
+        let (status, body) = live[0]
+            .post(
+                &lock_path(name, "/acquire"),
+                json!({"owner": "after-waiter", "queue": true, "wait_ms": 0}),
+            )
+            .await;
+        assert_eq!(status, 202, "enqueue through the restarted server: {body}");
+        let ticket = str_of(&body["ticket"]["id"], "ticket.id").to_owned();
+        let parked = {
+            let server = Arc::clone(&live[0]);
+            tokio::spawn(async move { wait_granted(&server, &ticket).await })
+        };
+        release(&live[1], &after).await;
+        let lease = parked
+            .await
+            .unwrap_or_else(|error| panic!("after-waiter: {error}"));
+        assert_eq!(lease["owner"], "after-waiter", "{lease}");
+        release(&live[2], &lease).await;
     })
     .await;
 }
