@@ -473,6 +473,10 @@ async fn fifo_across_servers() {
 
 /// Clients cycling acquire/release on locks of their own through the servers that stay up.
 const LOAD_CLIENTS: usize = 4;
+/// Clients cycling acquire/release on locks of their own through the server that is killed.
+const VICTIM_LOAD_CLIENTS: usize = 3;
+/// Rounds each of them makes at most, so that its lock's whole history fits one read (1000).
+const VICTIM_LOAD_ROUNDS_MAX: usize = 900;
 /// The server of each queued waiter (0 is the one killed).
 const KILL_WAITERS_ON: [usize; 6] = [0, 1, 0, 2, 0, 1];
 /// Grants the load clients must receive after the kill.
@@ -560,6 +564,54 @@ async fn kill9_one_server_mid_load() {
                 }
                 // Never moved off its own server: the kill did not disturb it.
                 (own_url, client.current_url().to_owned())
+            }));
+        }
+
+        // Load through the victim too: these clients must fail over and lose nothing; an
+        // acquire whose answer the kill cut off is sent again elsewhere with its request id and
+        // must get the same lease back, not `busy` behind an orphan.
+        let (victim_tx, victim_rx) = watch::channel(0usize);
+        let victim_tx = Arc::new(victim_tx);
+        let mut victim_load = Vec::new();
+        for index in 0..VICTIM_LOAD_CLIENTS {
+            let client = client_for(&bases, 0);
+            let (stop, progress) = (Arc::clone(&stop), Arc::clone(&victim_tx));
+            victim_load.push(tokio::spawn(async move {
+                let lock = format!("pg/victim-load/{index}");
+                let request = AcquireRequest {
+                    owner: format!("v{index}"),
+                    ttl_ms: Some(60_000),
+                    ..AcquireRequest::default()
+                };
+                let (mut tokens, mut errors, mut replayed_releases) = (Vec::new(), Vec::new(), 0);
+                for _ in 0..VICTIM_LOAD_ROUNDS_MAX {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match client.acquire(&lock, &request).await {
+                        Ok(Acquired::Granted(granted)) => {
+                            tokens.push(granted.lease.token);
+                            match client.release(&granted.lease.id).await {
+                                Ok(answer) if answer.released => {}
+                                // The release ended the lease on the victim, the kill cut its
+                                // answer off, and the retry found it ended (history checks
+                                // that it ended by this release).
+                                Ok(_) => replayed_releases += 1,
+                                Err(error) => errors.push(format!("release: {error}")),
+                            }
+                        }
+                        Ok(Acquired::Queued(ticket)) => errors.push(format!("queued {ticket:?}")),
+                        Err(error) => errors.push(format!("acquire: {error}")),
+                    }
+                    progress.send_modify(|count| *count += 1);
+                }
+                (
+                    lock,
+                    tokens,
+                    errors,
+                    replayed_releases,
+                    client.current_url().to_owned(),
+                )
             }));
         }
 
@@ -693,6 +745,11 @@ async fn kill9_one_server_mid_load() {
             },
         )
         .await;
+        let mut victim_rx = victim_rx;
+        if victim_rx.wait_for(|count| *count >= 10).await.is_err() {
+            panic!("the victim's load clients stopped");
+        }
+        let victim_before = *victim_rx.borrow();
         let mut count_rx = count_rx;
         let before = *count_rx.borrow();
         let logged_before: Vec<usize> = logs
@@ -746,6 +803,17 @@ async fn kill9_one_server_mid_load() {
             .is_err()
         {
             panic!("the load clients stopped");
+        }
+        if victim_rx
+            .wait_for(|count| {
+                *count
+                    >= (victim_before + LOAD_AFTER_KILL)
+                        .min(VICTIM_LOAD_CLIENTS * VICTIM_LOAD_ROUNDS_MAX)
+            })
+            .await
+            .is_err()
+        {
+            panic!("the victim's load clients stopped");
         }
 
         // The holder renews through a live server, keeping its token, then releases.
@@ -809,6 +877,29 @@ async fn kill9_one_server_mid_load() {
         }
         let errors = load_errors.lock().unwrap().clone();
         assert!(errors.is_empty(), "the load clients saw errors: {errors:?}");
+        let mut replayed = 0;
+        for task in victim_load {
+            let (lock, tokens, errors, replayed_releases, current) = task
+                .await
+                .unwrap_or_else(|error| panic!("victim load: {error}"));
+            assert!(
+                errors.is_empty(),
+                "a client of the killed server saw errors on {lock}: {errors:?}"
+            );
+            assert_ne!(current, victim, "{lock}: the client did not fail over");
+            replayed += replayed_releases;
+            // Every lease granted on its lock is one the client received, and released.
+            let holds = history(&servers[1], &lock).await;
+            let recorded: Vec<u64> = holds.iter().map(|hold| hold.token).collect();
+            assert_eq!(recorded, tokens, "{lock}: history {holds:?}");
+            assert!(
+                holds.iter().all(|hold| hold.end == "released"),
+                "{lock}: {holds:?}"
+            );
+            let view = lock_view(&servers[2], &lock).await;
+            assert!(listed_holders(&view).is_empty(), "{lock}: {view}");
+        }
+        eprintln!("releases answered `released: false` after the kill: {replayed}");
 
         // The restarted server serves the same state.
         servers[0].restart().await;
@@ -974,6 +1065,29 @@ async fn clock_skew_does_not_change_expiry() {
             );
             let left = u64_of(&lease["expires_in_ms"], "expires_in_ms");
             assert!(left > 0 && left <= 10_000, "{lease}");
+        }
+
+        // Tickets queued and parked on the skewed servers neither lapse at once nor miss a
+        // release through A.
+        for (server, lock) in [(&b, "pg/skew-qb"), (&c, "pg/skew-qc")] {
+            let blocker = acquire_now(&a, lock, "blocker", 60_000).await;
+            let (status, body) = server
+                .post(
+                    &lock_path(lock, "/acquire"),
+                    json!({"owner": "queued", "ttl_ms": 60_000, "queue": true, "wait_ms": 0}),
+                )
+                .await;
+            assert_eq!(status, 202, "enqueue through {}: {body}", server.base);
+            let lapses = u64_of(&body["ticket"]["lapses_in_ms"], "lapses_in_ms");
+            assert!(
+                lapses > 0 && lapses <= 10_000,
+                "through {}: the ticket lapses in {lapses} ms: {body}",
+                server.base
+            );
+            let ticket = str_of(&body["ticket"]["id"], "ticket.id");
+            let (granted, ()) = tokio::join!(wait_granted(server, ticket), release(&a, &blocker));
+            assert_eq!(granted["owner"], "queued", "{granted}");
+            release(server, &granted).await;
         }
     })
     .await;
