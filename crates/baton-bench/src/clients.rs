@@ -1,4 +1,5 @@
-//! Lock clients for every target, one per client task, each on its own connection.
+//! Lock clients for every target, one per client task, each on its own connection (the
+//! PostgreSQL peers share one pool instead).
 //!
 //! * [`HttpLock`] speaks baton's `/v1` contract; it drives both baton and the minimal peer.
 //! * [`RedisLock`] is the usual single-instance Redis recipe: `SET key token NX PX ttl`, release
@@ -7,6 +8,8 @@
 //! * [`EtcdLock`] is etcd's own lock recipe (the v3lock service behind `concurrency.Mutex`),
 //!   driven through etcd's gRPC-gateway JSON API: one lease per client for the whole run, then
 //!   `lock`/`unlock` per cycle; waiters queue by key revision.
+//! * [`PgLock`] is a plain-SQL peer straight against PostgreSQL, every client of a workload
+//!   sharing one pool (see [`crate::pg`]).
 
 use std::time::Duration;
 
@@ -14,12 +17,14 @@ use anyhow::{Context, Result, bail};
 use baton_proto::{AcquireRequest, WaitRequest};
 use serde::Deserialize;
 
+use crate::pg::PgLock;
+
 /// What a client holds between acquire and release.
 #[derive(Debug, Clone)]
 pub struct Held {
-    /// Lease id (HTTP), key (Redis), or lock key (etcd).
+    /// Lease id (HTTP), key (Redis), lock key (etcd) or lock name (PostgreSQL).
     pub key: String,
-    /// The value to compare on release (Redis only).
+    /// The value to compare on release (Redis; the fencing token for the pg-sql lease table).
     pub token: String,
 }
 
@@ -31,6 +36,8 @@ pub enum LockClient {
     Redis(Box<RedisLock>),
     /// etcd.
     Etcd(EtcdLock),
+    /// A plain-SQL peer straight against PostgreSQL (lease table or advisory locks).
+    Pg(Box<PgLock>),
 }
 
 impl LockClient {
@@ -40,6 +47,7 @@ impl LockClient {
             LockClient::Http(c) => c.prepare().await,
             LockClient::Redis(c) => c.prepare().await,
             LockClient::Etcd(c) => c.prepare().await,
+            LockClient::Pg(c) => c.prepare().await,
         }
     }
 
@@ -50,11 +58,12 @@ impl LockClient {
             LockClient::Http(c) => c.acquire(name, false).await,
             LockClient::Redis(c) => c.try_acquire(name).await,
             LockClient::Etcd(c) => c.lock(name).await.map(Some),
+            LockClient::Pg(c) => c.try_acquire(name).await,
         }
     }
 
     /// Acquires `name`, waiting as long as it takes: in the server's FIFO queue (baton, minimal,
-    /// etcd) or by retrying (Redis).
+    /// etcd), in the database's lock queue (pg-advisory) or by retrying (Redis, pg-sql).
     pub async fn acquire_wait(&mut self, name: &str) -> Result<Held> {
         match self {
             LockClient::Http(c) => c
@@ -68,6 +77,7 @@ impl LockClient {
                 c.backoff().await;
             },
             LockClient::Etcd(c) => c.lock(name).await,
+            LockClient::Pg(c) => c.acquire_wait(name).await,
         }
     }
 
@@ -77,6 +87,7 @@ impl LockClient {
             LockClient::Http(c) => c.release(&held).await,
             LockClient::Redis(c) => c.release(&held).await,
             LockClient::Etcd(c) => c.unlock(&held).await,
+            LockClient::Pg(c) => c.release(&held).await,
         }
     }
 

@@ -6,7 +6,11 @@
 //!   of this binary (`--serve-minimal PORT`);
 //! * `redis` and `redis-aof`: the Redis lock recipe, without persistence and with
 //!   `appendfsync always`;
-//! * `etcd`: etcd's lock recipe through its gRPC-gateway JSON API.
+//! * `etcd`: etcd's lock recipe through its gRPC-gateway JSON API;
+//! * opt-in, with a PostgreSQL database ([`pg`]): `baton-postgres` (and `baton-postgres-2`,
+//!   two servers on one schema), `baton server` with its PostgreSQL store, against
+//!   `pg-sql`/`pg-sql-10ms` (a durable lease table driven by plain SQL, waiters polling) and
+//!   `pg-advisory` (`pg_advisory_lock`) through a pool of the same size.
 //!
 //! Workloads ([`workload`]): uncontended cycles and contended handoffs, each bounded by a
 //! duration and an operation cap. For baton, its `/metrics` counters are read before and after
@@ -17,6 +21,7 @@
 mod clients;
 mod metrics;
 mod minimal;
+mod pg;
 mod procs;
 mod report;
 mod scale;
@@ -43,8 +48,9 @@ use workload::Bounds;
     about = "Benchmarks baton against a minimal in-memory lock server, Redis and etcd over loopback."
 )]
 struct Cli {
-    /// Targets to run, comma-separated, among baton, minimal, redis, redis-aof, etcd
-    /// [default: every one available here].
+    /// Targets to run, comma-separated, among baton, minimal, redis, redis-aof, etcd,
+    /// baton-postgres, baton-postgres-2, pg-sql, pg-sql-10ms, pg-advisory [default: the first
+    /// five, when available here; the PostgreSQL ones are opt-in].
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
     /// Client counts of the uncontended workload, comma-separated ("none" to skip it).
@@ -76,6 +82,17 @@ struct Cli {
     /// Redis recipe: longest sleep between attempts on a busy lock, milliseconds.
     #[arg(long, default_value_t = 5)]
     redis_retry_max_ms: u64,
+    /// The PostgreSQL database of the PostgreSQL targets (each gets a fresh schema, dropped
+    /// afterwards).
+    #[arg(long, env = "BATON_BENCH_DATABASE_URL", default_value = pg::DEFAULT_URL, hide_env_values = true)]
+    database_url: String,
+    /// Pool size of the PostgreSQL targets: baton's `--database-pool`, and the one pool the
+    /// plain-SQL peers' clients share.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000))]
+    database_pool: u32,
+    /// pg-sql: sleep between two acquire attempts on a busy lock (pg-sql-10ms: 10 ms).
+    #[arg(long, default_value = "1ms", value_parser = humantime::parse_duration)]
+    pg_poll: Duration,
     /// Print only the JSON lines (no progress or tables on stderr).
     #[arg(long)]
     json_only: bool,
@@ -202,15 +219,13 @@ async fn run(cli: Cli) -> Result<()> {
     let quiet = cli.json_only;
     let explicit = cli.targets.is_some();
     let kinds: Vec<Kind> = match &cli.targets {
-        None => Kind::ALL.to_vec(),
+        None => Kind::DEFAULT.to_vec(),
         Some(names) => {
             let mut kinds = Vec::new();
             for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
                 match Kind::parse(n) {
                     Some(k) => kinds.push(k),
-                    None => bail!(
-                        "unknown target {n:?}; expected some of baton, minimal, redis, redis-aof, etcd"
-                    ),
+                    None => bail!("unknown target {n:?}; expected some of {}", Kind::names()),
                 }
             }
             kinds
@@ -240,7 +255,24 @@ async fn run(cli: Cli) -> Result<()> {
         redis_retry_min_ms: cli.redis_retry_min_ms,
         redis_retry_max_ms: cli.redis_retry_max_ms,
         etcd_lease_ttl_s: (bounds.duration + bounds.grace).as_secs() + 30,
+        database_url: cli.database_url.clone(),
+        database_pool: cli.database_pool as usize,
+        pg_poll: cli.pg_poll,
     };
+    // What the PostgreSQL targets' commits cost: synchronous_commit as the server has it.
+    let mut pg_settings = serde_json::Value::Null;
+    if kinds.iter().any(|k| k.uses_postgres()) {
+        let names = [
+            "server_version",
+            "synchronous_commit",
+            "fsync",
+            "commit_delay",
+        ];
+        match pg::settings(&opts.database_url, &names).await {
+            Ok(m) => pg_settings = m.into(),
+            Err(e) => progress!(quiet, "postgres: reading its settings: {e:#}"),
+        }
+    }
 
     let tmp = std::env::temp_dir();
     let tmp_fs = procs::fs_type(&tmp);
@@ -266,6 +298,9 @@ async fn run(cli: Cli) -> Result<()> {
             "hold_max_us": bounds.hold_max.as_micros() as u64,
             "fifo_tolerance_us": bounds.fifo_tolerance.as_micros() as u64,
             "redis_retry_ms": [opts.redis_retry_min_ms, opts.redis_retry_max_ms],
+            "database_pool": opts.database_pool,
+            "pg_poll_us": [opts.pg_poll.as_micros() as u64, 10_000],
+            "postgres": pg_settings,
         })
     );
 
@@ -327,7 +362,7 @@ async fn run(cli: Cli) -> Result<()> {
             progress!(quiet, "{name}: {label}");
             let prefix = format!("bench/{seq}");
             let counters_before = warn_on_err(quiet, name, target.store_counters(false).await);
-            let cpu_before = target.server.cpu_seconds();
+            let cpu_before = target.cpu_seconds();
             let started = Instant::now();
             let result = match target.clients(n) {
                 Err(e) => Err(e),
@@ -339,7 +374,7 @@ async fn run(cli: Cli) -> Result<()> {
                     .map(|r| (Some(r), None)),
             };
             let elapsed = started.elapsed();
-            let cpu_s = match (cpu_before, target.server.cpu_seconds()) {
+            let cpu_s = match (cpu_before, target.cpu_seconds()) {
                 (Some(a), Some(b)) => Some(b - a),
                 _ => None,
             };
@@ -394,8 +429,8 @@ async fn run(cli: Cli) -> Result<()> {
             &mut rows,
             Row::Server {
                 target: name.into(),
-                peak_rss_kib: target.server.peak_rss_kib(),
-                cpu_s: target.server.cpu_seconds(),
+                peak_rss_kib: target.peak_rss_kib(),
+                cpu_s: target.cpu_seconds(),
             },
         );
         drop(target);

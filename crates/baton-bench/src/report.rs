@@ -201,7 +201,7 @@ pub fn table(rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
+        "{:<16} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
         "target",
         "clients",
         "cycles/s",
@@ -225,7 +225,7 @@ pub fn table(rows: &[Row]) -> String {
             let [commits, per_op, commit_ms, busy] = store_cols(store);
             let _ = writeln!(
                 out,
-                "{:<10} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
+                "{:<16} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8} {:>9} {:>9} {:>6}",
                 target,
                 r.clients,
                 rate(r.rate),
@@ -247,7 +247,7 @@ pub fn table(rows: &[Row]) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>11} {:>8} {:>8} {:>9} {:>9} {:>6}",
+        "{:<16} {:>7} {:>10} {:>8} {:>8} {:>9} {:>8} {:>7} {:>6} {:>11} {:>8} {:>8} {:>9} {:>9} {:>6}",
         "target",
         "clients",
         "handoff/s",
@@ -275,7 +275,7 @@ pub fn table(rows: &[Row]) -> String {
             let [commits, per_op, commit_ms, busy] = store_cols(store);
             let _ = writeln!(
                 out,
-                "{:<10} {:>7} {:>10} {:>8} {:>8} {:>9} {:>7.1}% {:>7} {:>6.3} {:>11} {:>8} {:>8} {:>9} {:>9} {:>6}",
+                "{:<16} {:>7} {:>10} {:>8} {:>8} {:>9} {:>7.1}% {:>7} {:>6.3} {:>11} {:>8} {:>8} {:>9} {:>9} {:>6}",
                 target,
                 r.clients,
                 rate(r.rate),
@@ -297,7 +297,7 @@ pub fn table(rows: &[Row]) -> String {
     let _ = writeln!(out, "\nServer process after all workloads");
     let _ = writeln!(
         out,
-        "{:<10} {:>14} {:>10}",
+        "{:<16} {:>14} {:>10}",
         "target", "peak RSS MiB", "CPU s"
     );
     for row in rows {
@@ -309,7 +309,7 @@ pub fn table(rows: &[Row]) -> String {
         {
             let _ = writeln!(
                 out,
-                "{:<10} {:>14} {:>10}",
+                "{:<16} {:>14} {:>10}",
                 target,
                 peak_rss_kib.map_or("-".into(), |k| format!("{:.1}", k as f64 / 1024.0)),
                 cpu_s.map_or("-".into(), |c| format!("{c:.2}")),
@@ -330,7 +330,7 @@ pub fn table(rows: &[Row]) -> String {
             } = row
             {
                 let what = workload.as_deref().unwrap_or("all");
-                let _ = writeln!(out, "{target:<10} {what:<16} {reason}");
+                let _ = writeln!(out, "{target:<16} {what:<16} {reason}");
             }
         }
     }
@@ -496,6 +496,74 @@ pub fn ratios(rows: &[Row], unc_clients: usize, con_clients: usize) -> Vec<Ratio
             met: None,
         });
     }
+    // PostgreSQL store: at least the cycle rate of the plain-SQL lease table through a pool of
+    // the same size, and at least 10 times its handoff rate (it polls; baton does not). The
+    // goal lines compare with pg-sql (its default 1 ms poll, its fastest); the other peers are
+    // context.
+    let ran = |t: &str| {
+        rows.iter().any(|r| {
+            matches!(r, Row::Uncontended { target, .. } | Row::Contended { target, .. } if target == t)
+        })
+    };
+    for b in ["baton-postgres", "baton-postgres-2"] {
+        if !ran(b) {
+            continue;
+        }
+        let v = div(unc_rate(rows, b, u), unc_rate(rows, "pg-sql", u));
+        out.push(Ratio {
+            name: format!("{b}/pg-sql uncontended cycles/s @{u}"),
+            value: v,
+            goal: ">= 1".into(),
+            met: v.map(|v| v >= 1.0),
+        });
+        let v = div(
+            con(rows, b, c).map(|r| r.rate),
+            con(rows, "pg-sql", c).map(|r| r.rate),
+        );
+        out.push(Ratio {
+            name: format!("{b}/pg-sql contended handoffs/s @{c}"),
+            value: v,
+            goal: ">= 10".into(),
+            met: v.map(|v| v >= 10.0),
+        });
+        for peer in ["pg-sql-10ms", "pg-advisory"] {
+            out.push(Ratio {
+                name: format!("{b}/{peer} contended handoffs/s @{c}"),
+                value: div(
+                    con(rows, b, c).map(|r| r.rate),
+                    con(rows, peer, c).map(|r| r.rate),
+                ),
+                goal: "(context)".into(),
+                met: None,
+            });
+        }
+        out.push(Ratio {
+            name: format!("{b}/pg-sql handoff p99 @{c}"),
+            value: div(
+                con(rows, b, c).map(|r| r.handoff.p99_us),
+                con(rows, "pg-sql", c).map(|r| r.handoff.p99_us),
+            ),
+            goal: "(context)".into(),
+            met: None,
+        });
+        out.push(Ratio {
+            name: format!("{b} grants in FIFO order @{c}"),
+            value: con(rows, b, c).map(|r| r.fairness.in_order_fraction),
+            goal: "= 1".into(),
+            met: con(rows, b, c).map(|r| r.fairness.inversions == 0),
+        });
+    }
+    if ran("pg-advisory") {
+        out.push(Ratio {
+            name: format!("pg-sql/pg-advisory uncontended cycles/s @{u}"),
+            value: div(
+                unc_rate(rows, "pg-sql", u),
+                unc_rate(rows, "pg-advisory", u),
+            ),
+            goal: "(context)".into(),
+            met: None,
+        });
+    }
     // A workload that was not run (`--clients none`) has the count 0: its lines say nothing.
     out.retain(|r| !r.name.ends_with(" @0"));
     out
@@ -507,13 +575,13 @@ pub fn ratio_table(ratios: &[Ratio]) -> String {
     let _ = writeln!(out, "\nPRODUCT.md ratios");
     let _ = writeln!(
         out,
-        "{:<44} {:>9} {:>20} {:>5}",
+        "{:<52} {:>9} {:>20} {:>5}",
         "ratio", "value", "goal", "met"
     );
     for r in ratios {
         let _ = writeln!(
             out,
-            "{:<44} {:>9} {:>20} {:>5}",
+            "{:<52} {:>9} {:>20} {:>5}",
             r.name,
             r.value.map_or("n/a".into(), |v| format!("{v:.3}")),
             r.goal,

@@ -168,7 +168,9 @@ pub async fn run(
     progress: &(dyn Fn(&str) + Sync),
 ) -> Result<ScaleResult> {
     let base = target.base_url();
-    let pid = target.server.pid();
+    let pid = target
+        .pid()
+        .context("the scale target has no server process")?;
     let n = opts.leases.max(1);
     let pool = opts.pool.max(1);
 
@@ -470,20 +472,20 @@ pub async fn run(
         "scale: uncontended@{LOAD_CLIENTS} for {:?} with leases renewed and waiters parked",
         opts.duration
     ));
-    let cpu_before = target.server.cpu_seconds();
+    let cpu_before = target.cpu_seconds();
     let window_start = now_ns();
     *renew.window.lock().unwrap_or_else(|e| e.into_inner()) = (window_start, 0);
     let loaded =
         workload::uncontended(target.clients(LOAD_CLIENTS)?, "scale/load", &load_bounds).await;
     let window_end = now_ns();
     renew.window.lock().unwrap_or_else(|e| e.into_inner()).1 = window_end;
-    let cpu_s = match (cpu_before, target.server.cpu_seconds()) {
+    let cpu_s = match (cpu_before, target.cpu_seconds()) {
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
     let loaded: Uncontended = loaded?;
     let rss_end = rss_kib(pid).context("reading the server's VmRSS")?;
-    let peak_rss = target.server.peak_rss_kib();
+    let peak_rss = target.peak_rss_kib();
     let leases_end = gauge(&http, &base, "baton_leases").await?;
     let waiters_end = gauge(&http, &base, "baton_waiters").await?;
 

@@ -27,8 +27,6 @@ use tokio::time::Instant;
 
 /// No test here may take longer than this; a hang fails instead of stalling the run.
 const TEST_TIMEOUT: Duration = Duration::from_secs(120);
-/// Server processes sharing the schema.
-const SERVERS: usize = 3;
 /// Clients per lock in the contended runs.
 const CLIENTS: usize = 32;
 /// Acquire/hold/release rounds per client.
@@ -73,13 +71,14 @@ async fn start_pg(schema: &Schema, extra: &[&str]) -> Server {
     Server::start(&args).await
 }
 
-/// Starts `count` servers on the schema, one after another.
-async fn start_many(schema: &Schema, count: usize) -> Vec<Server> {
-    let mut servers = Vec::new();
-    for _ in 0..count {
-        servers.push(start_pg(schema, &[]).await);
-    }
-    servers
+/// Starts three servers on the schema at once (they create its tables concurrently).
+async fn start_three(schema: &Schema) -> Vec<Server> {
+    let (a, b, c) = tokio::join!(
+        start_pg(schema, &[]),
+        start_pg(schema, &[]),
+        start_pg(schema, &[])
+    );
+    vec![a, b, c]
 }
 
 /// Runs `test` bounded by [`TEST_TIMEOUT`].
@@ -315,7 +314,7 @@ async fn three_servers_share_one_lock() {
     };
     bounded(async {
         let schema = Schema::new(&url, "share");
-        let servers: Vec<Arc<Server>> = start_many(&schema, SERVERS)
+        let servers: Vec<Arc<Server>> = start_three(&schema)
             .await
             .into_iter()
             .map(Arc::new)
@@ -371,7 +370,7 @@ async fn fifo_across_servers() {
     };
     bounded(async {
         let schema = Schema::new(&url, "fifo");
-        let servers: Vec<Arc<Server>> = start_many(&schema, SERVERS)
+        let servers: Vec<Arc<Server>> = start_three(&schema)
             .await
             .into_iter()
             .map(Arc::new)
@@ -407,7 +406,7 @@ async fn fifo_across_servers() {
             );
             expected.push(owner.clone());
             // Visibly queued, at its place, through another server than its own.
-            let other = &servers[(on + 1) % SERVERS];
+            let other = &servers[(on + 1) % servers.len()];
             assert_eq!(
                 listed_waiters(&lock_view(other, name).await),
                 expected,
@@ -474,6 +473,10 @@ async fn fifo_across_servers() {
 
 /// Clients cycling acquire/release on locks of their own through the servers that stay up.
 const LOAD_CLIENTS: usize = 4;
+/// Clients cycling acquire/release on locks of their own through the server that is killed.
+const VICTIM_LOAD_CLIENTS: usize = 3;
+/// Rounds each of them makes at most, so that its lock's whole history fits one read (1000).
+const VICTIM_LOAD_ROUNDS_MAX: usize = 900;
 /// The server of each queued waiter (0 is the one killed).
 const KILL_WAITERS_ON: [usize; 6] = [0, 1, 0, 2, 0, 1];
 /// Grants the load clients must receive after the kill.
@@ -506,7 +509,7 @@ async fn kill9_one_server_mid_load() {
     };
     bounded(async {
         let schema = Schema::new(&url, "kill9");
-        let mut servers = start_many(&schema, SERVERS).await;
+        let mut servers = start_three(&schema).await;
         let bases: Vec<String> = servers.iter().map(|server| server.base.clone()).collect();
         let victim = bases[0].clone();
         let name = "pg/kill";
@@ -561,6 +564,54 @@ async fn kill9_one_server_mid_load() {
                 }
                 // Never moved off its own server: the kill did not disturb it.
                 (own_url, client.current_url().to_owned())
+            }));
+        }
+
+        // Load through the victim too: these clients must fail over and lose nothing; an
+        // acquire whose answer the kill cut off is sent again elsewhere with its request id and
+        // must get the same lease back, not `busy` behind an orphan.
+        let (victim_tx, victim_rx) = watch::channel(0usize);
+        let victim_tx = Arc::new(victim_tx);
+        let mut victim_load = Vec::new();
+        for index in 0..VICTIM_LOAD_CLIENTS {
+            let client = client_for(&bases, 0);
+            let (stop, progress) = (Arc::clone(&stop), Arc::clone(&victim_tx));
+            victim_load.push(tokio::spawn(async move {
+                let lock = format!("pg/victim-load/{index}");
+                let request = AcquireRequest {
+                    owner: format!("v{index}"),
+                    ttl_ms: Some(60_000),
+                    ..AcquireRequest::default()
+                };
+                let (mut tokens, mut errors, mut replayed_releases) = (Vec::new(), Vec::new(), 0);
+                for _ in 0..VICTIM_LOAD_ROUNDS_MAX {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match client.acquire(&lock, &request).await {
+                        Ok(Acquired::Granted(granted)) => {
+                            tokens.push(granted.lease.token);
+                            match client.release(&granted.lease.id).await {
+                                Ok(answer) if answer.released => {}
+                                // The release ended the lease on the victim, the kill cut its
+                                // answer off, and the retry found it ended (history checks
+                                // that it ended by this release).
+                                Ok(_) => replayed_releases += 1,
+                                Err(error) => errors.push(format!("release: {error}")),
+                            }
+                        }
+                        Ok(Acquired::Queued(ticket)) => errors.push(format!("queued {ticket:?}")),
+                        Err(error) => errors.push(format!("acquire: {error}")),
+                    }
+                    progress.send_modify(|count| *count += 1);
+                }
+                (
+                    lock,
+                    tokens,
+                    errors,
+                    replayed_releases,
+                    client.current_url().to_owned(),
+                )
             }));
         }
 
@@ -648,6 +699,32 @@ async fn kill9_one_server_mid_load() {
             }));
         }
 
+        // Last in the queue, the `baton` command line, victim first in its BATON_URL: its
+        // acquire long-polls on the victim, and after the kill it retries with the same request
+        // id elsewhere, which must give back the same place, not a new one.
+        let cli = {
+            let mut command = tokio::process::Command::new(harness::BATON);
+            command
+                .args([
+                    "acquire", name, "--owner", "w-cli", "--ttl", "60s", "--json",
+                ])
+                .env("BATON_URL", bases.join(","))
+                .env_remove("BATON_API_KEY")
+                .env_remove("BATON_OWNER")
+                .env_remove("BATON_LOG")
+                .stdin(std::process::Stdio::null())
+                .kill_on_drop(true);
+            tokio::spawn(async move { command.output().await })
+        };
+        let mut queue = expected.clone();
+        queue.push("w-cli".to_owned());
+        eventually(
+            "baton acquire queued last",
+            Duration::from_secs(30),
+            async || (listed_waiters(&lock_view(&servers[2], name).await) == queue).then_some(()),
+        )
+        .await;
+
         // Kill the victim while its waiters are polling it and the load runs.
         eventually(
             "every waiter of the victim polling it",
@@ -668,6 +745,11 @@ async fn kill9_one_server_mid_load() {
             },
         )
         .await;
+        let mut victim_rx = victim_rx;
+        if victim_rx.wait_for(|count| *count >= 10).await.is_err() {
+            panic!("the victim's load clients stopped");
+        }
+        let victim_before = *victim_rx.borrow();
         let mut count_rx = count_rx;
         let before = *count_rx.borrow();
         let logged_before: Vec<usize> = logs
@@ -685,7 +767,7 @@ async fn kill9_one_server_mid_load() {
             (holder.token, "holder"),
             "{view}"
         );
-        assert_eq!(listed_waiters(&view), expected, "{view}");
+        assert_eq!(listed_waiters(&view), queue, "{view}");
 
         // Every waiter was told "still queued" after the kill by a live server, at its place.
         eventually(
@@ -722,6 +804,17 @@ async fn kill9_one_server_mid_load() {
         {
             panic!("the load clients stopped");
         }
+        if victim_rx
+            .wait_for(|count| {
+                *count
+                    >= (victim_before + LOAD_AFTER_KILL)
+                        .min(VICTIM_LOAD_CLIENTS * VICTIM_LOAD_ROUNDS_MAX)
+            })
+            .await
+            .is_err()
+        {
+            panic!("the victim's load clients stopped");
+        }
 
         // The holder renews through a live server, keeping its token, then releases.
         let renewed = holder_client
@@ -757,6 +850,26 @@ async fn kill9_one_server_mid_load() {
         }
         assert!(grants[0].token > holder.token);
 
+        // The command line was granted last, through a live server, and exited 0.
+        let output = tokio::time::timeout(Duration::from_secs(60), cli)
+            .await
+            .unwrap_or_else(|_| panic!("baton acquire did not exit"))
+            .unwrap_or_else(|error| panic!("baton acquire: {error}"))
+            .unwrap_or_else(|error| panic!("baton acquire: {error}"));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "baton acquire: {stderr}");
+        let cli_lease: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+            panic!("baton acquire --json printed no lease ({error}): {stderr}")
+        });
+        assert_eq!(cli_lease["owner"], "w-cli", "{cli_lease}");
+        let cli_token = u64_of(&cli_lease["token"], "token");
+        let last = grants.last().map_or(0, |grant| grant.token);
+        assert!(
+            cli_token > last,
+            "baton acquire got token {cli_token}, before {last}"
+        );
+        release(&servers[1], &cli_lease).await;
+
         stop.store(true, Ordering::Relaxed);
         for task in load {
             let (own, current) = task.await.unwrap_or_else(|error| panic!("load: {error}"));
@@ -764,6 +877,29 @@ async fn kill9_one_server_mid_load() {
         }
         let errors = load_errors.lock().unwrap().clone();
         assert!(errors.is_empty(), "the load clients saw errors: {errors:?}");
+        let mut replayed = 0;
+        for task in victim_load {
+            let (lock, tokens, errors, replayed_releases, current) = task
+                .await
+                .unwrap_or_else(|error| panic!("victim load: {error}"));
+            assert!(
+                errors.is_empty(),
+                "a client of the killed server saw errors on {lock}: {errors:?}"
+            );
+            assert_ne!(current, victim, "{lock}: the client did not fail over");
+            replayed += replayed_releases;
+            // Every lease granted on its lock is one the client received, and released.
+            let holds = history(&servers[1], &lock).await;
+            let recorded: Vec<u64> = holds.iter().map(|hold| hold.token).collect();
+            assert_eq!(recorded, tokens, "{lock}: history {holds:?}");
+            assert!(
+                holds.iter().all(|hold| hold.end == "released"),
+                "{lock}: {holds:?}"
+            );
+            let view = lock_view(&servers[2], &lock).await;
+            assert!(listed_holders(&view).is_empty(), "{lock}: {view}");
+        }
+        eprintln!("releases answered `released: false` after the kill: {replayed}");
 
         // The restarted server serves the same state.
         servers[0].restart().await;
@@ -771,7 +907,7 @@ async fn kill9_one_server_mid_load() {
         let holds = agreed_history(&live, name).await;
         let order: Vec<&str> = holds.iter().map(|hold| hold.owner.as_str()).collect();
         let mut all = vec!["holder"];
-        all.extend(expected.iter().map(String::as_str));
+        all.extend(queue.iter().map(String::as_str));
         assert_eq!(order, all, "{holds:?}");
         assert!(holds.iter().all(|hold| hold.end == "released"), "{holds:?}");
         let view_restarted = lock_view(&live[0], name).await;
@@ -787,8 +923,27 @@ async fn kill9_one_server_mid_load() {
             .await;
         assert_eq!(status, 200, "acquire through the restarted server: {body}");
         assert!(u64_of(&body["lease"]["token"], "token") > newest, "{body}");
-        let view = lock_view(&live[1], name).await;
-        assert_eq!(listed_holders(&view).len(), 1, "{view}");
+        let after = body["lease"].clone();
+
+        // A waiter parked on the restarted server is granted by a release through another.
+        let (status, body) = live[0]
+            .post(
+                &lock_path(name, "/acquire"),
+                json!({"owner": "after-waiter", "queue": true, "wait_ms": 0}),
+            )
+            .await;
+        assert_eq!(status, 202, "enqueue through the restarted server: {body}");
+        let ticket = str_of(&body["ticket"]["id"], "ticket.id").to_owned();
+        let parked = {
+            let server = Arc::clone(&live[0]);
+            tokio::spawn(async move { wait_granted(&server, &ticket).await })
+        };
+        release(&live[1], &after).await;
+        let lease = parked
+            .await
+            .unwrap_or_else(|error| panic!("after-waiter: {error}"));
+        assert_eq!(lease["owner"], "after-waiter", "{lease}");
+        release(&live[2], &lease).await;
     })
     .await;
 }
@@ -910,6 +1065,29 @@ async fn clock_skew_does_not_change_expiry() {
             );
             let left = u64_of(&lease["expires_in_ms"], "expires_in_ms");
             assert!(left > 0 && left <= 10_000, "{lease}");
+        }
+
+        // Tickets queued and parked on the skewed servers neither lapse at once nor miss a
+        // release through A.
+        for (server, lock) in [(&b, "pg/skew-qb"), (&c, "pg/skew-qc")] {
+            let blocker = acquire_now(&a, lock, "blocker", 60_000).await;
+            let (status, body) = server
+                .post(
+                    &lock_path(lock, "/acquire"),
+                    json!({"owner": "queued", "ttl_ms": 60_000, "queue": true, "wait_ms": 0}),
+                )
+                .await;
+            assert_eq!(status, 202, "enqueue through {}: {body}", server.base);
+            let lapses = u64_of(&body["ticket"]["lapses_in_ms"], "lapses_in_ms");
+            assert!(
+                lapses > 0 && lapses <= 10_000,
+                "through {}: the ticket lapses in {lapses} ms: {body}",
+                server.base
+            );
+            let ticket = str_of(&body["ticket"]["id"], "ticket.id");
+            let (granted, ()) = tokio::join!(wait_granted(server, ticket), release(&a, &blocker));
+            assert_eq!(granted["owner"], "queued", "{granted}");
+            release(server, &granted).await;
         }
     })
     .await;
