@@ -1361,7 +1361,7 @@ impl Store for PostgresStore {
         Ok(self
             .inner
             .transact(&job.lock, &want, |state, now| {
-                state.finish_job(id, capability.clone(), report.clone(), now)
+                state.finish_job(id, capability, report.clone(), now)
             })
             .await??)
     }
