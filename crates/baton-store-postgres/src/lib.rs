@@ -680,12 +680,17 @@ impl Inner {
 
     /// Parks on a ticket until it is granted or ends, or `wait` runs out. When time is up and
     /// `keep_place` is false, the ticket is withdrawn and the holders are reported.
+    ///
+    /// With `armed`, the ticket was just queued by a transition that already extended its lapse
+    /// to the end of this wait, and the wake-up was registered before that transition: the first
+    /// look is skipped and the wait starts at once (one transaction less per queued request).
     async fn park(
         &self,
         lock: &LockName,
         id: TicketId,
         wait: Duration,
         keep_place: bool,
+        mut armed: Option<Armed>,
     ) -> Result<Parked, StoreError> {
         let deadline = tokio::time::Instant::now() + wait;
         let lapse_ms = self.config.ticket_lapse_ms;
@@ -694,6 +699,12 @@ impl Inner {
             ..Want::default()
         };
         loop {
+            if let Some((notify, notified)) = armed.take() {
+                let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let _ = tokio::time::timeout(remaining.min(RECHECK), notified).await;
+                self.waiters.release(id, &notify);
+                continue;
+            }
             let notify = self.waiters.register(id);
             let mut notified = Box::pin(Arc::clone(&notify).notified_owned());
             notified.as_mut().enable();
@@ -1028,6 +1039,23 @@ enum Parked {
     Busy(Vec<Lease>),
 }
 
+/// A wake-up registered before the transaction that queued the ticket.
+type Armed = (
+    Arc<Notify>,
+    std::pin::Pin<Box<tokio::sync::futures::OwnedNotified>>,
+);
+
+impl Inner {
+    /// Registers the wake-up of a ticket about to be queued, before the transaction that
+    /// queues it, so a grant committed right after cannot slip past the wait.
+    fn arm(&self, id: TicketId) -> Armed {
+        let notify = self.waiters.register(id);
+        let mut notified = Box::pin(Arc::clone(&notify).notified_owned());
+        notified.as_mut().enable();
+        (notify, notified)
+    }
+}
+
 #[async_trait]
 impl Store for PostgresStore {
     fn kind(&self) -> &'static str {
@@ -1066,12 +1094,48 @@ impl Store for PostgresStore {
             queues: queue,
             ..Want::default()
         };
+        let waits = !args.wait.is_zero();
+        let armed = waits.then(|| self.inner.arm(command.ticket_id));
+        let wait = args.wait;
+        let lapse_ms = self.inner.config.ticket_lapse_ms;
         let acquired = self
             .inner
             .transact(&args.lock, &want, |state, now| {
-                state.acquire(command.clone(), now)
+                let acquired = state.acquire(command.clone(), now);
+                if waits && let Ok(Acquired::Queued(queued)) = &acquired {
+                    // The park that follows starts waiting at once: keep the ticket for it.
+                    let keep_until = now + wait.as_millis() as u64 + lapse_ms;
+                    let _ = state.wait_ticket(queued.ticket.id, Some(keep_until), now);
+                }
+                acquired
             })
-            .await??;
+            .await;
+        let acquired = match acquired {
+            Ok(Ok(acquired)) => acquired,
+            Ok(Err(error)) => {
+                if let Some((notify, _)) = &armed {
+                    self.inner.waiters.release(command.ticket_id, notify);
+                }
+                return Err(error.into());
+            }
+            Err(error) => {
+                if let Some((notify, _)) = &armed {
+                    self.inner.waiters.release(command.ticket_id, notify);
+                }
+                return Err(error);
+            }
+        };
+        let armed = match (&acquired, armed) {
+            (Acquired::Queued(queued), Some(armed)) if queued.ticket.id == command.ticket_id => {
+                Some(armed)
+            }
+            (_, Some((notify, notified))) => {
+                drop(notified);
+                self.inner.waiters.release(command.ticket_id, &notify);
+                None
+            }
+            (_, None) => None,
+        };
         match acquired {
             Acquired::Granted(lease) => Ok(AcquireOutcome::Granted(lease)),
             Acquired::Busy(holders) => Ok(AcquireOutcome::Busy(holders)),
@@ -1081,7 +1145,7 @@ impl Store for PostgresStore {
                 }
                 match self
                     .inner
-                    .park(&args.lock, queued.ticket.id, args.wait, args.queue)
+                    .park(&args.lock, queued.ticket.id, args.wait, args.queue, armed)
                     .await?
                 {
                     Parked::Status(TicketStatus::Granted(lease)) => {
@@ -1100,7 +1164,7 @@ impl Store for PostgresStore {
         let Some(lock) = self.inner.lock_of_ticket(id).await? else {
             return Err(TicketError::NotFound.into());
         };
-        match self.inner.park(&lock, id, wait, true).await? {
+        match self.inner.park(&lock, id, wait, true, None).await? {
             Parked::Status(status) => Ok(status),
             Parked::Busy(_) => Err(TicketError::Lapsed.into()),
         }
@@ -1300,7 +1364,10 @@ impl Store for PostgresStore {
             _ => return Ok(created),
         };
         // A job keeps its place when the wait runs out: its runner goes on waiting.
-        let _ = self.inner.park(&args.lock, ticket, args.wait, true).await?;
+        let _ = self
+            .inner
+            .park(&args.lock, ticket, args.wait, true, None)
+            .await?;
         let job = created.job.id;
         let want = Want {
             jobs: vec![job],

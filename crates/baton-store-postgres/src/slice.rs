@@ -69,7 +69,15 @@ pub(crate) enum RowLock {
     SkipLocked,
 }
 
-const NOW_SQL: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint";
+/// `$1` the lock, `$2` the capacity asked for, `$3` draw tokens, `$4` draw a ticket number. A
+/// transition grants at most `min(capacity, queue + 1)` leases, so that many tokens are drawn.
+const MISC_SQL: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+    (SELECT value FROM meta WHERE key = 'forgotten_token_floor'),
+    CASE WHEN $3::boolean THEN ARRAY(SELECT nextval('token_seq') FROM generate_series(1::bigint,
+        LEAST(GREATEST((SELECT capacity FROM locks WHERE name = $1)::bigint, $2::bigint),
+              (SELECT count(*) FROM tickets WHERE lock = $1) + 1)))
+         ELSE '{}'::bigint[] END,
+    CASE WHEN $4::boolean THEN nextval('ticket_seq') END";
 
 /// Locks the lock's row (creating it first when asked) and reads its slice, in one pipelined
 /// round trip: PostgreSQL runs a connection's statements in order, so every read after the
@@ -96,7 +104,7 @@ pub(crate) async fn load(
             .await
             .map_err(db("cannot prepare a read"))
     };
-    let (insert, lock_statement, now, leases, tickets, jobs, requests, floor, tokens, seq) = tokio::try_join!(
+    let (insert, lock_statement, misc, leases, tickets, jobs, requests) = tokio::try_join!(
         prepare(
             "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until,
                                 idle_since)
@@ -104,7 +112,8 @@ pub(crate) async fn load(
                 .into()
         ),
         prepare(lock_sql),
-        prepare(NOW_SQL.into()),
+        // The clock, the token floor, the tokens and the ticket number in one statement.
+        prepare(MISC_SQL.into()),
         prepare(format!(
             "SELECT {LEASE_COLUMNS} FROM leases WHERE lock = $1"
         )),
@@ -125,14 +134,6 @@ pub(crate) async fn load(
              OR request_id IN (SELECT request_id FROM tickets
                                WHERE lock = $2 AND request_id IS NOT NULL)"
         )),
-        prepare("SELECT value FROM meta WHERE key = 'forgotten_token_floor'".into()),
-        prepare(
-            "SELECT nextval('token_seq') FROM generate_series(1::bigint,
-                 LEAST(GREATEST((SELECT capacity FROM locks WHERE name = $1)::bigint, $2::bigint),
-                       (SELECT count(*) FROM tickets WHERE lock = $1) + 1))"
-                .into()
-        ),
-        prepare("SELECT nextval('ticket_seq')".into()),
     )?;
     let capacity = i32::try_from(want.create.unwrap_or(1)).unwrap_or(i32::MAX);
     let idle_since = t(placeholder_idle_since);
@@ -140,92 +141,51 @@ pub(crate) async fn load(
     let ended_ids: Vec<Vec<u8>> = want.ended_leases.iter().map(|id| id.0.to_vec()).collect();
     let ticket_ids: Vec<Vec<u8>> = want.ended_tickets.iter().map(|id| id.0.to_vec()).collect();
     let capacity_hint = i64::from(want.create.unwrap_or(1));
-    let (
-        created,
-        row,
-        now,
-        leases,
-        tickets,
-        jobs,
-        requests,
-        floor,
-        tokens,
-        seq,
-        ended_leases,
-        ended_tickets,
-        once,
-    ) = tokio::try_join!(
-        async {
-            if want.create.is_none() {
-                return Ok(false);
-            }
-            tx.execute(&insert, &[&name, &capacity, &idle_since])
-                .await
-                .map(|count| count == 1)
-                .map_err(db("cannot create a lock"))
-        },
-        async {
-            tx.query_opt(&lock_statement, &[&name])
-                .await
-                .map_err(db("cannot lock a lock"))
-        },
-        async {
-            if !database_time {
-                return Ok(None);
-            }
-            let now: i64 = tx
-                .query_one(&now, &[])
-                .await
-                .map_err(db("cannot read the database clock"))?
-                .get(0);
-            rows::u64_of(now, "clock").map(Some)
-        },
-        async {
-            tx.query(&leases, &[&name])
-                .await
-                .map_err(db("cannot read leases"))
-        },
-        async {
-            tx.query(&tickets, &[&name])
-                .await
-                .map_err(db("cannot read tickets"))
-        },
-        async {
-            tx.query(&jobs, &[&name, &job_ids])
-                .await
-                .map_err(db("cannot read jobs"))
-        },
-        async {
-            tx.query(&requests, &[&want.requests, &name])
-                .await
-                .map_err(db("cannot read request ids"))
-        },
-        async {
-            tx.query_opt(&floor, &[])
-                .await
-                .map_err(db("cannot read the token floor"))
-        },
-        async {
-            if !want.grants {
-                return Ok(Vec::new());
-            }
-            tx.query(&tokens, &[&name, &capacity_hint])
-                .await
-                .map_err(db("cannot draw tokens"))
-        },
-        async {
-            if !want.queues {
-                return Ok(None);
-            }
-            tx.query_one(&seq, &[])
-                .await
-                .map(Some)
-                .map_err(db("cannot draw a ticket number"))
-        },
-        ended_leases(tx, &ended_ids),
-        ended_tickets(tx, &ticket_ids),
-        once_slot(tx, want.once_name.as_deref()),
-    )?;
+    let (created, row, misc, leases, tickets, jobs, requests, ended_leases, ended_tickets, once) =
+        tokio::try_join!(
+            async {
+                if want.create.is_none() {
+                    return Ok(false);
+                }
+                tx.execute(&insert, &[&name, &capacity, &idle_since])
+                    .await
+                    .map(|count| count == 1)
+                    .map_err(db("cannot create a lock"))
+            },
+            async {
+                tx.query_opt(&lock_statement, &[&name])
+                    .await
+                    .map_err(db("cannot lock a lock"))
+            },
+            async {
+                tx.query_one(&misc, &[&name, &capacity_hint, &want.grants, &want.queues])
+                    .await
+                    .map_err(db("cannot read the clock and draw numbers"))
+            },
+            async {
+                tx.query(&leases, &[&name])
+                    .await
+                    .map_err(db("cannot read leases"))
+            },
+            async {
+                tx.query(&tickets, &[&name])
+                    .await
+                    .map_err(db("cannot read tickets"))
+            },
+            async {
+                tx.query(&jobs, &[&name, &job_ids])
+                    .await
+                    .map_err(db("cannot read jobs"))
+            },
+            async {
+                tx.query(&requests, &[&want.requests, &name])
+                    .await
+                    .map_err(db("cannot read request ids"))
+            },
+            ended_leases(tx, &ended_ids),
+            ended_tickets(tx, &ticket_ids),
+            once_slot(tx, want.once_name.as_deref()),
+        )?;
     let leases = leases
         .iter()
         .map(rows::lease_of)
@@ -267,19 +227,23 @@ pub(crate) async fn load(
         ended_leases.extend(more_leases);
         ended_tickets.extend(more_tickets);
     }
-    let mut drawn = Vec::new();
-    for row in &tokens {
-        drawn.push(rows::u64_of(row.get(0), "token")?);
-    }
+    let now = if database_time {
+        Some(rows::u64_of(misc.get(0), "clock")?)
+    } else {
+        None
+    };
+    let floor: Option<i64> = misc.get(1);
+    let floor = rows::u64_of(floor.unwrap_or(0), "token floor")?;
+    let tokens: Vec<i64> = misc.get(2);
+    let mut drawn = tokens
+        .into_iter()
+        .map(|token| rows::u64_of(token, "token"))
+        .collect::<Result<Vec<_>, _>>()?;
     drawn.sort_unstable();
-    let ticket_seq = match seq {
-        Some(row) => Some(rows::u64_of(row.get(0), "ticket number")?),
-        None => None,
-    };
-    let floor = match floor {
-        Some(row) => rows::u64_of(row.get(0), "token floor")?,
-        None => 0,
-    };
+    let seq: Option<i64> = misc.get(3);
+    let ticket_seq = seq
+        .map(|seq| rows::u64_of(seq, "ticket number"))
+        .transpose()?;
     let locks = match &row {
         Some(row) => vec![rows::lock_of(row)?],
         None => Vec::new(),
