@@ -211,7 +211,7 @@ pub struct ServerArgs {
 
     /// Where state is kept: `sqlite` (durable, in --data-dir), `memory` (lost on exit) or
     /// `postgres` (the database of --database; chosen by --database alone too).
-    #[arg(long, value_enum)]
+    #[arg(long, value_enum, requires_if("postgres", "database"))]
     pub store: Option<StoreArg>,
 
     /// Keep state in this PostgreSQL database, shared by every server given the same one:

@@ -93,6 +93,7 @@ fn usage_errors_exit_64() {
         &["fence", "x", "not-a-number"],
         &["server", "--listen", "nowhere"],
         &["server", "--store", "postgres"],
+        &["server", "--store", "nowhere"],
         &["server", "--default-ttl", "soon"],
     ];
     for args in cases {
