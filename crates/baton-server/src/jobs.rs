@@ -298,7 +298,7 @@ pub(crate) async fn finish(
     JobPath(id): JobPath,
     JsonBody(request): JsonBody<proto::FinishJobRequest, FINISH_BODY_BYTES_MAX>,
 ) -> Result<Json<proto::JobDetail>, ApiError> {
-    authorize_job(&state, &caller, id, Role::Acquire).await?;
+    // The body is checked first: a malformed report is refused the same for every caller.
     let capability = match (&request.lease_id, &request.ticket_id) {
         (Some(lease), None) => JobCapability::Lease(LeaseId::parse(lease).ok_or_else(|| {
             ApiError::new(
@@ -337,6 +337,12 @@ pub(crate) async fn finish(
         reason: request.reason,
         output_tail: request.output_tail.unwrap_or_default(),
     };
+    if !report.state.is_reportable() {
+        return Err(
+            baton_store::StoreError::from(baton_core::JobError::InvalidState(report.state)).into(),
+        );
+    }
+    authorize_job(&state, &caller, id, Role::Acquire).await?;
     let job = state.store.finish_job(id, capability, report).await?;
     Ok(Json(proto::JobDetail {
         output_tail: job.output_tail.clone(),
