@@ -518,15 +518,29 @@ impl Inner {
             slice::RowLock::Wait
         };
         let database_time = matches!(self.time, TimeSource::Database);
-        let loaded = slice::load(
+        let mut loaded = slice::load(
             &tx,
             lock,
             want,
             row_lock,
             database_time,
             self.now_estimate(),
+            false,
         )
         .await?;
+        if !loaded.locked && want.create.is_some() && !skip_locked {
+            // A new lock (most requests find theirs): create its row, then read again under it.
+            loaded = slice::load(
+                &tx,
+                lock,
+                want,
+                row_lock,
+                database_time,
+                self.now_estimate(),
+                true,
+            )
+            .await?;
+        }
         if !loaded.locked {
             if skip_locked {
                 return Ok(None);

@@ -79,7 +79,7 @@ const MISC_SQL: &str = "SELECT (extract(epoch FROM clock_timestamp()) * 1000)::b
          ELSE '{}'::bigint[] END,
     CASE WHEN $4::boolean THEN nextval('ticket_seq') END";
 
-/// Locks the lock's row (creating it first when asked) and reads its slice, in one pipelined
+/// Locks the lock's row (creating it first with `insert_first`) and reads its slice, in one pipelined
 /// round trip: PostgreSQL runs a connection's statements in order, so every read after the
 /// `FOR UPDATE` sees the lock as it stands once the row lock is held. Statements are prepared
 /// (or found in the connection's cache) before any is executed, so the executions go out in
@@ -91,6 +91,7 @@ pub(crate) async fn load(
     row_lock: RowLock,
     database_time: bool,
     placeholder_idle_since: Millis,
+    insert_first: bool,
 ) -> Result<Loaded, StoreError> {
     let name = lock.as_str();
     let lock_sql = match row_lock {
@@ -138,54 +139,49 @@ pub(crate) async fn load(
     let capacity = i32::try_from(want.create.unwrap_or(1)).unwrap_or(i32::MAX);
     let idle_since = t(placeholder_idle_since);
     let job_ids: Vec<Vec<u8>> = want.jobs.iter().map(|id| id.0.to_vec()).collect();
-    let ended_ids: Vec<Vec<u8>> = want.ended_leases.iter().map(|id| id.0.to_vec()).collect();
-    let ticket_ids: Vec<Vec<u8>> = want.ended_tickets.iter().map(|id| id.0.to_vec()).collect();
     let capacity_hint = i64::from(want.create.unwrap_or(1));
-    let (created, row, misc, leases, tickets, jobs, requests, ended_leases, ended_tickets, once) =
-        tokio::try_join!(
-            async {
-                if want.create.is_none() {
-                    return Ok(false);
-                }
-                tx.execute(&insert, &[&name, &capacity, &idle_since])
-                    .await
-                    .map(|count| count == 1)
-                    .map_err(db("cannot create a lock"))
-            },
-            async {
-                tx.query_opt(&lock_statement, &[&name])
-                    .await
-                    .map_err(db("cannot lock a lock"))
-            },
-            async {
-                tx.query_one(&misc, &[&name, &capacity_hint, &want.grants, &want.queues])
-                    .await
-                    .map_err(db("cannot read the clock and draw numbers"))
-            },
-            async {
-                tx.query(&leases, &[&name])
-                    .await
-                    .map_err(db("cannot read leases"))
-            },
-            async {
-                tx.query(&tickets, &[&name])
-                    .await
-                    .map_err(db("cannot read tickets"))
-            },
-            async {
-                tx.query(&jobs, &[&name, &job_ids])
-                    .await
-                    .map_err(db("cannot read jobs"))
-            },
-            async {
-                tx.query(&requests, &[&want.requests, &name])
-                    .await
-                    .map_err(db("cannot read request ids"))
-            },
-            ended_leases(tx, &ended_ids),
-            ended_tickets(tx, &ticket_ids),
-            once_slot(tx, want.once_name.as_deref()),
-        )?;
+    let (created, row, misc, leases, tickets, jobs, requests, once) = tokio::try_join!(
+        async {
+            if want.create.is_none() || !insert_first {
+                return Ok(false);
+            }
+            tx.execute(&insert, &[&name, &capacity, &idle_since])
+                .await
+                .map(|count| count == 1)
+                .map_err(db("cannot create a lock"))
+        },
+        async {
+            tx.query_opt(&lock_statement, &[&name])
+                .await
+                .map_err(db("cannot lock a lock"))
+        },
+        async {
+            tx.query_one(&misc, &[&name, &capacity_hint, &want.grants, &want.queues])
+                .await
+                .map_err(db("cannot read the clock and draw numbers"))
+        },
+        async {
+            tx.query(&leases, &[&name])
+                .await
+                .map_err(db("cannot read leases"))
+        },
+        async {
+            tx.query(&tickets, &[&name])
+                .await
+                .map_err(db("cannot read tickets"))
+        },
+        async {
+            tx.query(&jobs, &[&name, &job_ids])
+                .await
+                .map_err(db("cannot read jobs"))
+        },
+        async {
+            tx.query(&requests, &[&want.requests, &name])
+                .await
+                .map_err(db("cannot read request ids"))
+        },
+        once_slot(tx, want.once_name.as_deref()),
+    )?;
     let leases = leases
         .iter()
         .map(rows::lease_of)
@@ -198,27 +194,35 @@ pub(crate) async fn load(
         .iter()
         .map(rows::request_of)
         .collect::<Result<Vec<_>, _>>()?;
-    let mut ended_leases = ended_leases;
-    let mut ended_tickets = ended_tickets;
     // A reused request id that stands for an ended lease or ticket: say how it ended.
-    let more_leases: Vec<Vec<u8>> = requests
+    // Ended leases and tickets the request names (directly, or through a reused request id)
+    // are looked up only when they are not live: one more round trip, seldom taken.
+    let mut more_leases: Vec<Vec<u8>> = want
+        .ended_leases
         .iter()
-        .filter_map(|request| match request.target {
-            RequestTarget::Lease(id) if !leases.iter().any(|lease| lease.id == id) => {
-                Some(id.0.to_vec())
-            }
-            _ => None,
-        })
+        .copied()
+        .chain(requests.iter().filter_map(|request| match request.target {
+            RequestTarget::Lease(id) => Some(id),
+            RequestTarget::Ticket(_) => None,
+        }))
+        .filter(|id| !leases.iter().any(|lease| lease.id == *id))
+        .map(|id| id.0.to_vec())
         .collect();
-    let more_tickets: Vec<Vec<u8>> = requests
+    more_leases.dedup();
+    let mut more_tickets: Vec<Vec<u8>> = want
+        .ended_tickets
         .iter()
-        .filter_map(|request| match request.target {
-            RequestTarget::Ticket(id) if !tickets.iter().any(|ticket| ticket.id == id) => {
-                Some(id.0.to_vec())
-            }
-            _ => None,
-        })
+        .copied()
+        .chain(requests.iter().filter_map(|request| match request.target {
+            RequestTarget::Ticket(id) => Some(id),
+            RequestTarget::Lease(_) => None,
+        }))
+        .filter(|id| !tickets.iter().any(|ticket| ticket.id == *id))
+        .map(|id| id.0.to_vec())
         .collect();
+    more_tickets.dedup();
+    let mut ended_leases = Vec::new();
+    let mut ended_tickets = Vec::new();
     if !more_leases.is_empty() || !more_tickets.is_empty() {
         let (more_leases, more_tickets) = tokio::try_join!(
             self::ended_leases(tx, &more_leases),
