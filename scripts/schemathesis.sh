@@ -5,11 +5,12 @@
 #
 #   bash scripts/schemathesis.sh                 # the bounded CI run
 #   ST_MAX_EXAMPLES=500 ST_SEED=7 bash scripts/schemathesis.sh   # a longer or different run
-#   BATON_API_KEY=... bash scripts/schemathesis.sh                 # when the server wants a key
+#   BATON_API_KEY=... bash scripts/schemathesis.sh                 # use this key (else one is made)
 #
 # Schemathesis is installed from PyPI (pinned below) into a venv under target/, reused across
 # runs. The server is a debug `baton server` on 127.0.0.1 (a port it picks) over a temporary
-# SQLite data dir; it is stopped on exit. Exits non-zero on any failure.
+# SQLite data dir, with an administrator API key made for the run (a keys file); it is stopped on
+# exit. Exits non-zero on any failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -40,7 +41,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-target/debug/baton server --listen 127.0.0.1:0 --data-dir "$work/data" 2>"$work/server.log" &
+# With an API key, as a server on a network runs: every check of authentication (401 without a
+# key or with a wrong one) applies, and the cases run as an administrator.
+key=${BATON_API_KEY:-$(target/debug/baton keys create --offline --name schemathesis --grant admin: \
+    2>"$work/keys.toml")}
+# The key gets a known id, so the hooks keep the run from revoking its own key.
+export ST_ADMIN_KEY_ID=key_5c4e3a2b1d0f9e8d
+if [ -s "$work/keys.toml" ]; then
+    echo "id = \"$ST_ADMIN_KEY_ID\"" >>"$work/keys.toml"
+else
+    : >"$work/keys.toml"
+fi
+target/debug/baton server --listen 127.0.0.1:0 --data-dir "$work/data" \
+    --keys-file "$work/keys.toml" 2>"$work/server.log" &
 server=$!
 base=
 for _ in $(seq 1 100); do
@@ -61,10 +74,7 @@ for _ in $(seq 1 100); do
 done
 [ -n "$ready" ] || { echo "the server never became ready" >&2; cat "$work/server.log" >&2; exit 1; }
 
-auth=()
-if [ -n "${BATON_API_KEY:-}" ]; then
-    auth=(--header "Authorization: Bearer $BATON_API_KEY")
-fi
+auth=(--header "Authorization: Bearer $key")
 
 # Every check. scripts/schemathesis.toml lists the few documented refusals of schema-valid
 # input; scripts/schemathesis_hooks.py shortens long-polls. Waits are at most 60 s on the

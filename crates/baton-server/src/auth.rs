@@ -48,6 +48,8 @@ pub const ANONYMOUS: &str = "anonymous";
 pub const KEY_NAME_BYTES_MAX: usize = 128;
 /// Most grants one key may carry.
 pub const GRANTS_MAX: usize = 64;
+/// The largest per-key rate a key may be given (requests per second).
+pub const RATE_PER_SEC_MAX: u32 = 1_000_000;
 
 /// A fresh secret: `baton_` and 64 hex digits (32 random bytes).
 pub fn generate_secret() -> anyhow::Result<String> {
@@ -116,8 +118,12 @@ pub fn validate_key(
             "a key needs 1 to {GRANTS_MAX} grants such as read:, acquire:team-a/ or admin:"
         ));
     }
-    if rate == Some(0) {
-        return Err("rate_per_sec must be at least 1".to_owned());
+    if let Some(rate) = rate
+        && !(1..=RATE_PER_SEC_MAX).contains(&rate)
+    {
+        return Err(format!(
+            "rate_per_sec must be between 1 and {RATE_PER_SEC_MAX}"
+        ));
     }
     grants.iter().map(|grant| parse_grant(grant)).collect()
 }

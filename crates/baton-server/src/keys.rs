@@ -193,12 +193,17 @@ pub(crate) async fn audit(
     query.only(&["before", "limit"])?;
     let limit = query.limit("limit", 100, AUDIT_LIMIT_MAX)?;
     let before = match query.0.get("before") {
-        Some(text) => Some(text.parse::<u64>().map_err(|_| {
-            ApiError::new(
-                ErrorCode::InvalidQuery,
-                "before must be a whole number (a seq)",
-            )
-        })?),
+        Some(text) => Some(
+            text.parse::<i64>()
+                .ok()
+                .and_then(|seq| u64::try_from(seq).ok())
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidQuery,
+                        "before must be a whole number (a seq)",
+                    )
+                })?,
+        ),
         None => None,
     };
     let entries = state.store.audit(before, limit).await?;

@@ -151,11 +151,37 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
         ),
         ("JobWaitRequest", "ticket_id", id_schema("ticket_")),
         ("JobWaitRequest", "wait_ms", wait_schema()),
+        // The server counts bytes, the document characters (as for the other labels).
+        (
+            "CreateKeyRequest",
+            "name",
+            label_schema(crate::auth::KEY_NAME_BYTES_MAX),
+        ),
+        (
+            "CreateKeyRequest",
+            "grants",
+            json!({
+                "minItems": 1,
+                "maxItems": crate::auth::GRANTS_MAX,
+                "items": {"type": "string", "pattern": format!(
+                    "^(read|acquire|admin):[A-Za-z0-9._:/@-]{{0,{}}}$",
+                    limits::LOCK_NAME_BYTES_MAX
+                )},
+            }),
+        ),
+        (
+            "CreateKeyRequest",
+            "rate_per_sec",
+            json!({"minimum": 1, "maximum": crate::auth::RATE_PER_SEC_MAX}),
+        ),
     ]
 }
 
 /// Constraints of a path or query parameter of the operation at `path`.
 fn parameter_constraints(path: &str, location: &str, name: &str) -> Option<Value> {
+    if path.starts_with("/v1/keys/") && (location, name) == ("path", "id") {
+        return Some(json!({"pattern": "^key_[0-9a-f]{16}$"}));
+    }
     let id_prefix = if path.starts_with("/v1/leases/") {
         "lease_"
     } else if path.starts_with("/v1/tickets/") {
@@ -173,12 +199,14 @@ fn parameter_constraints(path: &str, location: &str, name: &str) -> Option<Value
             let max = match path {
                 "/v1/locks" => LIST_LIMIT_MAX,
                 "/v1/jobs" => JOB_LIST_LIMIT_MAX,
+                "/v1/audit" => crate::keys::AUDIT_LIMIT_MAX,
                 _ => HISTORY_LIMIT_MAX,
             };
             json!({"type": "integer", "minimum": 1, "maximum": max})
         }
         ("query", "state") => json!({"pattern": format!("^({states})(,({states}))*$")}),
         ("query", "since" | "until") => json!({"format": "date-time"}),
+        ("query", "before") => json!({"type": "integer", "minimum": 0}),
         _ => return None,
     })
 }
@@ -297,6 +325,23 @@ fn refine_operation(path: &str, operation: &mut Value, optional_bodies: &[String
         "503",
         "unavailable (the store cannot commit) or limit_reached: try again later",
     );
+    if path != "/v1/openapi.json" {
+        add(
+            responses,
+            "401",
+            "unauthorized: no valid API key (the server has keys; send Authorization: Bearer KEY)",
+        );
+        add(
+            responses,
+            "403",
+            "forbidden: the key does not grant this call",
+        );
+        add(
+            responses,
+            "429",
+            "rate_limited: over the key's requests per second; try again after Retry-After",
+        );
+    }
     if has_path_parameter {
         add(
             responses,

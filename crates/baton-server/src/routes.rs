@@ -750,6 +750,9 @@ pub(crate) struct ApiDoc;
 /// Declares the bearer API key in the OpenAPI document, required everywhere but the open paths.
 struct BearerAuth;
 
+/// The paths answered without a key (see `auth`).
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/v1/openapi.json"];
+
 impl utoipa::Modify for BearerAuth {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::security::{
@@ -772,5 +775,16 @@ impl utoipa::Modify for BearerAuth {
             "api_key",
             Vec::<String>::new(),
         )]);
+        // The open paths need no key: say so per operation (an empty requirement list).
+        for path in OPEN_PATHS {
+            if let Some(item) = openapi.paths.paths.get_mut(*path) {
+                for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                    .into_iter()
+                    .flatten()
+                {
+                    operation.security = Some(Vec::new());
+                }
+            }
+        }
     }
 }

@@ -251,3 +251,57 @@ async fn documented_bounds_match_the_server() {
         true
     );
 }
+
+/// Found once schemathesis ran against a server with an API key: the key's bounds, the audit
+/// cursor's bound, 401/403/429 documented on every keyed operation, and no key asked of the
+/// open paths.
+#[tokio::test]
+async fn key_bounds_and_security_are_documented() {
+    let (base, _stop) = start().await;
+    let document = document(&base).await;
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            document["paths"][path]["get"]["security"],
+            serde_json::json!([]),
+            "{path} needs no key"
+        );
+    }
+    for (path, item) in document["paths"].as_object().unwrap() {
+        if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+            continue;
+        }
+        for (method, operation) in item.as_object().unwrap() {
+            for status in ["401", "403", "429"] {
+                assert!(
+                    operation["responses"][status].is_object(),
+                    "{method} {path} does not document {status}"
+                );
+            }
+        }
+    }
+    let rate = &document["components"]["schemas"]["CreateKeyRequest"]["properties"]["rate_per_sec"];
+    assert_eq!(rate["maximum"], baton_server::auth::RATE_PER_SEC_MAX);
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/keys"),
+        Some(r#"{"name":"big","grants":["read:"],"rate_per_sec":2147483648}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "a rate beyond the bound: {body}");
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/keys"),
+        Some(r#"{"name":"nulls","grants":[null]}"#),
+    )
+    .await;
+    assert_eq!(status, 400, "a null grant: {body}");
+    let (status, body) = call(
+        "GET",
+        &format!("{base}/v1/audit?before=9223372036854775808"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 400, "a cursor beyond int64: {body}");
+    let (status, body) = call("GET", &format!("{base}/v1/audit?before=5"), None).await;
+    assert_eq!(status, 200, "{body}");
+}

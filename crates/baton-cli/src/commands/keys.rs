@@ -83,9 +83,10 @@ fn create_offline(context: &Context, args: &KeyCreateArgs) -> anyhow::Result<u8>
             "keys_file_entry": entry,
         }))?;
     } else {
+        // A TOML comment, so `2>>keys.toml` appends a valid entry.
         eprintln!(
-            "the secret (shown this once; give it as BATON_API_KEY) is on stdout; add this to \
-             the server's --keys-file:\n\n{entry}"
+            "# the secret (shown this once; give it as BATON_API_KEY) is on stdout; add this \
+             to the server's --keys-file:\n{entry}"
         );
         print_line(&secret)?;
     }
