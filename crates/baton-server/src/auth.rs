@@ -229,6 +229,9 @@ pub struct Auth {
     store: Arc<dyn Store>,
     file_keys: Vec<ApiKey>,
     current: RwLock<Arc<KeySet>>,
+    /// Reloads run one at a time: a reload that read the store before a key was created must
+    /// not overwrite the set of one that read it after (the periodic reload racing a create).
+    reloading: tokio::sync::Mutex<()>,
     default_rate: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
 }
@@ -246,6 +249,7 @@ impl Auth {
             store,
             file_keys,
             current: RwLock::new(Arc::new(KeySet::default())),
+            reloading: tokio::sync::Mutex::new(()),
             default_rate: default_rate.max(1),
             buckets: Mutex::new(HashMap::new()),
         }
@@ -253,6 +257,7 @@ impl Auth {
 
     /// Reads the store's keys again and merges the file's.
     pub async fn reload(&self) -> Result<(), baton_store::StoreError> {
+        let _one_at_a_time = self.reloading.lock().await;
         let stored = self.store.keys().await?;
         let mut keys: Vec<(Arc<ApiKey>, KeySource)> = stored
             .into_iter()
