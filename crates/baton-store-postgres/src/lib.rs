@@ -163,6 +163,9 @@ struct Inner {
     /// Database time minus local time, in ms, as last measured.
     offset_ms: AtomicI64,
     timer_wake: Notify,
+    /// When the timer means to look next (0 while it is looking): a transaction that creates an
+    /// earlier deadline wakes it, and only then.
+    timer_target: AtomicU64,
     counts: Mutex<(u64, u64, u64)>,
     transitions: AtomicU64,
     commits: AtomicU64,
@@ -283,6 +286,7 @@ impl PostgresStore {
             waiters: Waiters::default(),
             offset_ms: AtomicI64::new(0),
             timer_wake: Notify::new(),
+            timer_target: AtomicU64::new(0),
             counts: Mutex::new((0, 0, 0)),
             transitions: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -404,6 +408,7 @@ async fn timer(inner: Weak<Inner>) {
                 tracing::warn!(%error, "housekeeping failed");
             }
         }
+        strong.timer_target.store(0, Ordering::Relaxed);
         let sleep_ms = match strong.next_deadline().await {
             Ok(Some(next)) => {
                 let now = strong.now_estimate();
@@ -415,6 +420,10 @@ async fn timer(inner: Weak<Inner>) {
                 TIMER_MAX_SLEEP_MS
             }
         };
+        strong.timer_target.store(
+            strong.now_estimate().saturating_add(sleep_ms),
+            Ordering::Relaxed,
+        );
         // Holding `strong` while asleep is fine: dropping the store aborts this task.
         let wake = strong.timer_wake.notified();
         tokio::select! {
@@ -624,7 +633,7 @@ impl Inner {
             .await
             .map_err(db("cannot send a wake-up"))?;
         }
-        let has_deadline = state.next_deadline().is_some();
+        let next_deadline = state.next_deadline();
         if durability == slice::Durability::Lazy && wakeups.is_empty() {
             tx.batch_execute("SET LOCAL synchronous_commit = off")
                 .await
@@ -637,8 +646,8 @@ impl Inner {
         for id in wakeups {
             self.waiters.wake(id);
         }
-        if has_deadline {
-            // A new, maybe earlier, deadline: let the timer look again.
+        if next_deadline.is_some_and(|next| next < self.timer_target.load(Ordering::Relaxed)) {
+            // A deadline earlier than the timer's next look: let it look again.
             self.timer_wake.notify_one();
         }
         Ok(Some(Outcome { value }))
