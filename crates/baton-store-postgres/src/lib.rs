@@ -130,6 +130,8 @@ impl Waiters {
         )
     }
 
+    /// Forgets the wake-up of `id` when nobody else waits on it here. The caller has dropped
+    /// its `Notified` future first (it holds a reference too).
     fn release(&self, id: TicketId, notify: &Arc<Notify>) {
         let mut map = self.lock();
         // The map's reference and ours: nobody else waits on this ticket here.
@@ -314,6 +316,13 @@ impl PostgresStore {
     /// The schema this store uses.
     pub fn schema(&self) -> &str {
         &self.inner.schema
+    }
+
+    /// How many tickets have a wake-up registered on this server (parked waiters); for tests
+    /// that check nothing is left behind.
+    #[doc(hidden)]
+    pub fn parked_tickets(&self) -> usize {
+        self.inner.waiters.lock().len()
     }
 
     /// True while the listening connection is up.
@@ -749,10 +758,12 @@ impl Inner {
             let parked = match result {
                 Ok(Ok(parked)) => parked,
                 Ok(Err(error)) => {
+                    drop(notified);
                     self.waiters.release(id, &notify);
                     return Err(error.into());
                 }
                 Err(error) => {
+                    drop(notified);
                     self.waiters.release(id, &notify);
                     return Err(error);
                 }
@@ -764,6 +775,7 @@ impl Inner {
                     self.waiters.release(id, &notify);
                 }
                 other => {
+                    drop(notified);
                     self.waiters.release(id, &notify);
                     return Ok(other);
                 }
@@ -1136,14 +1148,16 @@ impl Store for PostgresStore {
         let acquired = match acquired {
             Ok(Ok(acquired)) => acquired,
             Ok(Err(error)) => {
-                if let Some((notify, _)) = &armed {
-                    self.inner.waiters.release(command.ticket_id, notify);
+                if let Some((notify, notified)) = armed {
+                    drop(notified);
+                    self.inner.waiters.release(command.ticket_id, &notify);
                 }
                 return Err(error.into());
             }
             Err(error) => {
-                if let Some((notify, _)) = &armed {
-                    self.inner.waiters.release(command.ticket_id, notify);
+                if let Some((notify, notified)) = armed {
+                    drop(notified);
+                    self.inner.waiters.release(command.ticket_id, &notify);
                 }
                 return Err(error);
             }

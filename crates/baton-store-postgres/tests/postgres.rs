@@ -204,7 +204,31 @@ async fn waiters_on_another_store_are_woken_even_after_the_listener_drops() {
         };
         assert!(lease.token > held.token);
         b.release(lease.id).await.unwrap();
+        // A waiter that was granted leaves no wake-up registered behind.
+        assert_eq!(
+            b.parked_tickets(),
+            0,
+            "round {round}: a wake-up was left behind"
+        );
     }
+    // Nor does one whose wait runs out.
+    let held = grant(&a, "wake", "holder").await;
+    let outcome = b
+        .acquire(args(
+            "wake",
+            "impatient",
+            30_000,
+            Duration::from_millis(300),
+        ))
+        .await
+        .unwrap();
+    assert!(matches!(outcome, AcquireOutcome::Busy(_)), "{outcome:?}");
+    assert_eq!(
+        b.parked_tickets(),
+        0,
+        "a wake-up was left behind by a wait that ran out"
+    );
+    a.release(held.id).await.unwrap();
 }
 
 /// Two stores both run expiry timers: every expired lease ends once, by one of them.
