@@ -662,38 +662,43 @@ impl Inner {
         Ok(Some(Outcome { value }))
     }
 
+    /// The lock named by the one-column query `sql` for the id `$1`, if any.
+    async fn lock_by_id(
+        &self,
+        sql: &str,
+        id: &[u8; 16],
+        what: &'static str,
+    ) -> Result<Option<LockName>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(db(what))?;
+        client
+            .query_opt(&statement, &[&id.to_vec()])
+            .await
+            .map_err(db(what))?
+            .map(|row| rows::lock_name(row.get(0)))
+            .transpose()
+    }
+
     /// The lock a ticket belongs to (queued or recently ended).
     async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT lock FROM tickets WHERE id = $1
-                 UNION ALL SELECT lock FROM ended_tickets WHERE id = $1 LIMIT 1",
-            )
-            .await
-            .map_err(db("cannot find a ticket"))?;
-        let row = client
-            .query_opt(&statement, &[&id.0.to_vec()])
-            .await
-            .map_err(db("cannot find a ticket"))?;
-        row.map(|row| rows::lock_name(row.get(0))).transpose()
+        self.lock_by_id(
+            "SELECT lock FROM tickets WHERE id = $1
+             UNION ALL SELECT lock FROM ended_tickets WHERE id = $1 LIMIT 1",
+            &id.0,
+            "cannot find a ticket",
+        )
+        .await
     }
 
     /// The lock a lease belongs to (live or ended).
     async fn lock_of_lease(&self, id: LeaseId) -> Result<Option<LockName>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "SELECT lock FROM leases WHERE id = $1
-                 UNION ALL SELECT lock FROM history WHERE lease_id = $1 LIMIT 1",
-            )
-            .await
-            .map_err(db("cannot find a lease"))?;
-        let row = client
-            .query_opt(&statement, &[&id.0.to_vec()])
-            .await
-            .map_err(db("cannot find a lease"))?;
-        row.map(|row| rows::lock_name(row.get(0))).transpose()
+        self.lock_by_id(
+            "SELECT lock FROM leases WHERE id = $1
+             UNION ALL SELECT lock FROM history WHERE lease_id = $1 LIMIT 1",
+            &id.0,
+            "cannot find a lease",
+        )
+        .await
     }
 
     async fn job_row(&self, id: JobId) -> Result<Option<Job>, StoreError> {
@@ -1647,37 +1652,29 @@ impl Store for PostgresStore {
     }
 
     async fn lock_of_lease(&self, id: LeaseId) -> Result<Option<LockName>, StoreError> {
-        let client = self.inner.client().await?;
-        let statement = client
-            .prepare_cached("SELECT lock FROM leases WHERE id = $1")
+        // Live leases only: an ended one authorizes nothing.
+        self.inner
+            .lock_by_id(
+                "SELECT lock FROM leases WHERE id = $1",
+                &id.0,
+                "cannot find a lease",
+            )
             .await
-            .map_err(db("cannot find a lease"))?;
-        client
-            .query_opt(&statement, &[&id.0.to_vec()])
-            .await
-            .map_err(db("cannot find a lease"))?
-            .map(|row| rows::lock_name(row.get(0)))
-            .transpose()
     }
 
     async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
-        let client = self.inner.client().await?;
-        let statement = client
-            .prepare_cached(
+        // Queued, or granted with its lease still live (a wait would hand it out).
+        self.inner
+            .lock_by_id(
                 "SELECT lock FROM tickets WHERE id = $1
                  UNION ALL
                  SELECT e.lock FROM ended_tickets e JOIN leases l ON l.id = e.lease_id
                  WHERE e.id = $1 AND e.end_kind = 'granted'
                  LIMIT 1",
+                &id.0,
+                "cannot find a ticket",
             )
             .await
-            .map_err(db("cannot find a ticket"))?;
-        client
-            .query_opt(&statement, &[&id.0.to_vec()])
-            .await
-            .map_err(db("cannot find a ticket"))?
-            .map(|row| rows::lock_name(row.get(0)))
-            .transpose()
     }
 
     fn stats(&self) -> StoreStats {
