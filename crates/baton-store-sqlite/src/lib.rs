@@ -239,23 +239,6 @@ impl SqlitePersister {
     }
 }
 
-fn end_text(end: LeaseEnd) -> &'static str {
-    match end {
-        LeaseEnd::Released => "released",
-        LeaseEnd::Expired => "expired",
-        LeaseEnd::Revoked => "revoked",
-    }
-}
-
-fn end_parse(text: &str) -> Option<LeaseEnd> {
-    match text {
-        "released" => Some(LeaseEnd::Released),
-        "expired" => Some(LeaseEnd::Expired),
-        "revoked" => Some(LeaseEnd::Revoked),
-        _ => None,
-    }
-}
-
 fn to_i64(value: u64) -> i64 {
     // Times are milliseconds since 1970 and tokens count grants: both far below 2^63.
     i64::try_from(value).unwrap_or(i64::MAX)
@@ -592,7 +575,7 @@ impl Persister for SqlitePersister {
                 token: unsigned(token, "token")?,
                 granted_at: unsigned(granted, "time")?,
                 ended_at: unsigned(ended, "time")?,
-                end: end_parse(&end).ok_or_else(|| {
+                end: LeaseEnd::parse(&end).ok_or_else(|| {
                     PersistError(format!("a stored end reason is unknown: {end}"))
                 })?,
             });
@@ -700,7 +683,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(record.token),
                     to_i64(record.granted_at),
                     to_i64(record.ended_at),
-                    end_text(record.end),
+                    record.end.as_str(),
                     &record.lease_id.0[..],
                     record.request_id,
                 ])
@@ -718,60 +701,6 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         .map_err(|error| PersistError(format!("cannot write a change: {error}")))
 }
 
-fn policy_text(policy: Policy) -> &'static str {
-    match policy {
-        Policy::Wait => "wait",
-        Policy::Skip => "skip",
-        Policy::Fail => "fail",
-        Policy::Replace => "replace",
-        Policy::Coalesce => "coalesce",
-    }
-}
-
-fn policy_parse(text: &str) -> Option<Policy> {
-    [
-        Policy::Wait,
-        Policy::Skip,
-        Policy::Fail,
-        Policy::Replace,
-        Policy::Coalesce,
-    ]
-    .into_iter()
-    .find(|policy| policy_text(*policy) == text)
-}
-
-fn state_text(state: JobState) -> &'static str {
-    match state {
-        JobState::Queued => "queued",
-        JobState::Waiting => "waiting",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-        JobState::Lost => "lost",
-        JobState::TimedOut => "timed_out",
-        JobState::Skipped => "skipped",
-        JobState::Coalesced => "coalesced",
-    }
-}
-
-fn state_parse(text: &str) -> Option<JobState> {
-    [
-        JobState::Queued,
-        JobState::Waiting,
-        JobState::Running,
-        JobState::Succeeded,
-        JobState::Failed,
-        JobState::Cancelled,
-        JobState::Lost,
-        JobState::TimedOut,
-        JobState::Skipped,
-        JobState::Coalesced,
-    ]
-    .into_iter()
-    .find(|state| state_text(*state) == text)
-}
-
 fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> {
     // The command line is a JSON array of strings: any argument survives, NUL bytes included.
     let command = serde_json::to_string(&job.command).unwrap_or_else(|_| "[]".into());
@@ -786,11 +715,11 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         &job.id.0[..],
         job.name,
         job.lock.as_str(),
-        policy_text(job.policy),
+        job.policy.as_str(),
         job.owner,
         job.host,
         command,
-        state_text(job.state),
+        job.state.as_str(),
         job.reason,
         job.token.map(to_i64),
         job.lease.map(|id| id.0.to_vec()),
@@ -837,13 +766,13 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
             id: JobId(bytes16(row.get(0).map_err(get)?, "job id")?),
             name: row.get(1).map_err(get)?,
             lock: name(row.get(2).map_err(get)?)?,
-            policy: policy_parse(&policy)
+            policy: Policy::parse(&policy)
                 .ok_or_else(|| PersistError(format!("a stored job policy is unknown: {policy}")))?,
             owner: row.get(4).map_err(get)?,
             host: row.get(5).map_err(get)?,
             command: serde_json::from_str(&command)
                 .map_err(|e| PersistError(format!("a stored command line is invalid: {e}")))?,
-            state: state_parse(&state)
+            state: JobState::parse(&state)
                 .ok_or_else(|| PersistError(format!("a stored job state is unknown: {state}")))?,
             reason: row.get(8).map_err(get)?,
             token: optional_time(row.get(9).map_err(get)?, "token")?,
