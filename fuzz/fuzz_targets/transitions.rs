@@ -267,6 +267,7 @@ impl Harness {
                     capacity: capacity.map(|c| u32::from(c % 4)),
                     queue: *queue,
                     request_id: request.map(|r| format!("req-{}", r % 8)),
+                    api_key: key.then(|| format!("key_{client}")),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
                 };
@@ -361,6 +362,7 @@ impl Harness {
                     min_hold_ms: min_hold.map(u64::from),
                     once_per_ms: once_per.map(|ms| u64::from(ms) * 10),
                     batch: batch.then(|| "batch-1".to_owned()),
+                    api_key: None,
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
                 };

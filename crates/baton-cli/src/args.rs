@@ -8,12 +8,23 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// What `baton --version` prints after the name: the crate's version, the git commit it was
+/// built from ("unknown" outside a git checkout) and the UTC build date (see `build.rs`).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("BATON_GIT_COMMIT"),
+    ", built ",
+    env!("BATON_BUILD_DATE"),
+    ")"
+);
+
 /// Distributed locks for scripts and jobs: acquire, renew and release leases on a baton server,
 /// inspect locks, check fencing tokens, or run the server.
 #[derive(Debug, Parser)]
 #[command(
     name = "baton",
-    version,
+    version = VERSION,
     propagate_version = true,
     max_term_width = 100
 )]
@@ -95,6 +106,27 @@ pub enum Command {
     Keys(KeysCommand),
     /// Show the audit log, newest first: key creations and revocations, lease revocations.
     Audit(AuditArgs),
+    /// Print a shell completion script on stdout: `baton completions bash > /etc/bash_completion.d/baton`.
+    Completions(CompletionsArgs),
+    /// Write man pages into DIR: baton.1 and one baton-SUBCOMMAND.1 per subcommand (packaging).
+    #[command(hide = true)]
+    Man(ManArgs),
+}
+
+/// `baton completions`.
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+/// `baton man`.
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// The folder to write the pages into (created if missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
 }
 
 /// `baton keys …`.
@@ -159,7 +191,7 @@ pub struct JobsArgs {
 
     /// Only jobs in these states (comma-separated, repeatable): queued, waiting, running,
     /// succeeded, failed, cancelled, lost, timed_out, skipped, coalesced.
-    #[arg(long, value_name = "STATES")]
+    #[arg(long, value_name = "STATES", value_parser = parse_job_states)]
     pub state: Vec<String>,
 
     /// Only jobs created within this long ago (e.g. 1h, 2d).
@@ -190,6 +222,20 @@ fn parse_span(text: &str) -> Result<jiff::SignedDuration, String> {
 /// `baton server`.
 #[derive(Debug, Args)]
 pub struct ServerArgs {
+    /// Read settings from this TOML file: one key per flag, its long name with _ for -
+    /// (`default_ttl = "30s"`). Flags and BATON_* variables beat the file.
+    #[arg(long, env = "BATON_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (flags, variables, file and defaults) as TOML, and
+    /// exit.
+    #[arg(long)]
+    pub print_config: bool,
+
+    /// What --print-config prints, filled in by the parser (it needs the matches).
+    #[arg(skip)]
+    pub effective_config: Option<String>,
+
     /// The address to listen on. Anything but loopback needs API keys or
     /// --allow-unauthenticated.
     #[arg(
@@ -211,7 +257,12 @@ pub struct ServerArgs {
 
     /// Where state is kept: `sqlite` (durable, in --data-dir), `memory` (lost on exit) or
     /// `postgres` (the database of --database; chosen by --database alone too).
-    #[arg(long, value_enum, requires_if("postgres", "database"))]
+    #[arg(
+        long,
+        env = "BATON_STORE",
+        value_enum,
+        requires_if("postgres", "database")
+    )]
     pub store: Option<StoreArg>,
 
     /// Keep state in this PostgreSQL database, shared by every server given the same one:
@@ -234,13 +285,14 @@ pub struct ServerArgs {
     pub database_schema: String,
 
     /// Connections this server keeps to --database.
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000), value_name = "N")]
+    #[arg(long, env = "BATON_DATABASE_POOL", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000), value_name = "N")]
     pub database_pool: u32,
 
     /// Testing aid: shift this server's own clock by this many milliseconds (may be negative).
     /// With PostgreSQL, leases still expire by the database's clock.
     #[arg(
         long,
+        env = "BATON_CLOCK_SKEW_MS",
         default_value_t = 0,
         hide = true,
         allow_hyphen_values = true,
@@ -249,7 +301,7 @@ pub struct ServerArgs {
     pub clock_skew_ms: i64,
 
     /// Allow listening on a non-loopback address without API keys.
-    #[arg(long)]
+    #[arg(long, env = "BATON_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
     /// API keys to accept from start: a TOML file of `[[key]]` tables (name, secret_sha256,
@@ -259,42 +311,64 @@ pub struct ServerArgs {
 
     /// Requests per second each API key may make unless it has its own rate; more are
     /// answered 429 with Retry-After.
-    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    #[arg(long, env = "BATON_KEY_RATE_LIMIT", default_value_t = 1_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub key_rate_limit: u32,
 
     /// How often API keys are read again from the store (keys made or revoked through another
     /// server sharing the database count within this period).
-    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, env = "BATON_KEY_RELOAD", default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
     pub key_reload: Duration,
 
     /// Lease time-to-live when a request gives none.
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, env = "BATON_DEFAULT_TTL", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub default_ttl: Duration,
 
-    /// After an unclean end of a lease (expiry, revocation) the lock grants nothing this long.
-    #[arg(long, default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
+    /// After an unclean end of a lease (expiry, revocation) its slot is not granted this long
+    /// (a semaphore's other free slots are).
+    #[arg(long, env = "BATON_LOCK_DELAY", default_value = "1s", value_parser = parse_duration, value_name = "DUR")]
     pub lock_delay: Duration,
 
     /// A queued ticket lapses when nobody waits on it for this long.
-    #[arg(long, default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, env = "BATON_TICKET_LAPSE", default_value = "10s", value_parser = parse_duration, value_name = "DUR")]
     pub ticket_lapse: Duration,
 
     /// How long ended holds are kept in history.
-    #[arg(long, default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, env = "BATON_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
     pub history_retention: Duration,
 
     /// Serve at most this many connections at once; one more is answered 503 and closed.
-    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
+    #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]
     pub max_connections: u32,
 
     /// A request's headers must arrive whole within this long (also closes keep-alive
     /// connections idle this long; keep it above a third of the ttls clients use).
-    #[arg(long, default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
+    #[arg(long, env = "BATON_HEADER_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration, value_name = "DUR")]
     pub header_read_timeout: Duration,
 
     /// Refuse (431) a request whose headers exceed this many bytes (at least 8192).
-    #[arg(long, default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(8192..), value_name = "BYTES")]
+    #[arg(long, env = "BATON_MAX_HEADER_BYTES", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(8192..), value_name = "BYTES")]
     pub max_header_bytes: u32,
+
+    /// A request's body must arrive whole within this long once its headers are read; a
+    /// slower one is answered 408 (body_timeout) and its connection closed.
+    #[arg(
+        long,
+        env = "BATON_BODY_READ_TIMEOUT",
+        default_value = "10s",
+        value_parser = parse_duration,
+        value_name = "DUR"
+    )]
+    pub body_read_timeout: Duration,
+
+    /// While the server has no API keys it answers only requests whose Host is an IP address
+    /// or localhost (against DNS rebinding); also answer this name (repeatable).
+    #[arg(
+        long = "allowed-host",
+        env = "BATON_ALLOWED_HOST",
+        value_delimiter = ',',
+        value_name = "NAME"
+    )]
+    pub allowed_hosts: Vec<String>,
 
     /// Serve HTTPS with this certificate chain (PEM: the server's certificate first, then any
     /// intermediates). Needs --tls-key.
@@ -414,6 +488,22 @@ pub struct TokenArgs {
     pub token: u64,
 }
 
+/// Checks a comma-separated list of job states (`failed,lost`): an unknown one is a usage
+/// error (exit 64), naming the states there are.
+fn parse_job_states(text: &str) -> Result<String, String> {
+    use baton_client::proto::JobState;
+    for state in text.split(',') {
+        if JobState::parse(state.trim()).is_none() {
+            return Err(format!(
+                "unknown job state {:?} (states: queued, waiting, running, succeeded, failed, \
+                 cancelled, lost, timed_out, skipped, coalesced)",
+                state.trim()
+            ));
+        }
+    }
+    Ok(text.to_owned())
+}
+
 /// Parses a duration such as `30s`, `5m`, `1500ms`, `1h 30m`, `7d`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text)
@@ -428,6 +518,30 @@ mod tests {
     #[test]
     fn the_command_line_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    /// Every `baton server` flag can be set from the environment as BATON_<LONG NAME> (and so
+    /// from a systemd unit's Environment=), besides the config file.
+    #[test]
+    fn every_server_flag_has_a_baton_variable() {
+        let command = Cli::command();
+        let Some(server) = command.find_subcommand("server") else {
+            panic!("no server subcommand");
+        };
+        for arg in server.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "print-config" {
+                continue;
+            }
+            let expected = format!("BATON_{}", long.replace('-', "_").to_uppercase());
+            let env = arg
+                .get_env()
+                .map(|name| name.to_string_lossy().into_owned());
+            let found = env.as_deref().unwrap_or("none");
+            let ok = env.as_deref() == Some(expected.as_str())
+                || (long == "database" && found == "BATON_DATABASE_URL");
+            assert!(ok, "--{long}: env {found}, expected {expected}");
+        }
     }
 
     #[test]
@@ -575,7 +689,7 @@ pub struct ParallelArgs {
     #[arg(long, value_name = "NAME:N")]
     pub slots: Option<String>,
 
-    /// Job names are NAME-INDEX [default: the template's first word].
+    /// Job names are NAME-INDEX-ARGUMENT [default NAME: the template's first word].
     #[arg(long, value_name = "NAME")]
     pub name: Option<String>,
 
@@ -596,6 +710,11 @@ pub struct ParallelArgs {
     /// output whole when it ends.
     #[arg(long)]
     pub line_buffer: bool,
+
+    /// Debugging: run the jobs one at a time, attached to the terminal (their stdin, stdout
+    /// and stderr are baton's own, not captured), still recorded as jobs.
+    #[arg(long, conflicts_with_all = ["jobs", "line_buffer", "results"])]
+    pub sync: bool,
 
     /// Keep each job's stdout and stderr in DIR/INDEX-NAME/{stdout,stderr}.
     #[arg(long, value_name = "DIR")]

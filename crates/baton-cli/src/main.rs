@@ -11,6 +11,7 @@ mod args;
 mod commands;
 mod exit;
 mod output;
+mod server_config;
 mod supervise;
 
 use std::process::ExitCode;
@@ -36,6 +37,7 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(code) => return ExitCode::from(code),
     };
+    let json = cli.global.json;
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -50,34 +52,100 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(error) => {
             report(&error);
-            exit::for_error(&error)
+            let code = exit::for_error(&error);
+            if json {
+                report_json(&error, code);
+            }
+            code
         }
     };
     ExitCode::from(code)
 }
 
-/// Parses the command line; on failure prints clap's message and returns the exit code:
-/// 0 for `--help` and `--version`, [`exit::USAGE`] for everything else.
+/// Parses the command line, with `baton server`'s configuration file applied
+/// ([`server_config`]); on failure prints the message and returns the exit code: 0 for
+/// `--help` and `--version`, [`exit::USAGE`] for everything else.
 fn parse() -> Result<Cli, u8> {
-    let command = Cli::command().after_long_help(exit::help_table());
-    let parsed = command
-        .try_get_matches()
-        .and_then(|mut matches| Cli::from_arg_matches_mut(&mut matches));
-    parsed.map_err(|error| {
-        let code = match error.kind() {
-            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::SUCCESS,
-            _ => exit::USAGE,
-        };
-        // Printing only fails when stdout or stderr is closed; the exit code still tells.
-        let _ = error.print();
-        code
-    })
+    let command = command();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let matches = command
+        .clone()
+        .try_get_matches_from(&argv)
+        .map_err(clap_failure)?;
+    let resolved =
+        server_config::resolve(&command, matches, &argv).map_err(|error| match error {
+            server_config::ResolveError::Clap(error) => clap_failure(error),
+            server_config::ResolveError::File(message) => {
+                eprintln!("baton server: {message}");
+                if json_asked() {
+                    output::print_json_error("usage", &message, exit::USAGE, None);
+                }
+                exit::USAGE
+            }
+        })?;
+    let effective = server_config::print_asked(&resolved.matches)
+        .then(|| server_config::render(&command, &resolved));
+    let mut matches = resolved.matches;
+    let mut cli = Cli::from_arg_matches_mut(&mut matches).map_err(clap_failure)?;
+    if let Command::Server(args) = &mut cli.command {
+        args.effective_config = effective;
+    }
+    Ok(cli)
+}
+
+/// Prints clap's message for a failed parse and returns the exit code: 0 for `--help` and
+/// `--version`, [`exit::USAGE`] for everything else.
+fn clap_failure(error: clap::Error) -> u8 {
+    let code = match error.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => exit::SUCCESS,
+        _ => exit::USAGE,
+    };
+    // Printing only fails when stdout or stderr is closed; the exit code still tells.
+    let _ = error.print();
+    if code == exit::USAGE && json_asked() {
+        let text = error.to_string();
+        let first = text.lines().next().unwrap_or("usage error");
+        let message = first.strip_prefix("error: ").unwrap_or(first);
+        output::print_json_error("usage", message, code, None);
+    }
+    code
+}
+
+/// The whole command line's definition, as parsed and as completions and man pages show it.
+pub fn command() -> clap::Command {
+    Cli::command().after_long_help(exit::help_table())
+}
+
+/// Whether `--json` is on the command line (before `--`): for usage errors, found before the
+/// parser could tell.
+fn json_asked() -> bool {
+    std::env::args_os()
+        .skip(1)
+        .take_while(|arg| arg != "--")
+        .any(|arg| arg == "--json")
+}
+
+/// Prints a failed command's error as JSON on stdout (`--json`).
+fn report_json(error: &anyhow::Error, code: u8) {
+    match exit::client_error(error) {
+        Some(client_error) => {
+            let holders = match client_error {
+                Error::Busy { holders, .. } => Some(holders.as_slice()),
+                _ => None,
+            };
+            let message = format!("{error:#}");
+            output::print_json_error(&client_error.code(), &message, code, holders);
+        }
+        None => output::print_json_error("internal", &format!("{error:#}"), code, None),
+    }
 }
 
 /// Runs the chosen command.
 async fn run(cli: Cli) -> anyhow::Result<u8> {
     let command = match cli.command {
         Command::Server(args) => return commands::server::run(args).await,
+        Command::Completions(args) => return commands::generate::completions(&args),
+        Command::Man(args) => return commands::generate::man(&args),
         command => command,
     };
     let mut builder = Client::builder(&cli.global.url);
@@ -107,6 +175,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keys(command) => commands::keys::keys(&context, command).await,
         Command::Audit(args) => commands::keys::audit(&context, args).await,
         Command::Server(args) => commands::server::run(args).await,
+        Command::Completions(args) => commands::generate::completions(&args),
+        Command::Man(args) => commands::generate::man(&args),
     }
 }
 

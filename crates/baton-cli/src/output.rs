@@ -17,6 +17,28 @@ pub fn print_json(value: &impl Serialize) -> anyhow::Result<()> {
     print_line(&text)
 }
 
+/// Prints an error as the JSON document of a command run with `--json`, on stdout, in the
+/// shape of the API's errors plus the exit code:
+/// `{"error": {"code", "message"}, "exit_code": N, "holders"?: [...]}`. `code` is the server's
+/// stable code, or `usage`, `interrupted` (a signal while waiting), `internal` for what baton
+/// decided itself.
+pub fn print_json_error(
+    code: &str,
+    message: &str,
+    exit_code: u8,
+    holders: Option<&[baton_client::proto::Holder]>,
+) {
+    let mut document = serde_json::json!({
+        "error": {"code": code, "message": message},
+        "exit_code": exit_code,
+    });
+    if let Some(holders) = holders {
+        document["holders"] = serde_json::json!(holders);
+    }
+    // Nothing else can be told when stdout is gone; the exit code still tells.
+    let _ = print_json(&document);
+}
+
 /// Prints one line on stdout. A closed stdout (`| head`) is not an error worth reporting.
 pub fn print_line(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();

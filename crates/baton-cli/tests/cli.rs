@@ -73,6 +73,32 @@ fn subcommand_help_and_version_exit_zero() {
 }
 
 #[test]
+fn version_names_the_commit_and_build_date() {
+    let output = baton(&["--version"]);
+    assert_exit(&output, 0);
+    let text = stdout(&output);
+    let line = text.trim();
+    assert!(line.starts_with("baton "), "{line}");
+    assert!(line.contains(" (commit "), "{line}");
+    let commit = line
+        .split(" (commit ")
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .unwrap_or_default();
+    assert!(
+        commit == "unknown" || (commit.len() >= 7 && commit.chars().all(|c| c.is_ascii_hexdigit())),
+        "{line}"
+    );
+    let date = line
+        .split(", built ")
+        .nth(1)
+        .map(|rest| rest.trim_end_matches(')'))
+        .unwrap_or_default();
+    assert_eq!(date.len(), 10, "{line}");
+    assert_eq!(date.as_bytes()[4], b'-', "{line}");
+}
+
+#[test]
 fn the_api_key_never_shows_in_help() {
     let output = baton_with_env(&["--help"], &[("BATON_API_KEY", "s3cret-key")]);
     assert_exit(&output, 0);

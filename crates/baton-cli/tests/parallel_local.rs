@@ -116,7 +116,10 @@ async fn j1_runs_the_jobs_one_by_one_in_input_order() {
             .filter(|line| line.starts_with("== "))
             .map(|line| line.split_whitespace().nth(1).unwrap_or("").to_owned())
             .collect();
-        assert_eq!(headers, ["sh-1", "sh-2", "sh-3", "sh-4", "sh-5", "sh-6"]);
+        assert_eq!(
+            headers,
+            ["sh-1-e", "sh-2-b", "sh-3-d", "sh-4-a", "sh-5-c", "sh-6-f"]
+        );
     })
     .await
     .expect("the test finished in time");
@@ -369,9 +372,9 @@ async fn arguments_come_from_a_file_and_results_are_kept() {
         .await;
         assert_code(&exited, 0, "two jobs from a file");
         let read = |path: &str| std::fs::read_to_string(results.join(path)).unwrap();
-        assert_eq!(read("1-greet-1/stdout"), "hello one\n");
-        assert_eq!(read("1-greet-1/stderr"), "oops one\n");
-        assert_eq!(read("2-greet-2/stdout"), "hello two\n");
+        assert_eq!(read("1-greet-1-one/stdout"), "hello one\n");
+        assert_eq!(read("1-greet-1-one/stderr"), "oops one\n");
+        assert_eq!(read("2-greet-2-two/stdout"), "hello two\n");
     })
     .await
     .expect("the test finished in time");
@@ -486,12 +489,12 @@ async fn line_buffer_streams_whole_lines_prefixed_by_the_jobs_name() {
             Some(dir.path()),
         );
         let steps = [
-            ("x", 1, "w-1: x one whole"),
-            ("y", 1, "w-2: y one whole"),
-            ("x", 2, "w-1: x two"),
-            ("y", 2, "w-2: y two"),
-            ("x", 3, "w-1: x three"),
-            ("y", 3, "w-2: y three"),
+            ("x", 1, "w-1-x: x one whole"),
+            ("y", 1, "w-2-y: y one whole"),
+            ("x", 2, "w-1-x: x two"),
+            ("y", 2, "w-2-y: y two"),
+            ("x", 3, "w-1-x: x three"),
+            ("y", 3, "w-2-y: y three"),
         ];
         for (job, step, line) in steps {
             std::fs::write(dir.path().join(format!("go.{job}.{step}")), "").unwrap();

@@ -89,7 +89,7 @@ async fn every_job_is_a_record_of_the_batch() {
         assert_eq!(jobs.len(), 2, "{jobs:#?}");
         for (result, (name, state, code)) in results
             .iter()
-            .zip([("rec-1", "succeeded", 0), ("rec-2", "failed", 4)])
+            .zip([("rec-1-0", "succeeded", 0), ("rec-2-4", "failed", 4)])
         {
             let id = result["job_id"].as_str().expect("a job id");
             let job = jobs

@@ -195,6 +195,59 @@ async fn without_the_ca_the_certificate_is_refused_plainly() {
     assert_eq!(code, 76, "a certificate from another CA: {stderr}");
 }
 
+/// Issue 11: a self-signed certificate was refused with rustls's variant name
+/// ("UnsupportedSignatureAlgorithmForPublicKeyContext") and nothing a user could act on.
+#[tokio::test]
+async fn a_self_signed_certificate_is_refused_with_what_to_do() {
+    use rcgen::{CertificateParams, IsCa, KeyPair};
+    let dir = tempfile::Builder::new()
+        .prefix("baton-tls-")
+        .tempdir()
+        .unwrap();
+    let key = KeyPair::generate().unwrap();
+    // As the README's openssl command makes it: basicConstraints CA:FALSE, ECDSA P-256.
+    let mut params =
+        CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+    params.is_ca = IsCa::ExplicitNoCa;
+    let cert = params.self_signed(&key).unwrap();
+    let cert_path = dir.path().join("self.pem");
+    let key_path = dir.path().join("self.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    let server = start(&[
+        "--tls-cert",
+        cert_path.to_str().unwrap(),
+        "--tls-key",
+        key_path.to_str().unwrap(),
+    ])
+    .await;
+    let (code, _, stderr) = run(&mut baton(&["--url", &server.url, "status"])).await;
+    assert_eq!(code, 76, "an untrusted self-signed certificate: {stderr}");
+    assert!(
+        stderr.contains("self-signed")
+            && stderr.contains("--ca-file")
+            && stderr.contains("BATON_CA_FILE"),
+        "the message does not say what to do: {stderr}"
+    );
+    assert!(
+        !stderr.contains("UnsupportedSignatureAlgorithm"),
+        "a rustls variant name instead of words: {stderr}"
+    );
+    // Trusting the certificate itself is what the message says to do, and it works.
+    let (code, _, stderr) = run(&mut baton(&[
+        "--url",
+        &server.url,
+        "--ca-file",
+        cert_path.to_str().unwrap(),
+        "status",
+    ]))
+    .await;
+    assert_eq!(
+        code, 0,
+        "the self-signed certificate given as --ca-file: {stderr}"
+    );
+}
+
 #[tokio::test]
 async fn the_wrong_scheme_fails_and_the_server_keeps_serving() {
     let pki = make_pki();

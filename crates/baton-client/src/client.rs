@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use tokio::time::Instant;
 
 use crate::error::{Code, Error, Result};
-use crate::guard::{LeaseGuard, local_deadline};
+use crate::guard::{LeaseGuard, local_deadline, renewal_instant};
 use crate::path::{encode_segment, id_path, lock_path};
 use crate::retry::RetryPolicy;
 
@@ -411,7 +411,8 @@ impl Client {
 
     /// `POST /v1/jobs`: records a job and applies its policy, long-polling up to
     /// `request.wait_ms` for the lock. A request without a `request_id` gets a fresh one, so a
-    /// retry after a lost answer returns the same job (G7).
+    /// retry after a lost answer returns the same job (G7). Policy `fail` on a busy lock fails
+    /// with [`Error::Busy`] and the holders (the job is recorded `skipped`).
     pub async fn create_job(&self, request: &CreateJobRequest) -> Result<JobStart> {
         let mut request = request.clone();
         if request.request_id.is_none() {
@@ -650,8 +651,41 @@ impl Client {
     ///
     /// While queued it rides over short outages (retrying the wait) and, if the ticket lapsed or
     /// was forgotten meanwhile, joins the queue again. Dropping the future leaves the ticket to
-    /// lapse on the server.
+    /// lapse on the server. A grant that came after a wait longer than a third of its TTL is
+    /// confirmed with a renewal before it is returned, so its local deadline is fresh.
     pub async fn wait_for_lease(&self, name: &str, options: &LockOptions) -> Result<Granted> {
+        let never = std::future::pending::<std::convert::Infallible>();
+        match self.queue_for_lease(name, options, never, false).await? {
+            Ok(granted) => Ok(granted),
+            Err(never) => match never {},
+        }
+    }
+
+    /// [`Client::wait_for_lease`] until `stop` completes (a signal, a shutdown): then the place
+    /// in the queue is given up before this returns `Ok(Err(stop's output))`, so the lock goes to
+    /// the next live waiter at once instead of waiting for the ticket to lapse. A grant that
+    /// crossed the stop is released. Every request but the long-poll on the ticket runs to its
+    /// end, so no ticket is ever left unknown.
+    pub async fn wait_for_lease_until<S>(
+        &self,
+        name: &str,
+        options: &LockOptions,
+        stop: impl Future<Output = S>,
+    ) -> Result<std::result::Result<Granted, S>> {
+        self.queue_for_lease(name, options, stop, true).await
+    }
+
+    /// The queueing loop of [`Client::wait_for_lease`] and [`Client::wait_for_lease_until`].
+    /// With `ticket_first`, the first acquire does not long-poll (so its ticket is known at once
+    /// and can be cancelled), and only the ticket waits race `stop`.
+    async fn queue_for_lease<S>(
+        &self,
+        name: &str,
+        options: &LockOptions,
+        stop: impl Future<Output = S>,
+        ticket_first: bool,
+    ) -> Result<std::result::Result<Granted, S>> {
+        let mut stop = std::pin::pin!(stop);
         let started = Instant::now();
         let deadline = options.wait.map(|wait| started + wait);
         let poll = options.poll.clamp(Duration::from_millis(1), LONG_POLL_MAX);
@@ -671,12 +705,16 @@ impl Client {
                 owner_key: options.owner_key.clone(),
                 ttl_ms: options.ttl.map(millis),
                 capacity: options.capacity,
-                wait_ms: Some(if try_once { 0 } else { millis(first_wait) }),
+                wait_ms: Some(if try_once || ticket_first {
+                    0
+                } else {
+                    millis(first_wait)
+                }),
                 queue: Some(!try_once),
                 request_id: Some(request_id.clone()),
             };
             let mut ticket = match self.acquire(name, &request).await? {
-                Acquired::Granted(granted) => return Ok(granted),
+                Acquired::Granted(granted) => return self.confirm_grant(granted).await.map(Ok),
                 Acquired::Queued(ticket) => ticket,
             };
             let mut outage_attempt = 0u32;
@@ -689,8 +727,17 @@ impl Client {
                     Some(left) => left.min(poll),
                     None => poll,
                 };
-                match self.wait_ticket(&ticket.id, wait).await {
-                    Ok(Acquired::Granted(granted)) => return Ok(granted),
+                let answer = tokio::select! {
+                    answer = self.wait_ticket(&ticket.id, wait) => answer,
+                    stopped = &mut stop => {
+                        self.leave_queue(&ticket).await;
+                        return Ok(Err(stopped));
+                    }
+                };
+                match answer {
+                    Ok(Acquired::Granted(granted)) => {
+                        return self.confirm_grant(granted).await.map(Ok);
+                    }
                     Ok(Acquired::Queued(next)) => {
                         outage_attempt = 0;
                         ticket = next;
@@ -735,6 +782,54 @@ impl Client {
                 }
             }
         }
+    }
+
+    /// Gives up a place in the queue because the waiter is going away: cancels the ticket and,
+    /// when a grant crossed the cancel (the long-poll that was dropped had collected it), asks
+    /// for that lease again and releases it, so nothing is left held on a departed waiter's
+    /// behalf. Failures are only logged: the ticket or lease then lapses or expires.
+    async fn leave_queue(&self, ticket: &Ticket) {
+        match self.cancel_ticket(&ticket.id).await {
+            Ok(CancelResponse {
+                cancelled: false,
+                reason: Some(reason),
+            }) if reason == "already_granted" => {
+                match self.wait_ticket(&ticket.id, Duration::ZERO).await {
+                    Ok(Acquired::Granted(granted)) => {
+                        if let Err(error) = self.release(&granted.lease.id).await {
+                            tracing::warn!(lock = %ticket.lock, %error, "cannot release a lease granted while leaving; it will expire");
+                        }
+                    }
+                    Ok(Acquired::Queued(_)) => {}
+                    Err(error) => {
+                        tracing::warn!(lock = %ticket.lock, %error, "a lease was granted while leaving; it will expire");
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::debug!(lock = %ticket.lock, %error, "cannot cancel the ticket; it will lapse");
+            }
+        }
+    }
+
+    /// Confirms a grant that came on a long-poll with a renewal sent now, when a third of its
+    /// lease has already gone by this process's count.
+    ///
+    /// A grant's local deadline counts from when the request that got it was sent (G6); for a
+    /// long-poll that can be longer ago than the TTL although the server granted the lease only
+    /// just now. Such a grant is not thrown away: the renewal is answered `lease_lost` if the
+    /// lease really ended, and otherwise gives a deadline counted from a fresh send.
+    async fn confirm_grant(&self, granted: Granted) -> Result<Granted> {
+        let renew_at = renewal_instant(
+            granted.sent_at,
+            Duration::from_millis(granted.lease.expires_in_ms),
+            Duration::from_millis(granted.lease.ttl_ms),
+        );
+        if Instant::now() < renew_at {
+            return Ok(granted);
+        }
+        self.renew(&granted.lease.id, None).await
     }
 
     /// Acquires `name` as [`Client::wait_for_lease`] does and returns a guard that renews the
@@ -1210,8 +1305,8 @@ fn rustls_error_in<'a>(error: &'a (dyn std::error::Error + 'static)) -> Option<&
 fn describe_tls(error: &rustls::Error) -> String {
     match error {
         rustls::Error::InvalidCertificate(problem) => format!(
-            "the server's TLS certificate is not trusted ({}); if a private CA signed it, pass \
-             --ca-file CA.pem or set BATON_CA_FILE",
+            "the server's TLS certificate is not trusted ({}); if it is self-signed or a private \
+             CA signed it, pass --ca-file with that certificate (PEM) or set BATON_CA_FILE",
             certificate_problem(problem)
         ),
         rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. } => format!(
@@ -1227,7 +1322,16 @@ fn describe_tls(error: &rustls::Error) -> String {
 fn certificate_problem(problem: &rustls::CertificateError) -> String {
     use rustls::CertificateError;
     match problem {
-        CertificateError::UnknownIssuer => "signed by an unknown certificate authority".to_owned(),
+        CertificateError::UnknownIssuer => {
+            "self-signed, or signed by an unknown certificate authority".to_owned()
+        }
+        // What a self-signed certificate that is not among the trusted roots gives: the
+        // verifier looks for its issuer and finds none it can check the signature with.
+        CertificateError::UnsupportedSignatureAlgorithmForPublicKeyContext { .. }
+        | CertificateError::UnsupportedSignatureAlgorithmContext { .. } => {
+            "self-signed, or signed by a certificate authority this client does not trust"
+                .to_owned()
+        }
         CertificateError::Expired | CertificateError::ExpiredContext { .. } => "expired".to_owned(),
         CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
             "not valid yet".to_owned()

@@ -20,10 +20,10 @@ pub use ids::{
 pub use state::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
     LeaseError, LockRecord, LockView, QueuedTicket, Released, RequestTarget, RestoreError,
-    Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus, TokenError,
+    Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus, TokenError, WaiterLeft,
 };
 pub use state::{
-    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState, Policy,
-    StopReason, once_slot,
+    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
+    OnceSlotKey, Policy, StopReason, once_slot,
 };
 pub use state::{EndedLease, EndedTicketEntry, LockSlice, RequestEntry, Slice};

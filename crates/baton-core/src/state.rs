@@ -18,8 +18,8 @@ mod jobs;
 mod slice;
 
 pub use jobs::{
-    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState, Policy,
-    StopReason, once_slot,
+    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
+    OnceSlotKey, Policy, StopReason, once_slot,
 };
 pub use slice::{EndedLease, EndedTicketEntry, LockSlice, RequestEntry, Slice};
 
@@ -29,11 +29,13 @@ use crate::limits;
 /// Tunables of the lock table. Every bound here keeps memory finite.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    /// After an unclean end of a lease (expiry, revocation) the lock grants nothing for this
-    /// long, so a holder that is alive but cut off has time to notice and stop. A clean release
-    /// hands the lock on at once.
+    /// After an unclean end of a lease (expiry, revocation) that lease's slot is not granted for
+    /// this long, so a holder that is alive but cut off has time to notice and stop; a
+    /// semaphore's other free slots are granted as usual. A clean release hands the slot on at
+    /// once.
     pub lock_delay_ms: u64,
-    /// A queued ticket lapses (leaves the queue) when nobody waits on it for this long.
+    /// A queued ticket lapses (leaves the queue) when nobody waits on it for this long, counted
+    /// from when its last wait ended or its waiter went away ([`State::waiter_left`]).
     pub ticket_lapse_ms: u64,
     /// Ended holds stay in a lock's history for this long.
     pub history_retention_ms: u64,
@@ -140,6 +142,14 @@ pub struct Ticket {
     pub lapse_at: Millis,
     /// Arrival order across the whole table: a later ticket has a greater sequence number.
     pub seq: u64,
+    /// Its waiter went away in the middle of a wait (its connection closed) and no wait has
+    /// come back for it since. The ticket keeps its place until it lapses, so a waiter that
+    /// reconnects in time carries on, but it is never granted: when the lock could go to it, it
+    /// lapses and the next ticket is served in the same transition (G5).
+    pub waiter_gone: bool,
+    /// The API key whose request queued it (`None` on a server without keys): revoking the
+    /// key cancels it ([`State::cancel_tickets_of_key`]).
+    pub api_key: Option<String>,
 }
 
 /// A ticket with its place in the queue.
@@ -248,6 +258,9 @@ pub struct LockRecord {
     pub newest_granted: u64,
     /// The lock-delay in force, if any.
     pub delayed_until: Option<Millis>,
+    /// How many slots the lock-delay holds back (one per unclean end while it is in force, at
+    /// most the capacity); the other slots are granted as usual.
+    pub delayed_slots: u32,
 }
 
 /// Something a store must make durable before it acknowledges the transition that caused it.
@@ -326,6 +339,8 @@ pub struct Acquire {
     pub queue: bool,
     /// Makes retries idempotent.
     pub request_id: Option<String>,
+    /// The API key the request came with, kept on its ticket if it queues.
+    pub api_key: Option<String>,
     /// The id of the lease, if one is granted (fresh 128 random bits from the caller).
     pub lease_id: LeaseId,
     /// The id of the ticket, if one is queued (fresh 128 random bits from the caller).
@@ -410,6 +425,19 @@ pub enum Cancelled {
     NotCancelled(TicketEnd),
 }
 
+/// What the departure of a waiter did (see [`State::waiter_left`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaiterLeft {
+    /// The ticket is still queued and keeps its place until it lapses at this time, unless a
+    /// waiter comes back for it; it is not granted meanwhile.
+    Lapsing(Millis),
+    /// The ticket had been granted and the lease never reached its waiter: the lease was
+    /// released cleanly and the lock handed on.
+    ReleasedUndelivered,
+    /// Nothing: the ticket had ended, or its lease was collected by another wait.
+    Nothing,
+}
+
 /// Why a lease cannot be renewed or released.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum LeaseError {
@@ -466,6 +494,9 @@ struct LockEntry {
     /// Queued tickets in arrival order.
     queue: VecDeque<TicketId>,
     delayed_until: Option<Millis>,
+    /// How many slots `delayed_until` holds back: after an unclean end only that holder's slot
+    /// waits out the lock-delay, so a semaphore keeps granting its other free slots.
+    delayed_slots: u32,
     newest_token: u64,
     newest_granted: u64,
     /// When the lock last became idle (no holders, no waiters).
@@ -483,6 +514,7 @@ impl LockEntry {
             holders: Vec::new(),
             queue: VecDeque::new(),
             delayed_until: None,
+            delayed_slots: 0,
             newest_token: 0,
             newest_granted: 0,
             idle_since: now,
@@ -496,6 +528,16 @@ impl LockEntry {
 
     fn delayed(&self, now: Millis) -> bool {
         self.delayed_until.is_some_and(|until| until > now)
+    }
+
+    /// True when a slot is free: not held, and not held back by a lock-delay.
+    fn has_room(&self, now: Millis) -> bool {
+        let held_back = if self.delayed(now) {
+            self.delayed_slots as usize
+        } else {
+            0
+        };
+        self.holders.len() + held_back < self.capacity as usize
     }
 }
 
@@ -570,8 +612,8 @@ pub struct State {
     ticket_jobs: HashMap<TicketId, JobId>,
     /// The waiting `coalesce` job of each (lock, job name).
     pending_coalesce: HashMap<(LockName, String), JobId>,
-    /// The newest once-per slot taken by each job name.
-    once_slots: HashMap<String, u64>,
+    /// The newest once-per slot taken by each (lock, job name, period).
+    once_slots: HashMap<OnceSlotKey, u64>,
     job_output_bytes: usize,
     /// Tokens handed in by a store that draws them from a shared sequence (see [`Slice`]);
     /// `None` for a table that owns its counter.
@@ -639,6 +681,7 @@ impl State {
             entry.newest_token = record.newest_token;
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
+            entry.delayed_slots = record.delayed_slots.min(entry.capacity);
             entry.stored = true;
             if let Some(until) = record.delayed_until {
                 // Look at the lock again when its delay ends, or its queue is never served.
@@ -692,6 +735,8 @@ impl State {
         tickets.sort_by_key(|ticket| ticket.seq);
         for mut ticket in tickets {
             ticket.lapse_at = now + state.config.ticket_lapse_ms;
+            // Every waiter may come back after a restart.
+            ticket.waiter_gone = false;
             state.next_ticket_seq = state.next_ticket_seq.max(ticket.seq + 1);
             let entry = state
                 .locks
@@ -825,6 +870,7 @@ impl State {
                 });
             }
             entry.capacity = capacity;
+            entry.delayed_slots = entry.delayed_slots.min(capacity);
             self.dirty_locks.insert(command.lock.clone());
         }
 
@@ -863,8 +909,7 @@ impl State {
         }
 
         let entry = &self.locks[&command.lock];
-        let free = entry.holders.len() < entry.capacity as usize;
-        if free && entry.queue.is_empty() && !entry.delayed(now) {
+        if entry.has_room(now) && entry.queue.is_empty() {
             if self.leases.len() >= self.config.leases_total_max {
                 // The lock may have just been created: schedule it to be forgotten.
                 self.settle(&command.lock, now);
@@ -910,6 +955,8 @@ impl State {
             queued_at: now,
             lapse_at: now + self.config.ticket_lapse_ms,
             seq: self.next_ticket_seq,
+            waiter_gone: false,
+            api_key: command.api_key,
         };
         self.next_ticket_seq += 1;
         self.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
@@ -1040,7 +1087,7 @@ impl State {
             let Some(entry) = self.locks.get(name) else {
                 return;
             };
-            if entry.delayed(now) || entry.holders.len() >= entry.capacity as usize {
+            if !entry.has_room(now) {
                 break;
             }
             let Some(ticket_id) = entry.queue.front().copied() else {
@@ -1055,6 +1102,17 @@ impl State {
             };
             self.unschedule(ticket.lapse_at, Deadline::TicketLapse(ticket_id));
             self.changes.push(Change::TicketDelete(ticket_id));
+            if ticket.waiter_gone {
+                // Nobody would collect this grant: the ticket loses its place now, and the
+                // slot goes to the next ticket in this same transition.
+                if let Some(entry) = self.locks.get_mut(name)
+                    && entry.is_idle()
+                {
+                    entry.idle_since = now;
+                }
+                self.end_ticket(ticket_id, TicketEnd::Lapsed, now);
+                continue;
+            }
             self.end_ticket(ticket_id, TicketEnd::Granted(ticket.lease_id), now);
             let lease = self.grant(
                 name,
@@ -1082,6 +1140,7 @@ impl State {
             && until <= now
         {
             entry.delayed_until = None;
+            entry.delayed_slots = 0;
             self.dirty_locks.insert(name.clone());
         }
         let entry = &self.locks[name];
@@ -1116,7 +1175,14 @@ impl State {
         if let Some(entry) = self.locks.get_mut(&lease.lock) {
             entry.holders.retain(|holder| *holder != id);
             if end != LeaseEnd::Released && lock_delay_ms > 0 {
+                // Only the slot of the holder that ended uncleanly waits. Slots delayed by
+                // earlier ends that overlap wait until the latest delay ends (conservative).
                 let until = now + lock_delay_ms;
+                entry.delayed_slots = if entry.delayed(now) {
+                    (entry.delayed_slots + 1).min(entry.capacity)
+                } else {
+                    1
+                };
                 entry.delayed_until = Some(entry.delayed_until.map_or(until, |u| u.max(until)));
                 self.deadlines
                     .insert((until, Deadline::LockCheck, Some(lease.lock.clone())));
@@ -1193,9 +1259,11 @@ impl State {
             if new != old {
                 self.unschedule(old, Deadline::TicketLapse(id));
                 self.schedule(new, Deadline::TicketLapse(id), None);
-                if let Some(ticket) = self.tickets.get_mut(&id) {
-                    ticket.lapse_at = new;
-                }
+            }
+            if let Some(ticket) = self.tickets.get_mut(&id) {
+                ticket.lapse_at = new;
+                // A wait came back for it: it is served again when its turn comes.
+                ticket.waiter_gone = false;
             }
             let ticket = self.tickets[&id].clone();
             let position = self.position(&ticket);
@@ -1215,6 +1283,74 @@ impl State {
             TicketEnd::Lapsed => Err(TicketError::Lapsed),
             TicketEnd::Cancelled => Err(TicketError::Cancelled),
         }
+    }
+
+    /// A waiter parked on ticket `id` went away in the middle of its wait (its connection
+    /// closed) and no other wait on the ticket is known to be left. `collected_here` says the
+    /// departing wait had itself collected a grant it never delivered.
+    ///
+    /// A queued ticket keeps its place for one ticket lapse from now (a waiter that reconnects
+    /// in time, or a retry of its request, carries on), but is not granted meanwhile: when the
+    /// lock could go to it, it lapses and the next ticket is served (G5). A grant that never
+    /// reached its waiter is released cleanly, without a lock-delay, and handed on in this
+    /// transition. The ticket is woken, so another wait on it (elsewhere) looks again and
+    /// keeps it alive.
+    pub fn waiter_left(&mut self, id: TicketId, collected_here: bool, now: Millis) -> WaiterLeft {
+        let now = self.observe(now);
+        let lapse_ms = self.config.ticket_lapse_ms;
+        if let Some(ticket) = self.tickets.get_mut(&id) {
+            let old = ticket.lapse_at;
+            let new = old.min(now + lapse_ms);
+            ticket.lapse_at = new;
+            ticket.waiter_gone = true;
+            if new != old {
+                self.unschedule(old, Deadline::TicketLapse(id));
+                self.schedule(new, Deadline::TicketLapse(id), None);
+            }
+            self.wakeups.push(id);
+            return WaiterLeft::Lapsing(new);
+        }
+        let Some(ended) = self.ended_tickets.get(&id).cloned() else {
+            return WaiterLeft::Nothing;
+        };
+        let TicketEnd::Granted(lease_id) = ended.end else {
+            return WaiterLeft::Nothing;
+        };
+        if (ended.collected && !collected_here) || !self.leases.contains_key(&lease_id) {
+            return WaiterLeft::Nothing;
+        }
+        self.job_grant_undelivered(lease_id, now);
+        if let Some(lease) = self.end_lease(lease_id, LeaseEnd::Released, now) {
+            self.settle(&lease.lock, now);
+        }
+        if let Some(ended) = self.ended_tickets.get_mut(&id) {
+            ended.end = TicketEnd::Lapsed;
+        }
+        self.wakeups.push(id);
+        WaiterLeft::ReleasedUndelivered
+    }
+
+    /// The queued tickets of the API key `key`: what revoking the key cancels (each with
+    /// [`State::cancel_ticket`], which wakes its waiter). Stores that keep the table elsewhere
+    /// find them by their own index and cancel them one lock at a time.
+    pub fn tickets_of_key(&self, key: &str) -> Vec<TicketId> {
+        self.tickets
+            .values()
+            .filter(|ticket| ticket.api_key.as_deref() == Some(key))
+            .map(|ticket| ticket.id)
+            .collect()
+    }
+
+    /// Cancels every queued ticket of the API key `key` (its key was revoked), as if each had
+    /// been cancelled by its holder; returns how many.
+    pub fn cancel_tickets_of_key(&mut self, key: &str, now: Millis) -> usize {
+        let mut cancelled = 0;
+        for id in self.tickets_of_key(key) {
+            if self.cancel_ticket(id, false, now).is_ok() {
+                cancelled += 1;
+            }
+        }
+        cancelled
     }
 
     /// Takes a ticket out of the queue. A ticket granted but not yet collected by a wait has its
@@ -1558,6 +1694,7 @@ impl State {
                     newest_token: entry.newest_token,
                     newest_granted: entry.newest_granted,
                     delayed_until: entry.delayed_until,
+                    delayed_slots: entry.delayed_slots,
                 }));
             }
         }
@@ -1622,6 +1759,28 @@ impl State {
             None => self.locks.range::<LockName, _>(..),
         };
         range
+            .take(limit)
+            .filter_map(|(name, _)| self.lock(name))
+            .collect()
+    }
+
+    /// Locks whose names start with `prefix`, by name after `after`, at most `limit`. Walks
+    /// only that range of the ordered table: a listing costs what it returns, not what the
+    /// table holds.
+    pub fn locks_with_prefix(
+        &self,
+        prefix: &str,
+        after: Option<&LockName>,
+        limit: usize,
+    ) -> Vec<LockView> {
+        use std::ops::Bound;
+        let start = match after {
+            Some(after) if after.as_str() >= prefix => Bound::Excluded(after.as_str()),
+            _ => Bound::Included(prefix),
+        };
+        self.locks
+            .range::<str, _>((start, Bound::Unbounded))
+            .take_while(|(name, _)| name.as_str().starts_with(prefix))
             .take(limit)
             .filter_map(|(name, _)| self.lock(name))
             .collect()
@@ -1719,10 +1878,14 @@ impl State {
             }
             if !entry.queue.is_empty() {
                 assert!(
-                    entry.holders.len() >= entry.capacity as usize || entry.delayed(self.now),
+                    !entry.has_room(self.now),
                     "G5: {name} has room and waiters but granted nothing"
                 );
             }
+            assert!(
+                entry.delayed_slots <= entry.capacity,
+                "{name}: more slots delayed than its capacity"
+            );
             holders_seen += entry.holders.len();
             waiters_seen += entry.queue.len();
         }

@@ -41,6 +41,7 @@ fn jid(n: u8) -> JobId {
 /// A job named `job` (also its lock) with ids derived from `n`, distinct per call.
 fn cmd(job: &str, policy: Policy, n: u8) -> CreateJob {
     CreateJob {
+        api_key: None,
         job_id: jid(n),
         name: job.to_owned(),
         lock: name(job),
@@ -363,6 +364,7 @@ fn a_job_waiting_behind_a_plain_lease_runs_when_it_is_released() {
     let mut t = Table::new();
     let plain = match t.state.acquire(
         Acquire {
+            api_key: None,
             lock: name("deploy"),
             owner: "script".into(),
             owner_key: None,
@@ -752,6 +754,52 @@ fn once_per_allows_one_run_of_a_name_per_slot() {
     let next = t.create(once(5), centre + PERIOD / 2);
     running(&next);
     assert_eq!(next.job.once_slot, Some(101));
+}
+
+/// Issue 11: slots were keyed by the job's name alone (never authorized) and compared as plain
+/// numbers across periods, so another team's job named like yours, or your own hourly run,
+/// skipped your daily one.
+#[test]
+fn a_once_per_slot_of_another_lock_or_period_does_not_skip_a_run() {
+    let centre = 100 * PERIOD;
+    let mut t = Table::new();
+    let decoy = t.create(
+        CreateJob {
+            lock: name("team-a/decoy"),
+            once_per_ms: Some(1_000),
+            ..cmd("team-b/nightly", Policy::Wait, 1)
+        },
+        centre,
+    );
+    let lease = running(&decoy);
+    t.finish(
+        jid(1),
+        JobCapability::Lease(lease.id),
+        report(JobState::Succeeded, Some(0), ""),
+        centre + 1,
+    );
+    let nightly = t.create(
+        CreateJob {
+            once_per_ms: Some(PERIOD),
+            ..cmd("team-b/nightly", Policy::Skip, 2)
+        },
+        centre + 2,
+    );
+    let lease = running(&nightly);
+    t.finish(
+        jid(2),
+        JobCapability::Lease(lease.id),
+        report(JobState::Succeeded, Some(0), ""),
+        centre + 3,
+    );
+    // Another period on the same lock and name: its own slots.
+    running(&t.create(
+        CreateJob {
+            once_per_ms: Some(PERIOD * 7),
+            ..cmd("team-b/nightly", Policy::Wait, 3)
+        },
+        centre + 4,
+    ));
 }
 
 #[test]

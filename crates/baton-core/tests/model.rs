@@ -1,7 +1,7 @@
 //! Property tests of the lock table ([`State`]) against a small reference model.
 //!
 //! Random interleavings of acquire (try and queue, with and without owner keys and request ids,
-//! retries), waits, cancels, renewals, releases, revocations, fence checks, the passing of time
+//! retries), waits, waiters that go away (with and without a grant they collected), cancels, renewals, releases, revocations, fence checks, the passing of time
 //! (by a random amount, or exactly to the next deadline, then a `tick`; sometimes with one
 //! request arriving before the late tick) and restarts (from a "disk" fed only by the recorded
 //! `Change`s) are applied to both the real table and the model, over 3 locks of capacity 1 to 3
@@ -18,8 +18,10 @@
 //! - G4: tickets are granted strictly in arrival order; no fresh lease is granted while the
 //!   lock's queue is non-empty, except to its head;
 //! - G5: after a tick no lease is past its expiry and no ticket past its lapse; a lock with room
-//!   and waiters is always in a lock-delay; nothing is granted on a lock during a lock-delay
-//!   that followed an unclean end; tickets whose status changed are woken;
+//!   and waiters is always in a lock-delay; during the lock-delay that follows an unclean end,
+//!   that holder's slot is not granted (a grant leaves the holders plus the slots still
+//!   delayed within the capacity), while other free slots are; tickets whose status changed
+//!   are woken;
 //! - G7: a retried request id returns the same lease or ticket (or says it ended), never a
 //!   second one; an acquire with the owner key of a holder returns that holder's lease.
 //!
@@ -37,7 +39,7 @@ use baton_core::limits::{CAPACITY_MAX, TTL_MS_MAX, TTL_MS_MIN};
 use baton_core::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
     LeaseError, LeaseId, LockName, LockView, QueuedTicket, Released, State, Ticket, TicketEnd,
-    TicketError, TicketId, TicketStatus, TokenError,
+    TicketError, TicketId, TicketStatus, TokenError, WaiterLeft,
 };
 use common::Disk;
 use proptest::prelude::*;
@@ -108,6 +110,8 @@ struct ModelLock {
     holders: Vec<Lease>,
     queue: VecDeque<Ticket>,
     delayed_until: Option<u64>,
+    /// The slots `delayed_until` holds back: one per unclean end while it is in force.
+    delayed_slots: u32,
     newest_token: u64,
     newest_granted: u64,
     idle_since: u64,
@@ -122,6 +126,7 @@ impl ModelLock {
             holders: Vec::new(),
             queue: VecDeque::new(),
             delayed_until: None,
+            delayed_slots: 0,
             newest_token: 0,
             newest_granted: 0,
             idle_since: now,
@@ -135,6 +140,15 @@ impl ModelLock {
 
     fn delayed(&self, now: u64) -> bool {
         self.delayed_until.is_some_and(|until| until > now)
+    }
+
+    fn has_room(&self, now: u64) -> bool {
+        let held_back = if self.delayed(now) {
+            self.delayed_slots as usize
+        } else {
+            0
+        };
+        self.holders.len() + held_back < self.capacity as usize
     }
 }
 
@@ -273,10 +287,7 @@ impl Model {
                 return Ok(Acquired::Queued(queued));
             }
         }
-        if lock.holders.len() < lock.capacity as usize
-            && lock.queue.is_empty()
-            && !lock.delayed(now)
-        {
+        if lock.has_room(now) && lock.queue.is_empty() {
             let lease = self.grant(
                 &command.lock,
                 command.lease_id,
@@ -300,6 +311,7 @@ impl Model {
             return Err(AcquireError::LimitReached("too many waiters"));
         }
         let ticket = Ticket {
+            api_key: None,
             id: command.ticket_id,
             lock: command.lock.clone(),
             owner: command.owner.clone(),
@@ -310,6 +322,7 @@ impl Model {
             queued_at: now,
             lapse_at: now + self.config.ticket_lapse_ms,
             seq: self.next_seq,
+            waiter_gone: false,
         };
         self.next_seq += 1;
         let lock = self.locks.get_mut(&command.lock).unwrap();
@@ -366,12 +379,21 @@ impl Model {
             let Some(lock) = self.locks.get_mut(name) else {
                 return;
             };
-            if lock.delayed(now) || lock.holders.len() >= lock.capacity as usize {
+            if !lock.has_room(now) {
                 break;
             }
             let Some(ticket) = lock.queue.pop_front() else {
                 break;
             };
+            if ticket.waiter_gone {
+                // Its waiter went away: it lapses now, and the next ticket is served.
+                if lock.idle() {
+                    lock.idle_since = now;
+                }
+                self.ended_tickets
+                    .insert(ticket.id, (TicketEnd::Lapsed, false));
+                continue;
+            }
             self.ended_tickets
                 .insert(ticket.id, (TicketEnd::Granted(ticket.lease_id), false));
             let lease = self.grant(
@@ -393,6 +415,7 @@ impl Model {
         let lock = self.locks.get_mut(name).unwrap();
         if lock.delayed_until.is_some_and(|until| until <= now) {
             lock.delayed_until = None;
+            lock.delayed_slots = 0;
         }
         if lock.idle() {
             let at = lock.idle_since + IDLE_MS;
@@ -410,6 +433,11 @@ impl Model {
         let lease = lock.holders.remove(index);
         if end != LeaseEnd::Released && delay > 0 {
             let until = now + delay;
+            lock.delayed_slots = if lock.delayed(now) {
+                (lock.delayed_slots + 1).min(lock.capacity)
+            } else {
+                1
+            };
             lock.delayed_until = Some(lock.delayed_until.map_or(until, |u| u.max(until)));
             lock.checks.insert(until);
         }
@@ -444,6 +472,7 @@ impl Model {
             if let Some(index) = lock.queue.iter().position(|t| t.id == id) {
                 let ticket = &mut lock.queue[index];
                 ticket.lapse_at = keep_until.unwrap_or(now + lapse).max(ticket.lapse_at);
+                ticket.waiter_gone = false;
                 return Ok(TicketStatus::Queued(QueuedTicket {
                     ticket: ticket.clone(),
                     position: index as u64 + 1,
@@ -463,6 +492,29 @@ impl Model {
             Some((TicketEnd::Lapsed, _)) => Err(TicketError::Lapsed),
             Some((TicketEnd::Cancelled, _)) => Err(TicketError::Cancelled),
         }
+    }
+
+    fn waiter_left(&mut self, id: TicketId, collected_here: bool, now: u64) -> WaiterLeft {
+        let lapse = self.config.ticket_lapse_ms;
+        for lock in self.locks.values_mut() {
+            if let Some(ticket) = lock.queue.iter_mut().find(|t| t.id == id) {
+                ticket.lapse_at = ticket.lapse_at.min(now + lapse);
+                ticket.waiter_gone = true;
+                return WaiterLeft::Lapsing(ticket.lapse_at);
+            }
+        }
+        let Some((TicketEnd::Granted(lease_id), collected)) = self.ended_tickets.get(&id).copied()
+        else {
+            return WaiterLeft::Nothing;
+        };
+        if (collected && !collected_here) || self.lease(lease_id).is_none() {
+            return WaiterLeft::Nothing;
+        }
+        let lease = self.end_lease(lease_id, LeaseEnd::Released, now).unwrap();
+        self.settle(&lease.lock, now);
+        self.ended_tickets
+            .insert(id, (TicketEnd::Lapsed, collected));
+        WaiterLeft::ReleasedUndelivered
     }
 
     fn cancel(&mut self, id: TicketId, forget: bool, now: u64) -> Result<Cancelled, TicketError> {
@@ -684,6 +736,7 @@ impl Model {
             }
             for ticket in &mut lock.queue {
                 ticket.lapse_at = now + lapse;
+                ticket.waiter_gone = false;
                 max_seq = max_seq.max(ticket.seq);
                 if let Some(request_id) = &ticket.request_id {
                     self.requests.insert(
@@ -739,6 +792,12 @@ enum Op {
     Cancel {
         pick: Pick,
         forget: bool,
+    },
+    /// A waiter parked on the ticket went away (its connection closed), having collected a
+    /// grant it never answered or not.
+    Leave {
+        pick: Pick,
+        collected: bool,
     },
     Renew {
         pick: Pick,
@@ -808,6 +867,8 @@ fn basic_op() -> impl Strategy<Value = Op> {
         14 => (pick(), prop::option::of(0u64..3000))
             .prop_map(|(pick, keep)| Op::Wait { pick, keep }),
         5 => (pick(), any::<bool>()).prop_map(|(pick, forget)| Op::Cancel { pick, forget }),
+        4 => (pick(), prop::bool::weighted(0.3))
+            .prop_map(|(pick, collected)| Op::Leave { pick, collected }),
         14 => (pick(), prop::option::weighted(0.3, prop_oneof![500u64..=2000, Just(100)]))
             .prop_map(|(pick, ttl)| Op::Renew { pick, ttl }),
         10 => pick().prop_map(|pick| Op::Release { pick }),
@@ -852,8 +913,9 @@ struct Harness {
     arrivals: HashMap<LockName, VecDeque<TicketId>>,
     /// Whether each ticket was at the head of its queue when it left it.
     left_at_head: HashMap<TicketId, bool>,
-    /// No grant on a lock before this (the end of the lock-delay of its last unclean end).
-    no_grant_before: HashMap<LockName, u64>,
+    /// When the lock-delay of each unclean end on a lock ends: until then, that end's slot is
+    /// not granted.
+    delays: HashMap<LockName, Vec<u64>>,
 }
 
 /// What a step did that the guarantees talk about.
@@ -886,7 +948,7 @@ impl Harness {
             ticket_lease: HashMap::new(),
             arrivals: HashMap::new(),
             left_at_head: HashMap::new(),
-            no_grant_before: HashMap::new(),
+            delays: HashMap::new(),
         }
     }
 
@@ -972,6 +1034,7 @@ impl Harness {
             } => {
                 let name = self.names[*lock].clone();
                 let command = Acquire {
+                    api_key: None,
                     lock: name,
                     owner: format!("host{client}"),
                     owner_key: key.then(|| format!("key{client}")),
@@ -1014,6 +1077,18 @@ impl Harness {
                     );
                 }
                 self.settle_step(&before)
+            }
+            Op::Leave { pick, collected } => {
+                let id = self.pick_ticket(pick);
+                let real = self.state.waiter_left(id, *collected, self.now);
+                let model = self.model.waiter_left(id, *collected, self.now);
+                self.agree("waiter_left", &real, &model);
+                let effects = self.settle_step(&before);
+                if real == WaiterLeft::ReleasedUndelivered {
+                    // Released cleanly: the next waiter, if any, is served in this transition.
+                    self.check_no_delay_after_undelivered(&before, &effects, id);
+                }
+                effects
             }
             Op::Cancel { pick, forget } => {
                 let id = self.pick_ticket(pick);
@@ -1088,7 +1163,11 @@ impl Harness {
                 let model = self.model.revoke(&name, token, self.now);
                 self.agree("revoke", &real, &model);
                 let effects = self.settle_step(&before);
-                if real.is_ok() && self.config.lock_delay_ms > 0 {
+                // A mutex grants nothing after a revocation before its lock-delay ends. (A
+                // semaphore may grant a slot freed by an earlier delay ending now; the slot
+                // count after every grant is checked with the change stream.)
+                let capacity = before.get(&name).map_or(0, |view| view.capacity);
+                if real.is_ok() && self.config.lock_delay_ms > 0 && capacity == 1 {
                     assert!(
                         effects.fresh.iter().all(|l| l.lock != name),
                         "granted at once after a revocation despite the lock-delay"
@@ -1310,6 +1389,29 @@ impl Harness {
         effects
     }
 
+    /// An undelivered grant ends cleanly: it starts no lock-delay.
+    fn check_no_delay_after_undelivered(
+        &self,
+        before: &BTreeMap<LockName, LockView>,
+        _effects: &Effects,
+        ticket: TicketId,
+    ) {
+        let Some(view) = before
+            .values()
+            .find(|v| v.holders.iter().any(|l| l.ticket == Some(ticket)))
+        else {
+            return;
+        };
+        if let Some(after) = self.state.lock(&view.name) {
+            assert_eq!(
+                after.delayed_until.filter(|until| *until > self.now),
+                view.delayed_until.filter(|until| *until > self.now),
+                "an undelivered grant's release started a lock-delay on {}",
+                view.name
+            );
+        }
+    }
+
     /// A clean end hands the lock to the head of its queue at once, unless delayed.
     fn check_handoff_of_lease(
         &self,
@@ -1323,12 +1425,13 @@ impl Harness {
         else {
             return;
         };
-        if let Some(head) = view.waiters.first()
+        // Tickets whose waiter went away are skipped: the first live one is served.
+        if let Some(head) = view.waiters.iter().find(|t| !t.waiter_gone)
             && view.delayed_until.is_none_or(|until| until <= self.now)
         {
             assert!(
                 effects.fresh.iter().any(|l| l.ticket == Some(head.id)),
-                "G5: a release on {} did not hand the lock to the head of its queue",
+                "G5: a release on {} did not hand the lock to the first live waiter",
                 view.name
             );
         }
@@ -1419,19 +1522,29 @@ impl Harness {
                             lease.lock
                         );
                     }
-                    let not_before = self.no_grant_before.get(&lease.lock).copied().unwrap_or(0);
+                    let in_force = self.delays.get(&lease.lock).map_or(0, |ends| {
+                        ends.iter().filter(|until| **until > self.now).count()
+                    });
+                    let view = self.state.lock(&lease.lock).unwrap();
                     assert!(
-                        self.now >= not_before,
-                        "G5: {} granted at {} during its lock-delay (until {not_before})",
+                        view.holders.len() + in_force <= view.capacity as usize,
+                        "G5: {} granted at {} into a slot in its lock-delay ({} holders, \
+                         {in_force} slots delayed, capacity {})",
                         lease.lock,
-                        self.now
+                        self.now,
+                        view.holders.len(),
+                        view.capacity
                     );
                     effects.fresh.push(lease.clone());
                 }
-                Change::HistoryAppend(record) if record.end != LeaseEnd::Released => {
+                Change::HistoryAppend(record)
+                    if record.end != LeaseEnd::Released && self.config.lock_delay_ms > 0 =>
+                {
                     let until = record.ended_at + self.config.lock_delay_ms;
-                    let entry = self.no_grant_before.entry(record.lock.clone()).or_default();
-                    *entry = (*entry).max(until);
+                    self.delays
+                        .entry(record.lock.clone())
+                        .or_default()
+                        .push(until);
                 }
                 _ => {}
             }

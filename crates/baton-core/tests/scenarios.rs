@@ -10,7 +10,7 @@ mod common;
 use baton_core::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, Lease, LeaseEnd, LeaseError,
     LeaseId, LockName, LockRecord, QueuedTicket, Released, Snapshot, State, TicketEnd, TicketError,
-    TicketId, TicketStatus, TokenError,
+    TicketId, TicketStatus, TokenError, WaiterLeft,
 };
 use common::Disk;
 
@@ -35,6 +35,7 @@ fn name(text: &str) -> LockName {
 /// A try-acquire of `lock` by `owner`, ttl 1 s, with ids derived from `n` (distinct per call).
 fn req(lock: &str, owner: &str, n: u8) -> Acquire {
     Acquire {
+        api_key: None,
         lock: name(lock),
         owner: owner.to_owned(),
         owner_key: None,
@@ -498,6 +499,207 @@ fn cancel_of_a_granted_but_uncollected_ticket_releases_its_lease() {
     assert!(state.lease(c_lease.id).is_some());
 }
 
+// --- waiters that went away (issue 10, part 3) --------------------------------------------------
+
+#[test]
+fn departed_waiter_is_skipped_and_the_next_live_waiter_granted_on_release() {
+    let mut state = State::new(config(), T0);
+    let a = granted(state.acquire(req("m", "a", 1), T0));
+    let b = queued(state.acquire(queue("m", "b", 2), T0));
+    let c = queued(state.acquire(queue("m", "c", 3), T0));
+    // b's waiter was parked until T0 + 60 s; its connection closes at T0 + 100.
+    position_of(state.wait_ticket(b.ticket.id, Some(T0 + 60_000 + LAPSE), T0));
+    assert_eq!(
+        state.waiter_left(b.ticket.id, false, T0 + 100),
+        WaiterLeft::Lapsing(T0 + 100 + LAPSE)
+    );
+    state.check_invariants();
+    // The release hands the lock to c, not to the departed b, in the same transition, cleanly.
+    state.release(a.id, T0 + 200).unwrap();
+    state.check_invariants();
+    let view = state.lock(&name("m")).unwrap();
+    assert_eq!(
+        view.holders
+            .iter()
+            .map(|l| l.owner.as_str())
+            .collect::<Vec<_>>(),
+        ["c"]
+    );
+    assert!(
+        view.waiters.is_empty(),
+        "the departed waiter is still listed"
+    );
+    assert!(view.delayed_until.is_none());
+    lease_of(state.wait_ticket(c.ticket.id, None, T0 + 200));
+    assert_eq!(
+        state.wait_ticket(b.ticket.id, None, T0 + 201),
+        Err(TicketError::Lapsed)
+    );
+}
+
+#[test]
+fn departed_waiter_lapses_one_lapse_after_it_left_not_after_its_wait() {
+    let mut state = State::new(config(), T0);
+    let _a = granted(state.acquire(req("m", "a", 1), T0));
+    let b = queued(state.acquire(queue("m", "b", 2), T0));
+    position_of(state.wait_ticket(b.ticket.id, Some(T0 + 60_000 + LAPSE), T0));
+    state.waiter_left(b.ticket.id, false, T0 + 300);
+    state.tick(T0 + 300 + LAPSE - 1);
+    assert_eq!(state.lock(&name("m")).unwrap().waiters.len(), 1);
+    state.tick(T0 + 300 + LAPSE);
+    assert!(state.lock(&name("m")).unwrap().waiters.is_empty());
+    assert_eq!(
+        state.wait_ticket(b.ticket.id, None, T0 + 300 + LAPSE),
+        Err(TicketError::Lapsed)
+    );
+}
+
+#[test]
+fn departed_waiter_that_comes_back_in_time_keeps_its_place_and_is_granted() {
+    let mut state = State::new(config(), T0);
+    let a = granted(state.acquire(req("m", "a", 1), T0));
+    let b = queued(state.acquire(queue("m", "b", 2), T0));
+    let _c = queued(state.acquire(queue("m", "c", 3), T0));
+    state.waiter_left(b.ticket.id, false, T0 + 100);
+    // It reconnects (a retry, a fail-over) before the lock is handed on: still first.
+    assert_eq!(
+        position_of(state.wait_ticket(b.ticket.id, Some(T0 + 30_000), T0 + 150)),
+        1
+    );
+    state.release(a.id, T0 + 200).unwrap();
+    let lease = lease_of(state.wait_ticket(b.ticket.id, None, T0 + 200));
+    assert_eq!(lease.owner, "b");
+    state.check_invariants();
+}
+
+#[test]
+fn departed_waiter_with_an_undelivered_grant_hands_the_lock_on_cleanly() {
+    let mut state = State::new(config(), T0);
+    let a = granted(state.acquire(req("m", "a", 1), T0));
+    let b = queued(state.acquire(queue("m", "b", 2), T0));
+    let c = queued(state.acquire(queue("m", "c", 3), T0));
+    state.release(a.id, T0 + 1).unwrap();
+    // b was granted while parked, but its connection closed before the grant was answered.
+    assert_eq!(holders(&state, "m").len(), 1);
+    assert_eq!(
+        state.waiter_left(b.ticket.id, false, T0 + 2),
+        WaiterLeft::ReleasedUndelivered
+    );
+    state.check_invariants();
+    let c_lease = lease_of(state.wait_ticket(c.ticket.id, None, T0 + 2));
+    assert_eq!(
+        c_lease.granted_at,
+        T0 + 2,
+        "no lock-delay after an undelivered grant"
+    );
+    let history = state.history(&name("m"), 1, T0 + 2);
+    assert_eq!(
+        (history[0].owner.as_str(), history[0].end),
+        ("b", LeaseEnd::Released)
+    );
+    assert_eq!(
+        state.wait_ticket(b.ticket.id, None, T0 + 3),
+        Err(TicketError::Lapsed)
+    );
+}
+
+#[test]
+fn departed_waiter_that_had_collected_its_grant_releases_it_only_if_it_says_so() {
+    let mut state = State::new(config(), T0);
+    let a = granted(state.acquire(req("m", "a", 1), T0));
+    let b = queued(state.acquire(queue("m", "b", 2), T0));
+    state.release(a.id, T0 + 1).unwrap();
+    let b_lease = lease_of(state.wait_ticket(b.ticket.id, None, T0 + 1));
+    // Another wait collected (and delivered) it: a departure elsewhere leaves it alone.
+    assert_eq!(
+        state.waiter_left(b.ticket.id, false, T0 + 2),
+        WaiterLeft::Nothing
+    );
+    assert!(state.lease(b_lease.id).is_some());
+    // The departing wait collected it itself and never answered: released.
+    assert_eq!(
+        state.waiter_left(b.ticket.id, true, T0 + 3),
+        WaiterLeft::ReleasedUndelivered
+    );
+    assert!(state.lease(b_lease.id).is_none());
+    assert!(state.lock(&name("m")).unwrap().holders.is_empty());
+}
+
+#[test]
+fn departed_waiter_survives_a_restart_as_a_waiter_that_may_come_back() {
+    let mut state = State::new(config(), T0);
+    let mut disk = Disk::default();
+    let a = granted(state.acquire(req("m", "a", 1), T0));
+    let b = queued(state.acquire(queue("m", "b", 2), T0));
+    state.waiter_left(b.ticket.id, false, T0 + 1);
+    restart(&mut state, &mut disk, T0 + 10);
+    state.release(a.id, T0 + 20).unwrap();
+    // After a restart every waiter gets a fresh lapse to reconnect; b is granted.
+    assert_eq!(
+        lease_of(state.wait_ticket(b.ticket.id, None, T0 + 21)).owner,
+        "b"
+    );
+}
+
+// --- lock-delay of a semaphore (issue 10, "Also") -----------------------------------------------
+
+#[test]
+fn semaphore_lock_delay_holds_back_only_the_expired_slot() {
+    let mut state = State::new(config(), T0);
+    let sem = |owner: &str, n: u8| Acquire {
+        capacity: Some(3),
+        ..req("sem", owner, n)
+    };
+    let a = granted(state.acquire(sem("a", 1), T0));
+    let _b = granted(state.acquire(sem("b", 2), T0 + 500));
+    // a stops renewing and expires at T0 + 1000 (ttl 1 s); b is renewed.
+    state.renew(_b.id, None, T0 + 900).unwrap();
+    state.tick(T0 + 1_000);
+    assert!(state.lease(a.id).is_none());
+    // Two free slots, one of them delayed: the other is granted at once, the third is not.
+    let c = granted(state.acquire(sem("c", 3), T0 + 1_001));
+    assert_eq!(c.granted_at, T0 + 1_001);
+    busy(state.acquire(sem("d", 4), T0 + 1_002));
+    let e = queued(state.acquire(
+        Acquire {
+            queue: true,
+            ..sem("e", 5)
+        },
+        T0 + 1_003,
+    ));
+    state.check_invariants();
+    // A clean release of b frees a slot that is not delayed: e is served at once.
+    state.release(_b.id, T0 + 1_100).unwrap();
+    assert_eq!(
+        lease_of(state.wait_ticket(e.ticket.id, None, T0 + 1_100)).granted_at,
+        T0 + 1_100
+    );
+    // The expired slot comes back when the lock-delay ends.
+    busy(state.acquire(sem("f", 6), T0 + 1_999));
+    state.tick(T0 + 2_000);
+    granted(state.acquire(sem("f", 7), T0 + 2_000));
+    state.check_invariants();
+}
+
+#[test]
+fn semaphore_lock_delay_of_two_unclean_ends_holds_back_two_slots() {
+    let mut state = State::new(config(), T0);
+    let sem = |owner: &str, n: u8| Acquire {
+        capacity: Some(3),
+        ..req("sem", owner, n)
+    };
+    let a = granted(state.acquire(sem("a", 1), T0));
+    let b = granted(state.acquire(sem("b", 2), T0));
+    state.revoke(&name("sem"), a.token, T0 + 10).unwrap();
+    state.revoke(&name("sem"), b.token, T0 + 20).unwrap();
+    granted(state.acquire(sem("c", 3), T0 + 30));
+    busy(state.acquire(sem("d", 4), T0 + 31));
+    state.tick(T0 + 20 + DELAY);
+    granted(state.acquire(sem("d", 5), T0 + 20 + DELAY));
+    granted(state.acquire(sem("e", 6), T0 + 20 + DELAY));
+    state.check_invariants();
+}
+
 #[test]
 fn cancel_with_forget_request_lets_a_retry_acquire_afresh() {
     let mut state = State::new(config(), T0);
@@ -899,6 +1101,7 @@ fn stored_lock(lock: &str, capacity: u32, newest: u64) -> LockRecord {
         newest_token: newest,
         newest_granted: newest,
         delayed_until: None,
+        delayed_slots: 0,
     }
 }
 

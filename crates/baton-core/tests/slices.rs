@@ -83,6 +83,7 @@ impl Rows {
                         newest_token: 0,
                         newest_granted: 0,
                         delayed_until: None,
+                        delayed_slots: 0,
                     },
                     idle_since: now,
                 },
@@ -313,6 +314,7 @@ proptest! {
             match op {
                 Op::Acquire { lock, client, queue, key, request, capacity } => {
                     let command = Acquire {
+                        api_key: None,
                         lock: name(lock),
                         owner: format!("c{client}"),
                         owner_key: key.then(|| format!("key{client}")),

@@ -141,9 +141,10 @@ pub struct CreateJobRequest {
     /// Keep the lock at least this long after the run starts, even if it ends sooner.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_hold_ms: Option<u64>,
-    /// At most one run of this job name per period slot (slots are counted on the server's
-    /// clock, each centred on a multiple of the period so hosts whose clocks differ by less
-    /// than half a period agree on the slot).
+    /// At most one run of this job name on its lock per period slot (slots are counted on the
+    /// server's clock, each centred on a multiple of the period so hosts whose clocks differ
+    /// by less than half a period agree on the slot). A slot belongs to the (lock, name,
+    /// period): jobs of another lock or another period never take it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub once_per_ms: Option<u64>,
     /// Groups jobs started together (e.g. by one `baton parallel`).

@@ -368,6 +368,12 @@ error_codes! {
     InvalidBody = ("invalid_body", 400),
     /// The body is larger than the server accepts.
     BodyTooLarge = ("body_too_large", 413),
+    /// The request body did not arrive whole within the server's body read timeout.
+    BodyTimeout = ("body_timeout", 408),
+    /// The request's `Host` is not one this server answers: a server without API keys answers
+    /// only loopback addresses, IP addresses, `localhost` and the names given with
+    /// `--allowed-host` (a defence against DNS rebinding).
+    HostNotAllowed = ("host_not_allowed", 403),
     /// The request's content type is not `application/json`.
     UnsupportedMediaType = ("unsupported_media_type", 415),
     /// A lock name is empty, too long, or has a character outside `A-Z a-z 0-9 . _ : / @ -`.

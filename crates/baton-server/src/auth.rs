@@ -234,6 +234,9 @@ pub struct Auth {
     reloading: tokio::sync::Mutex<()>,
     default_rate: u32,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Host names a server without keys answers besides loopback, IP addresses and
+    /// `localhost` (lowercase, without port).
+    allowed_hosts: Vec<String>,
 }
 
 struct Bucket {
@@ -252,7 +255,22 @@ impl Auth {
             reloading: tokio::sync::Mutex::new(()),
             default_rate: default_rate.max(1),
             buckets: Mutex::new(HashMap::new()),
+            allowed_hosts: Vec::new(),
         }
+    }
+
+    /// Also answers these `Host` names while the server has no keys (see [`host_allowed`]).
+    pub fn with_allowed_hosts(mut self, hosts: &[String]) -> Auth {
+        self.allowed_hosts = hosts
+            .iter()
+            .map(|host| host.trim().trim_end_matches('.').to_ascii_lowercase())
+            .collect();
+        self
+    }
+
+    /// Whether a server without keys answers a request whose `Host` header is `host`.
+    fn host_allowed(&self, host: Option<&str>) -> bool {
+        host_allowed(host, &self.allowed_hosts)
     }
 
     /// Reads the store's keys again and merges the file's.
@@ -347,6 +365,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// The id of the caller's key (`None` on a server without keys): what its tickets are
+    /// recorded with, so that revoking the key cancels them.
+    pub fn key_id(&self) -> Option<String> {
+        self.key.as_ref().map(|key| key.id.clone())
+    }
+
     /// The audit log's actor: the key id, or `anonymous`.
     pub fn actor(&self) -> &str {
         self.key.as_ref().map_or(ANONYMOUS, |key| key.id.as_str())
@@ -362,6 +386,40 @@ impl Caller {
                 .iter()
                 .any(|grant| grant.role >= role && lock.starts_with(grant.prefix.as_str())),
         }
+    }
+
+    /// The request id as the store keeps it: `KEY_ID/ID` for a key, as sent on a server
+    /// without keys. So request ids are scoped to the key: another key cannot reuse (squat)
+    /// one, nor learn from a conflict what it was used for. `/` is outside the request-id
+    /// alphabet, so no client can write an id inside another key's scope.
+    pub fn scoped_request_id(&self, request_id: Option<String>) -> Option<String> {
+        let request_id = request_id?;
+        Some(match &self.key {
+            Some(key) => format!("{}/{request_id}", key.id),
+            None => request_id,
+        })
+    }
+
+    /// The prefixes of the locks the caller may see, none of them under another; `None` when
+    /// it sees every lock (no keys, or a grant with the prefix `""`).
+    pub fn visible_prefixes(&self) -> Option<Vec<String>> {
+        let key = self.key.as_ref()?;
+        let mut prefixes: Vec<&str> = key.grants.iter().map(|g| g.prefix.as_str()).collect();
+        prefixes.sort_unstable();
+        let mut kept: Vec<String> = Vec::new();
+        for prefix in prefixes {
+            if prefix.is_empty() {
+                return None;
+            }
+            // Sorted, so a prefix that covers this one came just before it (or is kept last).
+            if kept
+                .last()
+                .is_none_or(|last| !prefix.starts_with(last.as_str()))
+            {
+                kept.push(prefix.to_owned());
+            }
+        }
+        Some(kept)
     }
 
     /// Whether the caller may see `lock` at all.
@@ -433,6 +491,7 @@ pub async fn authenticate(
         return next.run(request).await;
     }
     let caller = if auth.enabled() {
+        // Keys are checked below; the Host header does not matter then.
         let secret = request
             .headers()
             .get(header::AUTHORIZATION)
@@ -465,10 +524,54 @@ pub async fn authenticate(
         }
         Caller { key: Some(key) }
     } else {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok());
+        if !auth.host_allowed(host) {
+            return ApiError::new(
+                ErrorCode::HostNotAllowed,
+                "this server has no API keys, so it answers only requests addressed to a \
+                 loopback or IP address or localhost; start it with --allowed-host NAME to \
+                 answer NAME too",
+            )
+            .into_response();
+        }
         Caller { key: None }
     };
     request.extensions_mut().insert(caller);
     next.run(request).await
+}
+
+/// Whether a server without keys answers `Host: host`: an IP address (a page reached through a
+/// DNS-rebinding name sends that name, never an address), `localhost` or a name under it, or
+/// one of `allowed` (lowercase). A request without `Host` (HTTP/1.0 tools) is answered too: a
+/// browser always sends one.
+pub fn host_allowed(host: Option<&str>, allowed: &[String]) -> bool {
+    let Some(host) = host else {
+        return true;
+    };
+    let host = host.trim();
+    // `[v6]:port`, `[v6]`, `name:port`, `v4:port`, `name`.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((address, _port)) => {
+                return address.parse::<std::net::Ipv6Addr>().is_ok();
+            }
+            None => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.chars().all(|c| c.is_ascii_digit()) => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        return true;
+    }
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost") || allowed.contains(&name)
 }
 
 fn challenge(error: ApiError) -> Response {
@@ -500,6 +603,37 @@ pub fn key_wire(key: &ApiKey, source: KeySource) -> baton_proto::KeyInfo {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keyless_server_answers_addresses_localhost_and_allowed_names_only() {
+        let allowed = vec!["baton.internal".to_owned()];
+        for host in [
+            "127.0.0.1",
+            "127.0.0.1:7700",
+            "[::1]:7700",
+            "[::1]",
+            "10.0.0.5:7700",
+            "localhost:7700",
+            "LOCALHOST",
+            "api.localhost",
+            "baton.internal:7700",
+            "Baton.Internal.",
+        ] {
+            assert!(host_allowed(Some(host), &allowed), "{host}");
+        }
+        assert!(host_allowed(None, &allowed));
+        for host in [
+            "attacker.example",
+            "attacker.example:7700",
+            "localhost.attacker.example",
+            "127.0.0.1.nip.io",
+            "[evil]:1",
+            "x:y",
+            "",
+        ] {
+            assert!(!host_allowed(Some(host), &allowed), "{host}");
+        }
+    }
 
     #[test]
     fn grants_parse_and_print() {
@@ -554,5 +688,36 @@ mod tests {
         assert!(!caller.allows(Role::Acquire, "shared/x"));
         assert!(!caller.sees("team-b/x"));
         assert!(caller.require_full_admin().is_err());
+    }
+
+    #[test]
+    fn visible_prefixes_drop_the_ones_under_another_and_an_empty_one_sees_all() {
+        let caller = |prefixes: &[&str]| Caller {
+            key: Some(Arc::new(ApiKey {
+                id: "key_0000000000000001".into(),
+                name: "t".into(),
+                secret_sha256: String::new(),
+                grants: prefixes
+                    .iter()
+                    .map(|prefix| KeyGrant {
+                        role: Role::Read,
+                        prefix: (*prefix).to_owned(),
+                    })
+                    .collect(),
+                rate_per_sec: None,
+                created_at: 0,
+                revoked_at: None,
+            })),
+        };
+        assert_eq!(
+            caller(&["team-b/", "team-a/x/", "team-a/", "team-a0"]).visible_prefixes(),
+            Some(vec![
+                "team-a/".to_owned(),
+                "team-a0".to_owned(),
+                "team-b/".to_owned()
+            ])
+        );
+        assert_eq!(caller(&["team-a/", ""]).visible_prefixes(), None);
+        assert_eq!(Caller { key: None }.visible_prefixes(), None);
     }
 }

@@ -2,9 +2,10 @@
 //! cap, content type, unknown fields), lock names and secret ids in paths, query strings.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
-use axum::http::header::CONTENT_TYPE;
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::request::Parts;
 use baton_core::{LeaseId, LockName, TicketId};
 use baton_proto::ErrorCode;
@@ -15,9 +16,25 @@ use crate::error::ApiError;
 /// The largest request body accepted, in bytes. Every body of the API is a few hundred bytes.
 pub const BODY_BYTES_MAX: usize = 16 * 1024;
 
+/// How long a request body may take to arrive whole once its head has been read, unless the
+/// server is told otherwise ([`ServerConfig::body_read_timeout_ms`](crate::ServerConfig)).
+/// Every body of the API is small: a client that needs longer is stalled, and it would hold a
+/// connection slot for as long as it stays silent.
+pub const BODY_READ_TIMEOUT_MS_DEFAULT: u64 = 10_000;
+
+/// The body read deadline in force, put on every request by the router's layer. Without it
+/// (a router built in a test) [`BODY_READ_TIMEOUT_MS_DEFAULT`] applies.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyReadTimeout(pub Duration);
+
 /// A JSON body: at most `LIMIT` bytes ([`BODY_BYTES_MAX`] unless a route says otherwise), `Content-Type: application/json` when not
 /// empty (which also keeps web pages from posting to a local server), no unknown fields. An
 /// empty body reads as `{}`.
+///
+/// A declared `Content-Length` over `LIMIT` is answered `413` before any of the body is read;
+/// a body that does not arrive whole within the [`BodyReadTimeout`] is answered `408
+/// body_timeout`; a body that ends before its declared length, or whose chunked framing is
+/// broken, is `400 invalid_body` (only a body that really is too long is `413`).
 pub struct JsonBody<T, const LIMIT: usize = BODY_BYTES_MAX>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
@@ -34,14 +51,45 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
                 let essence = value.split(';').next().unwrap_or("").trim();
                 essence.eq_ignore_ascii_case("application/json")
             });
-        let bytes = axum::body::to_bytes(request.into_body(), LIMIT)
-            .await
-            .map_err(|_| {
-                ApiError::new(
-                    ErrorCode::BodyTooLarge,
-                    format!("the body is larger than {LIMIT} bytes"),
-                )
-            })?;
+        let too_large = || {
+            ApiError::new(
+                ErrorCode::BodyTooLarge,
+                format!("the body is larger than {LIMIT} bytes"),
+            )
+        };
+        let declared = request
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > LIMIT as u64) {
+            return Err(too_large());
+        }
+        let deadline = request
+            .extensions()
+            .get::<BodyReadTimeout>()
+            .map_or(Duration::from_millis(BODY_READ_TIMEOUT_MS_DEFAULT), |t| t.0);
+        let read = tokio::time::timeout(deadline, read_body(request.into_body(), LIMIT));
+        let bytes = match read.await {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(BodyError::TooLarge)) => return Err(too_large()),
+            Ok(Err(BodyError::Broken)) => {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidBody,
+                    "the body ended before its declared length, or its chunked framing is \
+                     malformed",
+                ));
+            }
+            Err(_) => {
+                return Err(ApiError::new(
+                    ErrorCode::BodyTimeout,
+                    format!(
+                        "the body did not arrive whole within {} ms",
+                        deadline.as_millis()
+                    ),
+                ));
+            }
+        };
         let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"
         } else {
@@ -76,6 +124,36 @@ impl<S: Send + Sync, T: DeserializeOwned, const LIMIT: usize> FromRequest<S>
                     .map_err(|_| invalid(error))
             }
             Err(error) => Err(invalid(error)),
+        }
+    }
+}
+
+/// Why a body could not be read.
+enum BodyError {
+    /// It is longer than the cap.
+    TooLarge,
+    /// It ended before its declared length, or its chunked framing is broken.
+    Broken,
+}
+
+/// Reads a body whole, refusing it as soon as it passes `limit` bytes.
+async fn read_body(mut body: axum::body::Body, limit: usize) -> Result<Vec<u8>, BodyError> {
+    use hyper::body::Body as _;
+    let mut bytes = Vec::new();
+    loop {
+        let frame =
+            std::future::poll_fn(|context| std::pin::Pin::new(&mut body).poll_frame(context)).await;
+        match frame {
+            None => return Ok(bytes),
+            Some(Err(_)) => return Err(BodyError::Broken),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if bytes.len() + data.len() > limit {
+                        return Err(BodyError::TooLarge);
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
         }
     }
 }

@@ -17,8 +17,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JobPath, JsonBody, QueryMap};
 use crate::routes::{
-    AppState, authorize_by_id, lease_wire, ticket_wire, timestamp, ttl, validate_requester,
-    wait_duration,
+    AppState, authorize_by_id, lease_wire, lock_wire, ticket_wire, timestamp, ttl,
+    validate_requester, wait_duration,
 };
 
 /// The largest finish body: the output tail plus room for the rest.
@@ -140,7 +140,7 @@ fn optional_label(value: Option<&String>, what: &str, max: usize) -> Result<(), 
         (status = 200, description = "Running (with its lease), skipped or coalesced", body = proto::CreateJobResponse),
         (status = 202, description = "Waiting in the lock's queue (with its ticket)", body = proto::CreateJobResponse),
         (status = 400, description = "Invalid input", body = proto::ErrorBody),
-        (status = 409, description = "capacity_conflict", body = proto::ErrorBody),
+        (status = 409, description = "busy (policy `fail` on a busy lock: the job is recorded `skipped` and the answer lists the holders, as an acquire's does) or capacity_conflict", body = proto::ErrorBody),
     ))]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -176,13 +176,42 @@ pub(crate) async fn create(
         command: request.command,
         ttl_ms: ttl(request.ttl_ms, state.default_ttl_ms)?,
         wait: wait_duration(request.wait_ms)?,
-        request_id: request.request_id,
+        request_id: caller.scoped_request_id(request.request_id),
         min_hold_ms: request.min_hold_ms,
         once_per_ms: request.once_per_ms,
         batch: request.batch,
+        api_key: caller.key_id(),
     };
-    let created = state.store.create_job(args).await?;
+    let lock = args.lock.clone();
+    let created = state
+        .store
+        .create_job(args)
+        .await
+        .map_err(|error| crate::routes::conflict_in_scope(&caller, error))?;
+    if created.job.policy == Policy::Fail && created.job.state == JobState::Skipped {
+        return Err(busy_job(&state, &created.job, lock).await);
+    }
     Ok(created_response(created, state.store.now_ms()))
+}
+
+/// The answer to a `fail` job that found its lock busy: 409 `busy` with the holders, like an
+/// acquire that does not queue. The job itself is recorded (`skipped`), so the message names
+/// it. The holders are read after the decision; they may have changed since (informational).
+async fn busy_job(state: &AppState, job: &Job, lock: LockName) -> ApiError {
+    let holders = match state.store.lock(lock).await {
+        Ok(Some(view)) => lock_wire(view).holders,
+        Ok(None) | Err(_) => Vec::new(),
+    };
+    ApiError {
+        holders: Some(holders),
+        ..ApiError::new(
+            ErrorCode::Busy,
+            format!(
+                "the lock is held to capacity or has waiters; job {} is recorded skipped",
+                job.id
+            ),
+        )
+    }
 }
 
 /// Body of `POST /v1/jobs/{id}/wait`.

@@ -147,6 +147,9 @@ pub(crate) async fn revoke(
         .find(|(key, _)| key.id == id)
         .ok_or_else(not_found)?;
     if key.revoked_at.is_some() {
+        // Its tickets were cancelled when it was revoked; again, in case a request in flight
+        // then queued one.
+        state.store.cancel_tickets_of_key(&id).await?;
         return Ok(Json(proto::RevokeKeyResponse {
             revoked: false,
             key: auth::key_wire(key, *source),
@@ -159,6 +162,9 @@ pub(crate) async fn revoke(
     // A file key's revocation is kept in the store, where it overrides the file's entry.
     state.store.put_key(revoked.clone()).await?;
     state.auth.reload().await?;
+    // Refused from now on; what it queued ends too, so a parked long-poll of the key answers
+    // ticket_cancelled now instead of receiving a lease the key could not renew or release.
+    let cancelled = state.store.cancel_tickets_of_key(&revoked.id).await?;
     record(
         &state,
         &caller,
@@ -167,7 +173,12 @@ pub(crate) async fn revoke(
         format!("name {:?}", revoked.name),
     )
     .await?;
-    tracing::warn!(key = %revoked.id, actor = caller.actor(), "API key revoked");
+    tracing::warn!(
+        key = %revoked.id,
+        actor = caller.actor(),
+        cancelled_tickets = cancelled,
+        "API key revoked"
+    );
     Ok(Json(proto::RevokeKeyResponse {
         revoked: true,
         key: auth::key_wire(&revoked, KeySource::Store),

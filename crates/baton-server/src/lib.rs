@@ -31,7 +31,7 @@ use baton_store_postgres::{PgOptions, PostgresStore};
 use baton_store_sqlite::SqlitePersister;
 
 pub use error::ApiError;
-pub use extract::BODY_BYTES_MAX;
+pub use extract::{BODY_BYTES_MAX, BODY_READ_TIMEOUT_MS_DEFAULT};
 pub use routes::{AppState, HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX, router};
 pub use tls::{TlsFiles, TlsSetupError};
 
@@ -68,9 +68,11 @@ pub struct ServerConfig {
     pub key_reload_ms: u64,
     /// Lease time-to-live when a request gives none.
     pub default_ttl_ms: u64,
-    /// After an unclean end of a lease (expiry, revocation) the lock grants nothing for this long.
+    /// After an unclean end of a lease (expiry, revocation) its slot is not granted for this
+    /// long (a semaphore's other free slots are).
     pub lock_delay_ms: u64,
-    /// A queued ticket lapses when no wait on it arrives for this long.
+    /// A queued ticket lapses when no wait on it arrives for this long after its last wait
+    /// ended or its waiter's connection closed.
     pub ticket_lapse_ms: u64,
     /// Ended holds are kept in a lock's history for this long.
     pub history_retention_ms: u64,
@@ -84,6 +86,15 @@ pub struct ServerConfig {
     /// A request head larger than this is answered `431` and the connection closed. Also caps
     /// each connection's read buffer. At least 8 KiB (hyper's floor).
     pub max_header_bytes: usize,
+    /// A request body must arrive whole within this long once its head is read; a slower one
+    /// is answered `408 body_timeout` and its connection closed, so a client that declares a
+    /// body and sends nothing cannot hold a connection slot.
+    pub body_read_timeout_ms: u64,
+    /// Names (besides loopback addresses, IP addresses and `localhost`) that a server without
+    /// API keys answers in the `Host` header; any other is refused `403 host_not_allowed`, so
+    /// a web page cannot reach a keyless server through a DNS-rebinding name. Ignored once keys
+    /// are in force.
+    pub allowed_hosts: Vec<String>,
     /// The PostgreSQL database (with [`StoreKind::Postgres`]).
     pub database_url: Option<String>,
     /// The schema holding baton's tables in that database; servers that share state use the
@@ -134,6 +145,8 @@ impl ServerConfig {
             max_connections: MAX_CONNECTIONS_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
+            body_read_timeout_ms: extract::BODY_READ_TIMEOUT_MS_DEFAULT,
+            allowed_hosts: Vec::new(),
             database_url: None,
             database_schema: "baton".into(),
             database_pool: 16,
@@ -241,11 +254,10 @@ async fn start_auth(
         Some(path) => auth::read_keys_file(path)?,
         None => Vec::new(),
     };
-    let auth = Arc::new(auth::Auth::new(
-        Arc::clone(store),
-        file_keys,
-        config.key_rate_limit,
-    ));
+    let auth = Arc::new(
+        auth::Auth::new(Arc::clone(store), file_keys, config.key_rate_limit)
+            .with_allowed_hosts(&config.allowed_hosts),
+    );
     auth.reload().await.context("cannot read the API keys")?;
     Ok(auth)
 }
@@ -282,7 +294,10 @@ async fn run_with(
         store,
         default_ttl_ms: config.default_ttl_ms,
         auth,
-    });
+    })
+    .layer(axum::Extension(extract::BodyReadTimeout(
+        std::time::Duration::from_millis(config.body_read_timeout_ms.max(1)),
+    )));
     let limits = listen::Limits {
         max_connections: config.max_connections.max(1),
         header_read_timeout: std::time::Duration::from_millis(config.header_read_timeout_ms.max(1)),

@@ -334,7 +334,8 @@ fn refine_operation(path: &str, operation: &mut Value, optional_bodies: &[String
         add(
             responses,
             "403",
-            "forbidden: the key does not grant this call",
+            "forbidden: the key does not grant this call; or host_not_allowed: a server without \
+             keys answers only an IP address, localhost or an --allowed-host name in Host",
         );
         add(
             responses,
@@ -357,7 +358,16 @@ fn refine_operation(path: &str, operation: &mut Value, optional_bodies: &[String
         );
     }
     if has_body {
-        add(responses, "413", "body_too_large");
+        add(
+            responses,
+            "408",
+            "body_timeout: the body did not arrive whole within the server's body read timeout",
+        );
+        add(
+            responses,
+            "413",
+            "body_too_large (a declared Content-Length over the cap is refused before the body is read)",
+        );
         add(
             responses,
             "415",

@@ -127,7 +127,7 @@ pub(crate) fn holder_wire(lease: &Lease) -> proto::Holder {
     }
 }
 
-fn lock_wire(view: LockView) -> proto::LockInfo {
+pub(crate) fn lock_wire(view: LockView) -> proto::LockInfo {
     proto::LockInfo {
         name: view.name.to_string(),
         capacity: view.capacity,
@@ -282,6 +282,11 @@ pub(crate) fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiEr
 }
 
 /// Acquire a lease.
+///
+/// With `wait_ms`, the request waits in the lock's FIFO queue. If its connection closes before
+/// it is answered, its waiter counts as gone: the ticket keeps its place for one ticket lapse
+/// from then (a retry with the same `request_id` carries on) but is never granted while its
+/// waiter is away, and a grant made meanwhile is released cleanly and handed on.
 #[utoipa::path(post, path = "/v1/locks/{name}/acquire", tag = "locks",
     params(("name" = String, Path, description = "The lock's name, one percent-encoded segment")),
     request_body = proto::AcquireRequest,
@@ -316,9 +321,14 @@ async fn acquire(
         capacity: request.capacity,
         wait: wait_duration(request.wait_ms)?,
         queue: request.queue.unwrap_or(false),
-        request_id: request.request_id,
+        request_id: caller.scoped_request_id(request.request_id),
+        api_key: caller.key_id(),
     };
-    let outcome = state.store.acquire(args).await?;
+    let outcome = state
+        .store
+        .acquire(args)
+        .await
+        .map_err(|error| conflict_in_scope(&caller, error))?;
     let now = state.store.now_ms();
     Ok(match outcome {
         AcquireOutcome::Granted(lease) => granted(lease, now),
@@ -334,7 +344,33 @@ async fn acquire(
     })
 }
 
+/// A store failure as the caller may hear it: a request-id conflict names the lock the id was
+/// used for only when the caller may see that lock. (Ids are scoped to the key, so the lock is
+/// the key's own, unless its grants have narrowed since.)
+pub(crate) fn conflict_in_scope(caller: &Caller, error: baton_store::StoreError) -> ApiError {
+    use baton_core::{AcquireError, JobError};
+    use baton_store::StoreError;
+    match &error {
+        StoreError::Acquire(AcquireError::RequestIdConflict { lock })
+        | StoreError::Job(JobError::Acquire(AcquireError::RequestIdConflict { lock }))
+            if !caller.sees(lock.as_str()) =>
+        {
+            ApiError::new(
+                ErrorCode::RequestIdConflict,
+                "this request id was already used for another request; use a new one",
+            )
+        }
+        _ => ApiError::from(error),
+    }
+}
+
 /// Wait on a ticket.
+///
+/// The ticket lapses one ticket lapse after this wait ends (answered, or its connection
+/// closed). If the connection closes before the answer, the ticket keeps its place until then
+/// for a wait that comes back, but is not granted while nobody waits: when its turn comes it
+/// lapses and the lock goes to the next waiter; a grant made while this wait was parked and
+/// never delivered is released cleanly (no lock-delay) and handed on.
 #[utoipa::path(post, path = "/v1/tickets/{id}/wait", tag = "tickets",
     params(("id" = String, Path, description = "The ticket's id")),
     request_body = proto::WaitRequest,
@@ -483,22 +519,25 @@ async fn list_locks(
             })?),
             None => None,
         };
-    // Only the locks the caller may see: page through the store until `limit` of them.
-    let mut locks = Vec::new();
-    let mut after = after;
-    loop {
-        let page = state.store.locks(after, limit).await?;
-        let full = page.len() == limit;
-        after = page.last().map(|view| view.name.clone());
-        locks.extend(
-            page.into_iter()
-                .filter(|view| caller.sees(view.name.as_str())),
-        );
-        if !full || locks.len() >= limit {
-            break;
+    // Only the locks the caller may see, read range by range of its prefixes (which do not
+    // overlap), so a restricted key's listing costs what it can see, not what the server holds.
+    let locks = match caller.visible_prefixes() {
+        None => state.store.locks(after, limit).await?,
+        Some(prefixes) => {
+            let mut locks = Vec::new();
+            for prefix in &prefixes {
+                locks.extend(
+                    state
+                        .store
+                        .locks_with_prefix(prefix, after.clone(), limit)
+                        .await?,
+                );
+            }
+            locks.sort_by(|a, b| a.name.cmp(&b.name));
+            locks.truncate(limit);
+            locks
         }
-    }
-    locks.truncate(limit);
+    };
     Ok(Json(proto::LockList {
         locks: locks.into_iter().map(lock_wire).collect(),
     }))

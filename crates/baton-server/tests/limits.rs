@@ -280,3 +280,156 @@ async fn shutdown_cuts_a_parked_long_poll_after_the_grace() {
         assert_ne!(response.status().as_u16(), 200);
     }
 }
+
+/// Reads what the server answers on `stream` until it closes, within `within`; panics when it
+/// neither answers nor closes (the server holds the connection).
+async fn answer_of(stream: &mut TcpStream, within: Duration) -> String {
+    let mut answer = Vec::new();
+    match tokio::time::timeout(within, stream.read_to_end(&mut answer)).await {
+        Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(_) => panic!(
+            "no answer nor close within {within:?}; read so far: {:?}",
+            String::from_utf8_lossy(&answer)
+        ),
+    }
+}
+
+/// The issue's attack: sockets that declare a body and never send it held every connection
+/// slot, so everyone else got 503 for as long as they stayed open.
+#[tokio::test]
+async fn stalled_request_bodies_do_not_hold_the_connection_slots() {
+    let server = start(|config| {
+        config.max_connections = 5;
+        config.header_read_timeout_ms = 60_000;
+        config.body_read_timeout_ms = 1_000;
+    })
+    .await;
+    let head = b"POST /v1/locks/stalled/acquire HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"owner\":";
+    let mut stalled = Vec::new();
+    for _ in 0..5 {
+        let mut stream = TcpStream::connect(server.address).await.unwrap();
+        stream.write_all(head).await.unwrap();
+        stalled.push(stream);
+    }
+    for stream in &mut stalled {
+        let answer = answer_of(stream, Duration::from_secs(30)).await;
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("body_timeout"), "{answer}");
+    }
+    // The slots are free again: a well-behaved client is served.
+    let mut served = false;
+    for _ in 0..100 {
+        let answer = raw_request(server.address, HEALTH, Duration::from_secs(10)).await;
+        if answer.is_some_and(|text| text.starts_with("HTTP/1.1 200")) {
+            served = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(served, "the stalled bodies' slots never came free");
+    acquire_release(server.address, "after-stalled-bodies").await;
+}
+
+#[tokio::test]
+async fn a_declared_content_length_over_the_cap_is_refused_before_the_body_is_read() {
+    // Only the declared length can answer here: the body never comes, and the body deadline is
+    // far beyond the test's bound.
+    let server = start(|config| config.body_read_timeout_ms = 600_000).await;
+    let mut stream = TcpStream::connect(server.address).await.unwrap();
+    let head = format!(
+        "POST /v1/locks/big/acquire HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+content-length: {}\r\n\r\n",
+        baton_server::BODY_BYTES_MAX * 64
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let answer = answer_of(&mut stream, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("body_too_large"), "{answer}");
+}
+
+#[tokio::test]
+async fn a_truncated_body_or_broken_chunk_framing_is_400_not_413() {
+    let server = start(|_| {}).await;
+    let truncated = b"POST /v1/locks/cut/acquire HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+content-type: application/json\r\ncontent-length: 100\r\n\r\n{\"owner\":";
+    let broken_chunks = b"POST /v1/locks/cut/acquire HTTP/1.1\r\nhost: 127.0.0.1\r\n\
+content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{\"owner\":\"x\"}\r\n0\r\n\r\n";
+    for request in [&truncated[..], &broken_chunks[..]] {
+        let mut stream = TcpStream::connect(server.address).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        // End the body early: the server reads EOF where more body was due.
+        stream.shutdown().await.unwrap();
+        let answer = answer_of(&mut stream, Duration::from_secs(20)).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{}: {answer}",
+            String::from_utf8_lossy(request)
+        );
+        assert!(answer.contains("invalid_body"), "{answer}");
+    }
+    // A body really over the cap is still 413.
+    let mut big = format!(
+        "POST /v1/locks/cut/acquire HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n\
+transfer-encoding: chunked\r\nconnection: close\r\n\r\n{:x}\r\n",
+        baton_server::BODY_BYTES_MAX + 1
+    )
+    .into_bytes();
+    big.extend(std::iter::repeat_n(b' ', baton_server::BODY_BYTES_MAX + 1));
+    big.extend_from_slice(b"\r\n0\r\n\r\n");
+    let answer = raw_request(server.address, &big, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+}
+
+/// A keyless loopback server gave an admin secret to `POST /v1/keys` with `Host:
+/// attacker.example`: a web page reaching it through a DNS-rebinding name could take it over.
+#[tokio::test]
+async fn a_keyless_server_refuses_a_host_that_is_not_loopback_or_allowed() {
+    let server = start(|config| config.allowed_hosts = vec!["baton.internal".into()]).await;
+    let create = |host: &str| {
+        let body = r#"{"name":"rebound","grants":["admin:"]}"#;
+        format!(
+            "POST /v1/keys HTTP/1.1\r\nhost: {host}\r\ncontent-type: application/json\r\n\
+content-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let list =
+        |host: &str| format!("GET /v1/locks HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    for host in [
+        "attacker.example",
+        "attacker.example:7878",
+        "localhost.attacker.example",
+    ] {
+        for request in [create(host), list(host)] {
+            let answer = raw_request(server.address, request.as_bytes(), Duration::from_secs(20))
+                .await
+                .unwrap();
+            assert!(answer.starts_with("HTTP/1.1 403"), "{host}: {answer}");
+            assert!(answer.contains("host_not_allowed"), "{answer}");
+            assert!(!answer.contains("baton_"), "a secret leaked: {answer}");
+        }
+    }
+    let port = server.address.port();
+    for host in [
+        format!("127.0.0.1:{port}"),
+        format!("localhost:{port}"),
+        "baton.internal".to_owned(),
+    ] {
+        let answer = raw_request(
+            server.address,
+            list(&host).as_bytes(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{host}: {answer}");
+    }
+    // Health checks stay open whatever the Host.
+    let answer = raw_request(server.address, HEALTH, Duration::from_secs(20))
+        .await
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

@@ -162,6 +162,8 @@ struct Inner {
     schema: String,
     channel: String,
     waiters: Waiters,
+    /// How many waits on each ticket are in progress on this server (see [`Presence`]).
+    present: Mutex<HashMap<TicketId, u32>>,
     /// Database time minus local time, in ms, as last measured.
     offset_ms: AtomicI64,
     timer_wake: Notify,
@@ -286,6 +288,7 @@ impl PostgresStore {
             channel: format!("{}_wake", options.schema),
             schema: options.schema.clone(),
             waiters: Waiters::default(),
+            present: Mutex::new(HashMap::new()),
             offset_ms: AtomicI64::new(0),
             timer_wake: Notify::new(),
             timer_target: AtomicU64::new(0),
@@ -721,14 +724,30 @@ impl Inner {
     /// With `armed`, the ticket was just queued by a transition that already extended its lapse
     /// to the end of this wait, and the wake-up was registered before that transition: the first
     /// look is skipped and the wait starts at once (one transaction less per queued request).
+    ///
+    /// `presence` stands for this wait: if the future is dropped before it answers (the
+    /// waiter's connection closed), it tells the lock that the waiter has gone.
     async fn park(
         &self,
-        lock: &LockName,
-        id: TicketId,
+        presence: &mut Presence,
+        wait: Duration,
+        keep_place: bool,
+        armed: Option<Armed>,
+    ) -> Result<Parked, StoreError> {
+        let parked = self.park_present(presence, wait, keep_place, armed).await;
+        presence.answered = true;
+        parked
+    }
+
+    async fn park_present(
+        &self,
+        presence: &mut Presence,
         wait: Duration,
         keep_place: bool,
         mut armed: Option<Armed>,
     ) -> Result<Parked, StoreError> {
+        let id = presence.ticket;
+        let lock = &presence.lock.clone();
         let deadline = tokio::time::Instant::now() + wait;
         let lapse_ms = self.config.ticket_lapse_ms;
         let want = Want {
@@ -746,6 +765,9 @@ impl Inner {
             let mut notified = Box::pin(Arc::clone(&notify).notified_owned());
             notified.as_mut().enable();
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            // Dropped during this transaction, the wait may have collected a grant it never
+            // answered.
+            presence.collecting = true;
             let result = self
                 .transact(lock, &want, |state, now| {
                     let keep_until = now + remaining.as_millis() as u64 + lapse_ms;
@@ -760,6 +782,8 @@ impl Inner {
                     }
                 })
                 .await;
+            presence.collecting =
+                matches!(result, Ok(Ok(Parked::Status(TicketStatus::Granted(_)))));
             let parked = match result {
                 Ok(Ok(parked)) => parked,
                 Ok(Err(error)) => {
@@ -1079,6 +1103,94 @@ enum Parked {
     Busy(Vec<Lease>),
 }
 
+/// One wait in progress on a ticket, on this server. When it is dropped before its answer was
+/// handed back (the handler's future was dropped: the waiter's connection closed), and no other
+/// wait on the ticket is in progress here, a transaction on the lock tells the core that the
+/// waiter has gone ([`State::waiter_left`]): the ticket lapses one lapse from now unless a
+/// waiter comes back (and is skipped when its turn comes), and a grant this wait may have
+/// collected but never answered is released and handed on. A drop cannot wait, so the
+/// transaction runs in a task of its own; its wake-up tells waits on other servers to look
+/// again (and so to keep the ticket alive if theirs are still there).
+struct Presence {
+    inner: Arc<Inner>,
+    lock: LockName,
+    ticket: TicketId,
+    /// A transaction that may have collected the grant is in flight, or did and the wait has
+    /// not answered yet.
+    collecting: bool,
+    /// The answer (or an error) was handed back: nothing to tell.
+    answered: bool,
+}
+
+impl Presence {
+    fn enter(inner: &Arc<Inner>, lock: LockName, ticket: TicketId) -> Presence {
+        *lock_present(&inner.present).entry(ticket).or_insert(0) += 1;
+        Presence {
+            inner: Arc::clone(inner),
+            lock,
+            ticket,
+            collecting: false,
+            answered: false,
+        }
+    }
+}
+
+fn lock_present(
+    present: &Mutex<HashMap<TicketId, u32>>,
+) -> std::sync::MutexGuard<'_, HashMap<TicketId, u32>> {
+    match present.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        let others = {
+            let mut present = lock_present(&self.inner.present);
+            match present.get_mut(&self.ticket) {
+                Some(count) if *count > 1 => {
+                    *count -= 1;
+                    true
+                }
+                _ => {
+                    present.remove(&self.ticket);
+                    false
+                }
+            }
+        };
+        if self.answered || others {
+            return;
+        }
+        // Outside a runtime (the server is going away) the ticket lapses on its own deadline.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let inner = Arc::clone(&self.inner);
+        let lock = self.lock.clone();
+        let ticket = self.ticket;
+        let collected = self.collecting;
+        runtime.spawn(async move {
+            let want = Want {
+                ended_tickets: vec![ticket],
+                grants: true,
+                ..Want::default()
+            };
+            match inner
+                .transact(&lock, &want, |state, now| {
+                    state.waiter_left(ticket, collected, now)
+                })
+                .await
+            {
+                Ok(left) => tracing::debug!(?ticket, ?left, "a waiter went away"),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot record that a waiter went away; its ticket lapses on its own");
+                }
+            }
+        });
+    }
+}
+
 /// A wake-up registered before the transaction that queued the ticket.
 type Armed = (
     Arc<Notify>,
@@ -1094,6 +1206,20 @@ impl Inner {
         notified.as_mut().enable();
         (notify, notified)
     }
+}
+
+/// The least text above every text that starts with `prefix` (in byte order), or `None` when
+/// every text does (an empty prefix). Prefixes are ASCII, so raising the last byte that can be
+/// raised is enough.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
 }
 
 #[async_trait]
@@ -1124,6 +1250,7 @@ impl Store for PostgresStore {
             capacity: args.capacity,
             queue,
             request_id: args.request_id.clone(),
+            api_key: args.api_key.clone(),
             lease_id: LeaseId(random_id()?),
             ticket_id: TicketId(random_id()?),
         };
@@ -1135,6 +1262,9 @@ impl Store for PostgresStore {
             ..Want::default()
         };
         let waits = !args.wait.is_zero();
+        // Before the transaction: dropped during it, the ticket it may queue is nobody's.
+        let mut presence =
+            waits.then(|| Presence::enter(&self.inner, args.lock.clone(), command.ticket_id));
         let armed = waits.then(|| self.inner.arm(command.ticket_id));
         let wait = args.wait;
         let lapse_ms = self.inner.config.ticket_lapse_ms;
@@ -1150,6 +1280,13 @@ impl Store for PostgresStore {
                 acquired
             })
             .await;
+        if let Some(presence) = &mut presence {
+            // From here on it is answered, unless it parks on its own new ticket below.
+            presence.answered = !matches!(
+                &acquired,
+                Ok(Ok(Acquired::Queued(queued))) if queued.ticket.id == command.ticket_id
+            );
+        }
         let acquired = match acquired {
             Ok(Ok(acquired)) => acquired,
             Ok(Err(error)) => {
@@ -1185,9 +1322,14 @@ impl Store for PostgresStore {
                 if args.wait.is_zero() {
                     return Ok(AcquireOutcome::Queued(queued));
                 }
+                // A retry of a request queued before parks on that request's ticket.
+                let mut presence = match presence {
+                    Some(presence) if presence.ticket == queued.ticket.id => presence,
+                    _ => Presence::enter(&self.inner, args.lock.clone(), queued.ticket.id),
+                };
                 match self
                     .inner
-                    .park(&args.lock, queued.ticket.id, args.wait, args.queue, armed)
+                    .park(&mut presence, args.wait, args.queue, armed)
                     .await?
                 {
                     Parked::Status(TicketStatus::Granted(lease)) => {
@@ -1206,7 +1348,8 @@ impl Store for PostgresStore {
         let Some(lock) = self.inner.lock_of_ticket(id).await? else {
             return Err(TicketError::NotFound.into());
         };
-        match self.inner.park(&lock, id, wait, true, None).await? {
+        let mut presence = Presence::enter(&self.inner, lock, id);
+        match self.inner.park(&mut presence, wait, true, None).await? {
             Parked::Status(status) => Ok(status),
             Parked::Busy(_) => Err(TicketError::Lapsed.into()),
         }
@@ -1227,6 +1370,33 @@ impl Store for PostgresStore {
                 state.cancel_ticket(id, false, now)
             })
             .await??)
+    }
+
+    async fn cancel_tickets_of_key(&self, key_id: &str) -> Result<usize, StoreError> {
+        let ids: Vec<Vec<u8>> = {
+            let client = self.inner.client().await?;
+            client
+                .query("SELECT id FROM tickets WHERE api_key = $1", &[&key_id])
+                .await
+                .map_err(db("cannot find the tickets of a key"))?
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        };
+        let mut cancelled = 0;
+        for id in ids {
+            let Ok(id) = <[u8; 16]>::try_from(id.as_slice()) else {
+                continue;
+            };
+            // One lock at a time, as a holder's cancel would: its waiter is woken through
+            // NOTIFY on whichever server it is parked. A ticket that ended meanwhile is skipped.
+            match self.cancel_ticket(TicketId(id)).await {
+                Ok(_) => cancelled += 1,
+                Err(StoreError::Ticket(_)) => {}
+                Err(error) => return Err(error),
+            }
+        }
+        Ok(cancelled)
     }
 
     async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError> {
@@ -1309,6 +1479,46 @@ impl Store for PostgresStore {
         Ok(state.locks(None, limit))
     }
 
+    async fn locks_with_prefix(
+        &self,
+        prefix: &str,
+        after: Option<LockName>,
+        limit: usize,
+    ) -> Result<Vec<LockView>, StoreError> {
+        let Some(end) = prefix_end(prefix) else {
+            return self.locks(after, limit).await;
+        };
+        let names: Vec<String> = {
+            let client = self.inner.client().await?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let start = match &after {
+                Some(after) if after.as_str() >= prefix => after.as_str().to_owned(),
+                // Just below the prefix, so `>` admits a lock named exactly the prefix.
+                _ => prefix.to_owned(),
+            };
+            let inclusive = after.as_ref().is_none_or(|after| after.as_str() < prefix);
+            // A range over the names in byte order (the `locks_name_c` index), not a scan.
+            client
+                .query(
+                    "SELECT name FROM locks
+                     WHERE (name COLLATE \"C\" > $1 OR ($3 AND name = $1))
+                       AND name COLLATE \"C\" < $2
+                     ORDER BY name COLLATE \"C\" LIMIT $4",
+                    &[&start, &end, &inclusive, &limit],
+                )
+                .await
+                .map_err(db("cannot list locks"))?
+                .iter()
+                .map(|row| row.get(0))
+                .collect()
+        };
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (state, _) = self.inner.view_state(&names).await?;
+        Ok(state.locks(None, limit))
+    }
+
     async fn history(
         &self,
         name: LockName,
@@ -1384,13 +1594,14 @@ impl Store for PostgresStore {
             min_hold_ms: args.min_hold_ms,
             once_per_ms: args.once_per_ms,
             batch: args.batch,
+            api_key: args.api_key,
             lease_id: LeaseId(random_id()?),
             ticket_id: TicketId(random_id()?),
         };
         let want = Want {
             create: Some(args.capacity.unwrap_or(1)),
             jobs: existing_job.into_iter().collect(),
-            once_name: args.once_per_ms.map(|_| args.name.clone()),
+            once: args.once_per_ms.map(|period| (args.name.clone(), period)),
             grants: true,
             queues: true,
             ..Want::default()
@@ -1406,9 +1617,10 @@ impl Store for PostgresStore {
             _ => return Ok(created),
         };
         // A job keeps its place when the wait runs out: its runner goes on waiting.
+        let mut presence = Presence::enter(&self.inner, args.lock.clone(), ticket);
         let _ = self
             .inner
-            .park(&args.lock, ticket, args.wait, true, None)
+            .park(&mut presence, args.wait, true, None)
             .await?;
         let job = created.job.id;
         let want = Want {

@@ -53,7 +53,7 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
 }
 
 pub(crate) const LOCK_COLUMNS: &str =
-    "name, capacity, newest_token, newest_granted, delayed_until, idle_since";
+    "name, capacity, newest_token, newest_granted, delayed_until, idle_since, delayed_slots";
 
 pub(crate) fn lock_of(row: &Row) -> Result<LockSlice, StoreError> {
     let capacity: i32 = get(row, 1, "lock")?;
@@ -64,6 +64,8 @@ pub(crate) fn lock_of(row: &Row) -> Result<LockSlice, StoreError> {
             newest_token: u64_of(get(row, 2, "lock")?, "token")?,
             newest_granted: u64_of(get(row, 3, "lock")?, "token")?,
             delayed_until: opt_u64(get(row, 4, "lock")?, "time")?,
+            delayed_slots: u32::try_from(get::<i32>(row, 6, "lock")?)
+                .map_err(|_| corrupt("lock", "delayed slots"))?,
         },
         idle_since: u64_of(get(row, 5, "lock")?, "time")?,
     })
@@ -87,8 +89,8 @@ pub(crate) fn lease_of(row: &Row) -> Result<Lease, StoreError> {
     })
 }
 
-pub(crate) const TICKET_COLUMNS: &str =
-    "id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, lapse_at, seq";
+pub(crate) const TICKET_COLUMNS: &str = "id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, lapse_at, seq, \
+     waiter_gone, api_key";
 
 pub(crate) fn ticket_of(row: &Row) -> Result<Ticket, StoreError> {
     Ok(Ticket {
@@ -102,6 +104,8 @@ pub(crate) fn ticket_of(row: &Row) -> Result<Ticket, StoreError> {
         queued_at: u64_of(get(row, 7, "ticket")?, "time")?,
         lapse_at: u64_of(get(row, 8, "ticket")?, "time")?,
         seq: u64_of(get(row, 9, "ticket")?, "sequence")?,
+        waiter_gone: get(row, 10, "ticket")?,
+        api_key: get(row, 11, "ticket")?,
     })
 }
 
@@ -175,7 +179,7 @@ pub(crate) fn history_of(row: &Row) -> Result<HistoryRecord, StoreError> {
 
 pub(crate) const JOB_COLUMNS: &str = "id, name, lock, policy, owner, host, command, state, reason, \
      token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, created_at, \
-     waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail";
+     waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail, once_per_ms";
 
 pub(crate) fn job_of(row: &Row) -> Result<Job, StoreError> {
     let what = "job";
@@ -213,6 +217,7 @@ pub(crate) fn job_of(row: &Row) -> Result<Job, StoreError> {
         release_at: opt_u64(get(row, 22, what)?, "time")?,
         once_slot: opt_u64(get(row, 23, what)?, "slot")?,
         output_tail: get(row, 24, what)?,
+        once_per_ms: opt_u64(get(row, 25, what)?, "period")?,
     })
 }
 

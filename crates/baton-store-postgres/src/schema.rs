@@ -157,6 +157,28 @@ const MIGRATIONS: &[&str] = &[
         detail text
     );
     ",
+    // Version 3: a ticket whose waiter went away is not granted (it lapses when its turn
+    // comes), and a lock-delay holds back only the slots of the holders that ended uncleanly.
+    // A lock-delay in force before this version keeps holding back every slot, as it did.
+    "
+    ALTER TABLE tickets ADD COLUMN waiter_gone boolean NOT NULL DEFAULT false;
+    ALTER TABLE locks ADD COLUMN delayed_slots integer NOT NULL DEFAULT 0;
+    UPDATE locks SET delayed_slots = capacity WHERE delayed_until IS NOT NULL;
+    ",
+    // Version 4: the period of a job's once-per slot (slots are numbered per period, and a
+    // slot belongs to a (lock, name, period)). Slots recorded before have no period and count
+    // for nothing. An index over lock names in byte order, so that a listing by prefix reads
+    // only that range (whatever the database's collation). The API key that queued each
+    // ticket, so that revoking the key cancels its tickets.
+    "
+    ALTER TABLE jobs ADD COLUMN once_per_ms bigint;
+    DROP INDEX jobs_once;
+    CREATE INDEX jobs_once ON jobs (lock, name, once_per_ms, once_slot)
+        WHERE once_slot IS NOT NULL AND once_per_ms IS NOT NULL;
+    CREATE INDEX locks_name_c ON locks (name COLLATE \"C\");
+    ALTER TABLE tickets ADD COLUMN api_key text;
+    CREATE INDEX tickets_api_key ON tickets (api_key) WHERE api_key IS NOT NULL;
+    ",
 ];
 
 /// Checks a schema name: it is spliced into SQL, so only plain lower-case identifiers.

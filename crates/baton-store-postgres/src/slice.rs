@@ -10,8 +10,8 @@
 use std::collections::HashMap;
 
 use baton_core::{
-    Change, EndedLease, Job, JobId, LeaseEnd, LeaseId, LockName, Millis, RequestTarget, Slice,
-    Ticket, TicketId,
+    Change, EndedLease, Job, JobId, LeaseEnd, LeaseId, LockName, Millis, OnceSlotKey,
+    RequestTarget, Slice, Ticket, TicketId,
 };
 use baton_store::StoreError;
 use deadpool_postgres::Transaction;
@@ -36,8 +36,8 @@ pub(crate) struct Want {
     pub requests: Vec<String>,
     /// Jobs the request names (on this lock).
     pub jobs: Vec<JobId>,
-    /// The once-per slot of this job name.
-    pub once_name: Option<String>,
+    /// The once-per slot of this job name and period (on this lock).
+    pub once: Option<(String, u64)>,
     /// The transition may grant (draw tokens even when nothing is due).
     pub grants: bool,
     /// The transition may queue a ticket (draw a ticket sequence number).
@@ -180,7 +180,7 @@ pub(crate) async fn load(
                 .await
                 .map_err(db("cannot read request ids"))
         },
-        once_slot(tx, want.once_name.as_deref()),
+        once_slot(tx, lock, want.once.as_ref()),
     )?;
     let leases = leases
         .iter()
@@ -316,22 +316,33 @@ async fn ended_tickets(
 
 async fn once_slot(
     tx: &Transaction<'_>,
-    job_name: Option<&str>,
-) -> Result<Vec<(String, u64)>, StoreError> {
-    let Some(job_name) = job_name else {
+    lock: &LockName,
+    once: Option<&(String, u64)>,
+) -> Result<Vec<(OnceSlotKey, u64)>, StoreError> {
+    let Some((job_name, period_ms)) = once else {
         return Ok(Vec::new());
     };
     let statement = tx
-        .prepare_cached("SELECT max(once_slot) FROM jobs WHERE name = $1")
+        .prepare_cached(
+            "SELECT max(once_slot) FROM jobs WHERE lock = $1 AND name = $2 AND once_per_ms = $3",
+        )
         .await
         .map_err(db("cannot read once-per slots"))?;
+    let period = i64_of(*period_ms);
     let slot: Option<i64> = tx
-        .query_one(&statement, &[&job_name])
+        .query_one(&statement, &[&lock.as_str(), job_name, &period])
         .await
         .map_err(db("cannot read once-per slots"))?
         .get(0);
     Ok(match slot {
-        Some(slot) => vec![(job_name.to_owned(), rows::u64_of(slot, "slot")?)],
+        Some(slot) => vec![(
+            OnceSlotKey {
+                lock: lock.clone(),
+                name: job_name.clone(),
+                period_ms: *period_ms,
+            },
+            rows::u64_of(slot, "slot")?,
+        )],
         None => Vec::new(),
     })
 }
@@ -387,11 +398,12 @@ pub(crate) async fn write(
         let record = &lock.record;
         statements.push((
             "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until,
-                                idle_since)
-             VALUES ($1, $2, $3, $4, $5, $6)
+                                idle_since, delayed_slots)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (name) DO UPDATE SET capacity = EXCLUDED.capacity,
                 newest_token = EXCLUDED.newest_token, newest_granted = EXCLUDED.newest_granted,
-                delayed_until = EXCLUDED.delayed_until, idle_since = EXCLUDED.idle_since",
+                delayed_until = EXCLUDED.delayed_until, idle_since = EXCLUDED.idle_since,
+                delayed_slots = EXCLUDED.delayed_slots",
             vec![
                 Box::new(record.name.as_str().to_owned()),
                 Box::new(i32::try_from(record.capacity).unwrap_or(i32::MAX)),
@@ -399,6 +411,7 @@ pub(crate) async fn write(
                 Box::new(i64_of(record.newest_granted)),
                 Box::new(ot(record.delayed_until)),
                 Box::new(t(lock.idle_since)),
+                Box::new(i32::try_from(record.delayed_slots).unwrap_or(i32::MAX)),
             ],
         ));
     }
@@ -466,6 +479,7 @@ pub(crate) async fn write(
             Some(old)
                 if Ticket {
                     lapse_at: ticket.lapse_at,
+                    waiter_gone: ticket.waiter_gone,
                     ..(*old).clone()
                 } == *ticket =>
             {
@@ -475,9 +489,10 @@ pub(crate) async fn write(
         }
         statements.push((
             "INSERT INTO tickets (id, lock, owner, owner_key, ttl_ms, request_id, lease_id,
-                                  queued_at, lapse_at, seq)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
-             ON CONFLICT (id) DO UPDATE SET lapse_at = EXCLUDED.lapse_at",
+                                  queued_at, lapse_at, seq, waiter_gone, api_key)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT (id) DO UPDATE SET lapse_at = EXCLUDED.lapse_at,
+                waiter_gone = EXCLUDED.waiter_gone",
             vec![
                 Box::new(ticket.id.0.to_vec()),
                 Box::new(ticket.lock.as_str().to_owned()),
@@ -489,6 +504,8 @@ pub(crate) async fn write(
                 Box::new(t(ticket.queued_at)),
                 Box::new(t(ticket.lapse_at)),
                 Box::new(i64_of(ticket.seq)),
+                Box::new(ticket.waiter_gone),
+                Box::new(ticket.api_key.clone()),
             ],
         ));
     }
@@ -639,15 +656,17 @@ fn put_job(job: &Job) -> (&'static str, Params) {
     (
         "INSERT INTO jobs (id, name, lock, policy, owner, host, command, state, reason, token,
             lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, created_at,
-            waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail)
+            waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail,
+            once_per_ms)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-            $19, $20, $21, $22, $23, $24, $25)
+            $19, $20, $21, $22, $23, $24, $25, $26)
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, reason = EXCLUDED.reason,
             token = EXCLUDED.token, lease_id = EXCLUDED.lease_id, ticket_id = EXCLUDED.ticket_id,
             coalesced_into = EXCLUDED.coalesced_into, stop = EXCLUDED.stop,
             exit_code = EXCLUDED.exit_code, waiting_at = EXCLUDED.waiting_at,
             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
             release_at = EXCLUDED.release_at, once_slot = EXCLUDED.once_slot,
+            once_per_ms = EXCLUDED.once_per_ms,
             output_tail = EXCLUDED.output_tail",
         vec![
             Box::new(job.id.0.to_vec()),
@@ -675,6 +694,7 @@ fn put_job(job: &Job) -> (&'static str, Params) {
             Box::new(ot(job.release_at)),
             Box::new(job.once_slot.map(i64_of)),
             Box::new(job.output_tail.clone()),
+            Box::new(job.once_per_ms.map(i64_of)),
         ],
     )
 }

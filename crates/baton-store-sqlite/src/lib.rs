@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 4;
+const SCHEMA_VERSION: i64 = 5;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -125,6 +125,13 @@ const MIGRATIONS: &[&str] = &[
         target TEXT NOT NULL,
         detail TEXT
     ) STRICT;
+    ",
+    // Version 5: the period of a job's once-per slot (slots are numbered per period, and a
+    // slot belongs to a (lock, name, period)). Slots recorded before have no period and count
+    // for nothing. The API key that queued each ticket, so that revoking the key cancels it.
+    "
+    ALTER TABLE jobs ADD COLUMN once_per_ms INTEGER;
+    ALTER TABLE tickets ADD COLUMN api_key TEXT;
     ",
 ];
 
@@ -447,13 +454,17 @@ impl Persister for SqlitePersister {
         for row in rows {
             let (lock, capacity, newest_token, newest_granted, delayed_until) =
                 row.map_err(sql_error("cannot read a lock"))?;
+            let capacity = u32::try_from(capacity)
+                .map_err(|_| PersistError("a stored capacity is out of range".into()))?;
             snapshot.locks.push(LockRecord {
                 name: name(lock)?,
-                capacity: u32::try_from(capacity)
-                    .map_err(|_| PersistError("a stored capacity is out of range".into()))?,
+                capacity,
                 newest_token: unsigned(newest_token, "token")?,
                 newest_granted: unsigned(newest_granted, "token")?,
                 delayed_until: delayed_until.map(|v| unsigned(v, "time")).transpose()?,
+                // How many slots a lock-delay held back is not stored: after a restart a
+                // lock-delay in force holds back every slot until it ends (conservative).
+                delayed_slots: capacity,
             });
         }
 
@@ -501,7 +512,7 @@ impl Persister for SqlitePersister {
         let mut statement = c
             .prepare(
                 "SELECT id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, \
-                 lapse_at, seq FROM tickets",
+                 lapse_at, seq, api_key FROM tickets",
             )
             .map_err(sql_error("cannot read tickets"))?;
         let rows = statement
@@ -517,11 +528,12 @@ impl Persister for SqlitePersister {
                     row.get::<_, i64>(7)?,
                     row.get::<_, i64>(8)?,
                     row.get::<_, i64>(9)?,
+                    row.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(sql_error("cannot read tickets"))?;
         for row in rows {
-            let (id, lock, owner, owner_key, ttl, request_id, lease_id, queued, lapse, seq) =
+            let (id, lock, owner, owner_key, ttl, request_id, lease_id, queued, lapse, seq, key) =
                 row.map_err(sql_error("cannot read a ticket"))?;
             snapshot.tickets.push(Ticket {
                 id: TicketId(bytes16(id, "ticket id")?),
@@ -534,6 +546,8 @@ impl Persister for SqlitePersister {
                 queued_at: unsigned(queued, "time")?,
                 lapse_at: unsigned(lapse, "time")?,
                 seq: unsigned(seq, "sequence")?,
+                waiter_gone: false,
+                api_key: key,
             });
         }
 
@@ -646,7 +660,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::TicketPut(ticket) => c
             .prepare_cached(
                 "INSERT OR REPLACE INTO tickets (id, lock, owner, owner_key, ttl_ms, request_id, \
-                 lease_id, queued_at, lapse_at, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 lease_id, queued_at, lapse_at, seq, api_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -660,6 +675,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(ticket.queued_at),
                     to_i64(ticket.lapse_at),
                     to_i64(ticket.seq),
+                    ticket.api_key,
                 ])
             }),
         Change::TicketDelete(id) => c
@@ -708,8 +724,8 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         "INSERT OR REPLACE INTO jobs (id, name, lock, policy, owner, host, command, state, reason, \
          token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, \
          created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, \
-         output_tail) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, \
-         ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25)",
+         output_tail, once_per_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
+         ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
     )?
     .execute(params![
         &job.id.0[..],
@@ -737,6 +753,7 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         job.release_at.map(to_i64),
         job.once_slot.map(to_i64),
         job.output_tail,
+        job.once_per_ms.map(to_i64),
     ])
 }
 
@@ -749,8 +766,8 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
         .prepare(
             "SELECT id, name, lock, policy, owner, host, command, state, reason, token, lease_id, \
              ticket_id, coalesced_into, stop, exit_code, batch, request_id, created_at, \
-             waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail \
-             FROM jobs",
+             waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail, \
+             once_per_ms FROM jobs",
         )
         .map_err(sql_error("cannot read jobs"))?;
     let mut rows = statement.query([]).map_err(sql_error("cannot read jobs"))?;
@@ -799,6 +816,7 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
             release_at: optional_time(row.get(22).map_err(get)?, "time")?,
             once_slot: optional_time(row.get(23).map_err(get)?, "slot")?,
             output_tail: row.get(24).map_err(get)?,
+            once_per_ms: optional_time(row.get(25).map_err(get)?, "period")?,
         });
     }
     Ok(jobs)

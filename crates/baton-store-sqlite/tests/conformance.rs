@@ -82,7 +82,10 @@ async fn a_version_3_database_gains_keys_and_audit() {
         rusqlite::Connection::open(root.path().join(baton_store_sqlite::DATABASE_FILE))
             .expect("open directly");
     connection
-        .execute_batch("DROP TABLE api_keys; DROP TABLE audit_log; PRAGMA user_version = 3;")
+        .execute_batch(
+            "DROP TABLE api_keys; DROP TABLE audit_log; ALTER TABLE jobs DROP COLUMN once_per_ms;
+             ALTER TABLE tickets DROP COLUMN api_key; PRAGMA user_version = 3;",
+        )
         .expect("go back to version 3");
     drop(connection);
     let mut persister = SqlitePersister::open(root.path()).expect("migrate");

@@ -116,6 +116,13 @@ macro_rules! __conformance_each_case {
             expiry_and_lock_delay
             ticket_lapse
             cancel_ticket
+            departed_waiter_is_skipped_on_release
+            departed_waiter_lapses_from_when_it_left
+            departed_waiter_comes_back_in_time
+            departed_wait_beside_a_live_wait_changes_nothing
+            undelivered_grant_is_handed_on
+            semaphore_lock_delay_holds_back_one_slot
+            cancel_tickets_of_key
             idempotency
             fencing
             revoke
@@ -222,6 +229,7 @@ fn name(text: &str) -> LockName {
 /// A try: no wait, no queue, the suite's ttl.
 fn req(lock: &str, owner: &str) -> AcquireArgs {
     AcquireArgs {
+        api_key: None,
         lock: name(lock),
         owner: owner.to_owned(),
         owner_key: None,
@@ -967,6 +975,72 @@ pub async fn try_never_jumps_the_queue(backend: &dyn Backend) {
     }
 }
 
+/// Revoking an API key cancels its queued tickets, parked or not, and no other key's: a parked
+/// acquire of the key answers at once without a lease. How could a wrong store pass this? By
+/// cancelling only tickets it happens to hold in memory, or every ticket of the lock.
+pub async fn cancel_tickets_of_key(backend: &dyn Backend) {
+    let c = Case::open(backend, "tickets-of-key").await;
+    let holder = c.grant(req("revoked-key", "holder")).await;
+    let keyed = |owner: &str, key: &str| AcquireArgs {
+        api_key: Some(key.to_owned()),
+        queue: true,
+        ..req("revoked-key", owner)
+    };
+    let store = Arc::clone(&c.store);
+    let parked_args = AcquireArgs {
+        wait: LONG_WAIT,
+        ..keyed("parked", "key_00000000000000aa")
+    };
+    let parked = Spawned::new(async move { store.acquire(parked_args).await });
+    let ticket = c.wait_for_waiters("revoked-key", 1).await.waiters[0].id;
+    c.let_park("revoked-key", ticket).await;
+    let queued = c
+        .store
+        .acquire(keyed("queued", "key_00000000000000aa"))
+        .await;
+    assert!(
+        matches!(queued, Ok(AcquireOutcome::Queued(_))),
+        "queued: {queued:?}"
+    );
+    let other = c
+        .store
+        .acquire(keyed("other", "key_00000000000000bb"))
+        .await;
+    assert!(
+        matches!(other, Ok(AcquireOutcome::Queued(_))),
+        "other: {other:?}"
+    );
+    c.wait_for_waiters("revoked-key", 3).await;
+    let cancelled = c
+        .store
+        .cancel_tickets_of_key("key_00000000000000aa")
+        .await
+        .unwrap_or_else(|error| panic!("cancel_tickets_of_key: {error}"));
+    assert_eq!(cancelled, 2, "both tickets of the key, and only those");
+    match parked.join("a parked acquire of a revoked key").await {
+        Err(StoreError::Acquire(AcquireError::TicketEnded(TicketEnd::Cancelled)))
+        | Err(StoreError::Ticket(TicketError::Cancelled)) => {}
+        other => panic!("a parked acquire of a revoked key: expected cancelled, got {other:?}"),
+    }
+    let view = c
+        .store
+        .lock(name("revoked-key"))
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| panic!("the lock is gone"));
+    let owners: Vec<&str> = view.waiters.iter().map(|w| w.owner.as_str()).collect();
+    assert_eq!(owners, ["other"], "the other key's ticket stays queued");
+    c.release(&holder).await;
+    assert_eq!(
+        c.store
+            .cancel_tickets_of_key("key_00000000000000aa")
+            .await
+            .ok(),
+        Some(0)
+    );
+}
+
 /// G5: a task parked in `acquire` (60 s wait) is granted when the holder releases, and one parked
 /// in `wait_ticket` likewise; one is granted when an expired lease's lock-delay ends (by tick),
 /// not before; and a parked `wait_ticket` hears of its ticket's cancellation. Each within 20 s.
@@ -1318,6 +1392,335 @@ pub async fn ticket_lapse(backend: &dyn Backend) {
         Ok(TicketStatus::Granted(lease)) => assert_eq!(lease.ticket, Some(parked)),
         other => panic!("expected the parked ticket granted, got {other:?}"),
     }
+}
+
+/// A wait in progress, polled by the case itself (not a task), so the case decides exactly when
+/// it is dropped: dropping it is what a store sees when the waiter's connection closes.
+type Departing<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
+
+impl Case {
+    /// Polls `wait` until it is parked on `ticket` of `lock` (see [`Case::let_park`]); panics if
+    /// it answers first.
+    async fn park_until_parked<T: std::fmt::Debug>(
+        &self,
+        lock: &str,
+        ticket: TicketId,
+        wait: &mut Departing<'_, T>,
+    ) {
+        tokio::select! {
+            answer = wait.as_mut() => panic!("{}: the wait answered {answer:?} at once", self.key),
+            () = self.let_park(lock, ticket) => {}
+        }
+    }
+
+    /// The ticket of `owner` queued on `lock`, as the listing shows it (a parked acquire has not
+    /// answered its ticket yet).
+    async fn ticket_of(&self, lock: &str, owner: &str) -> TicketId {
+        let view = within(
+            LIVENESS,
+            &format!("{}: {owner} queued on {lock}", self.key),
+            async {
+                loop {
+                    if let Ok(Some(view)) = self.store.lock(name(lock)).await
+                        && view.waiters.iter().any(|t| t.owner == owner)
+                    {
+                        return view;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            },
+        )
+        .await;
+        view.waiters
+            .iter()
+            .find(|t| t.owner == owner)
+            .map(|t| t.id)
+            .unwrap_or_else(|| unreachable!())
+    }
+
+    /// Waits (real time, bounded) until the listing of `lock` satisfies `done`: a departure may
+    /// be handled by the store in the background.
+    async fn until_listing(&self, lock: &str, what: &str, done: impl Fn(&LockView) -> bool) {
+        within(
+            Duration::from_secs(10),
+            &format!("{}: {what}", self.key),
+            async {
+                loop {
+                    if let Ok(Some(view)) = self.store.lock(name(lock)).await
+                        && done(&view)
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            },
+        )
+        .await;
+    }
+}
+
+/// G5, a waiter that has gone: an acquire parked in the queue (`queue: true`, a long wait) whose
+/// future is dropped (its connection closed) is not granted when the lock is released; the next
+/// live waiter is, in the same transition, and the listing no longer shows the departed one.
+/// Its ticket's lapse is cut to one lapse from its departure (not the end of its wait).
+pub async fn departed_waiter_is_skipped_on_release(backend: &dyn Backend) {
+    let c = Case::open(backend, "departed-skipped").await;
+    let holder = c.grant(req("gone", "holder")).await;
+    let mut departing: Departing<'_, AcquireOutcome> = Box::pin(c.store.acquire(AcquireArgs {
+        queue: true,
+        wait: LONG_WAIT,
+        ..req("gone", "departed")
+    }));
+    let departed = tokio::select! {
+        answer = departing.as_mut() => panic!("the parked acquire answered {answer:?}"),
+        ticket = c.ticket_of("gone", "departed") => ticket,
+    };
+    c.park_until_parked("gone", departed, &mut departing).await;
+    let live = c.enqueue(req("gone", "live")).await.ticket.id;
+    let store = Arc::clone(&c.store);
+    let waiting = Spawned::new(async move { store.wait_ticket(live, LONG_WAIT).await });
+    c.let_park("gone", live).await;
+
+    drop(departing);
+    let left_at = c.now();
+    let lapse = config().ticket_lapse_ms;
+    c.until_listing(
+        "gone",
+        "the departed waiter's ticket lapses one lapse after it left",
+        |view| {
+            view.waiters
+                .iter()
+                .any(|t| t.id == departed && t.lapse_at <= left_at + lapse)
+        },
+    )
+    .await;
+    assert_eq!(
+        waiter_owners(&c.view("gone").await),
+        ["departed", "live"],
+        "the departed waiter keeps its place until its turn or its lapse"
+    );
+
+    c.release(&holder).await;
+    let lease = match waiting.join("the live waiter after the release").await {
+        Ok(TicketStatus::Granted(lease)) => lease,
+        other => panic!("the live waiter: expected the grant, got {other:?}"),
+    };
+    assert_eq!(lease.owner, "live");
+    assert_eq!(
+        lease.granted_at,
+        c.now(),
+        "handed on at once, no lock-delay"
+    );
+    let view = c.view("gone").await;
+    assert_eq!(holder_owners(&view), ["live"]);
+    assert!(view.waiters.is_empty(), "the departed waiter is not listed");
+    assert_eq!(
+        c.status(departed).await,
+        Err(StoreError::Ticket(TicketError::Lapsed)),
+        "the departed waiter lost its place"
+    );
+    let history = c.history("gone", 10).await;
+    assert!(
+        history.iter().all(|record| record.owner != "departed"),
+        "the departed waiter never held the lock: {history:?}"
+    );
+}
+
+/// The lapse of a ticket whose waiter went away counts from when it went, not from the end of
+/// the wait it asked for.
+pub async fn departed_waiter_lapses_from_when_it_left(backend: &dyn Backend) {
+    let c = Case::open(backend, "departed-lapse").await;
+    let lapse = config().ticket_lapse_ms;
+    let _holder = c
+        .grant(AcquireArgs {
+            ttl_ms: 600_000,
+            ..req("lapsing", "holder")
+        })
+        .await;
+    let gone = c.enqueue(req("lapsing", "gone")).await.ticket.id;
+    let mut departing: Departing<'_, TicketStatus> = Box::pin(c.store.wait_ticket(gone, LONG_WAIT));
+    c.park_until_parked("lapsing", gone, &mut departing).await;
+    drop(departing);
+    let left_at = c.now();
+    c.until_listing(
+        "lapsing",
+        "the lapse is cut to one lapse from now",
+        |view| {
+            view.waiters
+                .iter()
+                .any(|t| t.id == gone && t.lapse_at <= left_at + lapse)
+        },
+    )
+    .await;
+    c.advance_to(left_at + lapse - 1);
+    c.tick().await;
+    assert_eq!(
+        waiter_owners(&c.view("lapsing").await),
+        ["gone"],
+        "not early"
+    );
+    c.advance_to(left_at + lapse + 1);
+    c.tick().await;
+    assert!(
+        c.view("lapsing").await.waiters.is_empty(),
+        "lapsed one lapse after its waiter left, long before its wait would have ended"
+    );
+    assert_eq!(
+        c.status(gone).await,
+        Err(StoreError::Ticket(TicketError::Lapsed))
+    );
+}
+
+/// A waiter that went away and comes back on the same ticket before the lock was handed on
+/// (a client's retry, a fail-over to another server) keeps its place and is granted.
+pub async fn departed_waiter_comes_back_in_time(backend: &dyn Backend) {
+    let c = Case::open(backend, "departed-back").await;
+    let lapse = config().ticket_lapse_ms;
+    let holder = c.grant(req("back", "holder")).await;
+    let first = c.enqueue(req("back", "first")).await.ticket.id;
+    let second = c.enqueue(req("back", "second")).await.ticket.id;
+    let mut departing: Departing<'_, TicketStatus> =
+        Box::pin(c.store.wait_ticket(first, LONG_WAIT));
+    c.park_until_parked("back", first, &mut departing).await;
+    drop(departing);
+    let left_at = c.now();
+    c.until_listing("back", "the departure is seen", |view| {
+        view.waiters
+            .iter()
+            .any(|t| t.id == first && t.lapse_at <= left_at + lapse)
+    })
+    .await;
+    c.advance(lapse / 2);
+    let store = Arc::clone(&c.store);
+    let back = Spawned::new(async move { store.wait_ticket(first, LONG_WAIT).await });
+    c.let_park("back", first).await;
+    assert_eq!(c.position(second).await, 2);
+    c.release(&holder).await;
+    match back.join("the waiter that came back").await {
+        Ok(TicketStatus::Granted(lease)) => assert_eq!(lease.owner, "first"),
+        other => panic!("the waiter that came back: expected the grant, got {other:?}"),
+    }
+    assert_eq!(c.position(second).await, 1);
+}
+
+/// Two waits on one ticket (a client that reconnected before its old connection was seen to
+/// close): the old one going away changes nothing while the new one waits; the ticket keeps its
+/// lapse and is granted to the wait that is still there.
+pub async fn departed_wait_beside_a_live_wait_changes_nothing(backend: &dyn Backend) {
+    let c = Case::open(backend, "departed-beside").await;
+    let lapse = config().ticket_lapse_ms;
+    let holder = c.grant(req("beside", "holder")).await;
+    let ticket = c.enqueue(req("beside", "waiter")).await.ticket.id;
+    let mut old: Departing<'_, TicketStatus> = Box::pin(c.store.wait_ticket(ticket, LONG_WAIT));
+    c.park_until_parked("beside", ticket, &mut old).await;
+    let store = Arc::clone(&c.store);
+    let new = Spawned::new(async move { store.wait_ticket(ticket, LONG_WAIT).await });
+    // Both parked: the new wait has pushed the lapse past the end of its own wait.
+    let horizon = c.now() + lapse + LONG_WAIT.as_millis() as u64 / 2;
+    c.until_listing("beside", "the second wait is parked", |view| {
+        view.waiters
+            .iter()
+            .any(|t| t.id == ticket && t.lapse_at >= horizon)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let view = c.view("beside").await;
+    let kept = view
+        .waiters
+        .iter()
+        .find(|t| t.id == ticket)
+        .map(|t| t.lapse_at);
+    assert!(
+        kept.is_some_and(|at| at >= horizon),
+        "the old wait's departure cut the lapse of a ticket still waited on: {kept:?}"
+    );
+    c.release(&holder).await;
+    match new.join("the wait that is still there").await {
+        Ok(TicketStatus::Granted(lease)) => assert_eq!(lease.owner, "waiter"),
+        other => panic!("the wait that is still there: expected the grant, got {other:?}"),
+    }
+}
+
+/// A grant made while its waiter was parked, whose waiter went away before the answer left
+/// (the wait's future dropped after the grant woke it), is released cleanly (no lock-delay) and
+/// handed to the next waiter.
+pub async fn undelivered_grant_is_handed_on(backend: &dyn Backend) {
+    let c = Case::open(backend, "undelivered").await;
+    let holder = c.grant(req("undelivered", "holder")).await;
+    let gone = c.enqueue(req("undelivered", "gone")).await.ticket.id;
+    let next = c.enqueue(req("undelivered", "next")).await.ticket.id;
+    let mut departing: Departing<'_, TicketStatus> = Box::pin(c.store.wait_ticket(gone, LONG_WAIT));
+    c.park_until_parked("undelivered", gone, &mut departing)
+        .await;
+    let store = Arc::clone(&c.store);
+    let waiting = Spawned::new(async move { store.wait_ticket(next, LONG_WAIT).await });
+    c.let_park("undelivered", next).await;
+    // The release grants `gone` and wakes its wait, which is never polled again.
+    c.release(&holder).await;
+    assert_eq!(holder_owners(&c.view("undelivered").await), ["gone"]);
+    drop(departing);
+    let lease = match waiting.join("the next waiter").await {
+        Ok(TicketStatus::Granted(lease)) => lease,
+        other => panic!("the next waiter: expected the grant, got {other:?}"),
+    };
+    assert_eq!(lease.owner, "next");
+    assert_eq!(
+        lease.granted_at,
+        c.now(),
+        "no lock-delay after an undelivered grant"
+    );
+    let record = &c.history("undelivered", 1).await[0];
+    assert_eq!(
+        (record.owner.as_str(), record.end),
+        ("gone", LeaseEnd::Released)
+    );
+    assert_eq!(
+        c.status(gone).await,
+        Err(StoreError::Ticket(TicketError::Lapsed))
+    );
+}
+
+/// After one lease of a semaphore expires, only that slot waits out the lock-delay: the other
+/// free slots are granted at once.
+pub async fn semaphore_lock_delay_holds_back_one_slot(backend: &dyn Backend) {
+    let c = Case::open(backend, "semaphore-delay").await;
+    let delay = config().lock_delay_ms;
+    let sem = |owner: &str| AcquireArgs {
+        capacity: Some(3),
+        ttl_ms: 5_000,
+        ..req("sem-delay", owner)
+    };
+    let a = c.grant(sem("a")).await;
+    let b = c
+        .grant(AcquireArgs {
+            ttl_ms: 600_000,
+            ..sem("b")
+        })
+        .await;
+    c.advance_to(a.expires_at + 1);
+    c.tick().await;
+    let expired_at = c.now();
+    assert_eq!(holder_owners(&c.view("sem-delay").await), ["b"]);
+    let free = c.grant(sem("c")).await;
+    assert_eq!(
+        free.granted_at, expired_at,
+        "a free slot is granted at once"
+    );
+    c.busy(sem("d")).await;
+    let queued = c.enqueue(sem("e")).await.ticket.id;
+    // A clean release frees a slot that is not delayed: the waiter is served at once.
+    c.release(&b).await;
+    assert_eq!(c.granted(queued).await.owner, "e");
+    c.busy(sem("f")).await;
+    c.advance_to(expired_at + delay + 1);
+    c.tick().await;
+    assert_eq!(
+        c.grant(sem("f")).await.owner,
+        "f",
+        "the expired slot is back"
+    );
 }
 
 /// Cancelling: a queued ticket leaves the queue (and a wait says `Cancelled`); a ticket granted
@@ -2193,6 +2596,7 @@ pub async fn concurrent_tries(backend: &dyn Backend) {
 /// A job named `job` (also its lock), no wait, the suite's ttl.
 fn job_req(job: &str, owner: &str, policy: Policy) -> CreateJobArgs {
     CreateJobArgs {
+        api_key: None,
         name: job.to_owned(),
         lock: name(job),
         capacity: None,

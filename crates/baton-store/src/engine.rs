@@ -199,6 +199,10 @@ pub const LAZY_COMMIT_DELAY: Duration = Duration::from_millis(5);
 
 struct Inner {
     shared: Mutex<Shared>,
+    /// How many waits on each ticket are in progress in this process (see [`Presence`]). Its
+    /// own mutex, so that a wait that enters or answers does not take the table's; when both
+    /// are held, this one is taken first.
+    present: Mutex<HashMap<TicketId, u32>>,
     /// Wakes the committer thread when changes are recorded (waits on `shared`).
     work: Condvar,
     durable: watch::Sender<Durability>,
@@ -259,6 +263,7 @@ impl Engine {
                 wanted: 0,
                 dirty_since: None,
             }),
+            present: Mutex::new(HashMap::new()),
             work: Condvar::new(),
             durable: watch::Sender::new(Durability::default()),
             timer_wake: Notify::new(),
@@ -355,12 +360,28 @@ impl Engine {
     /// Parks on a ticket until it is granted, ends, or `wait` runs out. On running out, a
     /// ticket whose caller does not keep its place (`keep_place` false) is withdrawn, and the
     /// answer is the lock's holders.
+    ///
+    /// If the future is dropped before it answers (the waiter's connection closed), the
+    /// [`Presence`] it holds tells the table that the waiter has gone.
     async fn park(
         &self,
         id: TicketId,
         wait: Duration,
         keep_place: bool,
     ) -> Result<Parked, StoreError> {
+        let mut presence = Presence::enter(&self.inner, id);
+        let parked = self.park_present(&mut presence, wait, keep_place).await;
+        presence.answered = true;
+        parked
+    }
+
+    async fn park_present(
+        &self,
+        presence: &mut Presence<'_>,
+        wait: Duration,
+        keep_place: bool,
+    ) -> Result<Parked, StoreError> {
+        let id = presence.ticket;
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -398,6 +419,9 @@ impl Engine {
                     let _ = tokio::time::timeout_at(deadline, wait_notified(notified)).await;
                 }
                 (ParkEnd::Status(status), _) => {
+                    // This wait has taken the grant: if it is dropped before answering, the
+                    // grant never reached its waiter.
+                    presence.collected = matches!(status, TicketStatus::Granted(_));
                     self.durable(required).await?;
                     return Ok(Parked::Status(status));
                 }
@@ -407,6 +431,73 @@ impl Engine {
                 }
             }
         }
+    }
+}
+
+/// One wait in progress on a ticket. When it is dropped before its answer was handed back (the
+/// handler's future was dropped: the waiter's connection closed), and no other wait on the
+/// ticket is in progress here, the table hears that the waiter has gone
+/// ([`State::waiter_left`]): a queued ticket lapses one lapse from now unless a waiter comes
+/// back, and a grant this wait took but never answered is released and handed on. The change
+/// is committed lazily, like a release: nobody waits for it, and a grant it causes is answered
+/// only once durable.
+struct Presence<'a> {
+    inner: &'a Inner,
+    ticket: TicketId,
+    /// The wait saw the grant (and so marked it collected) but has not answered yet.
+    collected: bool,
+    /// The answer was handed back (or an error): nothing to tell.
+    answered: bool,
+}
+
+impl<'a> Presence<'a> {
+    fn enter(inner: &'a Inner, ticket: TicketId) -> Presence<'a> {
+        if let Ok(mut present) = inner.present.lock() {
+            *present.entry(ticket).or_insert(0) += 1;
+        }
+        Presence {
+            inner,
+            ticket,
+            collected: false,
+            answered: false,
+        }
+    }
+}
+
+impl Drop for Presence<'_> {
+    fn drop(&mut self) {
+        // Never panic in a drop (a poisoned mutex is reported by the next request).
+        let Ok(mut present) = self.inner.present.lock() else {
+            return;
+        };
+        let others = match present.get_mut(&self.ticket) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                true
+            }
+            _ => {
+                present.remove(&self.ticket);
+                false
+            }
+        };
+        // Another wait on this ticket is still here: it will collect and answer. The common
+        // case, a wait that answered, ends here without taking the table's mutex.
+        if self.answered || others {
+            return;
+        }
+        // `present` stays held while the table hears of the departure, so a wait entering on
+        // this ticket now either counted before (and this returned above) or comes after, and
+        // its own wait on the ticket clears the departure mark.
+        let Ok(mut shared) = self.inner.shared.lock() else {
+            return;
+        };
+        if shared.closing || shared.failed.is_some() {
+            return;
+        }
+        let now = self.inner.clock.now_ms();
+        let left = shared.core.waiter_left(self.ticket, self.collected, now);
+        tracing::debug!(ticket = ?self.ticket, ?left, "a waiter went away");
+        self.inner.after_transition(&mut shared);
     }
 }
 
@@ -641,6 +732,7 @@ impl Store for Engine {
             // runs out and it does not keep its place, the ticket is withdrawn.
             queue: args.queue || !args.wait.is_zero(),
             request_id: args.request_id,
+            api_key: args.api_key,
             lease_id: LeaseId(random_id()?),
             ticket_id: TicketId(random_id()?),
         };
@@ -693,6 +785,12 @@ impl Store for Engine {
             .await??)
     }
 
+    async fn cancel_tickets_of_key(&self, key_id: &str) -> Result<usize, StoreError> {
+        let key_id = key_id.to_owned();
+        self.run(move |core, now| core.cancel_tickets_of_key(&key_id, now))
+            .await
+    }
+
     async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError> {
         Ok(self.run(|core, now| core.renew(id, ttl_ms, now)).await??)
     }
@@ -732,6 +830,17 @@ impl Store for Engine {
         self.run(|core, _| core.locks(after.as_ref(), limit)).await
     }
 
+    async fn locks_with_prefix(
+        &self,
+        prefix: &str,
+        after: Option<LockName>,
+        limit: usize,
+    ) -> Result<Vec<LockView>, StoreError> {
+        let prefix = prefix.to_owned();
+        self.run(move |core, _| core.locks_with_prefix(&prefix, after.as_ref(), limit))
+            .await
+    }
+
     async fn history(
         &self,
         name: LockName,
@@ -755,6 +864,7 @@ impl Store for Engine {
             min_hold_ms: args.min_hold_ms,
             once_per_ms: args.once_per_ms,
             batch: args.batch,
+            api_key: args.api_key,
             lease_id: LeaseId(random_id()?),
             ticket_id: TicketId(random_id()?),
         };

@@ -29,6 +29,9 @@ pub struct AcquireArgs {
     pub queue: bool,
     /// Makes retries idempotent.
     pub request_id: Option<String>,
+    /// The id of the API key the request came with (`None` on a server without keys): kept on
+    /// its ticket, so that revoking the key cancels it ([`Store::cancel_tickets_of_key`]).
+    pub api_key: Option<String>,
 }
 
 /// What an acquire ended with.
@@ -71,6 +74,8 @@ pub struct CreateJobArgs {
     pub once_per_ms: Option<u64>,
     /// A batch label.
     pub batch: Option<String>,
+    /// The id of the API key the request came with, as for [`AcquireArgs::api_key`].
+    pub api_key: Option<String>,
 }
 
 /// Why a store operation failed.
@@ -135,6 +140,12 @@ pub trait Store: Send + Sync + 'static {
     /// Leaves the queue.
     async fn cancel_ticket(&self, id: TicketId) -> Result<Cancelled, StoreError>;
 
+    /// Cancels every queued ticket of the API key `key_id` (it was revoked): each as
+    /// [`Store::cancel_ticket`] would, so a parked wait on one answers `ticket_cancelled` at
+    /// once and the key receives no lease it could no longer renew or release. Returns how
+    /// many were cancelled.
+    async fn cancel_tickets_of_key(&self, key_id: &str) -> Result<usize, StoreError>;
+
     /// Renews a lease.
     async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError>;
 
@@ -156,6 +167,33 @@ pub trait Store: Send + Sync + 'static {
         after: Option<LockName>,
         limit: usize,
     ) -> Result<Vec<LockView>, StoreError>;
+
+    /// Locks whose names start with `prefix`, by name after `after`, at most `limit`: what a
+    /// key restricted to prefixes may list. A store should answer from that range of names
+    /// only, so the listing costs what the caller can see; this default pages through
+    /// [`Store::locks`] and filters.
+    async fn locks_with_prefix(
+        &self,
+        prefix: &str,
+        after: Option<LockName>,
+        limit: usize,
+    ) -> Result<Vec<LockView>, StoreError> {
+        let mut found = Vec::new();
+        let mut after = after;
+        loop {
+            let page = self.locks(after, limit.max(1)).await?;
+            let full = page.len() == limit.max(1);
+            after = page.last().map(|view| view.name.clone());
+            found.extend(
+                page.into_iter()
+                    .filter(|view| view.name.as_str().starts_with(prefix)),
+            );
+            if !full || found.len() >= limit {
+                found.truncate(limit);
+                return Ok(found);
+            }
+        }
+    }
 
     /// A lock's past holds, newest first.
     async fn history(&self, name: LockName, limit: usize)

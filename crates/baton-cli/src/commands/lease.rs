@@ -9,6 +9,7 @@ use baton_client::{LockOptions, owner_label};
 use baton_proto::Lease;
 
 use super::Context;
+use super::keeper::Signals;
 use crate::args::{AcquireArgs, PrintArg, ReleaseArgs, RenewArgs};
 use crate::exit;
 use crate::output::{self, print_line, shell_quote};
@@ -39,12 +40,26 @@ pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8>
         request_id: args.request_id,
         ..LockOptions::default()
     };
-    let granted = tokio::select! {
-        granted = context.client.wait_for_lease(&args.name, &options) => granted?,
-        () = interrupted() => {
-            // The ticket lapses on the server once nobody waits on it.
-            eprintln!("baton: interrupted while waiting for {}", args.name);
-            return Ok(exit::INTERRUPTED);
+    // Listening from before the first request: a signal while queued gives the place up
+    // before baton exits, so a release goes to the next live waiter at once.
+    let mut signals = Signals::new()?;
+    let waited = context
+        .client
+        .wait_for_lease_until(&args.name, &options, signals.next())
+        .await?;
+    let granted = match waited {
+        Ok(granted) => granted,
+        Err(signal) => {
+            let message = format!(
+                "signal {signal} while waiting for {}; left the queue",
+                args.name
+            );
+            eprintln!("baton: {message}");
+            let code = 128 + u8::try_from(signal).unwrap_or(0);
+            if context.json {
+                output::print_json_error("interrupted", &message, code, None);
+            }
+            return Ok(code);
         }
     };
     let lease = granted.lease;
@@ -73,13 +88,6 @@ fn printed(lease: &Lease, print: PrintArg) -> String {
             lease.token,
             shell_quote(&lease.lock)
         ),
-    }
-}
-
-/// Completes on Ctrl-C; never, if the signal cannot be watched.
-async fn interrupted() {
-    if tokio::signal::ctrl_c().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 

@@ -3,6 +3,7 @@
 //! code in one place ([`crate::exit`]).
 
 pub mod admin;
+pub mod generate;
 pub mod inspect;
 pub mod jobs;
 pub mod keeper;
@@ -21,4 +22,17 @@ pub struct Context {
     pub client: Client,
     /// `--json`: answers as JSON on stdout.
     pub json: bool,
+}
+
+impl Context {
+    /// Reports a usage error found by a command itself (a ttl that cannot work, a bad
+    /// `--slots`): `PREFIX: MESSAGE` on stderr, and the JSON error on stdout under `--json`.
+    /// Returns [`crate::exit::USAGE`].
+    pub fn usage_error(&self, prefix: &str, message: &str) -> u8 {
+        eprintln!("{prefix}: {message}");
+        if self.json {
+            crate::output::print_json_error("usage", message, crate::exit::USAGE, None);
+        }
+        crate::exit::USAGE
+    }
 }

@@ -33,7 +33,9 @@ use tokio::time::Instant;
 
 use crate::args::{Halt, ParallelArgs};
 use crate::commands::Context;
-use crate::commands::keeper::{KeeperStop, Signals, keep_lease, millis, renew_after_wait};
+use crate::commands::keeper::{
+    KeeperStop, LeaseTiming, Signals, keep_lease, millis, renew_after_wait,
+};
 use crate::exit;
 use crate::output;
 use crate::supervise::{Control, End, Spec, Supervisor};
@@ -123,8 +125,10 @@ struct Shared {
     owner: String,
     host: String,
     slots: Option<(String, u32)>,
-    ttl: Duration,
-    grace: Duration,
+    /// Each job's lease timing (ttl, heartbeat, grace), also the grace of local jobs.
+    timing: LeaseTiming,
+    /// `--sync`: one job at a time, its output straight to the terminal.
+    sync: bool,
     timeout: Option<Duration>,
     output_max: usize,
     retries: u32,
@@ -156,7 +160,7 @@ impl Shared {
         if let Ok(running) = self.running.lock() {
             for (control, slot) in running.values() {
                 set_cause(slot, cause);
-                control.request_stop(self.grace);
+                control.request_stop(self.timing.grace);
             }
         }
     }
@@ -325,19 +329,17 @@ impl Write for Capture {
 
 /// Runs the jobs. Returns the exit code (see `docs/cli.md`).
 pub async fn parallel(context: &Context, args: ParallelArgs) -> anyhow::Result<u8> {
+    let timing = match LeaseTiming::new(args.ttl, args.grace) {
+        Ok(timing) => timing,
+        Err(message) => return Ok(context.usage_error("baton parallel", &message)),
+    };
     let tasks = match read_tasks(&args) {
         Ok(tasks) => tasks,
-        Err(message) => {
-            eprintln!("baton parallel: {message}");
-            return Ok(exit::USAGE);
-        }
+        Err(message) => return Ok(context.usage_error("baton parallel", &message)),
     };
     let slots = match args.slots.as_deref().map(parse_slots).transpose() {
         Ok(slots) => slots,
-        Err(message) => {
-            eprintln!("baton parallel: {message}");
-            return Ok(exit::USAGE);
-        }
+        Err(message) => return Ok(context.usage_error("baton parallel", &message)),
     };
     if args.local && slots.is_some() {
         eprintln!("baton parallel: --slots needs a server; it cannot go with --local");
@@ -365,10 +367,13 @@ pub async fn parallel(context: &Context, args: ParallelArgs) -> anyhow::Result<u
         let id = baton_client::generate_request_id();
         format!("b_{}", &id[..16])
     });
-    let jobs = args.jobs.map(|n| n as usize).unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    let progress_line = std::io::stderr().is_terminal();
+    let jobs = match args.jobs {
+        _ if args.sync => 1,
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get),
+    };
+    // With --sync the jobs own the terminal: no progress line over their output.
+    let progress_line = std::io::stderr().is_terminal() && !args.sync;
     let printer = Arc::new(Printer {
         lock: Mutex::new(()),
         progress: progress_line,
@@ -386,15 +391,14 @@ pub async fn parallel(context: &Context, args: ParallelArgs) -> anyhow::Result<u
         None => printer.note(&format!("{} jobs, {jobs} at a time", tasks.len())),
     }
     let (give_up, _) = watch::channel(false);
-    let ttl = args.ttl;
     let shared = Arc::new(Shared {
         client,
         batch,
         owner: args.owner.clone().unwrap_or_else(default_owner),
         host: gethostname::gethostname().to_string_lossy().into_owned(),
         slots,
-        ttl,
-        grace: args.grace.min(ttl / 3),
+        timing,
+        sync: args.sync,
         timeout: args.timeout,
         output_max: args.output_max as usize,
         retries: args.retries,
@@ -602,7 +606,16 @@ async fn run_task(shared: &Shared, task: Task) -> JobResult {
         if !stdout.is_empty() && !stdout.ends_with(b"\n") {
             parts.push((false, b"\n"));
         }
-        parts.push((true, &stderr));
+        // On a terminal the header shows whose stderr follows; in a log file (stderr not a
+        // terminal, the lines of every stream mixed) each line names its job.
+        let marked;
+        let stderr: &[u8] = if shared.printer.progress || stderr.is_empty() {
+            &stderr
+        } else {
+            marked = prefix_lines(&stderr, &format!("{}: ", task.name));
+            &marked
+        };
+        parts.push((true, stderr));
         if !stderr.is_empty() && !stderr.ends_with(b"\n") {
             parts.push((true, b"\n"));
         }
@@ -635,7 +648,6 @@ async fn run_task(shared: &Shared, task: Task) -> JobResult {
 /// One attempt: take a slot on the server (when there is one), run the command under the
 /// supervisor, renew the lease, record how it ended. Returns the result, stdout and stderr.
 async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u8>) {
-    let started = Instant::now();
     let mut result = JobResult {
         index: task.index,
         name: task.name.clone(),
@@ -648,10 +660,10 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
         attempts: 1,
         reason: None,
     };
+    // A job that never ran took no time: the duration is the run's, never the wait's.
     let ended = |mut result: JobResult, state: JobState, reason: String| {
         result.state = state.as_str().to_owned();
         result.reason = Some(reason);
-        result.duration_ms = millis(started.elapsed());
         (result, Vec::new(), Vec::new())
     };
 
@@ -692,11 +704,12 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
     let stdout = Capture::new(&shared.printer, prefix.as_deref(), false, keep);
     let stderr = Capture::new(&shared.printer, prefix.as_deref(), true, keep);
     let mut spec = Spec {
-        grace: shared.grace,
+        grace: shared.timing.grace,
         tail_bytes: shared.output_max,
         forward_signals: false,
         stdout: Box::new(stdout.clone()),
         stderr: Box::new(stderr.clone()),
+        inherit_output: shared.sync,
         ..Spec::new(task.argv.iter().map(OsString::from))
     }
     .env("BATON_PARALLEL_INDEX", task.index.to_string());
@@ -704,12 +717,14 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
         spec = spec.env(key, value);
     }
     if let Some((_, job_id, granted, lock)) = &lease {
+        spec.lease_deadline = Some(shared.timing.deadline_of(granted).into_std());
         spec = spec
             .env("BATON_FENCING_TOKEN", granted.lease.token.to_string())
             .env("BATON_LEASE_ID", &granted.lease.id)
             .env("BATON_LOCK", lock)
             .env("BATON_JOB_ID", job_id);
     }
+    let started = Instant::now();
     let mut supervisor = match Supervisor::spawn(spec) {
         Ok(supervisor) => supervisor,
         Err(error) => {
@@ -730,7 +745,7 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
     let stopping = *shared.give_up.borrow();
     if stopping {
         set_cause(&cause, shared.give_up_cause());
-        control.request_stop(shared.grace);
+        control.request_stop(shared.timing.grace);
     }
     let heartbeat = lease.as_ref().map(|(client, job_id, granted, _)| {
         let cause = Arc::clone(&cause);
@@ -738,8 +753,7 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
             client.clone(),
             job_id.clone(),
             granted.clone(),
-            shared.ttl,
-            shared.grace,
+            shared.timing,
             control.clone(),
             move |why| {
                 set_cause(
@@ -759,7 +773,7 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
                 outcome = supervisor.wait() => outcome,
                 () = tokio::time::sleep(limit) => {
                     set_cause(&cause, Cause::TimedOut);
-                    supervisor.stop(shared.grace).await
+                    supervisor.stop(shared.timing.grace).await
                 }
             }
         }
@@ -780,6 +794,10 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
             return (result, stdout, stderr);
         }
     };
+    if outcome.deadline_passed {
+        // The guardian stopped the tree: the lease could not be renewed in time.
+        set_cause(&cause, Cause::Deadline);
+    }
     let cause = cause.lock().ok().and_then(|cause| *cause);
     let (state, reason) = match (cause, &outcome.end) {
         (Some(Cause::LeaseLost { revoked: true }), _) => (
@@ -868,7 +886,7 @@ async fn take_slot(
         owner: shared.owner.clone(),
         host: Some(shared.host.clone()),
         command: task.argv.clone(),
-        ttl_ms: Some(millis(shared.ttl)),
+        ttl_ms: Some(millis(shared.timing.ttl)),
         wait_ms: Some(0),
         request_id: None,
         min_hold_ms: None,
@@ -933,7 +951,7 @@ async fn take_slot(
     }
     // A grant that arrived during a long-poll counts from when that poll was sent: renew once
     // so the deadline starts from a fresh request.
-    match renew_after_wait(client, &job_id, &granted, shared.ttl).await {
+    match renew_after_wait(client, &job_id, &granted, shared.timing).await {
         Ok(renewed) => Ok(Slot::Granted(job_id, renewed)),
         Err(error) => {
             let reason = format!("the lease was lost before the command started: {error}");
@@ -1026,7 +1044,7 @@ fn read_tasks(args: &ParallelArgs) -> Result<Vec<Task>, String> {
             let index = offset + 1;
             Task {
                 index,
-                name: format!("{base}-{index}"),
+                name: job_name(&base, index, &input),
                 argv: substitute(&template, &input, index),
                 args: vec![input],
                 env: Vec::new(),
@@ -1034,6 +1052,36 @@ fn read_tasks(args: &ParallelArgs) -> Result<Vec<Task>, String> {
             }
         })
         .collect())
+}
+
+/// `text` with `prefix` in front of each of its lines.
+fn prefix_lines(text: &[u8], prefix: &str) -> Vec<u8> {
+    let mut marked = Vec::with_capacity(text.len() + prefix.len());
+    for line in text.split_inclusive(|byte| *byte == b'\n') {
+        marked.extend_from_slice(prefix.as_bytes());
+        marked.extend_from_slice(line);
+    }
+    marked
+}
+
+/// How much of an argument goes into its job's name.
+const NAME_ARGUMENT_CHARS_MAX: usize = 64;
+
+/// A job's name, after its argument: `BASE-INDEX-ARGUMENT`, the argument's characters that a
+/// lock name cannot hold replaced by `_` and cut at [`NAME_ARGUMENT_CHARS_MAX`], so
+/// `./install.sh {} ::: web-1` runs `install.sh-1-web-1`. The index keeps names unique.
+fn job_name(base: &str, index: usize, argument: &str) -> String {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "._:/@-".contains(c);
+    let argument: String = argument
+        .chars()
+        .take(NAME_ARGUMENT_CHARS_MAX)
+        .map(|c| if allowed(c) { c } else { '_' })
+        .collect();
+    if argument.is_empty() {
+        format!("{base}-{index}")
+    } else {
+        format!("{base}-{index}-{argument}")
+    }
 }
 
 /// Non-empty lines, without their line ends.

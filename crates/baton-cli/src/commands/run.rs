@@ -21,14 +21,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_client::default_owner;
-use baton_client::proto::{CreateJobRequest, FinishJobRequest, JobState, Policy};
+use baton_client::proto::{
+    CreateJobRequest, FinishJobRequest, Holder, JobDetail, JobState, Policy,
+};
 use tokio::time::Instant;
 
 use crate::args::RunArgs;
 use crate::commands::Context;
-use crate::commands::keeper::{KeeperStop, Signals, keep_lease, millis, renew_after_wait};
-use crate::exit;
+use crate::commands::keeper::{
+    KeeperStop, LeaseTiming, Signals, keep_lease, millis, renew_after_wait,
+};
 use crate::supervise::{End, Spec, Supervisor};
+use crate::{exit, output};
 
 /// The longest single long-poll while waiting for the lock.
 const LONG_POLL: Duration = Duration::from_secs(30);
@@ -46,12 +50,48 @@ enum StopCause {
     TimedOut,
 }
 
-/// Runs the command under the lock. Returns the exit code (see `docs/cli.md`).
+/// What `--json` prints at the end: the job's record as the server last answered it, or its id
+/// to look it up.
+#[derive(Default)]
+struct Record {
+    job_id: Option<String>,
+    detail: Option<JobDetail>,
+}
+
+/// How long `baton run` tries to record how its job ended before it gives up and says so: the
+/// command has ended, so this only bounds how long a script waits on an unreachable server.
+const FINISH_BOUND: Duration = Duration::from_secs(5);
+
+/// Runs the command under the lock. Returns the exit code (see `docs/cli.md`). With `--json`,
+/// the command's stdout goes to stderr and stdout gets one JSON document at the end: the job's
+/// record (`{"job": {...}, "output_tail": "..."}`), or an error.
 pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
+    let mut record = Record::default();
+    let code = run_job(context, args, &mut record).await?;
+    if context.json {
+        let detail = match (record.detail, record.job_id) {
+            (Some(detail), _) => Some(detail),
+            (None, Some(job_id)) => tokio::time::timeout(FINISH_BOUND, context.client.job(&job_id))
+                .await
+                .ok()
+                .and_then(Result::ok),
+            (None, None) => None,
+        };
+        if let Some(detail) = detail {
+            output::print_json(&detail)?;
+        }
+    }
+    Ok(code)
+}
+
+async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyhow::Result<u8> {
     let policy = args.policy();
     let lock = args.lock.clone().unwrap_or_else(|| args.name.clone());
-    let ttl = args.ttl;
-    let grace = args.grace.min(ttl / 3);
+    let timing = match LeaseTiming::new(args.ttl, args.grace) {
+        Ok(timing) => timing,
+        Err(message) => return Ok(context.usage_error("baton run", &message)),
+    };
+    let (ttl, grace) = (timing.ttl, timing.grace);
     let request = CreateJobRequest {
         name: args.name.clone(),
         lock: Some(lock.clone()),
@@ -71,8 +111,23 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
     // Signals are watched from before the job exists, so Ctrl-C while waiting withdraws it.
     let mut signals = Signals::new()?;
     let waiting_since = Instant::now();
-    let mut start = context.client.create_job(&request).await?;
+    let mut start = match context.client.create_job(&request).await {
+        Ok(start) => start,
+        // `--fail` on a busy lock: the server recorded the job skipped and answered 409 with
+        // the holders.
+        Err(baton_client::Error::Busy { holders, message }) if policy == Policy::Fail => {
+            let held_by = describe_holders(context, &holders).await;
+            eprintln!("baton run: {} not run: {message}{held_by}", args.name);
+            if context.json {
+                let code = exit::TEMPORARY_FAILURE;
+                output::print_json_error("busy", &message, code, Some(&holders));
+            }
+            return Ok(exit::TEMPORARY_FAILURE);
+        }
+        Err(error) => return Err(error.into()),
+    };
     let job_id = start.job.id.clone();
+    record.job_id = Some(job_id.clone());
 
     // Wait for the lock, or learn that the job will not run.
     let mut waited = false;
@@ -84,11 +139,21 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
             },
             JobState::Skipped => {
                 let reason = start.job.reason.clone().unwrap_or_else(|| "busy".into());
+                let held_by = match context.client.lock_info(&lock).await {
+                    Ok(info) => describe_holders(context, &info.holders).await,
+                    Err(_) => String::new(),
+                };
                 if policy == Policy::Fail {
-                    eprintln!("baton run: {} not run: {reason} (job {job_id})", args.name);
+                    eprintln!(
+                        "baton run: {} not run: {reason} (job {job_id}){held_by}",
+                        args.name
+                    );
                     return Ok(exit::TEMPORARY_FAILURE);
                 }
-                eprintln!("baton run: {} skipped: {reason} (job {job_id})", args.name);
+                eprintln!(
+                    "baton run: {} skipped: {reason} (job {job_id}){held_by}",
+                    args.name
+                );
                 return Ok(exit::SUCCESS);
             }
             JobState::Coalesced => {
@@ -135,9 +200,10 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
         }
     };
     // A grant that arrived during a long-poll counts from when that poll was sent, possibly
-    // long before the grant: renew once so the deadline starts from a fresh request.
+    // long before the grant: confirm it with a renewal so the deadline starts from a request
+    // sent now, whatever the wait was.
     let granted = if waited {
-        match renew_after_wait(&context.client, &job_id, &granted, ttl).await {
+        match renew_after_wait(&context.client, &job_id, &granted, timing).await {
             Ok(renewed) => renewed,
             Err(cause) => {
                 let reason = format!("the lease was lost before the command started: {cause}");
@@ -158,15 +224,20 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
         "baton run: {} holds {lock} (token {}, job {job_id})",
         args.name, lease.token
     );
-    let spec = Spec {
+    let mut spec = Spec {
         grace,
         tail_bytes: args.output_max as usize,
+        lease_deadline: Some(timing.deadline_of(&granted).into_std()),
         ..Spec::new(args.command.iter().map(OsString::from))
     }
     .env("BATON_FENCING_TOKEN", lease.token.to_string())
     .env("BATON_LEASE_ID", &lease.id)
     .env("BATON_LOCK", &lock)
     .env("BATON_JOB_ID", &job_id);
+    if context.json {
+        // stdout carries the job's record alone.
+        spec.stdout = Box::new(std::io::stderr());
+    }
     let mut supervisor = match Supervisor::spawn(spec) {
         Ok(supervisor) => supervisor,
         Err(error) => {
@@ -185,8 +256,7 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
             context.client.clone(),
             job_id.clone(),
             granted.clone(),
-            ttl,
-            grace,
+            timing,
             control.clone(),
             move |why| {
                 set_cause(
@@ -216,6 +286,10 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
     };
     heartbeat.abort();
     let outcome = outcome?;
+    if outcome.deadline_passed {
+        // The guardian stopped the tree: `baton run` could not renew in time (it was paused).
+        set_cause(&cause, StopCause::Deadline);
+    }
     let stop_cause = cause.lock().ok().and_then(|cause| *cause);
 
     let code = outcome.end.exit_code();
@@ -286,11 +360,20 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
         reason.clone(),
         &outcome.tail_text(),
     );
-    match context.client.finish_job(&job_id, &report).await {
-        Ok(_) => {}
+    match tokio::time::timeout(FINISH_BOUND, context.client.finish_job(&job_id, &report)).await {
+        Ok(Ok(detail)) => record.detail = Some(detail),
         // The server already ended the lease (and so marked the job lost); the report of a lost
         // job is still taken, so anything else is worth a warning only.
-        Err(error) => eprintln!("baton run: could not record the end of job {job_id}: {error}"),
+        Ok(Err(error)) => eprintln!(
+            "baton run: could not record the end of job {job_id} ({}): {error}",
+            state.as_str()
+        ),
+        Err(_) => eprintln!(
+            "baton run: could not record the end of job {job_id} ({}) within {}: no answer \
+             from the server; it will record the job lost when the lease expires",
+            state.as_str(),
+            output::duration(FINISH_BOUND),
+        ),
     }
     if state == JobState::Lost {
         eprintln!(
@@ -323,6 +406,38 @@ fn finish_request(
     }
 }
 
+/// `; held by OWNER on HOST since 2024-05-01 12:00:03Z (3m ago), job J, token N` for each
+/// holder (the host from the holder's job record, when it is a job); empty without holders.
+async fn describe_holders(context: &Context, holders: &[Holder]) -> String {
+    let now = jiff::Timestamp::now();
+    let mut text = String::new();
+    for holder in holders {
+        let host = match &holder.job {
+            Some(job) => context
+                .client
+                .job(job)
+                .await
+                .ok()
+                .and_then(|detail| detail.job.host),
+            None => None,
+        };
+        text.push_str(&format!("; held by {}", holder.owner));
+        if let Some(host) = host {
+            text.push_str(&format!(" on {host}"));
+        }
+        text.push_str(&format!(
+            " since {} ({})",
+            output::absolute(holder.since),
+            output::relative(holder.since, now)
+        ));
+        if let Some(job) = &holder.job {
+            text.push_str(&format!(", job {job}"));
+        }
+        text.push_str(&format!(", token {}", holder.token));
+    }
+    text
+}
+
 /// Gives up waiting: the job is recorded cancelled and leaves the queue.
 async fn give_up(context: &Context, job_id: &str, ticket_id: &str, reason: &str) {
     let report = FinishJobRequest {
@@ -333,8 +448,16 @@ async fn give_up(context: &Context, job_id: &str, ticket_id: &str, reason: &str)
         reason: Some(reason.to_owned()),
         output_tail: None,
     };
-    if let Err(error) = context.client.finish_job(job_id, &report).await {
-        eprintln!("baton run: could not record job {job_id} as cancelled: {error}");
+    match tokio::time::timeout(FINISH_BOUND, context.client.finish_job(job_id, &report)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(error)) => {
+            eprintln!("baton run: could not record job {job_id} as cancelled: {error}");
+        }
+        Err(_) => eprintln!(
+            "baton run: could not record job {job_id} as cancelled within {}: no answer from \
+             the server; its ticket lapses",
+            output::duration(FINISH_BOUND)
+        ),
     }
 }
 
@@ -360,24 +483,5 @@ async fn run_hook(hook: &str, job_id: &str, lock: &str, reason: &str) {
 fn set_cause(cause: &Mutex<Option<StopCause>>, value: StopCause) {
     if let Ok(mut cause) = cause.lock() {
         cause.get_or_insert(value);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use baton_client::drift_margin;
-
-    #[test]
-    fn the_deadline_margin_leaves_room_for_the_grace() {
-        // With the defaults (ttl 30 s, grace 10 s) a stop starts no later than ~18.6 s after
-        // the last successful renewal was sent: well before the server's 30 s.
-        let ttl = Duration::from_secs(30);
-        let grace = Duration::from_secs(10).min(ttl / 3);
-        let budget = ttl - drift_margin(ttl) - grace - crate::supervise::STOP_SLACK;
-        assert!(
-            budget > ttl / 3,
-            "a renewal attempt must fit before the stop: {budget:?}"
-        );
     }
 }

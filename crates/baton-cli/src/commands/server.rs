@@ -14,10 +14,16 @@ const LOG_ENV: &str = "BATON_LOG";
 
 /// `baton server`.
 pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
+    if args.print_config {
+        print!("{}", args.effective_config.unwrap_or_default());
+        return Ok(exit::SUCCESS);
+    }
     init_logging();
     raise_open_files_limit();
+    let config_file = args.config.clone();
     let config = config(args);
     tracing::info!(
+        config_file = ?config_file,
         listen = %config.listen,
         data_dir = %config.data_dir.display(),
         store = ?config.store,
@@ -86,6 +92,8 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     config.header_read_timeout_ms = millis(args.header_read_timeout);
     config.max_header_bytes = usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX);
+    config.body_read_timeout_ms = millis(args.body_read_timeout);
+    config.allowed_hosts = args.allowed_hosts;
     // clap makes each of the two flags require the other.
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(TlsFiles { cert, key });

@@ -1,14 +1,16 @@
-//! The guardian: `baton __guard --grace-ms MS --status-fd FD -- CMD [ARG...]`, started by
-//! [`Supervisor`](super::Supervisor) as the leader of the job's process group. It starts the
-//! command, reports how it ended on the status pipe, empties the group before it exits, and
-//! kills the group when `baton run` dies (see the module docs of [`super`]).
+//! The guardian: `baton __guard --grace-ms MS --status-fd FD [--deadline-fd FD --deadline-ns NS]
+//! -- CMD [ARG...]`, started by [`Supervisor`](super::Supervisor) as the leader of the job's
+//! process group. It starts the command, reports how it ended on the status pipe, empties the
+//! group before it exits, kills the group when `baton run` dies, and, given a lease deadline,
+//! stops the group when that deadline comes without `baton run` moving it (see the module docs
+//! of [`super`]).
 //!
 //! Everything here is synchronous: the guardian must keep working with no async runtime
 //! running, and it only ever waits on one child, one poll and a few timers.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::ExitStatusExt;
@@ -26,7 +28,7 @@ use nix::sys::wait::{WaitPidFlag, waitpid};
 use nix::unistd::{Pid, getpgrp, getpid};
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{GUARD_SUBCOMMAND, procfs};
+use super::{GUARD_SUBCOMMAND, clock, procfs};
 
 /// The guardian's exit code when it fails itself (`EX_SOFTWARE`).
 const FAILED: u8 = 70;
@@ -42,6 +44,9 @@ struct Args {
     grace: Duration,
     /// The inherited write end of the status pipe.
     status_fd: i32,
+    /// The inherited read end of the deadline pipe, and the first deadline (nanoseconds of
+    /// `CLOCK_MONOTONIC`), when the command runs under a lease.
+    deadline: Option<(i32, u64)>,
     /// The command and its arguments.
     command: Vec<OsString>,
 }
@@ -65,7 +70,7 @@ where
     }
 }
 
-/// Parses `--grace-ms MS --status-fd FD -- CMD [ARG...]`.
+/// Parses `--grace-ms MS --status-fd FD [--deadline-fd FD --deadline-ns NS] -- CMD [ARG...]`.
 fn parse<I>(args: I) -> Result<Args, String>
 where
     I: IntoIterator<Item = OsString>,
@@ -73,6 +78,8 @@ where
     let mut args = args.into_iter();
     let mut grace = None;
     let mut status_fd = None;
+    let mut deadline_fd = None;
+    let mut deadline_ns = None;
     loop {
         let Some(arg) = args.next() else {
             return Err("missing `-- CMD`".to_owned());
@@ -100,6 +107,20 @@ where
                     .ok_or_else(|| format!("bad --status-fd {value}"))?;
                 status_fd = Some(fd);
             }
+            "--deadline-fd" => {
+                let fd = value
+                    .parse()
+                    .ok()
+                    .filter(|fd| *fd > 2)
+                    .ok_or_else(|| format!("bad --deadline-fd {value}"))?;
+                deadline_fd = Some(fd);
+            }
+            "--deadline-ns" => {
+                let ns = value
+                    .parse()
+                    .map_err(|_| format!("bad --deadline-ns {value}"))?;
+                deadline_ns = Some(ns);
+            }
             _ => return Err(format!("unknown argument {flag}")),
         }
     }
@@ -107,9 +128,15 @@ where
     if command.is_empty() {
         return Err("no command after `--`".to_owned());
     }
+    let deadline = match (deadline_fd, deadline_ns) {
+        (Some(fd), Some(ns)) => Some((fd, ns)),
+        (None, None) => None,
+        _ => return Err("--deadline-fd and --deadline-ns go together".to_owned()),
+    };
     Ok(Args {
         grace: grace.ok_or("missing --grace-ms")?,
         status_fd: status_fd.ok_or("missing --status-fd")?,
+        deadline,
         command,
     })
 }
@@ -161,12 +188,20 @@ where
 
     let status = open_status(args.status_fd)?;
     let status = Arc::new(status);
+    let deadline = match args.deadline {
+        Some((fd, first_ns)) => Some(Deadline {
+            updates: open_deadline(fd)?,
+            at_ns: first_ns,
+            buffer: Vec::new(),
+        }),
+        None => None,
+    };
     {
         let status = Arc::clone(&status);
         let grace = args.grace;
         thread::Builder::new()
             .name("baton-guard-watch".to_owned())
-            .spawn(move || watch_baton(&status, grace))
+            .spawn(move || watch_baton(&status, grace, deadline))
             .map_err(|error| format!("cannot start a thread: {error}"))?;
     }
 
@@ -229,6 +264,56 @@ fn open_status(fd: i32) -> Result<File, String> {
     Ok(file)
 }
 
+/// Opens the inherited read end of the deadline pipe as a close-on-exec, non-blocking file,
+/// then closes the inherited one.
+fn open_deadline(fd: i32) -> Result<File, String> {
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(format!("/proc/self/fd/{fd}"))
+        .map_err(|error| format!("cannot open the deadline pipe (fd {fd}): {error}"))?;
+    let _ = nix::unistd::close(fd);
+    Ok(file)
+}
+
+/// The lease deadline the guardian holds: `deadline NS` lines from `baton run` move it.
+struct Deadline {
+    /// The read end of the deadline pipe.
+    updates: File,
+    /// The current deadline, in nanoseconds of `CLOCK_MONOTONIC`.
+    at_ns: u64,
+    /// Bytes read, up to an incomplete line.
+    buffer: Vec<u8>,
+}
+
+impl Deadline {
+    /// Reads the updates waiting in the pipe. Returns false once the pipe is at its end: its
+    /// only writer, `baton run`, is gone.
+    fn read_updates(&mut self) -> bool {
+        let mut chunk = [0u8; 256];
+        loop {
+            match (&self.updates).read(&mut chunk) {
+                Ok(0) => return false,
+                Ok(n) => self.buffer.extend_from_slice(&chunk[..n]),
+                Err(error) if error.kind() == io::ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        while let Some(end) = self.buffer.iter().position(|byte| *byte == b'\n') {
+            let line: Vec<u8> = self.buffer.drain(..=end).collect();
+            if let Some(ns) = String::from_utf8_lossy(&line)
+                .trim()
+                .strip_prefix("deadline ")
+                .and_then(|ns| ns.parse().ok())
+            {
+                self.at_ns = ns;
+            }
+        }
+        true
+    }
+}
+
 /// Writes one status line; `baton run` reads it after the guardian exits. A line this short is
 /// written atomically or not at all.
 fn report(status: &File, line: &str) {
@@ -251,22 +336,57 @@ fn report_exit(status: &File, exit: ExitStatus) -> u8 {
 /// Blocks until `baton run` is gone, then kills the job's group: TERM, `grace`, KILL (the
 /// guardian included). `baton run` alone holds the read ends of the status pipe and of our
 /// stdout (when that is a pipe), so a write end reporting POLLERR means it has died.
-fn watch_baton(status: &File, grace: Duration) {
+///
+/// With a lease `deadline`, also stops the group when `deadline - grace` comes without an
+/// update: TERM then, KILL at the deadline, and `deadline` on the status pipe first so that
+/// `baton run` can tell why. `baton run` starts its own stop earlier (by its stop slack), so
+/// this fires only when `baton run` could not: paused, stopped by the terminal, starved.
+fn watch_baton(status: &File, grace: Duration, mut deadline: Option<Deadline>) {
     let stdout = io::stdout();
     let stdout_is_pipe = fstat(&stdout).is_ok_and(|stat| {
         SFlag::from_bits_truncate(stat.st_mode) & SFlag::S_IFMT == SFlag::S_IFIFO
     });
     let gone = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+    let grace_ns = u64::try_from(grace.as_nanos()).unwrap_or(u64::MAX);
+    let mut kill_at_ns = None;
     loop {
+        let stop_at_ns = deadline
+            .as_ref()
+            .map(|deadline| deadline.at_ns.saturating_sub(grace_ns));
+        let timeout = match stop_at_ns {
+            Some(stop_at_ns) => {
+                let left_ns = stop_at_ns.saturating_sub(clock::now_ns());
+                if left_ns == 0 {
+                    report(status, "deadline\n");
+                    kill_at_ns = deadline.as_ref().map(|deadline| deadline.at_ns);
+                    break;
+                }
+                // Rounded up, so the wake-up is never early; at most a minute at a time.
+                let left_ms = left_ns.div_ceil(1_000_000).min(60_000);
+                PollTimeout::try_from(left_ms).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::NONE,
+        };
         let mut fds = vec![PollFd::new(status.as_fd(), PollFlags::empty())];
         if stdout_is_pipe {
             fds.push(PollFd::new(stdout.as_fd(), PollFlags::empty()));
         }
-        match poll(&mut fds, PollTimeout::NONE) {
+        let watched = fds.len();
+        if let Some(deadline) = &deadline {
+            fds.push(PollFd::new(deadline.updates.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
             Ok(_) => {
-                if fds
+                if fds[..watched]
                     .iter()
                     .any(|fd| fd.revents().is_some_and(|revents| revents.intersects(gone)))
+                {
+                    break;
+                }
+                let updated = fds.get(watched).and_then(PollFd::revents);
+                if updated.is_some_and(|revents| !revents.is_empty())
+                    && let Some(deadline) = &mut deadline
+                    && !deadline.read_updates()
                 {
                     break;
                 }
@@ -278,7 +398,13 @@ fn watch_baton(status: &File, grace: Duration) {
     }
     let group = getpgrp();
     let _ = killpg(group, Signal::SIGTERM);
-    thread::sleep(grace);
+    match kill_at_ns {
+        Some(kill_at_ns) => {
+            let left_ns = kill_at_ns.saturating_sub(clock::now_ns());
+            thread::sleep(Duration::from_nanos(left_ns));
+        }
+        None => thread::sleep(grace),
+    }
     let _ = killpg(group, Signal::SIGKILL);
 }
 
@@ -356,9 +482,38 @@ mod tests {
             Ok(Args {
                 grace: Duration::from_millis(1500),
                 status_fd: 5,
+                deadline: None,
                 command: os(&["sh", "-c", "exit 7"]),
             })
         );
+    }
+
+    #[test]
+    fn parses_a_lease_deadline() {
+        let args = parse(os(&[
+            "--grace-ms",
+            "300",
+            "--status-fd",
+            "5",
+            "--deadline-fd",
+            "6",
+            "--deadline-ns",
+            "123456789",
+            "--",
+            "true",
+        ]));
+        assert_eq!(args.map(|args| args.deadline), Ok(Some((6, 123_456_789))));
+        let alone = os(&[
+            "--grace-ms",
+            "1",
+            "--status-fd",
+            "5",
+            "--deadline-fd",
+            "6",
+            "--",
+            "x",
+        ]);
+        assert!(parse(alone).is_err());
     }
 
     #[test]

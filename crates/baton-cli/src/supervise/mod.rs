@@ -32,6 +32,15 @@
 //!   race as with `PR_SET_PDEATHSIG`: if `baton run` died before the guardian started watching,
 //!   the first `poll` returns at once (and the status pipe cannot even be opened). Nor does it
 //!   fire when the thread that spawned the guardian exits, as PDEATHSIG does.
+//! * **A paused `baton run`.** SIGSTOP (or Ctrl-Z, which stops `baton run`'s process group,
+//!   not the job's) freezes `baton run` and its lease keeper, but not the guardian. So the
+//!   guardian holds the lease's local deadline itself ([`Spec::lease_deadline`]), on
+//!   `CLOCK_MONOTONIC`, which both processes read; `baton run` sends it each new deadline on a
+//!   pipe of its own after every successful renewal ([`Control::set_deadline`]). When
+//!   `deadline - grace` comes without an update, the guardian writes `deadline` on the status
+//!   pipe, TERMs the group and SIGKILLs it at the deadline, whatever `baton run` is doing.
+//!   `baton run` starts its own stop a stop slack earlier, so normally the guardian never has
+//!   to.
 //! * **Signals wait for the command.** A signal sent to the group before the command has
 //!   joined it would never reach the command, so the guardian writes `started PID` on the
 //!   status pipe once the command runs, and until then `baton run` holds back SIGTERM and
@@ -68,6 +77,8 @@
 mod tail;
 
 #[cfg(target_os = "linux")]
+mod clock;
+#[cfg(target_os = "linux")]
 mod guard;
 #[cfg(target_os = "linux")]
 mod procfs;
@@ -98,8 +109,10 @@ pub use unsupported::{Control, Supervisor, guard_main};
 pub const GUARD_SUBCOMMAND: &str = "__guard";
 
 /// How much later than its `grace` a stop can finish, at most, once the tree is SIGKILLed:
-/// reaping the guardian and the orphans, and draining the output pipes. The caller starts a stop
-/// at `lease deadline - margin - grace - STOP_SLACK` at the latest.
+/// reaping the guardian and the orphans, and draining the output pipes. The lease keeper starts a
+/// stop at `local deadline - grace - slack` at the latest, where the slack is this for long
+/// ttls and a tenth of the ttl for short ones (`commands::keeper::LeaseTiming`): the tree is
+/// SIGKILLed when the grace ends, and the slack only has to cover a timer that fires late.
 pub const STOP_SLACK: Duration = Duration::from_secs(1);
 
 /// Errors of the supervisor itself (not of the command it runs: see [`End`]).
@@ -186,8 +199,17 @@ pub struct Spec {
     pub stdout: Box<dyn Write + Send>,
     /// Where the command's stderr goes as it arrives (default: this process's stderr).
     pub stderr: Box<dyn Write + Send>,
+    /// The command writes to this process's own stdout and stderr (a terminal, say) instead of
+    /// pipes: nothing is copied, [`Spec::stdout`] and [`Spec::stderr`] are unused and the tail
+    /// stays empty (`baton parallel --sync`).
+    pub inherit_output: bool,
     /// How to start the guardian.
     pub launcher: GuardLauncher,
+    /// The lease's local deadline, when the command runs under a lease: the guardian holds it
+    /// too, and stops the tree itself (TERM at `deadline - grace`, KILL at `deadline`) unless
+    /// [`Control::set_deadline`] moves it in time, whatever state `baton run` is in (paused by
+    /// SIGSTOP or Ctrl-Z, starved, stuck). `None`: no deadline.
+    pub lease_deadline: Option<Instant>,
 }
 
 impl Spec {
@@ -206,7 +228,9 @@ impl Spec {
             forward_signals: true,
             stdout: Box::new(io::stdout()),
             stderr: Box::new(io::stderr()),
+            inherit_output: false,
             launcher: GuardLauncher::current_exe(),
+            lease_deadline: None,
         }
     }
 
@@ -298,6 +322,9 @@ pub struct Outcome {
     pub ended_at: SystemTime,
     /// Signals forwarded to the command, in order.
     pub forwarded: Vec<Forwarded>,
+    /// The guardian stopped the tree itself because the lease's deadline came without an
+    /// update from [`Control::set_deadline`] (`baton run` was paused or stuck).
+    pub deadline_passed: bool,
     /// Set when a stop was requested (lease lost, deadline, [`Control::stop`]).
     #[allow(dead_code)]
     // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.

@@ -57,6 +57,9 @@ pub struct Control {
     #[allow(dead_code)]
     // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
     finished: watch::Receiver<bool>,
+    /// The write end of the guardian's deadline pipe (non-blocking, close-on-exec), when the
+    /// command runs under a lease deadline.
+    deadline: Option<Arc<std::fs::File>>,
 }
 
 impl Control {
@@ -65,6 +68,19 @@ impl Control {
     pub fn request_stop(&self, grace: Duration) {
         // The receiver lives as long as the supervisor; once it is gone there is nothing to stop.
         let _ = self.requests.send(Request::Stop(grace));
+    }
+
+    /// Tells the guardian the lease's new local deadline, after a successful renewal: it stops
+    /// the tree itself when the deadline (less the grace) comes without a later update. Does
+    /// nothing without a [`Spec::lease_deadline`](super::Spec::lease_deadline) or once the
+    /// guardian is gone.
+    pub fn set_deadline(&self, deadline: Instant) {
+        if let Some(pipe) = &self.deadline {
+            let line = format!("deadline {}\n", super::clock::ns_of(deadline));
+            // A line this short is written whole or not at all. A full pipe (the guardian
+            // reads at once, so it never is) or a gone guardian leave nothing to do.
+            let _ = (&**pipe).write(line.as_bytes());
+        }
     }
 
     /// Stops the tree and returns once it is gone (at most `grace` +
@@ -107,6 +123,8 @@ pub struct Supervisor {
     deferred: Vec<Signal>,
     /// The guardian's report on how the command ended.
     report: Option<End>,
+    /// The guardian reported that it stopped the tree at the lease's deadline.
+    deadline_passed: bool,
     /// Stop requests from [`Control`] handles.
     requests: mpsc::UnboundedReceiver<Request>,
     /// A handle of our own, to clone out (it also keeps `requests` open).
@@ -164,6 +182,19 @@ impl Supervisor {
         let status =
             pipe::Receiver::from_owned_fd(OwnedFd::from(status)).map_err(setup("status pipe"))?;
 
+        // The deadline pipe: the guardian inherits the read end, we keep the write end.
+        let deadline = match spec.lease_deadline {
+            Some(at) => {
+                let (reader, writer) = io::pipe().map_err(setup("deadline pipe"))?;
+                fcntl(&reader, FcntlArg::F_SETFD(FdFlag::empty()))
+                    .map_err(|errno| setup("deadline pipe")(errno.into()))?;
+                let writer = OwnedFd::from(writer);
+                fcntl(&writer, FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK))
+                    .map_err(|errno| setup("deadline pipe")(errno.into()))?;
+                Some((reader, std::fs::File::from(writer), at))
+            }
+            None => None,
+        };
         let launcher = &spec.launcher;
         let mut command = Command::new(&launcher.program);
         if let Some(arg0) = &launcher.arg0 {
@@ -174,14 +205,22 @@ impl Supervisor {
             .arg("--grace-ms")
             .arg(spec.grace.as_millis().to_string())
             .arg("--status-fd")
-            .arg(status_writer.as_raw_fd().to_string())
+            .arg(status_writer.as_raw_fd().to_string());
+        if let Some((reader, _, at)) = &deadline {
+            command
+                .arg("--deadline-fd")
+                .arg(reader.as_raw_fd().to_string())
+                .arg("--deadline-ns")
+                .arg(super::clock::ns_of(*at).to_string());
+        }
+        command
             .arg("--")
             .args(&spec.argv)
             .envs(launcher.env.iter().map(|(key, value)| (key, value)))
             .envs(spec.env.iter().map(|(key, value)| (key, value)))
             .stdin(Stdio::inherit())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+            .stdout(output_stdio(spec.inherit_output))
+            .stderr(output_stdio(spec.inherit_output))
             .process_group(0);
         let started = Instant::now();
         let started_at = SystemTime::now();
@@ -190,6 +229,10 @@ impl Supervisor {
             source,
         })?;
         drop(status_writer);
+        let deadline = deadline.map(|(reader, writer, _)| {
+            drop(reader);
+            Arc::new(writer)
+        });
         let stdout = guardian.stdout.take();
         let stderr = guardian.stderr.take();
         let pgid = Pid::from_raw(i32::try_from(guardian.id()).unwrap_or(i32::MAX));
@@ -205,10 +248,12 @@ impl Supervisor {
             command_started: false,
             deferred: Vec::new(),
             report: None,
+            deadline_passed: false,
             requests,
             control: Control {
                 requests: requests_tx,
                 finished: finished_rx,
+                deadline,
             },
             finished,
             sigchld,
@@ -392,6 +437,7 @@ impl Supervisor {
                     }
                 }
                 Some(Status::Ended(end)) => self.report = Some(end),
+                Some(Status::Deadline) => self.deadline_passed = true,
                 None => {}
             }
         }
@@ -452,6 +498,7 @@ impl Supervisor {
             started_at: self.started_at,
             ended_at,
             forwarded: self.forwarded.clone(),
+            deadline_passed: self.deadline_passed,
             stopped: self.stop.map(|stop| Stopped {
                 killed: stop.killed,
             }),
@@ -514,6 +561,15 @@ impl Drop for Supervisor {
     }
 }
 
+/// The guardian's (and so the command's) stdout or stderr: a pipe to copy, or ours.
+fn output_stdio(inherit: bool) -> Stdio {
+    if inherit {
+        Stdio::inherit()
+    } else {
+        Stdio::piped()
+    }
+}
+
 /// Makes this process a child subreaper, once: orphans of the job that outlive the guardian
 /// come to us to be reaped instead of to PID 1 (which may never reap them).
 fn become_subreaper() {
@@ -532,10 +588,15 @@ enum Status {
     Started,
     /// `exit N`, `signal N` or `spawn ERRNO`: how it ended.
     Ended(End),
+    /// `deadline`: the lease's deadline came without an update; the guardian stops the tree.
+    Deadline,
 }
 
 /// Parses one status line; `None` for anything else.
 fn parse_status(line: &str) -> Option<Status> {
+    if line.trim() == "deadline" {
+        return Some(Status::Deadline);
+    }
     let (kind, number) = line.trim().split_once(' ')?;
     let number: i32 = number.parse().ok()?;
     let end = match kind {
@@ -640,6 +701,7 @@ mod tests {
             parse_status("spawn 2\n"),
             Some(Status::Ended(End::SpawnFailed(error))) if error.kind() == io::ErrorKind::NotFound
         ));
+        assert!(matches!(parse_status("deadline\n"), Some(Status::Deadline)));
         assert!(parse_status("").is_none());
         assert!(parse_status("exit x").is_none());
         assert!(parse_status("bogus 1").is_none());

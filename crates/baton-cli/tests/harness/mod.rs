@@ -113,6 +113,12 @@ impl Server {
         )
     }
 
+    /// The server process's id, while it runs.
+    #[allow(dead_code)] // Not every test binary pauses the server.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
+    }
+
     /// The data folder.
     pub fn data_dir(&self) -> PathBuf {
         self.data_dir.path().to_path_buf()

@@ -197,6 +197,10 @@ pub struct Job {
     pub release_at: Option<Millis>,
     /// The once-per period slot it took, if any.
     pub once_slot: Option<u64>,
+    /// The period of that slot (`once_per_ms`): slots are numbered per period, so a slot means
+    /// nothing without it. A slot recorded without its period (before baton kept it) counts
+    /// for nothing.
+    pub once_per_ms: Option<u64>,
     /// The end of its output, at most [`limits::OUTPUT_TAIL_BYTES_MAX`] bytes.
     pub output_tail: String,
 }
@@ -230,6 +234,8 @@ pub struct CreateJob {
     pub once_per_ms: Option<u64>,
     /// A batch label.
     pub batch: Option<String>,
+    /// The API key the request came with, kept on its ticket if it queues.
+    pub api_key: Option<String>,
     /// The lease id, if one is granted.
     pub lease_id: LeaseId,
     /// The ticket id, if one is queued.
@@ -366,6 +372,37 @@ fn validate(command: &CreateJob) -> Result<(), JobError> {
     Ok(())
 }
 
+/// What a once-per slot belongs to: one job name on one lock with one period.
+///
+/// Scoped by lock because the lock is what a caller is authorized on (a job's name is free
+/// text), so a caller can take or block only slots of locks it may act on; scoped by period
+/// because slots of different periods are numbered on different scales and must never be
+/// compared.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct OnceSlotKey {
+    /// The job's lock.
+    pub lock: LockName,
+    /// The job's name.
+    pub name: String,
+    /// The job's `once_per_ms`.
+    pub period_ms: u64,
+}
+
+impl OnceSlotKey {
+    /// The key of the slot `job` took, if it took one (and its period is known).
+    pub fn of(job: &Job) -> Option<(OnceSlotKey, u64)> {
+        let (slot, period_ms) = (job.once_slot?, job.once_per_ms?);
+        Some((
+            OnceSlotKey {
+                lock: job.lock.clone(),
+                name: job.name.clone(),
+                period_ms,
+            },
+            slot,
+        ))
+    }
+}
+
 /// The period slot `now` falls in: slots are centred on multiples of the period, so hosts whose
 /// clocks (and so whose cron firings) differ by less than half a period land in the same slot.
 pub fn once_slot(now: Millis, period_ms: u64) -> u64 {
@@ -419,13 +456,19 @@ impl State {
             min_hold_ms: command.min_hold_ms.filter(|ms| *ms > 0),
             release_at: None,
             once_slot: None,
+            once_per_ms: None,
             output_tail: String::new(),
         };
         if let Some(period) = command.once_per_ms {
             let slot = once_slot(now, period);
+            let key = OnceSlotKey {
+                lock: command.lock.clone(),
+                name: command.name.clone(),
+                period_ms: period,
+            };
             if self
                 .once_slots
-                .get(&command.name)
+                .get(&key)
                 .is_some_and(|taken| *taken >= slot)
             {
                 job.state = JobState::Skipped;
@@ -434,6 +477,7 @@ impl State {
                 return Ok(self.record_job(job));
             }
             job.once_slot = Some(slot);
+            job.once_per_ms = Some(period);
         }
         let free = self.lock_free(&command.lock, now);
         if !free && command.policy == Policy::Coalesce {
@@ -462,6 +506,7 @@ impl State {
                 capacity: command.capacity,
                 queue,
                 request_id: None,
+                api_key: command.api_key.clone(),
                 lease_id: command.lease_id,
                 ticket_id: command.ticket_id,
             },
@@ -496,18 +541,16 @@ impl State {
                 job.once_slot = None;
             }
         }
-        if let Some(slot) = job.once_slot {
-            self.once_slots.insert(job.name.clone(), slot);
+        if let Some((key, slot)) = OnceSlotKey::of(&job) {
+            self.once_slots.insert(key, slot);
         }
         Ok(self.record_job(job))
     }
 
     fn lock_free(&self, name: &LockName, now: Millis) -> bool {
-        self.locks.get(name).is_none_or(|entry| {
-            entry.holders.len() < entry.capacity as usize
-                && entry.queue.is_empty()
-                && !entry.delayed(now)
-        })
+        self.locks
+            .get(name)
+            .is_none_or(|entry| entry.has_room(now) && entry.queue.is_empty())
     }
 
     fn request_stop_of_holders(&mut self, name: &LockName) {
@@ -732,6 +775,24 @@ impl State {
         }
     }
 
+    /// Called by the table when a job's lease is released because its grant never reached the
+    /// runner (the runner went away while it waited): the job never ran, so it is cancelled
+    /// rather than lost.
+    pub(super) fn job_grant_undelivered(&mut self, lease: LeaseId, now: Millis) {
+        let Some(id) = self.lease_jobs.remove(&lease) else {
+            return;
+        };
+        if let Some(job) = self.jobs.get_mut(&id)
+            && !job.state.is_final()
+        {
+            job.state = JobState::Cancelled;
+            job.stop = None;
+            job.reason = Some("its runner went away before it was told of the grant".into());
+            job.finished_at = Some(now);
+            self.changes.push(Change::JobPut(job.clone()));
+        }
+    }
+
     /// Called by the table when a job's ticket lapses or is cancelled.
     pub(super) fn job_ticket_ended(&mut self, ticket: TicketId, end: TicketEnd, now: Millis) {
         if matches!(end, TicketEnd::Granted(_)) {
@@ -895,8 +956,8 @@ impl State {
             {
                 self.schedule(at.max(now), Deadline::MinHoldRelease(lease), None);
             }
-            if let Some(slot) = job.once_slot {
-                let taken = self.once_slots.entry(job.name.clone()).or_insert(slot);
+            if let Some((key, slot)) = OnceSlotKey::of(&job) {
+                let taken = self.once_slots.entry(key).or_insert(slot);
                 *taken = (*taken).max(slot);
             }
             if let Some(request_id) = &job.request_id {

@@ -25,7 +25,7 @@ use super::{
     TicketEnd,
 };
 use crate::ids::{LeaseId, LockName, Millis, TicketId};
-use crate::state::{Config, Job, Lease, LeaseEnd};
+use crate::state::{Config, Job, Lease, LeaseEnd, OnceSlotKey};
 
 /// A lock's metadata and when it last became idle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,8 +94,8 @@ pub struct Slice {
     /// Jobs of the locks that are not finished (and finished ones still holding a lease for
     /// their min-hold), plus any job the request names.
     pub jobs: Vec<Job>,
-    /// The newest once-per slot taken by each job name the request may use.
-    pub once_slots: Vec<(String, u64)>,
+    /// The newest once-per slot taken by each (lock, job name, period) the request may use.
+    pub once_slots: Vec<(OnceSlotKey, u64)>,
     /// Every token of a forgotten lock is at most this.
     pub forgotten_token_floor: u64,
 }
@@ -123,6 +123,7 @@ impl State {
             entry.newest_token = record.newest_token;
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
+            entry.delayed_slots = record.delayed_slots.min(entry.capacity);
             entry.idle_since = lock.idle_since;
             // It is a row of the store's.
             entry.stored = true;
@@ -198,8 +199,8 @@ impl State {
                 .push_back((request.at, request.request_id));
         }
         state.restore_jobs(slice.jobs, now);
-        for (name, slot) in slice.once_slots {
-            let taken = state.once_slots.entry(name).or_insert(slot);
+        for (key, slot) in slice.once_slots {
+            let taken = state.once_slots.entry(key).or_insert(slot);
             *taken = (*taken).max(slot);
         }
         for name in idle_since {
@@ -227,6 +228,7 @@ impl State {
                     newest_token: entry.newest_token,
                     newest_granted: entry.newest_granted,
                     delayed_until: entry.delayed_until,
+                    delayed_slots: entry.delayed_slots,
                 },
                 idle_since: entry.idle_since,
             })
@@ -275,7 +277,7 @@ impl State {
             once_slots: self
                 .once_slots
                 .iter()
-                .map(|(name, slot)| (name.clone(), *slot))
+                .map(|(key, slot)| (key.clone(), *slot))
                 .collect(),
             forgotten_token_floor: self.forgotten_token_floor,
         }
