@@ -100,11 +100,11 @@ pub struct ServerConfig {
     /// The schema holding baton's tables in that database; servers that share state use the
     /// same one.
     pub database_schema: String,
-    /// Connections to the database.
+    /// Accepted for compatibility and unused: the PostgreSQL store writes through one
+    /// connection (its engine group-commits every change through it).
     pub database_pool: usize,
-    /// Shifts this server's own clock by this many milliseconds. A testing aid: with
-    /// PostgreSQL, expiry follows the database's clock, so a server whose clock is off still
-    /// expires leases on time.
+    /// Shifts this server's own clock by this many milliseconds (a testing aid, with
+    /// PostgreSQL: the engine's deadlines follow the shifted clock).
     pub clock_skew_ms: i64,
     /// Serve HTTPS with this certificate chain and private key (PEM files); plain HTTP when
     /// `None`. The TLS handshake runs under the connection limit and must finish within
@@ -191,7 +191,6 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
             let options = PgOptions {
                 schema: config.database_schema.clone(),
                 config: config.core_config(),
-                pool_size: config.database_pool,
                 local_skew_ms: config.clock_skew_ms,
                 ..PgOptions::new(url)
             };
