@@ -67,6 +67,20 @@ impl Schema {
     }
 }
 
+impl Schema {
+    /// The first column of the first row of `query`, a number.
+    async fn number(&self, query: &str) -> i64 {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        let value: i64 = client.query_one(query, &[]).await.expect(query).get(0);
+        drop(client);
+        let _ = driver.await;
+        value
+    }
+}
+
 impl Drop for Schema {
     fn drop(&mut self) {
         testing::drop_schema(&self.url, &self.name);
@@ -569,4 +583,39 @@ async fn a_database_of_schema_version_4_upgrades() {
     assert_eq!(view.holders[0].token, 41);
     let fresh = grant(&store, "new", "after").await;
     assert_eq!(fresh.token, 42, "tokens continue from the old sequence");
+}
+
+/// The persister's connection is cut (as a database restart or a network drop would): the commit
+/// that finds it broken fails, the engine's retry opens a new one, and nothing acknowledged is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_connection_is_replaced() {
+    let Some(url) = testing::available("postgres a_cut_connection_is_replaced").await else {
+        return;
+    };
+    let schema = Schema::new(&url, "reconnect");
+    // A name of this test's own, so that only its connections are cut.
+    let application = format!("baton_test_{}_reconnect", std::process::id());
+    let options = PgOptions {
+        url: format!("{} application_name={application}", key_value(&url)),
+        ..schema.options()
+    };
+    let store = PostgresStore::open(options).await.expect("open the store");
+    let first = grant(&store, "reconnect-1", "a").await;
+    let cut = schema
+        .number(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = '{application}'"
+        ))
+        .await;
+    assert_eq!(cut, 1, "the store keeps one connection");
+    let second = grant(&store, "reconnect-2", "b").await;
+    assert!(second.token > first.token);
+    drop(store);
+    let store = schema.open().await;
+    for (lock, lease) in [("reconnect-1", &first), ("reconnect-2", &second)] {
+        let view = store.lock(name(lock)).await.unwrap().unwrap();
+        assert_eq!(view.holders.len(), 1, "{lock}: {view:?}");
+        assert_eq!(view.holders[0].token, lease.token, "{lock}");
+    }
 }
