@@ -1,7 +1,8 @@
 //! What only the PostgreSQL store has: its persister (a batch of every kind of change
 //! round-trips through one commit and a load, a restart recovers the table, a fenced write under
-//! a lost leadership is refused and writes nothing), the upgrade of a database the per-lock store
-//! wrote, and the fencing epoch that moves tokens ahead after a fail-over. On a real PostgreSQL;
+//! a lost leadership is refused and writes nothing, a cut connection is replaced), the upgrade of
+//! a database the per-lock store wrote, and the fencing epoch that moves tokens ahead after a
+//! fail-over. On a real PostgreSQL;
 //! each test uses its own schema and drops it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
