@@ -3,14 +3,14 @@
 //! The store is the same [`Engine`] as the embedded one (`baton-store`): it owns the lock table
 //! in memory, runs the core's transitions under one mutex, group-commits their changes, wakes
 //! parked waiters and runs the expiry timer. PostgreSQL is its durable log: a [`PgPersister`]
-//! ([`persist`]) writes each batch of changes in one transaction of a few multi-row statements,
+//! (`persist.rs`) writes each batch of changes in one transaction of a few multi-row statements,
 //! and loads the whole table back at start. So the rules, the wake-ups, the timer and the
 //! recovery are one piece of code for every store, and no domain rule lives in SQL.
 //!
 //! - **One writer.** One engine, in one server, owns a schema's table. [`PostgresStore::open`]
-//!   opens one without a fence: fit for a single server. Servers sharing a database elect one
-//!   active server, which opens its persister with a [`Fence`]: every write is then refused once
-//!   another server holds the leadership row, so a deposed server can never commit.
+//!   opens one without a fence: fit for a single server. A server that shares a schema with
+//!   others must hold its `leader` row and open its persister with a [`Fence`]: every write is
+//!   then refused once another server holds the row, so a deposed server can never commit.
 //! - **Time** is the engine's [`Clock`] (the server's clock, made monotonic); tests drive it by
 //!   hand ([`TimeSource::Clock`]).
 //! - **Tokens** come from the engine's counter, written in the same commit as each grant (see
