@@ -1,6 +1,7 @@
 //! What only the PostgreSQL store has: its persister (a batch of every kind of change
 //! round-trips through one commit and a load, a restart recovers the table, a fenced write under
-//! a lost leadership is refused and writes nothing, a cut connection is replaced), the upgrade of
+//! a lost leadership is refused and writes nothing and stops its engine, a cut connection is
+//! replaced), the upgrade of
 //! a database the per-lock store wrote, and the fencing epoch that moves tokens ahead after a
 //! fail-over. On a real PostgreSQL;
 //! each test uses its own schema and drops it.
@@ -619,4 +620,59 @@ async fn a_cut_connection_is_replaced() {
         assert_eq!(view.holders.len(), 1, "{lock}: {view:?}");
         assert_eq!(view.holders[0].token, lease.token, "{lock}");
     }
+}
+
+/// An engine over a fenced persister stops at its first commit after another server took the
+/// leadership: the request that needed it fails, the store is no longer ready, and the refused
+/// batch is not in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_engine_stops_taking_writes() {
+    let Some(url) = testing::available("postgres a_deposed_engine_stops_taking_writes").await
+    else {
+        return;
+    };
+    let schema = Schema::new(&url, "deposed");
+    let mut plain = schema.persister(None);
+    schema
+        .sql(
+            "INSERT INTO leader (id, node, url, epoch, expires_at)
+             VALUES (1, 'node-a', 'http://127.0.0.1:1', 7, now() + interval '1 minute')",
+        )
+        .await;
+    let options = schema.options();
+    let fence = Fence {
+        node: "node-a".into(),
+        epoch: 7,
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        let persister = PgPersister::connect(&options, Some(fence)).expect("connect");
+        Engine::open(
+            Box::new(persister),
+            options.clock(),
+            options.engine_options(),
+        )
+        .expect("open the engine")
+    })
+    .await
+    .unwrap();
+    let kept = grant(&store, "deposed-1", "a").await;
+    schema
+        .sql("UPDATE leader SET node = 'node-b', epoch = 8 WHERE id = 1")
+        .await;
+    let refused = store
+        .acquire(args("deposed-2", "b", 30_000, Duration::ZERO))
+        .await;
+    match refused {
+        Err(baton_store::StoreError::Unavailable(reason)) => {
+            assert!(reason.contains("deposed"), "{reason}");
+        }
+        other => panic!("a deposed engine answered {other:?}"),
+    }
+    assert!(
+        store.ready().await.is_err(),
+        "a deposed engine is not ready"
+    );
+    let snapshot = plain.load().unwrap();
+    assert_eq!(snapshot.leases.len(), 1, "{snapshot:?}");
+    assert_eq!(snapshot.leases[0].token, kept.token);
 }

@@ -622,6 +622,8 @@ fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
             };
             match &outcome {
                 Ok(()) => break,
+                // Another server leads now: no retry can succeed, stop at once.
+                Err(error) if error.is_deposed() => break,
                 Err(error) => {
                     tracing::warn!(attempt, %error, "commit failed");
                     std::thread::sleep(Duration::from_millis(50 << attempt.min(6)));
