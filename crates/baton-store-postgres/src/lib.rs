@@ -25,6 +25,8 @@
 //!   on whichever server takes a transaction-scoped advisory lock.
 
 mod rows;
+pub mod leader;
+pub mod persist;
 pub mod schema;
 mod slice;
 
