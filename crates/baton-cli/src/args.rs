@@ -284,7 +284,8 @@ pub struct ServerArgs {
     )]
     pub database_schema: String,
 
-    /// Connections this server keeps to --database.
+    /// Accepted for compatibility, no longer used: the server writes to --database through one
+    /// connection, which carries every commit of its engine.
     #[arg(long, env = "BATON_DATABASE_POOL", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000), value_name = "N")]
     pub database_pool: u32,
 

@@ -276,7 +276,10 @@ async fn one_active_and_standbys_send_clients_to_it() {
         // A standby does nothing and names the active.
         let standby = &servers[(active + 1) % 3];
         let (status, body) = standby
-            .post(&lock_path("roles/x", ""), json!({"owner": "o", "ttl_ms": 10_000}))
+            .post(
+                &lock_path("roles/x", "/acquire"),
+                json!({"owner": "o", "ttl_ms": 10_000}),
+            )
             .await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["error"]["code"], "not_active", "{body}");
@@ -403,7 +406,15 @@ async fn a_paused_active_answers_nothing_from_its_stale_table() {
         let active = active_of(&all).await;
         let old = &servers[active];
         let client = client_of(&all, RetryPolicy::default());
-        let once = client_of(&all, RetryPolicy::NONE);
+        let others: Vec<&Server> = servers
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != active)
+            .map(|(_, server)| server)
+            .collect();
+        // The probe asks the standbys only: a request to the paused server would wait for
+        // the client's request timeout, which measures the client, not the fail-over.
+        let once = client_of(&others, RetryPolicy::NONE);
         let lease = acquire(&client, "paused/held", 30_000).await;
 
         let pid = Pid::from_raw(i32::try_from(old.pid().unwrap()).unwrap());
@@ -441,12 +452,6 @@ async fn a_paused_active_answers_nothing_from_its_stale_table() {
             assert_eq!(status, 503, "the resumed old active answered: {body}");
             assert_eq!(body["error"]["code"], "not_active", "{body}");
         }
-        let others: Vec<&Server> = servers
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| *index != active)
-            .map(|(_, server)| server)
-            .collect();
         let new_active = active_of(&others).await;
         // The old one is a standby now and names the new active.
         let found = roles(&[old]).await;

@@ -101,7 +101,8 @@ pub struct ServerConfig {
     /// The schema holding baton's tables in that database; servers that share state use the
     /// same one.
     pub database_schema: String,
-    /// Connections to the database.
+    /// Accepted for compatibility and unused: the PostgreSQL store writes through one
+    /// connection (its engine group-commits every change through it).
     pub database_pool: usize,
     /// With PostgreSQL: the URL clients are told to use while this server is the active one
     /// of its database (standbys name it). `None`: `http(s)://` and the listening address.
@@ -201,7 +202,6 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
             let pg = PgOptions {
                 schema: config.database_schema.clone(),
                 config: config.core_config(),
-                pool_size: config.database_pool,
                 local_skew_ms: config.clock_skew_ms,
                 ..PgOptions::new(url.clone())
             };

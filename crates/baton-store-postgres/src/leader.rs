@@ -304,6 +304,17 @@ impl HaStore {
             reader: Mutex::new(None),
             takeovers: AtomicU64::new(0),
         });
+        // The reader's connection applies the schema's migrations (the leadership row among
+        // them) before the first campaign.
+        let reader = {
+            let factory = Arc::clone(&shared.factory);
+            tokio::task::spawn_blocking(move || factory.reader())
+                .await
+                .map_err(|error| StoreError::Unavailable(format!("a store task failed: {error}")))??
+        };
+        if let Ok(mut slot) = shared.reader.lock() {
+            *slot = Some(reader);
+        }
         let mut elector = Elector {
             shared: Arc::clone(&shared),
             config,
@@ -576,8 +587,12 @@ impl Elector {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(error)) => {
                 self.client = None;
+                let detail = match error.as_db_error() {
+                    Some(db) => db.message().to_owned(),
+                    None => error.to_string(),
+                };
                 Err(StoreError::Unavailable(format!(
-                    "a leadership statement failed: {error}"
+                    "a leadership statement failed: {detail}"
                 )))
             }
             Err(_) => {
@@ -600,7 +615,7 @@ impl Elector {
         let won = self
             .query(
                 "INSERT INTO leader AS l (id, node, url, epoch, expires_at) \
-                 VALUES (1, $1, $2, 1, clock_timestamp() + $3 * interval '1 millisecond') \
+                 VALUES (1, $1, $2, 1, clock_timestamp() + $3::bigint * interval '1 millisecond') \
                  ON CONFLICT (id) DO UPDATE \
                  SET node = EXCLUDED.node, url = EXCLUDED.url, epoch = l.epoch + 1, \
                      expires_at = EXCLUDED.expires_at \
@@ -640,7 +655,7 @@ impl Elector {
         let ttl = self.ttl_ms();
         let rows = self
             .query(
-                "UPDATE leader SET expires_at = clock_timestamp() + $3 * interval '1 millisecond' \
+                "UPDATE leader SET expires_at = clock_timestamp() + $3::bigint * interval '1 millisecond' \
                  WHERE id = 1 AND node = $1 AND epoch = $2 AND expires_at > clock_timestamp() \
                  RETURNING 1",
                 &[&node, &epoch, &ttl],
