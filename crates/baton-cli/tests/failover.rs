@@ -57,7 +57,11 @@ impl Drop for Schema {
 }
 
 async fn start_pg(schema: &Schema) -> Server {
-    let ttl = format!("{}ms", LEADER_TTL.as_millis());
+    start_pg_with(schema, LEADER_TTL).await
+}
+
+async fn start_pg_with(schema: &Schema, leader_ttl: Duration) -> Server {
+    let ttl = format!("{}ms", leader_ttl.as_millis());
     Server::start(&[
         "--database",
         schema.url.as_str(),
@@ -273,19 +277,37 @@ async fn one_active_and_standbys_send_clients_to_it() {
                 assert_eq!(named, &servers[active].base, "a standby names the active");
             }
         }
-        // A standby does nothing and names the active.
+        // A standby forwards a request to the active, and relays its answer.
         let standby = &servers[(active + 1) % 3];
-        let (status, body) = standby
-            .post(
-                &lock_path("roles/x", "/acquire"),
-                json!({"owner": "o", "ttl_ms": 10_000}),
-            )
-            .await;
-        assert_eq!(status, 503, "{body}");
+        let answer = standby
+            .http()
+            .post(format!("{}{}", standby.base, lock_path("roles/y", "/acquire")))
+            .json(&json!({"owner": "o", "ttl_ms": 10_000}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200);
+        assert!(
+            answer.headers().contains_key("baton-forwarded-by"),
+            "the standby answered itself: {:?}",
+            answer.headers()
+        );
+        let (status, body) = servers[active].get(&lock_path("roles/y", "")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["holders"][0]["owner"], "o", "the active holds the lease: {body}");
+        // A request already forwarded once is not forwarded again: the standby does nothing
+        // and names the active.
+        let answer = standby
+            .http()
+            .get(format!("{}{}", standby.base, lock_path("roles/y", "")))
+            .header("baton-forwarded-by", "elsewhere")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 503);
+        let body: serde_json::Value = answer.json().await.unwrap();
         assert_eq!(body["error"]["code"], "not_active", "{body}");
         assert_eq!(body["active"], servers[active].base.as_str(), "{body}");
-        let (status, body) = standby.get(&lock_path("roles/x", "")).await;
-        assert_eq!((status, &body["error"]["code"]), (503, &json!("not_active")));
         // A client whose first URL is a standby is sent on to the active in the same attempt.
         let order = [standby, &servers[active]];
         let client = client_of(&order, RetryPolicy::NONE);
@@ -447,10 +469,22 @@ async fn a_paused_active_answers_nothing_from_its_stale_table() {
             status, 503,
             "the resumed old active answered a renewal from its stale table"
         );
+        // Whatever it answers now is either "not active" or the new active's answer,
+        // forwarded; never its own table.
         for _ in 0..10 {
-            let (status, body) = old.get(&lock_path("paused/held", "")).await;
-            assert_eq!(status, 503, "the resumed old active answered: {body}");
-            assert_eq!(body["error"]["code"], "not_active", "{body}");
+            let answer = old
+                .http()
+                .get(format!("{}{}", old.base, lock_path("paused/held", "")))
+                .send()
+                .await
+                .unwrap();
+            let status = answer.status().as_u16();
+            let forwarded = answer.headers().contains_key("baton-forwarded-by");
+            let body: serde_json::Value = answer.json().await.unwrap();
+            assert!(
+                forwarded || (status == 503 && body["error"]["code"] == "not_active"),
+                "the resumed old active answered from its own table: {status} {body}"
+            );
         }
         let new_active = active_of(&others).await;
         // The old one is a standby now and names the new active.
@@ -618,6 +652,33 @@ async fn baton_run_child_keeps_running_through_a_failover() {
         harness::assert_code(&exited, 0, "baton run through a fail-over");
         let text = std::fs::read_to_string(&marker).expect("the child finished");
         assert_eq!(text.trim(), "finished");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_active_hands_over_at_once() {
+    let Some(url) = testing::available("a_stopping_active_hands_over_at_once").await else {
+        return;
+    };
+    bounded(async {
+        let schema = Schema::new(&url, "failover_handover");
+        // A long leadership lease: a hand-over that waited for it to run out would take 7.5 s
+        // at least (it was renewed at most a quarter of it ago).
+        let lease = Duration::from_secs(10);
+        let first = start_pg_with(&schema, lease).await;
+        let second = start_pg_with(&schema, lease).await;
+        let servers = [&first, &second];
+        assert_eq!(active_of(&servers).await, 0);
+        let once = client_of(&[&second], RetryPolicy::NONE);
+        let pid = Pid::from_raw(i32::try_from(first.pid().unwrap()).unwrap());
+        let stopped = Instant::now();
+        kill(pid, Signal::SIGTERM).unwrap();
+        let took = first_grant_after(&once, stopped, "after SIGTERM of the active").await;
+        assert!(
+            took < Duration::from_secs(5),
+            "the standby took over only after {took:?}: the stopping active did not resign"
+        );
     })
     .await;
 }

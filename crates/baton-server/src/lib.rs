@@ -15,6 +15,7 @@ pub mod auth;
 mod error;
 mod extract;
 mod jobs;
+mod forward;
 mod keys;
 mod listen;
 mod openapi;
@@ -313,7 +314,7 @@ async fn run_with(
         std::time::Duration::from_millis(config.key_reload_ms.max(1)),
     );
     let app = router(AppState {
-        store,
+        store: Arc::clone(&store),
         default_ttl_ms: config.default_ttl_ms,
         auth,
     })
@@ -328,5 +329,6 @@ async fn run_with(
     };
     listen::serve(listener, app, limits, tls, shutdown).await;
     reloader.abort();
+    store.shutdown().await;
     Ok(())
 }

@@ -67,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside authentication: a standby forwards only what it would itself accept.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.auth),
             crate::auth::authenticate,

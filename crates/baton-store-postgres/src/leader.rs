@@ -239,7 +239,7 @@ impl Shared {
             current.active_url = None;
         });
         if let Some(engine) = dropped {
-            tracing::warn!(node = %self.options.node, why, "stepping down: now a standby");
+            tracing::warn!(node = %self.options.node, why, "stepping down");
             tokio::task::spawn_blocking(move || drop(engine));
         }
     }
@@ -249,6 +249,7 @@ impl Shared {
 /// a standby otherwise. See the module documentation.
 pub struct HaStore {
     shared: Arc<Shared>,
+    config: tokio_postgres::Config,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -263,7 +264,9 @@ impl std::fmt::Debug for HaStore {
 impl Drop for HaStore {
     fn drop(&mut self) {
         self.task.abort();
-        self.shared.step_down("the server is stopping");
+        if self.shared.current().engine.is_some() {
+            self.shared.step_down("the store is dropped");
+        }
     }
 }
 
@@ -317,14 +320,18 @@ impl HaStore {
         }
         let mut elector = Elector {
             shared: Arc::clone(&shared),
-            config,
+            config: config.clone(),
             client: None,
         };
         if let Err(error) = elector.round().await {
             tracing::warn!(%error, "the first leadership round failed; retrying in the background");
         }
         let task = tokio::spawn(async move { elector.run().await });
-        Ok(HaStore { shared, task })
+        Ok(HaStore {
+            shared,
+            config,
+            task,
+        })
     }
 
     /// This server's node id.
@@ -829,14 +836,37 @@ impl Store for HaStore {
         }
     }
 
+    async fn shutdown(&self) {
+        let epoch = self.shared.current().epoch;
+        let active = self.shared.current().engine.is_some();
+        self.task.abort();
+        self.shared.step_down("the server is stopping");
+        if active {
+            // Let a standby take over now rather than when the lease runs out.
+            let mut elector = Elector {
+                shared: Arc::clone(&self.shared),
+                config: self.config.clone(),
+                client: None,
+            };
+            elector.resign(epoch).await;
+        }
+    }
+
     fn leadership(&self) -> Option<Leadership> {
         let current = self.shared.current();
         let active = current.engine.is_some() && self.shared.gate.is_open();
+        // An engine whose deadline passed is not stepped down yet: who is active is unknown
+        // (not this server) until the next round says.
+        let active_url = if current.engine.is_some() && !active {
+            None
+        } else {
+            current.active_url
+        };
         Some(Leadership {
             active,
             node: self.shared.options.node.clone(),
             epoch: current.epoch,
-            active_url: current.active_url,
+            active_url,
             takeovers: self.shared.takeovers.load(Ordering::Relaxed),
         })
     }

@@ -270,6 +270,10 @@ pub trait Store: Send + Sync + 'static {
         None
     }
 
+    /// The server is stopping: give up what others could take over at once (a shared store's
+    /// leadership). The default does nothing.
+    async fn shutdown(&self) {}
+
     /// Inserts an API key, or replaces the one with the same id (revoking is a replace with
     /// `revoked_at` set). Durable before it returns.
     async fn put_key(&self, key: ApiKey) -> Result<(), StoreError>;
