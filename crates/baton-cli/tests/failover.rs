@@ -11,252 +11,23 @@
 //! Every test needs PostgreSQL ([`testing::available`] skips it plainly without one, or fails
 //! it under `BATON_REQUIRE_POSTGRES=1`) and works in a schema of its own, dropped at the end.
 
+mod cluster;
 mod harness;
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_client::proto::AcquireRequest;
-use baton_client::{Acquired, Client, LockOptions, RetryPolicy};
+use baton_client::{Acquired, RetryPolicy};
 use baton_store_postgres::testing;
+use cluster::{
+    FAILOVER_BOUND, Schema, acquire, active_of, bounded, check_holds, client_of, first_grant_after,
+    hammer, holders_of, roles, start_pg_with, start_three,
+};
 use harness::{Server, lock_path};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::json;
 use tokio::time::Instant;
-
-/// No test here may take longer than this.
-const TEST_TIMEOUT: Duration = Duration::from_secs(150);
-/// The leadership lease the tests run with (the default is 4 s; a shorter one keeps the tests
-/// quick and is still well above the renewal period).
-const LEADER_TTL: Duration = Duration::from_secs(2);
-/// What the issue allows a fail-over: the leadership lease plus two seconds.
-const FAILOVER_BOUND: Duration = Duration::from_secs(4);
-
-/// The test's own schema, dropped when the test ends. Declared before the servers.
-struct Schema {
-    url: String,
-    name: String,
-}
-
-impl Schema {
-    fn new(url: &str, key: &str) -> Schema {
-        let name = testing::schema_for(key);
-        testing::drop_schema(url, &name);
-        Schema {
-            url: url.to_owned(),
-            name,
-        }
-    }
-}
-
-impl Drop for Schema {
-    fn drop(&mut self) {
-        testing::drop_schema(&self.url, &self.name);
-    }
-}
-
-async fn start_pg(schema: &Schema) -> Server {
-    start_pg_with(schema, LEADER_TTL).await
-}
-
-async fn start_pg_with(schema: &Schema, leader_ttl: Duration) -> Server {
-    let ttl = format!("{}ms", leader_ttl.as_millis());
-    Server::start(&[
-        "--database",
-        schema.url.as_str(),
-        "--database-schema",
-        schema.name.as_str(),
-        "--leader-ttl",
-        &ttl,
-    ])
-    .await
-}
-
-/// Starts three servers one after the other, so that the first is the active one.
-async fn start_three(schema: &Schema) -> Vec<Server> {
-    let first = start_pg(schema).await;
-    let (second, third) = tokio::join!(start_pg(schema), start_pg(schema));
-    vec![first, second, third]
-}
-
-async fn bounded(test: impl Future<Output = ()>) {
-    tokio::time::timeout(TEST_TIMEOUT, test)
-        .await
-        .unwrap_or_else(|_| panic!("the test did not finish within {TEST_TIMEOUT:?}"));
-}
-
-/// A client given every server's URL, that tries each request once (its own attempt already
-/// goes through every server).
-fn client_of(servers: &[&Server], retry: RetryPolicy) -> Client {
-    let urls: Vec<&str> = servers.iter().map(|server| server.base.as_str()).collect();
-    Client::builder(&urls.join(","))
-        .retry(retry)
-        .request_timeout(Duration::from_secs(5))
-        .build()
-        .expect("a client")
-}
-
-/// `GET /readyz` of each server: its role, and the active URL it names.
-async fn roles(servers: &[&Server]) -> Vec<(u16, String, String)> {
-    let mut found = Vec::new();
-    for server in servers {
-        let answer = server
-            .try_send(reqwest::Method::GET, "/readyz", None, None)
-            .await;
-        found.push(match answer {
-            Ok((status, body)) => (
-                status,
-                body["role"].as_str().unwrap_or("").to_owned(),
-                body["active"].as_str().unwrap_or("").to_owned(),
-            ),
-            Err(error) => (0, format!("unreachable: {error}"), String::new()),
-        });
-    }
-    found
-}
-
-/// The index of the one server that says it is active, waiting (bounded) for an election.
-async fn active_of(servers: &[&Server]) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let found = roles(servers).await;
-        let active: Vec<usize> = found
-            .iter()
-            .enumerate()
-            .filter(|(_, (status, role, _))| *status == 200 && role == "active")
-            .map(|(index, _)| index)
-            .collect();
-        if active.len() == 1 {
-            return active[0];
-        }
-        assert!(active.len() <= 1, "two active servers at once: {found:?}");
-        assert!(Instant::now() < deadline, "no active server: {found:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Acquires `name` through `client` (no queue) with `ttl_ms`; the lease.
-async fn acquire(client: &Client, name: &str, ttl_ms: u64) -> baton_client::proto::Lease {
-    let request = AcquireRequest {
-        owner: "sentinel".into(),
-        ttl_ms: Some(ttl_ms),
-        ..AcquireRequest::default()
-    };
-    match client.acquire(name, &request).await {
-        Ok(Acquired::Granted(granted)) => granted.lease,
-        other => panic!("acquire {name}: {other:?}"),
-    }
-}
-
-/// Probes until a fresh lock can be taken and given back through `client`; the time it took.
-async fn first_grant_after(client: &Client, start: Instant, what: &str) -> Duration {
-    let deadline = start + Duration::from_secs(30);
-    let mut round = 0u64;
-    loop {
-        round += 1;
-        let name = format!("probe/{round}");
-        let request = AcquireRequest {
-            owner: "probe".into(),
-            ttl_ms: Some(5_000),
-            ..AcquireRequest::default()
-        };
-        if let Ok(Acquired::Granted(granted)) = client.acquire(&name, &request).await {
-            let took = start.elapsed();
-            let _ = client.release(&granted.lease.id).await;
-            return took;
-        }
-        assert!(Instant::now() < deadline, "no grant within 30 s {what}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-/// One hold as a worker saw it.
-#[derive(Debug, Clone)]
-struct Hold {
-    token: u64,
-    granted: Instant,
-    released: Instant,
-}
-
-/// Workers that take `name` (capacity 1) in turn until `stop`, recording each hold.
-fn hammer(
-    client: &Client,
-    name: &str,
-    workers: usize,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> (Arc<Mutex<Vec<Hold>>>, Vec<tokio::task::JoinHandle<()>>) {
-    let holds = Arc::new(Mutex::new(Vec::new()));
-    let mut tasks = Vec::new();
-    for worker in 0..workers {
-        let client = client.clone();
-        let holds = Arc::clone(&holds);
-        let name = name.to_owned();
-        let stop = stop.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut round = 0u64;
-            while !*stop.borrow() {
-                round += 1;
-                let options = LockOptions {
-                    ttl: Some(Duration::from_secs(4)),
-                    wait: Some(Duration::from_secs(20)),
-                    ..LockOptions::with_owner(format!("worker-{worker}"))
-                };
-                let Ok(granted) = client.wait_for_lease(&name, &options).await else {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let granted_at = Instant::now();
-                tokio::time::sleep(Duration::from_millis(2 + (round % 4))).await;
-                let released = Instant::now();
-                let _ = client.release(&granted.lease.id).await;
-                if let Ok(mut holds) = holds.lock() {
-                    holds.push(Hold {
-                        token: granted.lease.token,
-                        granted: granted_at,
-                        released,
-                    });
-                }
-            }
-        }));
-    }
-    (holds, tasks)
-}
-
-/// G1 and G3 over the recorded holds: no two overlap, and tokens rise with time, never reused.
-fn check_holds(holds: &[Hold]) {
-    let mut sorted = holds.to_vec();
-    sorted.sort_by_key(|hold| hold.granted);
-    for pair in sorted.windows(2) {
-        assert!(
-            pair[1].granted >= pair[0].released,
-            "two holds overlap: {:?} and {:?}",
-            pair[0],
-            pair[1]
-        );
-        assert!(
-            pair[1].token > pair[0].token,
-            "a later hold has a token not above the earlier one: {:?} then {:?}",
-            pair[0],
-            pair[1]
-        );
-    }
-}
-
-/// The holders of `name` as the active lists them: owner, token and deadline (ms).
-async fn holders_of(client: &Client, name: &str) -> Vec<(String, u64, i64)> {
-    let info = client.lock_info(name).await.expect("the lock's listing");
-    info.holders
-        .iter()
-        .map(|holder| {
-            (
-                holder.owner.clone(),
-                holder.token,
-                holder.expires_at.as_millisecond(),
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_active_and_standbys_send_clients_to_it() {
@@ -281,7 +52,11 @@ async fn one_active_and_standbys_send_clients_to_it() {
         let standby = &servers[(active + 1) % 3];
         let answer = standby
             .http()
-            .post(format!("{}{}", standby.base, lock_path("roles/y", "/acquire")))
+            .post(format!(
+                "{}{}",
+                standby.base,
+                lock_path("roles/y", "/acquire")
+            ))
             .json(&json!({"owner": "o", "ttl_ms": 10_000}))
             .send()
             .await
@@ -294,7 +69,10 @@ async fn one_active_and_standbys_send_clients_to_it() {
         );
         let (status, body) = servers[active].get(&lock_path("roles/y", "")).await;
         assert_eq!(status, 200, "{body}");
-        assert_eq!(body["holders"][0]["owner"], "o", "the active holds the lease: {body}");
+        assert_eq!(
+            body["holders"][0]["owner"], "o",
+            "the active holds the lease: {body}"
+        );
         // A request already forwarded once is not forwarded again: the standby does nothing
         // and names the active.
         let answer = standby
@@ -325,7 +103,10 @@ async fn one_active_and_standbys_send_clients_to_it() {
             .text()
             .await
             .unwrap();
-        assert!(text.contains("baton_active{store=\"postgres\"} 1"), "{text}");
+        assert!(
+            text.contains("baton_active{store=\"postgres\"} 1"),
+            "{text}"
+        );
         let text = standby
             .http()
             .get(format!("{}/metrics", standby.base))
@@ -335,7 +116,10 @@ async fn one_active_and_standbys_send_clients_to_it() {
             .text()
             .await
             .unwrap();
-        assert!(text.contains("baton_active{store=\"postgres\"} 0"), "{text}");
+        assert!(
+            text.contains("baton_active{store=\"postgres\"} 0"),
+            "{text}"
+        );
     })
     .await;
 }
@@ -409,7 +193,10 @@ async fn kill9_of_the_active_under_load() {
                 listed[0].2,
                 now[0].2
             );
-            client.renew(&lease.id, None).await.expect("renew a sentinel");
+            client
+                .renew(&lease.id, None)
+                .await
+                .expect("renew a sentinel");
         }
     })
     .await;
@@ -417,7 +204,8 @@ async fn kill9_of_the_active_under_load() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_paused_active_answers_nothing_from_its_stale_table() {
-    let Some(url) = testing::available("a_paused_active_answers_nothing_from_its_stale_table").await
+    let Some(url) =
+        testing::available("a_paused_active_answers_nothing_from_its_stale_table").await
     else {
         return;
     };
@@ -464,7 +252,10 @@ async fn a_paused_active_answers_nothing_from_its_stale_table() {
         kill(pid, Signal::SIGCONT).unwrap();
 
         // The renewal that waited in the old active's socket is not answered from its table.
-        let status = renewal.await.unwrap().expect("the queued renewal got an answer");
+        let status = renewal
+            .await
+            .unwrap()
+            .expect("the queued renewal got an answer");
         assert_eq!(
             status, 503,
             "the resumed old active answered a renewal from its stale table"
@@ -495,7 +286,10 @@ async fn a_paused_active_answers_nothing_from_its_stale_table() {
         // The lease held before the pause is still there with its token, and renews.
         let listed = holders_of(&client, "paused/held").await;
         assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!((listed[0].0.as_str(), listed[0].1), (lease.owner.as_str(), lease.token));
+        assert_eq!(
+            (listed[0].0.as_str(), listed[0].1),
+            (lease.owner.as_str(), lease.token)
+        );
         client.renew(&lease.id, None).await.expect("renew");
     })
     .await;
@@ -562,8 +356,15 @@ async fn queued_waiters_keep_their_places_across_a_failover() {
             tokens.push(granted.lease.token);
             client.release(&granted.lease.id).await.expect("release");
         }
-        assert!(tokens.windows(2).all(|pair| pair[0] < pair[1]), "{tokens:?}");
-        assert!(tokens[0] > holder.token, "{tokens:?} after {}", holder.token);
+        assert!(
+            tokens.windows(2).all(|pair| pair[0] < pair[1]),
+            "{tokens:?}"
+        );
+        assert!(
+            tokens[0] > holder.token,
+            "{tokens:?} after {}",
+            holder.token
+        );
     })
     .await;
 }
@@ -601,7 +402,10 @@ async fn cut_database_connections_cost_no_grant() {
         assert!(took <= FAILOVER_BOUND, "{took:?}");
         let listed = holders_of(&client, "cut/held").await;
         assert_eq!(listed.len(), 1, "{listed:?}");
-        assert_eq!((listed[0].0.as_str(), listed[0].1), (lease.owner.as_str(), lease.token));
+        assert_eq!(
+            (listed[0].0.as_str(), listed[0].1),
+            (lease.owner.as_str(), lease.token)
+        );
         // A standby whose connections were cut still takes over when the active dies.
         let active = active_of(&all).await;
         servers[active].kill9().await;
@@ -631,7 +435,16 @@ async fn baton_run_child_keeps_running_through_a_failover() {
         let script = format!("sleep 6; echo finished > {}", marker.display());
         let run = servers[active].spawn_baton(
             &[
-                "--url", &urls, "run", "failover/job", "--ttl", "20s", "--", "sh", "-c", &script,
+                "--url",
+                &urls,
+                "run",
+                "failover/job",
+                "--ttl",
+                "20s",
+                "--",
+                "sh",
+                "-c",
+                &script,
             ],
             Some(dir.path()),
         );

@@ -259,9 +259,9 @@ impl Error {
             (
                 Code::Known(
                     ErrorCode::Unavailable
-                        | ErrorCode::NotActive
-                        | ErrorCode::LimitReached
-                        | ErrorCode::RateLimited,
+                    | ErrorCode::NotActive
+                    | ErrorCode::LimitReached
+                    | ErrorCode::RateLimited,
                 ),
                 _,
             )

@@ -127,11 +127,8 @@ async fn relay(
         Some(path) => format!("{}{}", active.trim_end_matches('/'), path.as_str()),
         None => return Err(Relay::Unreachable("the request has no path".into())),
     };
-    let bytes = match tokio::time::timeout(
-        body_timeout,
-        axum::body::to_bytes(body, BODY_BYTES_MAX),
-    )
-    .await
+    let bytes = match tokio::time::timeout(body_timeout, axum::body::to_bytes(body, BODY_BYTES_MAX))
+        .await
     {
         Ok(Ok(bytes)) => bytes,
         Ok(Err(_)) => {
@@ -165,7 +162,11 @@ async fn relay(
     let status = StatusCode::from_u16(answer.status().as_u16())
         .map_err(|error| Relay::Unreachable(error.to_string()))?;
     let mut headers = Vec::new();
-    for name in [header::CONTENT_TYPE, header::RETRY_AFTER, header::CONNECTION] {
+    for name in [
+        header::CONTENT_TYPE,
+        header::RETRY_AFTER,
+        header::CONNECTION,
+    ] {
         if let Some(value) = answer.headers().get(name.as_str())
             && let Ok(value) = HeaderValue::from_bytes(value.as_bytes())
         {
@@ -178,7 +179,9 @@ async fn relay(
         match answer.chunk().await {
             Ok(Some(chunk)) => {
                 if body.len() + chunk.len() > ANSWER_BYTES_MAX {
-                    return Err(Relay::Unreachable("the active's answer is too large".into()));
+                    return Err(Relay::Unreachable(
+                        "the active's answer is too large".into(),
+                    ));
                 }
                 body.extend_from_slice(&chunk);
             }

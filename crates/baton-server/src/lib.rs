@@ -14,8 +14,8 @@
 pub mod auth;
 mod error;
 mod extract;
-mod jobs;
 mod forward;
+mod jobs;
 mod keys;
 mod listen;
 mod openapi;
@@ -206,7 +206,11 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
                 local_skew_ms: config.clock_skew_ms,
                 ..PgOptions::new(url.clone())
             };
-            let scheme = if config.tls.is_some() { "https" } else { "http" };
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
             let advertise = config
                 .advertise_url
                 .clone()

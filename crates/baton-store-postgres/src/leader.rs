@@ -49,8 +49,8 @@ use baton_core::{
     LeaseId, LockName, LockView, Millis, Released, StopReason, TicketId, TicketStatus,
 };
 use baton_store::{
-    AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Clock, CreateJobArgs, Engine,
-    EngineOptions, Leadership, Persister, Store, StoreError, StoreStats,
+    AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Clock, CreateJobArgs, Engine, EngineOptions,
+    Leadership, Persister, Store, StoreError, StoreStats,
 };
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -286,10 +286,12 @@ impl HaStore {
                 MIN_LEADER_TTL.as_millis()
             )));
         }
-        let mut config: tokio_postgres::Config = url.parse().map_err(|error| {
-            StoreError::Unavailable(format!("invalid database URL: {error}"))
-        })?;
-        config.options(format!("-c search_path={schema} -c client_min_messages=warning"));
+        let mut config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|error| StoreError::Unavailable(format!("invalid database URL: {error}")))?;
+        config.options(format!(
+            "-c search_path={schema} -c client_min_messages=warning"
+        ));
         config.connect_timeout(STATEMENT_TIMEOUT);
         config.application_name("baton leadership");
         let (changed, _) = watch::channel(0);
@@ -313,7 +315,9 @@ impl HaStore {
             let factory = Arc::clone(&shared.factory);
             tokio::task::spawn_blocking(move || factory.reader())
                 .await
-                .map_err(|error| StoreError::Unavailable(format!("a store task failed: {error}")))??
+                .map_err(|error| {
+                    StoreError::Unavailable(format!("a store task failed: {error}"))
+                })??
         };
         if let Ok(mut slot) = shared.reader.lock() {
             *slot = Some(reader);
@@ -557,7 +561,11 @@ impl Elector {
     }
 
     async fn client(&mut self) -> Result<&tokio_postgres::Client, StoreError> {
-        if self.client.as_ref().is_some_and(tokio_postgres::Client::is_closed) {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(tokio_postgres::Client::is_closed)
+        {
             self.client = None;
         }
         if self.client.is_none() {
@@ -589,7 +597,8 @@ impl Elector {
         params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
     ) -> Result<Vec<tokio_postgres::Row>, StoreError> {
         let client = self.client().await?;
-        let outcome = tokio::time::timeout(STATEMENT_TIMEOUT, client.query(statement, params)).await;
+        let outcome =
+            tokio::time::timeout(STATEMENT_TIMEOUT, client.query(statement, params)).await;
         match outcome {
             Ok(Ok(rows)) => Ok(rows),
             Ok(Err(error)) => {

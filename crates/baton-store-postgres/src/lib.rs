@@ -18,9 +18,9 @@
 //! - **Migrations** are versioned ([`schema`]); a database of an older baton is upgraded at
 //!   start.
 
+pub mod leader;
 mod persist;
 mod rows;
-pub mod leader;
 pub mod schema;
 
 use std::sync::Arc;
