@@ -18,6 +18,7 @@
 //! - **Migrations** are versioned ([`schema`]); a database of an older baton is upgraded at
 //!   start.
 
+pub mod leader;
 mod persist;
 mod rows;
 pub mod schema;
