@@ -78,6 +78,7 @@ impl Rows {
                 lock.clone(),
                 LockSlice {
                     record: baton_core::LockRecord {
+                        api_key: None,
                         name: lock.clone(),
                         capacity,
                         newest_token: 0,
@@ -314,6 +315,7 @@ proptest! {
             match op {
                 Op::Acquire { lock, client, queue, key, request, capacity } => {
                     let command = Acquire {
+                        quota: Default::default(),
                         api_key: None,
                         lock: name(lock),
                         owner: format!("c{client}"),

@@ -16,6 +16,10 @@
 //! how many to draw. A grant that finds the pool empty marks the state
 //! ([`State::tokens_exhausted`]) and the store must discard the transition.
 //!
+//! Per-key quotas are counted over what the slice holds: a slice knows one lock's leases,
+//! tickets and jobs, not the key's on other locks, so a store that runs one slice at a time
+//! enforces them per lock at most, never across the table.
+//!
 //! [`Change`]: super::Change
 
 use std::collections::VecDeque;
@@ -125,13 +129,14 @@ impl State {
             entry.delayed_until = record.delayed_until;
             entry.delayed_slots = record.delayed_slots.min(entry.capacity);
             entry.idle_since = lock.idle_since;
+            entry.api_key = record.api_key;
             // It is a row of the store's.
             entry.stored = true;
             if let Some(until) = record.delayed_until {
                 state.schedule(until, Deadline::LockCheck, Some(record.name.clone()));
             }
             idle_since.push(record.name.clone());
-            state.locks.insert(record.name, entry);
+            state.insert_lock(record.name, entry);
         }
         let mut leases = slice.leases;
         leases.sort_by_key(|lease| lease.token);
@@ -144,7 +149,7 @@ impl State {
             entry.newest_granted = entry.newest_granted.max(lease.token);
             entry.newest_token = entry.newest_token.max(lease.token);
             state.schedule(lease.expires_at, Deadline::LeaseExpiry(lease.id), None);
-            state.leases.insert(lease.id, lease);
+            state.insert_lease(lease);
         }
         let mut tickets = slice.tickets;
         tickets.sort_by_key(|ticket| ticket.seq);
@@ -156,7 +161,7 @@ impl State {
                 .or_insert_with(|| LockEntry::new(1, now));
             entry.queue.push_back(ticket.id);
             state.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
-            state.tickets.insert(ticket.id, ticket);
+            state.insert_ticket(ticket);
         }
         let mut ended_leases = slice.ended_leases;
         ended_leases.sort_by_key(|ended| ended.ended_at);
@@ -229,6 +234,7 @@ impl State {
                     newest_granted: entry.newest_granted,
                     delayed_until: entry.delayed_until,
                     delayed_slots: entry.delayed_slots,
+                    api_key: entry.api_key.clone(),
                 },
                 idle_since: entry.idle_since,
             })
