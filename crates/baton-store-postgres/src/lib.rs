@@ -1243,6 +1243,7 @@ impl Store for PostgresStore {
             return Err(AcquireError::LimitReached("too many waiters").into());
         }
         let command = Acquire {
+            quota: args.quota,
             lock: args.lock.clone(),
             owner: args.owner,
             owner_key: args.owner_key,
@@ -1581,6 +1582,7 @@ impl Store for PostgresStore {
             None => None,
         };
         let command = CreateJob {
+            quota: args.quota,
             job_id,
             name: args.name.clone(),
             lock: args.lock.clone(),
@@ -1790,6 +1792,7 @@ impl Store for PostgresStore {
                 let grants: &str = row.get(3);
                 let rate: Option<i32> = row.get(4);
                 Ok(ApiKey {
+                    quota: Default::default(),
                     id: row.get(0),
                     name: row.get(1),
                     secret_sha256: row.get(2),

@@ -59,6 +59,7 @@ pub(crate) fn lock_of(row: &Row) -> Result<LockSlice, StoreError> {
     let capacity: i32 = get(row, 1, "lock")?;
     Ok(LockSlice {
         record: LockRecord {
+            api_key: None,
             name: lock_name(get(row, 0, "lock")?)?,
             capacity: u32::try_from(capacity).map_err(|_| corrupt("lock", "capacity"))?,
             newest_token: u64_of(get(row, 2, "lock")?, "token")?,
@@ -76,6 +77,7 @@ pub(crate) const LEASE_COLUMNS: &str =
 
 pub(crate) fn lease_of(row: &Row) -> Result<Lease, StoreError> {
     Ok(Lease {
+        api_key: None,
         id: LeaseId(id16(get(row, 0, "lease")?, "lease id")?),
         lock: lock_name(get(row, 1, "lease")?)?,
         owner: get(row, 2, "lease")?,
@@ -188,6 +190,7 @@ pub(crate) fn job_of(row: &Row) -> Result<Job, StoreError> {
     let state: &str = get(row, 7, what)?;
     let stop: Option<&str> = get(row, 13, what)?;
     Ok(Job {
+        api_key: None,
         id: JobId(id16(get(row, 0, what)?, "job id")?),
         name: get(row, 1, what)?,
         lock: lock_name(get(row, 2, what)?)?,

@@ -76,6 +76,7 @@ fn key_value(url: &str) -> String {
 
 fn args(lock: &str, owner: &str, ttl_ms: u64, wait: Duration) -> AcquireArgs {
     AcquireArgs {
+        quota: Default::default(),
         api_key: None,
         lock: LockName::new(lock).unwrap(),
         owner: owner.into(),
