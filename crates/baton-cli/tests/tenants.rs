@@ -1527,6 +1527,30 @@ async fn quotas_and_what_counts_against_them_survive_a_restart_sqlite() {
             .await;
         assert_eq!(exited.code, Some(82), "{}", exited.stderr);
         assert!(exited.stderr.contains("quota"), "{}", exited.stderr);
+        // `baton run` too, before running anything.
+        let marker = t.server.data_dir().join("ran");
+        let marker_text = marker.display().to_string();
+        let exited = t
+            .server
+            .spawn_baton(
+                &[
+                    "run",
+                    "team-a/small3",
+                    "--api-key",
+                    &t.team_a,
+                    "--",
+                    "touch",
+                    &marker_text,
+                ],
+                None,
+            )
+            .wait(Duration::from_secs(30))
+            .await;
+        assert_eq!(exited.code, Some(82), "{}", exited.stderr);
+        assert!(
+            !marker.exists(),
+            "the command ran although the key was at its quota"
+        );
     })
     .await
     .expect("the test took too long");
