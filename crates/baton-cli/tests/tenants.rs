@@ -1220,8 +1220,17 @@ fn assert_quota(answer: &(u16, Value), quota: &str, limit: u64) {
 
 #[tokio::test]
 async fn a_key_at_its_own_quota_gets_429_and_another_key_is_untouched_sqlite() {
+    a_key_at_its_own_quota_gets_429_and_another_key_is_untouched(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_key_at_its_own_quota_gets_429_and_another_key_is_untouched_postgres() {
+    a_key_at_its_own_quota_gets_429_and_another_key_is_untouched(Backend::Postgres).await;
+}
+
+async fn a_key_at_its_own_quota_gets_429_and_another_key_is_untouched(backend: Backend) {
     tokio::time::timeout(TEST_TIMEOUT, async {
-        let t = Tenants::start("tenants_quotas", Backend::Sqlite, &[])
+        let t = Tenants::start("tenants_quotas", backend, &[])
             .await
             .unwrap();
         let server = &t.server;
@@ -1447,15 +1456,20 @@ async fn one_key_with_the_default_quota_cannot_fill_a_global_limit_sqlite() {
 
 #[tokio::test]
 async fn quotas_and_what_counts_against_them_survive_a_restart_sqlite() {
+    quotas_and_what_counts_against_them_survive_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn quotas_and_what_counts_against_them_survive_a_restart_postgres() {
+    quotas_and_what_counts_against_them_survive_a_restart(Backend::Postgres).await;
+}
+
+async fn quotas_and_what_counts_against_them_survive_a_restart(backend: Backend) {
     tokio::time::timeout(TEST_TIMEOUT, async {
         // A server default of 1 lease per key; one key's own quota of 3 overrides it.
-        let mut t = Tenants::start(
-            "tenants_quota_restart",
-            Backend::Sqlite,
-            &["--key-max-leases", "1"],
-        )
-        .await
-        .unwrap();
+        let mut t = Tenants::start("tenants_quota_restart", backend, &["--key-max-leases", "1"])
+            .await
+            .unwrap();
         let big = create_key_with(
             &t.server,
             &t.admin,

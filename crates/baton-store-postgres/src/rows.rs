@@ -6,8 +6,8 @@
 //! reported, never trusted into a panic).
 
 use baton_core::{
-    HistoryRecord, Job, JobId, JobState, KeyQuota, Lease, LeaseEnd, LeaseId, LockName, LockRecord, Millis,
-    Policy, StopReason, Ticket, TicketId,
+    HistoryRecord, Job, JobId, JobState, KeyQuota, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
+    Millis, Policy, StopReason, Ticket, TicketId,
 };
 use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError};
 use tokio_postgres::Row;
@@ -80,8 +80,7 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
 
 // ---- locks ----
 
-pub(crate) const LOCK_SELECT: &str =
-    "SELECT name, capacity, newest_token, newest_granted, delayed_until, delayed_slots, api_key \
+pub(crate) const LOCK_SELECT: &str = "SELECT name, capacity, newest_token, newest_granted, delayed_until, delayed_slots, api_key \
      FROM locks";
 
 pub(crate) const LOCK_UPSERT: &str = "INSERT INTO locks (name, capacity, newest_token, \
