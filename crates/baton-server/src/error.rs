@@ -24,7 +24,7 @@ pub struct ApiError {
     /// With `not_active`: the active server's URL.
     pub active: Option<String>,
     /// With `quota_exceeded`: which quota, and its limit.
-    pub quota: Option<QuotaLimit>,
+    pub quota: Option<Box<QuotaLimit>>,
 }
 
 impl ApiError {
@@ -53,7 +53,7 @@ impl IntoResponse for ApiError {
             holders: self.holders,
             newest_token: self.newest_token,
             active: self.active.clone(),
-            quota: self.quota,
+            quota: self.quota.map(|quota| *quota),
         };
         let mut response = (status, axum::Json(body)).into_response();
         if self.code == ErrorCode::NotActive {
@@ -141,10 +141,10 @@ impl From<StoreError> for ApiError {
                     ApiError::new(ErrorCode::LimitReached, format!("{what}; try again later"))
                 }
                 AcquireError::QuotaExceeded { quota, limit } => ApiError {
-                    quota: Some(QuotaLimit {
+                    quota: Some(Box::new(QuotaLimit {
                         name: quota.as_str().to_owned(),
                         limit: u64::try_from(limit).unwrap_or(u64::MAX),
-                    }),
+                    })),
                     ..ApiError::new(ErrorCode::QuotaExceeded, quota_message(quota, limit))
                 },
             },

@@ -196,7 +196,7 @@ fn lease(n: u8, lock: &str, token: u64) -> Lease {
         request_id: Some(format!("request-{n}")),
         ticket: Some(TicketId([n + 100; 16])),
         // Every other lease has the key whose request made it (per-key quotas count them).
-        api_key: (n % 2 == 0).then(|| format!("key_{n:016}")),
+        api_key: n.is_multiple_of(2).then(|| format!("key_{n:016}")),
     }
 }
 
