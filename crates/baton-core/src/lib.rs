@@ -24,6 +24,6 @@ pub use state::{
     TokenError, WaiterLeft, key_default_of,
 };
 pub use state::{
-    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
-    OnceSlotKey, Policy, StopReason, once_slot,
+    CreateJob, Event, FinishJob, Job, JobCapability, JobChange, JobCreated, JobError, JobFilter,
+    JobState, OnceSlotKey, Policy, QueueExit, StopReason, once_slot,
 };

@@ -14,8 +14,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+mod events;
 mod jobs;
 mod quota;
+
+pub use events::{Event, JobChange, QueueExit};
 
 pub use jobs::{
     CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
@@ -644,6 +647,8 @@ pub struct State {
     /// The latest `now` seen: time never runs backwards inside the table.
     now: Millis,
     changes: Vec<Change>,
+    /// What happened, for subscribers ([`State::drain_events`]).
+    events: Vec<Event>,
     dirty_locks: BTreeSet<LockName>,
     counters_dirty: bool,
     wakeups: Vec<TicketId>,
@@ -687,6 +692,7 @@ impl State {
             next_ticket_seq: 1,
             now,
             changes: Vec::new(),
+            events: Vec::new(),
             dirty_locks: BTreeSet::new(),
             counters_dirty: false,
             wakeups: Vec::new(),
@@ -1040,8 +1046,13 @@ impl State {
             );
         }
         let position = self.position(&ticket);
+        let queued = QueuedTicket { ticket, position };
+        self.events.push(Event::Queued {
+            queued: queued.clone(),
+            at: now,
+        });
         // The lock may be free but delayed; the grant happens when the delay ends.
-        Ok(Acquired::Queued(QueuedTicket { ticket, position }))
+        Ok(Acquired::Queued(queued))
     }
 
     fn lease_outcome(&self, id: LeaseId) -> Result<Lease, AcquireError> {
@@ -1127,6 +1138,10 @@ impl State {
         self.dirty_locks.insert(name.clone());
         self.schedule(lease.expires_at, Deadline::LeaseExpiry(id), None);
         self.changes.push(Change::LeasePut(lease.clone()));
+        self.events.push(Event::Granted {
+            lease: lease.clone(),
+            at: now,
+        });
         self.insert_lease(lease.clone());
         lease
     }
@@ -1168,6 +1183,11 @@ impl State {
                 {
                     entry.idle_since = now;
                 }
+                self.events.push(Event::LeftQueue {
+                    ticket,
+                    why: QueueExit::Departed,
+                    at: now,
+                });
                 self.end_ticket(ticket_id, TicketEnd::Lapsed, now);
                 continue;
             }
@@ -1265,6 +1285,7 @@ impl State {
             end,
         };
         self.changes.push(Change::HistoryAppend(record.clone()));
+        self.events.push(Event::Ended(record.clone()));
         self.job_lease_ended(id, end, now);
         self.push_history(record);
         Some(lease)
@@ -1431,6 +1452,11 @@ impl State {
                 }
             }
             self.changes.push(Change::TicketDelete(id));
+            self.events.push(Event::LeftQueue {
+                ticket: ticket.clone(),
+                why: QueueExit::Cancelled,
+                at: now,
+            });
             self.end_ticket(id, TicketEnd::Cancelled, now);
             if forget_request && let Some(request_id) = &ticket.request_id {
                 self.requests.remove(request_id);
@@ -1625,6 +1651,15 @@ impl State {
                             }
                         }
                         self.changes.push(Change::TicketDelete(id));
+                        self.events.push(Event::LeftQueue {
+                            why: if ticket.waiter_gone {
+                                QueueExit::Departed
+                            } else {
+                                QueueExit::Lapsed
+                            },
+                            ticket: ticket.clone(),
+                            at: now,
+                        });
                         self.end_ticket(id, TicketEnd::Lapsed, now);
                         self.settle(&ticket.lock, now);
                     }

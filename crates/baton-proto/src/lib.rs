@@ -10,8 +10,11 @@
 //! ([`Lease::id`], [`Ticket::id`]); the listing types ([`Holder`], [`Waiter`], [`HistoryEntry`])
 //! deliberately have no id field (guarantee G8).
 
+mod events;
 mod jobs;
 mod keys;
+
+pub use events::{Event, EventKind, JobEvent};
 
 pub use jobs::{
     CreateJobRequest, CreateJobResponse, FinishJobRequest, HeartbeatRequest, HeartbeatResponse,

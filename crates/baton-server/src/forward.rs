@@ -4,6 +4,8 @@
 //! standbys ([`baton_store::Leadership`]). A standby that knows the active sends every `/v1`
 //! request on to it — method, path, query, body, API key — and returns the active's answer as
 //! it came, long-polls included, so a client (or a load balancer) may talk to any server.
+//! The exception is `GET /v1/events`: an endless stream is not relayed; the standby answers
+//! `503 not_active` naming the active (the feed lives in the active's engine).
 //! A request is forwarded once: it carries [`FORWARDED_BY`], and a standby that receives a
 //! forwarded request answers `503 not_active` itself instead of forwarding it again (the
 //! two servers disagree about who is active; the client tries again). When the active cannot
@@ -60,7 +62,9 @@ fn http() -> Option<&'static reqwest::Client> {
 /// active; everything else goes to the handlers.
 pub async fn forward(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let path = request.uri().path();
-    if !path.starts_with("/v1/") || path == "/v1/openapi.json" {
+    // The event stream is the active's own (its engine's feed): a standby answers
+    // `not_active` naming the active rather than relaying an endless answer.
+    if !path.starts_with("/v1/") || path == "/v1/openapi.json" || path == "/v1/events" {
         return next.run(request).await;
     }
     let Some(leadership) = state.store.leadership() else {

@@ -63,7 +63,7 @@ fn state_core(state: proto::JobState) -> JobState {
     }
 }
 
-fn state_wire(state: JobState) -> proto::JobState {
+pub(crate) fn state_wire(state: JobState) -> proto::JobState {
     match state {
         JobState::Queued => proto::JobState::Queued,
         JobState::Waiting => proto::JobState::Waiting,

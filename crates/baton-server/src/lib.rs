@@ -13,6 +13,7 @@
 
 pub mod auth;
 mod error;
+mod events;
 mod extract;
 mod forward;
 mod jobs;

@@ -61,6 +61,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys", post(crate::keys::create).get(crate::keys::list))
         .route("/v1/keys/{id}", delete(crate::keys::revoke))
         .route("/v1/audit", get(crate::keys::audit))
+        .route("/v1/events", get(crate::events::events))
         .route("/v1/openapi.json", get(openapi))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -757,6 +758,22 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Time spent in durable commits.",
         format!("{:.6}", stats.commit_micros as f64 / 1e6),
     );
+    metric(
+        "baton_event_subscribers",
+        "gauge",
+        "Subscribers of GET /v1/events connected now.",
+        crate::events::SUBSCRIBERS
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    );
+    metric(
+        "baton_event_subscribers_dropped_total",
+        "counter",
+        "Subscribers of GET /v1/events dropped for falling behind.",
+        crate::events::DROPPED
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .to_string(),
+    );
     if let Some(leadership) = state.store.leadership() {
         metric(
             "baton_active",
@@ -823,7 +840,8 @@ async fn openapi() -> Response {
         crate::keys::create,
         crate::keys::list,
         crate::keys::revoke,
-        crate::keys::audit
+        crate::keys::audit,
+        crate::events::events
     ),
     modifiers(&BearerAuth)
 )]

@@ -838,6 +838,12 @@ impl Store for HaStore {
         }
     }
 
+    fn events(&self) -> Result<Arc<baton_store::EventHub>, StoreError> {
+        // The active's feed; it ends when this server steps down (the engine goes, and with it
+        // the feed's sender), and a new active starts a new feed.
+        self.engine()?.0.events()
+    }
+
     fn stats(&self) -> StoreStats {
         match self.shared.current().engine {
             Some(engine) => engine.stats(),

@@ -30,6 +30,7 @@ use baton_core::{
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
 use crate::clock::Clock;
+use crate::events::{EVENT_WINDOW, EventHub};
 use crate::keys::{ApiKey, AuditEntry};
 use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};
 
@@ -232,6 +233,8 @@ struct Inner {
     committed_changes: AtomicU64,
     commit_micros: AtomicU64,
     transitions: AtomicU64,
+    /// Where the table's events go once durable.
+    events: Arc<EventHub>,
 }
 
 /// A [`Store`] over the in-memory lock table and a [`Persister`]. See the module documentation.
@@ -266,6 +269,8 @@ impl Engine {
         let recovery = core.drain_changes();
         persister.commit(&recovery)?;
         core.drain_wakeups();
+        // What recovery did is in the table a subscriber reads first; nobody listens yet.
+        core.drain_events();
         let kind = persister.kind();
         let volatile = persister.volatile();
         let persister: SharedPersister = Arc::new(Mutex::new(persister));
@@ -292,6 +297,10 @@ impl Engine {
             committed_changes: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
             transitions: AtomicU64::new(0),
+            events: Arc::new(EventHub::new(
+                hex_id(&random_id().map_err(|error| PersistError(error.to_string()))?[..8]),
+                EVENT_WINDOW,
+            )),
         });
         let committer = if volatile {
             None
@@ -557,6 +566,8 @@ impl Inner {
                 shared.sealed += 1;
                 let sealed = shared.sealed;
                 self.durable.send_modify(|state| state.seq = sealed);
+                // Durable at once; published under the table's mutex, so in order.
+                self.events.publish(shared.core.drain_events());
                 sealed
             } else {
                 if shared.dirty_since.is_none() {
@@ -581,7 +592,7 @@ impl Inner {
 
 fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
     loop {
-        let (changes, batch) = {
+        let (changes, events, batch) = {
             let mut shared = inner.lock();
             loop {
                 let dirty = shared.core.has_changes();
@@ -609,9 +620,10 @@ fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
                 };
             }
             let changes = shared.core.drain_changes();
+            let events = shared.core.drain_events();
             shared.dirty_since = None;
             shared.sealed += 1;
-            (changes, shared.sealed)
+            (changes, events, shared.sealed)
         };
         let mut outcome = Err(PersistError("no attempt".into()));
         let started = std::time::Instant::now();
@@ -640,6 +652,9 @@ fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
                     .commit_micros
                     .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
                 inner.durable.send_modify(|state| state.seq = batch);
+                // Only now, and from this one thread, in batch order: an event is never told
+                // of a change that is not durable.
+                inner.events.publish(events);
             }
             Err(error) => {
                 // The table in memory is now ahead of the disk: acknowledging anything more
@@ -721,6 +736,10 @@ impl Engine {
         .map_err(|error| StoreError::Unavailable(format!("a store task failed: {error}")))?
         .map_err(|error| StoreError::Unavailable(error.0))
     }
+}
+
+fn hex_id(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
 fn random_id() -> Result<[u8; 16], StoreError> {
@@ -991,6 +1010,10 @@ impl Store for Engine {
 
     async fn lock_of_ticket(&self, id: TicketId) -> Result<Option<LockName>, StoreError> {
         Ok(self.inner.lock().core.ticket_lock(id).cloned())
+    }
+
+    fn events(&self) -> Result<Arc<EventHub>, StoreError> {
+        Ok(Arc::clone(&self.inner.events))
     }
 
     fn stats(&self) -> StoreStats {

@@ -6,6 +6,7 @@
 //!   owner of the lock table, and makes each transition durable through a [`Persister`] with
 //!   **group commit**: concurrent requests share one durable commit, and no answer leaves
 //!   before the commit that contains what it saw.
+//! - [`EventHub`]: the lock table's events, published once durable, for subscribers.
 //! - [`MemoryPersister`]: keeps nothing (the in-memory reference store).
 //! - [`conformance`]: the suite every backend passes.
 //!
@@ -16,11 +17,13 @@
 mod clock;
 pub mod conformance;
 mod engine;
+pub mod events;
 mod keys;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineOptions, MemoryPersister, PersistError, Persister};
+pub use events::{EventHub, EventId, Published, Subscription};
 pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
 pub use store::{
     AcquireArgs, AcquireOutcome, CreateJobArgs, Leadership, Store, StoreError, StoreStats,

@@ -1,6 +1,9 @@
 //! The [`Store`] trait: what the server asks of a backend.
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::events::EventHub;
 
 use crate::keys::{ApiKey, AuditEntry};
 use async_trait::async_trait;
@@ -264,6 +267,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many locks, live leases and queued tickets the store holds.
     async fn counts(&self) -> (usize, usize, usize);
+
+    /// The feed of the lock table's events ([`EventHub`]), each published once durable. A
+    /// store without one (or a standby, [`StoreError::NotActive`]) answers an error.
+    fn events(&self) -> Result<Arc<EventHub>, StoreError> {
+        Err(StoreError::Unavailable(
+            "this store has no event stream".into(),
+        ))
+    }
 
     /// Counters for `/metrics`.
     fn stats(&self) -> StoreStats {

@@ -598,6 +598,7 @@ impl State {
         self.count_job_for_key(job.api_key.as_deref(), job.created_at, job.id);
         self.job_output_bytes += job.output_tail.len();
         self.changes.push(Change::JobPut(job.clone()));
+        State::job_event(&mut self.events, &job, job.created_at);
         self.jobs.insert(job.id, job.clone());
         self.job_created(job)
     }
@@ -745,6 +746,7 @@ impl State {
         }
         let job = self.jobs.get(&id).cloned().ok_or(JobError::NotFound)?;
         self.changes.push(Change::JobPut(job.clone()));
+        State::job_event(&mut self.events, &job, now);
         Ok(job)
     }
 
@@ -767,6 +769,7 @@ impl State {
             job.lease = Some(lease.id);
             self.lease_jobs.insert(lease.id, id);
             self.changes.push(Change::JobPut(job.clone()));
+            State::job_event(&mut self.events, job, now);
         }
     }
 
@@ -790,6 +793,7 @@ impl State {
             );
             job.finished_at = Some(now);
             self.changes.push(Change::JobPut(job.clone()));
+            State::job_event(&mut self.events, job, now);
         }
     }
 
@@ -808,6 +812,7 @@ impl State {
             job.reason = Some("its runner went away before it was told of the grant".into());
             job.finished_at = Some(now);
             self.changes.push(Change::JobPut(job.clone()));
+            State::job_event(&mut self.events, job, now);
         }
     }
 
@@ -834,6 +839,7 @@ impl State {
             );
             job.finished_at = Some(now);
             self.changes.push(Change::JobPut(job.clone()));
+            State::job_event(&mut self.events, job, now);
         }
     }
 

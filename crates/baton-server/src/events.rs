@@ -1,0 +1,333 @@
+//! `GET /v1/events`: the lock table's events as Server-Sent Events.
+//!
+//! Each subscriber gets a pump task that reads the store's feed ([`baton_store::EventHub`]:
+//! events published once durable, in order), keeps the events the caller's key may read (and
+//! that match `?prefix=`), and puts them, formatted, into a bounded buffer that the response
+//! body drains. The pump never waits for the subscriber: when the buffer is full (the client
+//! reads too slowly, or not at all) the subscriber is dropped: the pump stops, the body sends
+//! what the buffer held, then a final `dropped` event, and ends. So a slow subscriber costs a
+//! bounded buffer and never slows the engine or other subscribers.
+//!
+//! A comment line goes out every [`KEEP_ALIVE`] so proxies keep the connection open; at the same
+//! time the pump checks that the caller's key was not revoked meanwhile (the stream ends if it
+//! was). Resuming: the `Last-Event-ID` header (what browsers' `EventSource` sends when it
+//! reconnects) continues after that event if it is still in the feed's window; otherwise the
+//! stream starts with one `missed` event. The stream is served by the active server only: a
+//! standby answers `503 not_active` naming the active (the feed lives in the active's engine).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use baton_core::{Event, LeaseEnd};
+use baton_proto::{self as proto, ErrorCode};
+use baton_store::{EventId, Published};
+use tokio::sync::{broadcast, mpsc};
+
+use crate::auth::{Auth, Caller};
+use crate::error::ApiError;
+use crate::extract::QueryMap;
+use crate::routes::{AppState, timestamp};
+
+/// How often a keep-alive comment is sent.
+pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How many events may wait for a subscriber before it is dropped.
+pub const SUBSCRIBER_BUFFER: usize = 1_024;
+
+/// Subscribers connected now, and dropped since start (for `/metrics`).
+pub static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
+/// Subscribers dropped for falling behind since start.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Follow lock and job events (Server-Sent Events).
+#[utoipa::path(get, path = "/v1/events", tag = "events",
+    params(
+        ("prefix" = Option<String>, Query, description = "Only events of locks whose name starts with this"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id (`STREAM-SEQ`)"),
+    ),
+    responses(
+        (status = 200, description = "A stream of Server-Sent Events: `event:` the type, `id:` the event id, `data:` the event as JSON; a comment line every 15 s", content_type = "text/event-stream", body = proto::Event),
+        (status = 400, description = "invalid_query (a malformed prefix or Last-Event-ID)", body = proto::ErrorBody),
+        (status = 503, description = "not_active (a standby: follow the active server)", body = proto::ErrorBody),
+    ))]
+pub async fn events(
+    State(state): State<AppState>,
+    caller: Caller,
+    query: QueryMap,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    query.only(&["prefix"])?;
+    let prefix = query.0.get("prefix").cloned().unwrap_or_default();
+    let after = match headers.get("last-event-id") {
+        None => None,
+        Some(value) => Some(
+            value
+                .to_str()
+                .ok()
+                .and_then(EventId::parse)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        ErrorCode::InvalidQuery,
+                        "Last-Event-ID: expected an event id as the stream sent it (STREAM-SEQ)",
+                    )
+                })?,
+        ),
+    };
+    let hub = state.store.events()?;
+    let subscription = hub.subscribe(after.as_ref());
+    // The pump holds the feed's receiver only: when the engine goes (a standby stepping down),
+    // the feed's sender goes with it and the stream ends.
+    drop(hub);
+    let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
+    let dropped = Arc::new(AtomicBool::new(false));
+    let pump = Pump {
+        caller,
+        auth: Arc::clone(&state.auth),
+        prefix,
+        stream: subscription.stream.clone(),
+        sender,
+        dropped: Arc::clone(&dropped),
+    };
+    SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
+    tokio::spawn(pump.run(subscription.missed, subscription.backlog, subscription.live));
+    let body = futures_util::stream::unfold(
+        (receiver, dropped, false),
+        |(mut receiver, dropped, done)| async move {
+            if done {
+                return None;
+            }
+            match receiver.recv().await {
+                Some(frame) => Some((
+                    Ok::<_, std::convert::Infallible>(frame),
+                    (receiver, dropped, false),
+                )),
+                None if dropped.load(Ordering::Acquire) => Some((
+                    Ok(notice(
+                        proto::EventKind::Dropped,
+                        "this subscriber fell too far behind; read the state afresh, then subscribe again",
+                    )),
+                    (receiver, dropped, true),
+                )),
+                None => None,
+            }
+        },
+    );
+    let mut response = Body::from_stream(body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Proxies that buffer answers (nginx) would hold events back.
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct Pump {
+    caller: Caller,
+    auth: Arc<Auth>,
+    prefix: String,
+    stream: String,
+    sender: mpsc::Sender<String>,
+    dropped: Arc<AtomicBool>,
+}
+
+/// Why a pump stops.
+enum Stop {
+    /// The client went away, the feed ended, or the key was revoked.
+    Ended,
+    /// The buffer was full.
+    Dropped,
+}
+
+impl Pump {
+    async fn run(
+        self,
+        missed: bool,
+        backlog: Vec<Arc<Published>>,
+        live: broadcast::Receiver<Arc<Published>>,
+    ) {
+        let Err(stop) = self.pump(missed, backlog, live).await;
+        if matches!(stop, Stop::Dropped) {
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            self.dropped.store(true, Ordering::Release);
+        }
+        SUBSCRIBERS.fetch_sub(1, Ordering::Relaxed);
+        // Dropping the sender lets the body send what is buffered, then end.
+    }
+
+    async fn pump(
+        &self,
+        missed: bool,
+        backlog: Vec<Arc<Published>>,
+        mut live: broadcast::Receiver<Arc<Published>>,
+    ) -> Result<std::convert::Infallible, Stop> {
+        if missed {
+            self.offer(notice(
+                proto::EventKind::Missed,
+                "the events after the one given in Last-Event-ID are no longer kept (too old, or \
+                 from before a restart or a change of active server); read the state afresh",
+            ))?;
+        }
+        for published in backlog {
+            self.forward(&published)?;
+        }
+        let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
+        keep_alive.tick().await;
+        loop {
+            tokio::select! {
+                received = live.recv() => match received {
+                    Ok(published) => self.forward(&published)?,
+                    // The pump itself fell behind the feed's bound (a starved runtime): the
+                    // subscriber has lost events, which is what `dropped` says.
+                    Err(broadcast::error::RecvError::Lagged(_)) => return Err(Stop::Dropped),
+                    Err(broadcast::error::RecvError::Closed) => return Err(Stop::Ended),
+                },
+                () = self.sender.closed() => return Err(Stop::Ended),
+                _ = keep_alive.tick() => {
+                    if !self.key_in_force() {
+                        return Err(Stop::Ended);
+                    }
+                    self.offer(": keep-alive\n\n".to_owned())?;
+                }
+            }
+        }
+    }
+
+    fn key_in_force(&self) -> bool {
+        match self.caller.key_id() {
+            None => true,
+            Some(id) => self
+                .auth
+                .current()
+                .keys
+                .iter()
+                .any(|(key, _)| key.id == id && key.revoked_at.is_none()),
+        }
+    }
+
+    fn forward(&self, published: &Published) -> Result<(), Stop> {
+        let lock = published.event.lock().as_str();
+        if !lock.starts_with(self.prefix.as_str()) || !self.caller.sees(lock) {
+            return Ok(());
+        }
+        let wire = event_wire(&self.stream, published);
+        self.offer(frame(&wire))
+    }
+
+    fn offer(&self, frame: String) -> Result<(), Stop> {
+        match self.sender.try_send(frame) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Stop::Dropped),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::Ended),
+        }
+    }
+}
+
+/// One SSE message.
+fn frame(event: &proto::Event) -> String {
+    let data = serde_json::to_string(event).unwrap_or_else(|_| "{}".to_owned());
+    if event.id.is_empty() {
+        format!("event: {}\ndata: {data}\n\n", event.kind.as_str())
+    } else {
+        format!(
+            "id: {}\nevent: {}\ndata: {data}\n\n",
+            event.id,
+            event.kind.as_str()
+        )
+    }
+}
+
+/// A `missed` or `dropped` message.
+fn notice(kind: proto::EventKind, reason: &str) -> String {
+    frame(&proto::Event {
+        id: String::new(),
+        seq: 0,
+        kind,
+        at: jiff::Timestamp::now(),
+        lock: None,
+        owner: None,
+        token: None,
+        granted_at: None,
+        expires_at: None,
+        from_queue: None,
+        position: None,
+        reason: Some(reason.to_owned()),
+        job: None,
+    })
+}
+
+/// The wire form of a published event.
+pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
+    let mut wire = proto::Event {
+        id: EventId {
+            stream: stream.to_owned(),
+            seq: published.seq,
+        }
+        .to_string(),
+        seq: published.seq,
+        kind: proto::EventKind::Granted,
+        at: timestamp(published.event.at()),
+        lock: Some(published.event.lock().to_string()),
+        owner: None,
+        token: None,
+        granted_at: None,
+        expires_at: None,
+        from_queue: None,
+        position: None,
+        reason: None,
+        job: None,
+    };
+    match &published.event {
+        Event::Granted { lease, .. } => {
+            wire.owner = Some(lease.owner.clone());
+            wire.token = Some(lease.token);
+            wire.granted_at = Some(timestamp(lease.granted_at));
+            wire.expires_at = Some(timestamp(lease.expires_at));
+            wire.from_queue = Some(lease.ticket.is_some());
+        }
+        Event::Ended(record) => {
+            wire.kind = match record.end {
+                LeaseEnd::Released => proto::EventKind::Released,
+                LeaseEnd::Expired => proto::EventKind::Expired,
+                LeaseEnd::Revoked => proto::EventKind::Revoked,
+            };
+            wire.owner = Some(record.owner.clone());
+            wire.token = Some(record.token);
+            wire.granted_at = Some(timestamp(record.granted_at));
+        }
+        Event::Queued { queued, .. } => {
+            wire.kind = proto::EventKind::Queued;
+            wire.owner = Some(queued.ticket.owner.clone());
+            wire.position = Some(queued.position);
+        }
+        Event::LeftQueue { ticket, why, .. } => {
+            wire.kind = proto::EventKind::LeftQueue;
+            wire.owner = Some(ticket.owner.clone());
+            wire.reason = Some(why.as_str().to_owned());
+        }
+        Event::Job { job, .. } => {
+            wire.kind = proto::EventKind::Job;
+            wire.owner = Some(job.owner.clone());
+            wire.token = job.token;
+            wire.job = Some(proto::JobEvent {
+                id: job.id.to_string(),
+                name: job.name.clone(),
+                state: crate::jobs::state_wire(job.state),
+                reason: job.reason.clone(),
+                exit_code: job.exit_code,
+                host: job.host.clone(),
+                batch: job.batch.clone(),
+                created_at: timestamp(job.created_at),
+                started_at: job.started_at.map(timestamp),
+                finished_at: job.finished_at.map(timestamp),
+            });
+        }
+    }
+    wire
+}

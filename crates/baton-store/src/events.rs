@@ -1,0 +1,252 @@
+//! The event feed: the lock table's [`Event`]s, numbered, kept in a bounded window for
+//! resumption, and broadcast to subscribers.
+//!
+//! The [`crate::Engine`] publishes a batch's events only once the batch is durable (right after
+//! its commit succeeded, or at once for a volatile store), in batch order, so a subscriber never
+//! hears of a change that was not acknowledged and hears of changes in the order they happened.
+//! Publishing never waits for a subscriber: the broadcast channel is bounded, and a subscriber
+//! that falls more than its capacity behind sees [`broadcast::error::RecvError::Lagged`] (the
+//! server then drops it).
+//!
+//! Events are numbered `1, 2, …` per feed; a feed has a random id ([`EventHub::stream`]) that
+//! differs after every restart and every change of active server, so that an event id
+//! (`STREAM-SEQ`, [`EventId`]) from an earlier feed is recognised as such rather than read as
+//! a position in this one.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use baton_core::Event;
+use tokio::sync::broadcast;
+
+/// How many of the newest events a feed keeps for subscribers that resume.
+pub const EVENT_WINDOW: usize = 10_000;
+/// How far a subscriber's reader may lag behind the feed before it is told it lagged.
+const BROADCAST_CAPACITY: usize = 4_096;
+
+/// An event with its number in the feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Its number: one more than the event before it in the same feed.
+    pub seq: u64,
+    /// The event.
+    pub event: Event,
+}
+
+/// An event id as subscribers see it: the feed's id and the event's number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventId {
+    /// The feed ([`EventHub::stream`]).
+    pub stream: String,
+    /// The number.
+    pub seq: u64,
+}
+
+impl EventId {
+    /// Parses `STREAM-SEQ`; `None` for anything else.
+    pub fn parse(text: &str) -> Option<EventId> {
+        let (stream, seq) = text.trim().rsplit_once('-')?;
+        if stream.is_empty() || !stream.bytes().all(|byte| byte.is_ascii_alphanumeric()) {
+            return None;
+        }
+        Some(EventId {
+            stream: stream.to_owned(),
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for EventId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.stream, self.seq)
+    }
+}
+
+/// What a new subscriber starts with.
+#[derive(Debug)]
+pub struct Subscription {
+    /// The feed's id.
+    pub stream: String,
+    /// True when the subscriber asked to resume after an event this feed no longer has (older
+    /// than the window, from an earlier feed, or unknown): the events in between are lost to
+    /// it, and `backlog` is empty. It should read the state afresh.
+    pub missed: bool,
+    /// The events after the one it resumed from, oldest first.
+    pub backlog: Vec<Arc<Published>>,
+    /// Every event published from now on.
+    pub live: broadcast::Receiver<Arc<Published>>,
+}
+
+struct Window {
+    kept: VecDeque<Arc<Published>>,
+    /// The number the next event gets.
+    next_seq: u64,
+}
+
+/// One feed. See the module documentation.
+pub struct EventHub {
+    stream: String,
+    window_max: usize,
+    window: Mutex<Window>,
+    sender: broadcast::Sender<Arc<Published>>,
+}
+
+impl std::fmt::Debug for EventHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventHub")
+            .field("stream", &self.stream)
+            .finish()
+    }
+}
+
+impl EventHub {
+    /// A feed with id `stream` (letters and digits) keeping the newest `window_max` events.
+    pub fn new(stream: String, window_max: usize) -> EventHub {
+        EventHub {
+            stream,
+            window_max: window_max.max(1),
+            window: Mutex::new(Window {
+                kept: VecDeque::new(),
+                next_seq: 1,
+            }),
+            sender: broadcast::channel(BROADCAST_CAPACITY).0,
+        }
+    }
+
+    /// The feed's id.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    /// How many subscribers are connected.
+    pub fn subscribers(&self) -> usize {
+        self.sender.receiver_count()
+    }
+
+    /// Numbers, keeps and broadcasts events. Never waits for a subscriber.
+    pub fn publish(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        // A poisoned window (a panic while it was held) only loses events for subscribers.
+        let Ok(mut window) = self.window.lock() else {
+            return;
+        };
+        for event in events {
+            let published = Arc::new(Published {
+                seq: window.next_seq,
+                event,
+            });
+            window.next_seq += 1;
+            window.kept.push_back(Arc::clone(&published));
+            if window.kept.len() > self.window_max {
+                window.kept.pop_front();
+            }
+            // No receiver is not an error: nobody listens.
+            let _ = self.sender.send(published);
+        }
+    }
+
+    /// Subscribes from now, or after the event `after` when it is still in the window.
+    pub fn subscribe(&self, after: Option<&EventId>) -> Subscription {
+        let window = match self.window.lock() {
+            Ok(window) => window,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // Subscribing under the window's mutex: nothing is published between the backlog and
+        // the live receiver, so nothing is lost or repeated.
+        let live = self.sender.subscribe();
+        let (missed, backlog) = match after {
+            None => (false, Vec::new()),
+            Some(after) => {
+                let oldest = window
+                    .kept
+                    .front()
+                    .map_or(window.next_seq, |first| first.seq);
+                let known = after.stream == self.stream
+                    && after.seq < window.next_seq
+                    && after.seq + 1 >= oldest;
+                if known {
+                    let backlog = window
+                        .kept
+                        .iter()
+                        .filter(|published| published.seq > after.seq)
+                        .cloned()
+                        .collect();
+                    (false, backlog)
+                } else {
+                    (true, Vec::new())
+                }
+            }
+        };
+        Subscription {
+            stream: self.stream.clone(),
+            missed,
+            backlog,
+            live,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_core::{HistoryRecord, LeaseEnd, LeaseId, LockName};
+
+    fn ended(token: u64) -> Event {
+        Event::Ended(HistoryRecord {
+            lease_id: LeaseId([0; 16]),
+            request_id: None,
+            lock: LockName::new("a").unwrap_or_else(|_| unreachable!()),
+            owner: "o".into(),
+            token,
+            granted_at: 0,
+            ended_at: 1,
+            end: LeaseEnd::Released,
+        })
+    }
+
+    fn id(stream: &str, seq: u64) -> EventId {
+        EventId {
+            stream: stream.into(),
+            seq,
+        }
+    }
+
+    #[test]
+    fn resumes_within_the_window_and_reports_what_is_out_of_it() {
+        let hub = EventHub::new("s1".into(), 3);
+        hub.publish((1..=5).map(ended).collect());
+        let resumed = hub.subscribe(Some(&id("s1", 3)));
+        assert!(!resumed.missed);
+        let seqs: Vec<u64> = resumed.backlog.iter().map(|p| p.seq).collect();
+        assert_eq!(seqs, vec![4, 5]);
+        // Event 2 is the newest the subscriber saw; 3 is the oldest kept: nothing lost.
+        assert!(!hub.subscribe(Some(&id("s1", 2))).missed);
+        assert!(hub.subscribe(Some(&id("s1", 1))).missed);
+        assert!(hub.subscribe(Some(&id("s0", 4))).missed);
+        assert!(hub.subscribe(Some(&id("s1", 6))).missed);
+        assert!(hub.subscribe(Some(&id("s1", 5))).backlog.is_empty());
+    }
+
+    #[test]
+    fn live_events_follow_the_backlog_without_gap() {
+        let hub = EventHub::new("s1".into(), 10);
+        hub.publish(vec![ended(1)]);
+        let mut subscription = hub.subscribe(Some(&id("s1", 0)));
+        hub.publish(vec![ended(2)]);
+        assert_eq!(subscription.backlog.len(), 1);
+        let next = subscription.live.try_recv().map(|p| p.seq);
+        assert_eq!(next, Ok(2));
+    }
+
+    #[test]
+    fn event_ids_round_trip() {
+        let parsed = EventId::parse("abc12-42");
+        assert_eq!(parsed, Some(id("abc12", 42)));
+        assert_eq!(id("abc12", 42).to_string(), "abc12-42");
+        assert_eq!(EventId::parse("42"), None);
+        assert_eq!(EventId::parse("a b-1"), None);
+        assert_eq!(EventId::parse("ab-x"), None);
+    }
+}
