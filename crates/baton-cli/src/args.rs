@@ -109,6 +109,9 @@ pub enum Command {
     Keys(KeysCommand),
     /// Show the audit log, newest first: key creations and revocations, lease revocations.
     Audit(AuditArgs),
+    /// Print each change of a lock's holders and queue as it happens (or of every lock under
+    /// --prefix, jobs included), one line per event, until interrupted.
+    Watch(WatchArgs),
     /// Print a shell completion script on stdout: `baton completions bash > /etc/bash_completion.d/baton`.
     Completions(CompletionsArgs),
     /// Write man pages into DIR: baton.1 and one baton-SUBCOMMAND.1 per subcommand (packaging).
@@ -547,6 +550,18 @@ pub struct HistoryArgs {
     /// Show at most this many holds [default: the server's].
     #[arg(long, value_name = "N")]
     pub limit: Option<u32>,
+}
+
+/// `baton watch`.
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The lock to follow.
+    #[arg(required_unless_present = "prefix", conflicts_with = "prefix")]
+    pub lock: Option<String>,
+
+    /// Follow every lock whose name starts with this (`""`: every lock the key may read).
+    #[arg(long, value_name = "P")]
+    pub prefix: Option<String>,
 }
 
 /// `baton fence` and `baton revoke`.

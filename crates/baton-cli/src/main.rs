@@ -174,6 +174,7 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Parallel(args) => commands::parallel::parallel(&context, args).await,
         Command::Keys(command) => commands::keys::keys(&context, command).await,
         Command::Audit(args) => commands::keys::audit(&context, args).await,
+        Command::Watch(args) => commands::watch::watch(&context, args).await,
         Command::Server(args) => commands::server::run(args).await,
         Command::Completions(args) => commands::generate::completions(&args),
         Command::Man(args) => commands::generate::man(&args),

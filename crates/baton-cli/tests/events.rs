@@ -529,3 +529,139 @@ async fn a_subscriber_that_never_reads_is_dropped_and_others_go_on() {
         .unwrap_or_default();
     assert!(last.starts_with("event: dropped"), "last message: {last}");
 }
+
+/// Waits until the server counts `count` subscribers.
+async fn subscribers(server: &Server, count: u64) {
+    harness::eventually(
+        "the subscribers to connect",
+        Duration::from_secs(20),
+        async || (metric(server, "baton_event_subscribers").await == count).then_some(()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_rust_client_follows_events_and_carries_on_after_a_restart() {
+    let mut server = Server::start(&[]).await;
+    let client = baton_client::Client::new(&server.base).unwrap();
+    let mut stream = client.events(baton_client::EventOptions {
+        prefix: Some("client/".into()),
+        last_event_id: None,
+    });
+    // The first `next` connects; the grant comes once the subscriber is there.
+    let next = tokio::spawn(async move {
+        let event = stream.next().await;
+        (stream, event)
+    });
+    subscribers(&server, 1).await;
+    let (status, lease) = acquire(&server, None, "client/a", json!({"owner": "c1"})).await;
+    assert_eq!(status, 200, "{lease}");
+    let (status, other) = acquire(&server, None, "elsewhere", json!({"owner": "c0"})).await;
+    assert_eq!(status, 200, "{other}");
+    release(&server, None, &lease).await;
+    let (mut stream, event) = tokio::time::timeout(READ_LIMIT, next)
+        .await
+        .unwrap()
+        .unwrap();
+    let event = event.unwrap();
+    assert_eq!(event.kind, baton_client::proto::EventKind::Granted);
+    assert_eq!(event.lock.as_deref(), Some("client/a"));
+    assert_eq!(event.owner.as_deref(), Some("c1"));
+    let released = tokio::time::timeout(READ_LIMIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(released.kind, baton_client::proto::EventKind::Released);
+    assert_eq!(stream.last_event_id(), Some(released.id.as_str()));
+
+    // A restart begins a new stream: the client reconnects with the id it has, hears that
+    // events were missed, and follows the new stream.
+    server.restart().await;
+    let mut missed = None;
+    for _ in 0..10 {
+        match tokio::time::timeout(READ_LIMIT, stream.next())
+            .await
+            .unwrap()
+        {
+            Ok(event) => {
+                missed = Some(event);
+                break;
+            }
+            // The server was still starting when the retries ran out: ask again.
+            Err(error) => assert!(error.is_retryable(), "{error}"),
+        }
+    }
+    let missed = missed.expect("the client never reconnected");
+    assert_eq!(
+        missed.kind,
+        baton_client::proto::EventKind::Missed,
+        "{missed:?}"
+    );
+    let (status, lease) = acquire(&server, None, "client/b", json!({"owner": "c2"})).await;
+    assert_eq!(status, 200, "{lease}");
+    let event = tokio::time::timeout(READ_LIMIT, stream.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.lock.as_deref(), Some("client/b"), "{event:?}");
+}
+
+#[tokio::test]
+async fn baton_watch_prints_a_grant_and_a_release_and_exits_130_on_ctrl_c() {
+    let server = Server::start(&[]).await;
+    let human = server.spawn_baton(&["watch", "watch/a"], None);
+    let json_lines = server.spawn_baton(&["--json", "watch", "--prefix", "watch/"], None);
+    subscribers(&server, 2).await;
+    for lock in ["watch/ab", "watch/a"] {
+        let (status, lease) = acquire(&server, None, lock, json!({"owner": "w1"})).await;
+        assert_eq!(status, 200, "{lease}");
+        release(&server, None, &lease).await;
+    }
+    let text = harness::eventually("baton watch to print", READ_LIMIT, async || {
+        let text = human.stdout_text();
+        text.contains("released by w1").then_some(text)
+    })
+    .await;
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines[0].contains(" watch/a granted to w1 (token "),
+        "{text}"
+    );
+    assert!(
+        lines[1].contains(" watch/a released by w1 (token "),
+        "{text}"
+    );
+    let json_text = harness::eventually("baton watch --json to print", READ_LIMIT, async || {
+        let text = json_lines.stdout_text();
+        (text.lines().count() >= 4).then_some(text)
+    })
+    .await;
+    let events: Vec<Value> = json_text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let seen: Vec<(String, String)> = events
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["lock"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("granted".to_owned(), "watch/ab".to_owned()),
+            ("released".to_owned(), "watch/ab".to_owned()),
+            ("granted".to_owned(), "watch/a".to_owned()),
+            ("released".to_owned(), "watch/a".to_owned()),
+        ]
+    );
+    for process in [human, json_lines] {
+        process.signal(nix::sys::signal::Signal::SIGINT);
+        let exited = process.wait(READ_LIMIT).await;
+        assert_eq!(exited.code, Some(130), "{}", exited.stderr);
+    }
+}

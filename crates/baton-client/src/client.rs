@@ -1167,6 +1167,31 @@ impl Client {
         })
     }
 
+    /// What the event stream needs of the transport: the pool, the base URLs, the API key's
+    /// header, the retry policy, and the index of the server to try first.
+    pub(crate) fn transport(
+        &self,
+    ) -> (
+        &reqwest::Client,
+        &[String],
+        Option<&HeaderValue>,
+        RetryPolicy,
+        usize,
+    ) {
+        (
+            &self.inner.http,
+            &self.inner.bases,
+            self.inner.authorization.as_ref(),
+            self.inner.retry,
+            self.inner.preferred.load(Ordering::Relaxed) % self.inner.bases.len().max(1),
+        )
+    }
+
+    /// Remembers the server that answered.
+    pub(crate) fn prefer(&self, index: usize) {
+        self.inner.preferred.store(index, Ordering::Relaxed);
+    }
+
     /// Moves the preference to the next server, after one failed us.
     fn prefer_next(&self) {
         let len = self.inner.bases.len();
@@ -1180,7 +1205,7 @@ impl Client {
 }
 
 /// For a standby's `503 not_active` answer: `Some(the active's URL, when named)`.
-fn standby_of(status: StatusCode, body: &[u8]) -> Option<Option<String>> {
+pub(crate) fn standby_of(status: StatusCode, body: &[u8]) -> Option<Option<String>> {
     if status != StatusCode::SERVICE_UNAVAILABLE {
         return None;
     }
@@ -1189,7 +1214,7 @@ fn standby_of(status: StatusCode, body: &[u8]) -> Option<Option<String>> {
 }
 
 /// Whether two base URLs name the same server (ignoring a trailing slash).
-fn same_base(a: &str, b: &str) -> bool {
+pub(crate) fn same_base(a: &str, b: &str) -> bool {
     a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
@@ -1202,7 +1227,7 @@ fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
 }
 
 /// Reads an answer's body, up to [`ANSWER_BYTES_MAX`].
-async fn read_body(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>> {
+pub(crate) async fn read_body(mut response: reqwest::Response, url: &str) -> Result<Vec<u8>> {
     let mut body = Vec::new();
     loop {
         match response.chunk().await {
@@ -1292,7 +1317,7 @@ fn lease_or_ticket(answer: &Answer) -> Result<Acquired> {
 
 /// A transport error with its causes, which reqwest keeps in the source chain
 /// (`error sending request` alone says nothing).
-fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let mut text = if error.is_timeout() {
         "timed out".to_owned()
     } else if error.is_connect() {

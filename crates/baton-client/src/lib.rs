@@ -13,6 +13,9 @@
 //!   thread of its own, so there is one implementation of the HTTP contract, and whose
 //!   `blocking::LeaseGuard` is the async guard (renewing on that thread while the caller's
 //!   code runs). The feature adds no dependency; `default-features = false` leaves it out.
+//! - [`Client::events`] follows the event stream (`GET /v1/events`): every grant, release,
+//!   expiry, queue change and job state change the key may read, reconnecting with
+//!   `Last-Event-ID` so nothing in the server's window is lost.
 //! - [`Error`] says what the caller should do next; it keeps the server's code and message.
 //!
 //! The crate's `examples/` hold a complete program for each: `async_lock.rs` and
@@ -65,6 +68,7 @@
 pub mod blocking;
 mod client;
 mod error;
+mod events;
 mod guard;
 mod path;
 mod retry;
@@ -75,6 +79,7 @@ pub use client::{
     LockOptions, default_owner, generate_request_id, owner_label,
 };
 pub use error::{Code, Error, Result};
+pub use events::{EventOptions, EventStream};
 pub use guard::{
     LeaseGuard, LeaseStatus, LostReason, drift_margin, local_deadline, renewal_instant,
 };

@@ -75,7 +75,16 @@ async fn call(
         .headers()
         .get("retry-after")
         .map(|value| value.to_str().unwrap().to_owned());
-    let text = response.text().await.unwrap();
+    // An event stream never ends by itself: its answer is the status and headers.
+    let streaming = response
+        .headers()
+        .get("content-type")
+        .is_some_and(|value| value.as_bytes() == b"text/event-stream");
+    let text = if streaming {
+        String::new()
+    } else {
+        response.text().await.unwrap()
+    };
     Answer {
         status,
         body: serde_json::from_str(&text).unwrap_or(Value::Null),
@@ -380,6 +389,9 @@ fn routes(w: &World) -> Vec<Route> {
             403,
         ),
         route("GET", "/v1/audit", "/v1/audit".into(), None, 403, 403),
+        // Every key may follow the stream; it carries only what the key may read (see
+        // crates/baton-cli/tests/events.rs).
+        route("GET", "/v1/events", "/v1/events".into(), None, 200, 200),
         // Not in the OpenAPI document: needs a valid key, any role.
         route("GET", "/metrics", "/metrics".into(), None, 200, 200),
     ]

@@ -12,6 +12,7 @@ pub mod lease;
 pub mod parallel;
 pub mod run;
 pub mod server;
+pub mod watch;
 
 use baton_client::Client;
 

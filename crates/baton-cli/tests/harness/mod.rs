@@ -551,6 +551,15 @@ impl ClientProcess {
             .unwrap_or_default()
     }
 
+    /// What it wrote on stdout so far.
+    #[allow(dead_code)] // Not every test binary reads a running process's stdout.
+    pub fn stdout_text(&self) -> String {
+        self.stdout
+            .lock()
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
+    }
+
     /// Sends `signal` to the process (only to it, not to its group).
     pub fn signal(&self, signal: nix::sys::signal::Signal) {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.pid).unwrap_or(i32::MAX));

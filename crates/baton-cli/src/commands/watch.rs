@@ -1,0 +1,108 @@
+//! `baton watch LOCK` and `baton watch --prefix P`: each change of holders and queue (and of
+//! jobs) as it happens, from the event stream (`GET /v1/events`), one line per event: human
+//! text, or with `--json` one JSON object per line. Runs until interrupted (exit 130 for
+//! SIGINT, 128 + the signal's number otherwise), or until the server cannot be reached.
+
+use baton_client::EventOptions;
+use baton_client::proto::{Event, EventKind};
+use jiff::Timestamp;
+
+use super::Context;
+use super::keeper::Signals;
+use crate::args::WatchArgs;
+use crate::exit;
+use crate::output::{self, print_line};
+
+/// `baton watch`.
+pub async fn watch(context: &Context, args: WatchArgs) -> anyhow::Result<u8> {
+    let (prefix, exact) = match (args.lock, args.prefix) {
+        (Some(lock), None) => (lock.clone(), Some(lock)),
+        (None, Some(prefix)) => (prefix, None),
+        _ => {
+            return Ok(context.usage_error("baton watch", "give a LOCK or --prefix P, not both"));
+        }
+    };
+    let mut signals = Signals::new()?;
+    let mut stream = context.client.events(EventOptions {
+        prefix: Some(prefix).filter(|prefix| !prefix.is_empty()),
+        last_event_id: None,
+    });
+    loop {
+        let event = tokio::select! {
+            event = stream.next() => event?,
+            signal = signals.next() => {
+                return Ok(u8::try_from(128 + signal).unwrap_or(exit::INTERRUPTED));
+            }
+        };
+        // `watch LOCK` follows that lock only, not the others its name is a prefix of.
+        if let (Some(exact), Some(lock)) = (&exact, &event.lock)
+            && lock != exact
+        {
+            continue;
+        }
+        if context.json {
+            print_line(&serde_json::to_string(&event)?)?;
+        } else {
+            print_line(&human(&event, Timestamp::now()))?;
+        }
+    }
+}
+
+/// One event as a line: `TIME LOCK WHAT`.
+pub fn human(event: &Event, now: Timestamp) -> String {
+    let lock = event.lock.as_deref().unwrap_or("-");
+    let owner = event.owner.as_deref().unwrap_or("?");
+    let token = event
+        .token
+        .map(|token| format!(" (token {token})"))
+        .unwrap_or_default();
+    let what = match event.kind {
+        EventKind::Granted => {
+            let expires = event
+                .expires_at
+                .map(|at| format!(", expires {}", output::relative(at, now)))
+                .unwrap_or_default();
+            let queue = if event.from_queue == Some(true) {
+                " from the queue"
+            } else {
+                ""
+            };
+            format!("granted to {owner}{queue}{token}{expires}")
+        }
+        EventKind::Released => format!("released by {owner}{token}"),
+        EventKind::Expired => format!("expired: {owner}{token} stopped renewing"),
+        EventKind::Revoked => format!("revoked: {owner}{token}"),
+        EventKind::Queued => match event.position {
+            Some(position) => format!("{owner} queued at position {position}"),
+            None => format!("{owner} queued"),
+        },
+        EventKind::LeftQueue => format!(
+            "{owner} left the queue ({})",
+            event.reason.as_deref().unwrap_or("gone")
+        ),
+        EventKind::Job => match &event.job {
+            Some(job) => {
+                // The wire's name of the state (`timed_out`, …).
+                let state = serde_json::to_value(job.state)
+                    .ok()
+                    .and_then(|value| value.as_str().map(str::to_owned))
+                    .unwrap_or_default();
+                let mut line = format!("job {} {} {state}", job.name, job.id);
+                if let Some(code) = job.exit_code {
+                    line.push_str(&format!(" (exit {code})"));
+                }
+                if let Some(reason) = &job.reason {
+                    line.push_str(&format!(": {reason}"));
+                }
+                format!("{line} [{owner}]")
+            }
+            None => "job changed".to_owned(),
+        },
+        EventKind::Missed | EventKind::Dropped => format!(
+            "{}: {}",
+            event.kind.as_str(),
+            event.reason.as_deref().unwrap_or("")
+        ),
+    };
+    format!("{} {lock} {what}", output::absolute(event.at))
+}
