@@ -194,6 +194,61 @@ fn check_ids(messages: &[Message]) {
 #[tokio::test]
 async fn events_arrive_in_order_for_grants_queues_expiry_and_jobs() {
     let server = Server::start(&["--lock-delay", "0ms"]).await;
+    events_in_order(&server).await;
+}
+
+#[tokio::test]
+async fn events_arrive_in_order_on_postgres() {
+    let Some((_schema, server)) =
+        postgres_server("events_in_order", &["--lock-delay", "0ms"]).await
+    else {
+        return;
+    };
+    events_in_order(&server).await;
+}
+
+/// A PostgreSQL schema of the test's own, dropped at the end (declared before the server).
+struct Schema {
+    url: String,
+    name: String,
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        baton_store_postgres::testing::drop_schema(&self.url, &self.name);
+    }
+}
+
+/// A server on a PostgreSQL schema of the test's own; `None` when PostgreSQL is not available
+/// (and not required).
+async fn postgres_server(test: &str, extra: &[&str]) -> Option<(Schema, Server)> {
+    let schema = postgres_schema(test).await?;
+    let server = postgres_server_on(&schema, extra).await;
+    Some((schema, server))
+}
+
+async fn postgres_schema(test: &str) -> Option<Schema> {
+    use baton_store_postgres::testing;
+    let url = testing::available(test).await?;
+    let name = testing::schema_for(test);
+    testing::drop_schema(&url, &name);
+    Some(Schema { url, name })
+}
+
+async fn postgres_server_on(schema: &Schema, extra: &[&str]) -> Server {
+    let mut args = vec![
+        "--database",
+        schema.url.as_str(),
+        "--database-schema",
+        schema.name.as_str(),
+    ];
+    args.extend_from_slice(extra);
+    Server::start(&args).await
+}
+
+/// Grants, queue changes, an expiry and a job's run, in order, with increasing ids.
+async fn events_in_order(server: &Server) {
+    let server = server;
     let mut stream = subscribe(&server, "", None, None).await;
 
     let (status, first) = acquire(&server, None, "ev/a", json!({"owner": "one"})).await;
@@ -664,4 +719,39 @@ async fn baton_watch_prints_a_grant_and_a_release_and_exits_130_on_ctrl_c() {
         let exited = process.wait(READ_LIMIT).await;
         assert_eq!(exited.code, Some(130), "{}", exited.stderr);
     }
+}
+
+#[tokio::test]
+async fn a_standby_sends_subscribers_to_the_active() {
+    let Some(schema) = postgres_schema("events_standby").await else {
+        return;
+    };
+    let active = postgres_server_on(&schema, &[]).await;
+    harness::eventually(
+        "the first server to lead",
+        Duration::from_secs(30),
+        async || (metric(&active, "baton_active").await == 1).then_some(()),
+    )
+    .await;
+    let standby = postgres_server_on(&schema, &[]).await;
+    assert_eq!(metric(&standby, "baton_active").await, 0);
+    let (status, body) = call(&standby, None, "GET", "/v1/events", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "not_active", "{body}");
+    assert_eq!(body["active"], active.base.as_str(), "{body}");
+    // The Rust client, given the standby first, follows it to the active.
+    let client = baton_client::Client::new(&format!("{},{}", standby.base, active.base)).unwrap();
+    let mut stream = client.events(baton_client::EventOptions::default());
+    let next = tokio::spawn(async move { stream.next().await });
+    subscribers(&active, 1).await;
+    let (status, lease) = acquire(&standby, None, "standby/a", json!({"owner": "s1"})).await;
+    assert_eq!(status, 200, "{lease}");
+    let event = tokio::time::timeout(READ_LIMIT, next)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(event.lock.as_deref(), Some("standby/a"), "{event:?}");
+    drop(standby);
+    drop(active);
 }

@@ -27,6 +27,8 @@ struct SnapshotPersister {
     key: String,
     disks: Disks,
     key_disks: KeyDisks,
+    /// Fail every commit that holds a grant (a disk that broke).
+    refuse_grants: bool,
 }
 
 impl Persister for SnapshotPersister {
@@ -45,6 +47,13 @@ impl Persister for SnapshotPersister {
     }
 
     fn commit(&mut self, changes: &[Change]) -> Result<(), PersistError> {
+        if self.refuse_grants
+            && changes
+                .iter()
+                .any(|change| matches!(change, Change::LeasePut(_)))
+        {
+            return Err(PersistError("the disk is broken".into()));
+        }
         // A durable commit takes a while; requests meanwhile gather into the next batch.
         std::thread::sleep(Duration::from_micros(200));
         let mut disks = self.disks.lock().unwrap();
@@ -156,6 +165,7 @@ impl Backend for Durable {
             key: key.to_owned(),
             disks: Arc::clone(&self.disks),
             key_disks: Arc::clone(&self.key_disks),
+            refuse_grants: false,
         };
         let options = EngineOptions {
             config: conformance::config(),
@@ -235,4 +245,106 @@ async fn answers_wait_for_their_commit() {
         }
     });
     joined.await.expect("the tasks finish");
+}
+
+fn acquire_args(lock: &str, owner: String) -> baton_store::AcquireArgs {
+    baton_store::AcquireArgs {
+        quota: Default::default(),
+        api_key: None,
+        lock: baton_core::LockName::new(lock).unwrap(),
+        owner,
+        owner_key: None,
+        ttl_ms: 30_000,
+        capacity: Some(2),
+        wait: Duration::from_secs(60),
+        queue: true,
+        request_id: None,
+    }
+}
+
+/// Events are published only once their batch is durable: when a grant's event arrives, its
+/// token counter is on the disk; when a release's arrives, its history record is. And they
+/// come numbered without gaps, in the order of the table's transitions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_published_only_once_durable_and_in_order() {
+    let backend = Durable::default();
+    let disks = Arc::clone(&backend.disks);
+    let clock = Arc::new(ManualClock::new(conformance::START_MS));
+    let store = backend.open("events", clock).await;
+    let mut subscription = store.events().unwrap().subscribe(None);
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..8 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            for _ in 0..10 {
+                let lease = match store
+                    .acquire(acquire_args("events", format!("t{task}")))
+                    .await
+                {
+                    Ok(baton_store::AcquireOutcome::Granted(lease)) => lease,
+                    other => panic!("expected a grant, got {other:?}"),
+                };
+                store.release(lease.id).await.unwrap();
+            }
+        });
+    }
+    let mut seq = 0;
+    let mut ended = 0;
+    let checked = tokio::time::timeout(Duration::from_secs(120), async {
+        while ended < 80 {
+            let published = subscription.live.recv().await.unwrap();
+            seq += 1;
+            assert_eq!(published.seq, seq, "numbered without gaps");
+            let snapshot = disks.lock().unwrap().get("events").cloned().unwrap();
+            match &published.event {
+                baton_core::Event::Granted { lease, .. } => assert!(
+                    snapshot.next_token > lease.token,
+                    "a grant's event came before its commit"
+                ),
+                baton_core::Event::Ended(record) => {
+                    ended += 1;
+                    assert!(
+                        snapshot
+                            .history
+                            .iter()
+                            .any(|kept| kept.lease_id == record.lease_id),
+                        "a release's event came before its commit"
+                    );
+                }
+                _ => {}
+            }
+        }
+    });
+    checked.await.expect("every release is told");
+    while let Some(result) = tasks.join_next().await {
+        result.unwrap();
+    }
+}
+
+/// A grant whose commit fails was never acknowledged: no event tells of it.
+#[tokio::test]
+async fn a_grant_that_never_became_durable_is_never_told() {
+    let persister = SnapshotPersister {
+        key: "broken".into(),
+        disks: Disks::default(),
+        key_disks: KeyDisks::default(),
+        refuse_grants: true,
+    };
+    let options = EngineOptions {
+        config: conformance::config(),
+        commit_attempts: 1,
+        ..EngineOptions::default()
+    };
+    let clock = Arc::new(ManualClock::new(conformance::START_MS));
+    let store = Engine::open(Box::new(persister), clock, options).unwrap();
+    let mut subscription = store.events().unwrap().subscribe(None);
+    let outcome = store.acquire(acquire_args("broken", "o".into())).await;
+    assert!(
+        matches!(outcome, Err(baton_store::StoreError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(matches!(
+        subscription.live.try_recv(),
+        Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+    ));
 }
