@@ -248,13 +248,12 @@ async fn postgres_server_on(schema: &Schema, extra: &[&str]) -> Server {
 
 /// Grants, queue changes, an expiry and a job's run, in order, with increasing ids.
 async fn events_in_order(server: &Server) {
-    let server = server;
-    let mut stream = subscribe(&server, "", None, None).await;
+    let mut stream = subscribe(server, "", None, None).await;
 
-    let (status, first) = acquire(&server, None, "ev/a", json!({"owner": "one"})).await;
+    let (status, first) = acquire(server, None, "ev/a", json!({"owner": "one"})).await;
     assert_eq!(status, 200, "{first}");
     let (status, ticket) = acquire(
-        &server,
+        server,
         None,
         "ev/a",
         json!({"owner": "two", "queue": true, "ttl_ms": 500}),
@@ -262,7 +261,7 @@ async fn events_in_order(server: &Server) {
     .await;
     assert_eq!(status, 202, "{ticket}");
     let (status, cancelled) = acquire(
-        &server,
+        server,
         None,
         "ev/a",
         json!({"owner": "three", "queue": true}),
@@ -270,12 +269,12 @@ async fn events_in_order(server: &Server) {
     .await;
     assert_eq!(status, 202, "{cancelled}");
     let id = str_of(&cancelled["ticket"]["id"], "ticket.id");
-    let (status, _) = call(&server, None, "DELETE", &format!("/v1/tickets/{id}"), None).await;
+    let (status, _) = call(server, None, "DELETE", &format!("/v1/tickets/{id}"), None).await;
     assert_eq!(status, 200);
-    release(&server, None, &first).await;
+    release(server, None, &first).await;
     // "two" is granted by the release; nobody renews its 500 ms lease, so it expires.
     let job = call(
-        &server,
+        server,
         None,
         "POST",
         "/v1/jobs",
@@ -286,7 +285,7 @@ async fn events_in_order(server: &Server) {
     let job_id = str_of(&job.1["job"]["id"], "job.id");
     let lease_id = str_of(&job.1["lease"]["id"], "lease.id");
     let (status, body) = call(
-        &server,
+        server,
         None,
         "POST",
         &format!("/v1/jobs/{job_id}/finish"),
@@ -353,10 +352,10 @@ async fn events_in_order(server: &Server) {
     }
 
     // `?prefix=` keeps only that range of names.
-    let mut only_b = subscribe(&server, "?prefix=ev/b", None, None).await;
-    let (status, a) = acquire(&server, None, "ev/a2", json!({"owner": "x"})).await;
+    let mut only_b = subscribe(server, "?prefix=ev/b", None, None).await;
+    let (status, a) = acquire(server, None, "ev/a2", json!({"owner": "x"})).await;
     assert_eq!(status, 200, "{a}");
-    let (status, b) = acquire(&server, None, "ev/b1", json!({"owner": "y"})).await;
+    let (status, b) = acquire(server, None, "ev/b1", json!({"owner": "y"})).await;
     assert_eq!(status, 200, "{b}");
     let message = only_b.next().await.unwrap();
     assert_eq!(message.data["lock"], "ev/b1", "{message:?}");
