@@ -51,7 +51,7 @@ pub static DROPPED: AtomicU64 = AtomicU64::new(0);
     ),
     responses(
         (status = 200, description = "A stream of Server-Sent Events: `event:` the type, `id:` the event id, `data:` the event as JSON; a comment line every 15 s", content_type = "text/event-stream", body = proto::Event),
-        (status = 400, description = "invalid_query (a malformed prefix or Last-Event-ID)", body = proto::ErrorBody),
+        (status = 400, description = "invalid_query (a malformed Last-Event-ID, or an unknown query parameter)", body = proto::ErrorBody),
         (status = 503, description = "not_active (a standby: follow the active server)", body = proto::ErrorBody),
     ))]
 pub async fn events(

@@ -106,3 +106,82 @@ pub fn human(event: &Event, now: Timestamp) -> String {
     };
     format!("{} {lock} {what}", output::absolute(event.at))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_client::proto::{JobEvent, JobState};
+
+    fn at(second: i64) -> Timestamp {
+        Timestamp::from_second(second).unwrap_or(Timestamp::UNIX_EPOCH)
+    }
+
+    fn event(kind: EventKind) -> Event {
+        Event {
+            id: "s-1".into(),
+            seq: 1,
+            kind,
+            at: at(60),
+            lock: Some("deploy".into()),
+            owner: Some("ci".into()),
+            token: Some(7),
+            granted_at: None,
+            expires_at: None,
+            from_queue: None,
+            position: None,
+            reason: None,
+            job: None,
+        }
+    }
+
+    #[test]
+    fn each_kind_reads_as_a_sentence() {
+        let granted = Event {
+            expires_at: Some(at(90)),
+            from_queue: Some(true),
+            ..event(EventKind::Granted)
+        };
+        assert_eq!(
+            human(&granted, at(60)),
+            "1970-01-01 00:01:00Z deploy granted to ci from the queue (token 7), expires in 30s"
+        );
+        assert_eq!(
+            human(&event(EventKind::Released), at(60)),
+            "1970-01-01 00:01:00Z deploy released by ci (token 7)"
+        );
+        let queued = Event {
+            position: Some(2),
+            token: None,
+            ..event(EventKind::Queued)
+        };
+        assert_eq!(
+            human(&queued, at(60)),
+            "1970-01-01 00:01:00Z deploy ci queued at position 2"
+        );
+        let left = Event {
+            reason: Some("lapsed".into()),
+            ..event(EventKind::LeftQueue)
+        };
+        assert!(human(&left, at(60)).ends_with("ci left the queue (lapsed)"));
+        let job = Event {
+            job: Some(JobEvent {
+                id: "job_1".into(),
+                name: "nightly".into(),
+                state: JobState::TimedOut,
+                reason: None,
+                exit_code: Some(124),
+                host: None,
+                batch: None,
+                created_at: at(0),
+                started_at: None,
+                finished_at: None,
+            }),
+            ..event(EventKind::Job)
+        };
+        assert!(
+            human(&job, at(60)).ends_with("job nightly job_1 timed_out (exit 124) [ci]"),
+            "{}",
+            human(&job, at(60))
+        );
+    }
+}
