@@ -532,6 +532,10 @@ impl LockEntry {
 
     /// True when a slot is free: not held, and not held back by a lock-delay.
     fn has_room(&self, now: Millis) -> bool {
+        #[cfg(feature = "sim-bugs")]
+        if crate::sim_bugs::active(crate::sim_bugs::Bug::GrantDuringLockDelay) {
+            return self.holders.len() < self.capacity as usize;
+        }
         let held_back = if self.delayed(now) {
             self.delayed_slots as usize
         } else {
@@ -691,6 +695,10 @@ impl State {
         }
         let mut leases = snapshot.leases;
         leases.sort_by_key(|lease| lease.token);
+        #[cfg(feature = "sim-bugs")]
+        if crate::sim_bugs::active(crate::sim_bugs::Bug::TokenReuseAfterRestart) {
+            state.next_token = leases.last().map_or(1, |lease| lease.token + 1);
+        }
         for mut lease in leases {
             if lease.token >= state.next_token {
                 return Err(RestoreError(format!(
@@ -698,7 +706,13 @@ impl State {
                     lease.token, state.next_token
                 )));
             }
-            lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+            #[cfg(feature = "sim-bugs")]
+            let shorten = crate::sim_bugs::active(crate::sim_bugs::Bug::ShortenOnRecovery);
+            #[cfg(not(feature = "sim-bugs"))]
+            let shorten = false;
+            if !shorten {
+                lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+            }
             let entry = state
                 .locks
                 .entry(lease.lock.clone())
@@ -832,7 +846,12 @@ impl State {
         {
             return Err(AcquireError::InvalidCapacity);
         }
+        #[cfg(feature = "sim-bugs")]
+        let forget = crate::sim_bugs::active(crate::sim_bugs::Bug::ForgetRequestId);
+        #[cfg(not(feature = "sim-bugs"))]
+        let forget = false;
         if let Some(request_id) = &command.request_id
+            && !forget
             && let Some(record) = self.requests.get(request_id)
         {
             if record.lock != command.lock {
@@ -909,7 +928,13 @@ impl State {
         }
 
         let entry = &self.locks[&command.lock];
-        if entry.has_room(now) && entry.queue.is_empty() {
+        #[cfg(feature = "sim-bugs")]
+        let jumps = crate::sim_bugs::active(crate::sim_bugs::Bug::TryJumpsQueue)
+            && !command.queue
+            && entry.holders.len() < entry.capacity as usize;
+        #[cfg(not(feature = "sim-bugs"))]
+        let jumps = false;
+        if (entry.has_room(now) && entry.queue.is_empty()) || jumps {
             if self.leases.len() >= self.config.leases_total_max {
                 // The lock may have just been created: schedule it to be forgotten.
                 self.settle(&command.lock, now);
@@ -1316,6 +1341,10 @@ impl State {
         let TicketEnd::Granted(lease_id) = ended.end else {
             return WaiterLeft::Nothing;
         };
+        #[cfg(feature = "sim-bugs")]
+        if crate::sim_bugs::active(crate::sim_bugs::Bug::KeepDepartedGrant) {
+            return WaiterLeft::Nothing;
+        }
         if (ended.collected && !collected_here) || !self.leases.contains_key(&lease_id) {
             return WaiterLeft::Nothing;
         }

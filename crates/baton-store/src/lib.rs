@@ -20,6 +20,6 @@ mod keys;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineOptions, MemoryPersister, PersistError, Persister};
+pub use engine::{Engine, EngineOptions, IdSource, MemoryPersister, PersistError, Persister};
 pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
 pub use store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};
