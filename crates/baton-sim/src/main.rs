@@ -1,8 +1,9 @@
 //! `baton-sim`: runs seeded simulations of the engine and replays failures.
 //!
 //! ```text
-//! cargo run -p baton-sim -- --seeds 20 --ops 100000     # 20 seeds from 0
+//! cargo run -p baton-sim -- --seeds 20 --ops 10000      # 20 seeds from 0
 //! cargo run -p baton-sim -- --seed 7 --ops 5000 --trace # replay one, with its trace
+//! cargo run --release -p baton-sim -- --ops 10000000    # before a release (in seeds of 50,000)
 //! ```
 
 use std::process::ExitCode;
@@ -20,7 +21,9 @@ struct Args {
     /// How many seeds to run, from `--seed` on.
     #[arg(long, default_value_t = 1)]
     seeds: u64,
-    /// Client operations per seed.
+    /// Client operations per seed. More than 50,000 runs as consecutive seeds of 50,000 each
+    /// (a history is kept whole in memory for its checkers), so every failure still names
+    /// one seed to replay.
     #[arg(long, default_value_t = 10_000)]
     ops: u64,
     /// Simulated clients.
@@ -32,6 +35,9 @@ struct Args {
     /// On a failure, look for a shorter failing history (fewer operations and clients).
     #[arg(long)]
     shrink: bool,
+    /// Leave a client out (for replaying a shrunk history); repeatable.
+    #[arg(long = "without", value_name = "CLIENT")]
+    without: Vec<usize>,
     /// Turn on an injected bug (only with `--features sim-bugs`).
     #[cfg(feature = "sim-bugs")]
     #[arg(long)]
@@ -54,13 +60,25 @@ fn main() -> ExitCode {
             }
         }
     }
+    const CHUNK: u64 = 50_000;
+    let (seeds, ops) = if args.ops > CHUNK {
+        let chunks = args.ops.div_ceil(CHUNK);
+        println!(
+            "{} ops per seed run as {chunks} seeds of {CHUNK} each",
+            args.ops
+        );
+        (args.seeds.saturating_mul(chunks), CHUNK)
+    } else {
+        (args.seeds, args.ops)
+    };
     let started = Instant::now();
     let mut failed = 0;
     let mut total_ops = 0;
-    for seed in args.seed..args.seed.saturating_add(args.seeds) {
-        let mut options = baton_sim::Options::new(seed, args.ops);
+    for seed in args.seed..args.seed.saturating_add(seeds) {
+        let mut options = baton_sim::Options::new(seed, ops);
         options.clients = args.clients;
         options.trace = args.trace;
+        options.disabled = args.without.clone();
         let outcome = baton_sim::run(&options);
         total_ops += outcome.ops;
         for line in &outcome.trace {
@@ -89,16 +107,27 @@ fn main() -> ExitCode {
                     replay.ops, replay.disabled
                 );
             }
+            let without: String = replay
+                .disabled
+                .iter()
+                .map(|client| format!(" --without {client}"))
+                .collect();
+            #[cfg(feature = "sim-bugs")]
+            let (features, bug) = match &args.bug {
+                Some(name) => (" --features sim-bugs", format!(" --bug {name}")),
+                None => ("", String::new()),
+            };
+            #[cfg(not(feature = "sim-bugs"))]
+            let (features, bug) = ("", String::new());
             println!(
-                "  replay: cargo run -p baton-sim -- --seed {seed} --ops {} --clients {} --trace",
+                "  replay: cargo run -p baton-sim{features} -- --seed {seed} --ops {} --clients {}{without}{bug} --trace",
                 replay.ops, replay.clients
             );
         }
     }
     let elapsed = started.elapsed();
     println!(
-        "{} seeds, {total_ops} ops in {:.1} s ({:.0} ops/s), {failed} failed",
-        args.seeds,
+        "{seeds} seeds, {total_ops} ops in {:.1} s ({:.0} ops/s), {failed} failed",
         elapsed.as_secs_f64(),
         total_ops as f64 / elapsed.as_secs_f64().max(1e-9)
     );
