@@ -1,4 +1,4 @@
-//! Checkers over a recorded history, each named after the guarantee of docs/PRODUCT (G1-G7)
+//! Checkers over a recorded history, each named after the guarantee of PRODUCT.md (G1-G7)
 //! it checks. They judge what clients were told (and the few observations the simulator
 //! recorded), never the engine's own view of itself, and they are conservative: a lease counts
 //! as live only while its holder was promised it, so a lease that recovery kept longer than

@@ -38,7 +38,8 @@ use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError
 #[error("{0}")]
 pub struct PersistError(pub String);
 
-/// Durable storage of the lock table's changes. Called from one dedicated thread; may block.
+/// Durable storage of the lock table's changes. Called from one dedicated thread (with
+/// [`EngineOptions::manual_commit`], from the caller of [`Engine::commit_pending`]); may block.
 pub trait Persister: Send + 'static {
     /// A short name: `memory`, `sqlite`, …
     fn kind(&self) -> &'static str;
