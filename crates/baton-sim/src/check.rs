@@ -586,17 +586,20 @@ fn g7_idempotency(events: &[Event], found: &mut Vec<Violation>) {
         Ticket(TicketId),
     }
     let window = config().ended_retention_ms / 2;
-    let mut first: HashMap<&str, (First, Millis)> = HashMap::new();
-    // Tickets seen to end without a lease, and the time of the last restart: a ticket that
+    // Per request id: the outcome to compare with, when it was first answered, and the place
+    // in the history of the latest answer.
+    let mut first: HashMap<&str, (First, Millis, u64)> = HashMap::new();
+    // Tickets seen to end without a lease, and the place of the last restart: a ticket that
     // ended is not a live second ticket, and which tickets ended is not kept across a restart.
     let mut ended: std::collections::HashSet<TicketId> = std::collections::HashSet::new();
-    let mut restarted_at = 0;
-    for event in events {
+    let mut restarted_step = 0;
+    for (index, event) in events.iter().enumerate() {
+        let index = index as u64;
         match &event.kind {
             EventKind::TicketEnded { ticket, .. } => {
                 ended.insert(*ticket);
             }
-            EventKind::Restarted { .. } => restarted_at = event.at,
+            EventKind::Restarted { .. } => restarted_step = index,
             _ => {}
         }
         let (request_id, outcome) = match &event.kind {
@@ -620,28 +623,30 @@ fn g7_idempotency(events: &[Event], found: &mut Vec<Violation>) {
             } => (request_id, First::Ticket(*ticket)),
             _ => continue,
         };
-        let Some((earlier, at)) = first.get(request_id.as_str()).copied() else {
-            first.insert(request_id, (outcome, event.at));
+        let Some((earlier, at, step)) = first.get(request_id.as_str()).copied() else {
+            first.insert(request_id, (outcome, event.at, index));
             continue;
         };
+        // A restart after the answer compared with.
+        let restarted = restarted_step > step;
         if event.at > at + window {
             continue;
         }
         if let First::Ticket(ticket) = earlier
-            && (ended.contains(&ticket) || restarted_at > at)
+            && (ended.contains(&ticket) || restarted)
             && !matches!(outcome, First::Ticket(t) if t == ticket)
         {
             // The ticket ended (or may have, unseen, before a restart): a new outcome is not a
             // second live ticket. Judge later retries against the new one.
-            first.insert(request_id, (outcome, event.at));
+            first.insert(request_id, (outcome, event.at, index));
             continue;
         }
         if let First::Lease(_, _, true) = earlier
-            && restarted_at > at
+            && restarted
         {
             // Known gap (docs/simulation.md): which lease answered a reentrant request is kept
             // in memory only, so after a restart its retry is a new request.
-            first.insert(request_id, (outcome, event.at));
+            first.insert(request_id, (outcome, event.at, index));
             continue;
         }
         let same = match (earlier, outcome) {
@@ -660,9 +665,12 @@ fn g7_idempotency(events: &[Event], found: &mut Vec<Violation>) {
             });
             return;
         }
-        if let First::Lease(..) = outcome {
-            first.insert(request_id, (outcome, at));
-        }
+        let outcome = if let First::Lease(..) = outcome {
+            outcome
+        } else {
+            earlier
+        };
+        first.insert(request_id, (outcome, at, index));
     }
 }
 
