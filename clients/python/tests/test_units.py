@@ -55,6 +55,7 @@ def test_backoff_doubles_is_capped_and_jittered():
     (403, "forbidden", baton.Forbidden),
     (503, "unavailable", baton.Unavailable),
     (503, "limit_reached", baton.Unavailable),
+    (503, "not_active", baton.Unavailable),
     (429, "rate_limited", baton.RateLimited),
     (500, "internal", baton.ServerError),
     (418, "a_new_code", baton.Rejected),

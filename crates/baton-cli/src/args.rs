@@ -284,12 +284,24 @@ pub struct ServerArgs {
     )]
     pub database_schema: String,
 
-    /// Connections this server keeps to --database.
+    /// Accepted for compatibility, no longer used: the server writes to --database through one
+    /// connection, which carries every commit of its engine.
     #[arg(long, env = "BATON_DATABASE_POOL", default_value_t = 16, value_parser = clap::value_parser!(u32).range(2..=1000), value_name = "N")]
     pub database_pool: u32,
 
+    /// With --database: the URL clients are told to use while this server is the active one
+    /// (standbys name it in their `not_active` answers and in /readyz). Default: http(s)://
+    /// and the --listen address, which is only right when that address is reachable.
+    #[arg(long, env = "BATON_ADVERTISE_URL", value_name = "URL")]
+    pub advertise_url: Option<String>,
+
+    /// With --database: the leadership lease of the active server. Servers sharing a database
+    /// elect one active; after it dies a standby takes over within about this long.
+    #[arg(long, env = "BATON_LEADER_TTL", default_value = "4s", value_parser = parse_duration, value_name = "DUR")]
+    pub leader_ttl: Duration,
+
     /// Testing aid: shift this server's own clock by this many milliseconds (may be negative).
-    /// With PostgreSQL, leases still expire by the database's clock.
+    /// Leases expire by the clock of the server that owns the table (the active one).
     #[arg(
         long,
         env = "BATON_CLOCK_SKEW_MS",

@@ -42,7 +42,19 @@ pub fn print_json_error(
 /// Prints one line on stdout. A closed stdout (`| head`) is not an error worth reporting.
 pub fn print_line(text: &str) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
-    match writeln!(stdout, "{text}").and_then(|()| stdout.flush()) {
+    stdout_result(writeln!(stdout, "{text}").and_then(|()| stdout.flush()))
+}
+
+/// Prints bytes on stdout as they are (a generated completion script). A closed stdout is not
+/// an error worth reporting, as for [`print_line`].
+pub fn print_bytes(bytes: &[u8]) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    stdout_result(stdout.write_all(bytes).and_then(|()| stdout.flush()))
+}
+
+/// A write to stdout's result: a broken pipe is success, anything else an error.
+fn stdout_result(result: std::io::Result<()>) -> anyhow::Result<()> {
+    match result {
         Ok(()) => Ok(()),
         Err(error) if error.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
         Err(error) => Err(error).context("cannot write to stdout"),

@@ -183,3 +183,29 @@ fn the_url_flag_overrides_the_environment() {
     );
     assert_exit(&output, 69);
 }
+
+/// `baton completions bash | head -1` closes the pipe while baton still writes: that is no
+/// error to report, and never a panic (clap_complete's own writer panics on a write error).
+#[test]
+fn completions_into_a_closed_pipe_exit_zero_without_a_panic() {
+    for shell in ["bash", "zsh", "fish", "powershell"] {
+        let (reader, writer) = match std::io::pipe() {
+            Ok(pipe) => pipe,
+            Err(error) => panic!("cannot make a pipe: {error}"),
+        };
+        // Closed before baton writes a byte: its first write fails with EPIPE.
+        drop(reader);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_baton"));
+        command
+            .args(["completions", shell])
+            .stdout(writer)
+            .stderr(std::process::Stdio::piped());
+        let output = match command.output() {
+            Ok(output) => output,
+            Err(error) => panic!("cannot run baton: {error}"),
+        };
+        let stderr = stderr(&output);
+        assert_eq!(output.status.code(), Some(0), "{shell}: stderr: {stderr}");
+        assert!(!stderr.contains("panicked"), "{shell}: {stderr}");
+    }
+}

@@ -1073,8 +1073,16 @@ impl Client {
         let timeout = self.inner.request_timeout + call.wait;
         let mut failures = Vec::new();
         let mut tls_failures = Vec::new();
-        for offset in 0..bases.len() {
-            let index = (start + offset) % bases.len();
+        let mut tried = vec![false; bases.len()];
+        let mut standby_answer = None;
+        let mut next = Some(start % bases.len().max(1));
+        while let Some(index) = next.take() {
+            tried[index] = true;
+            // By default the next server in turn; a standby's answer may name a better one.
+            let in_turn = (1..bases.len())
+                .map(|offset| (index + offset) % bases.len())
+                .find(|&candidate| !tried[candidate]);
+            next = in_turn;
             let url = format!("{}{}", bases[index], call.path);
             let mut request = self
                 .inner
@@ -1094,6 +1102,23 @@ impl Client {
                 Ok(response) => {
                     let status = response.status();
                     let body = read_body(response, &url).await?;
+                    if let Some(active) = standby_of(status, &body) {
+                        // A standby did nothing: ask the active it names (when it is one of
+                        // ours), else the next server, within this attempt.
+                        if let Some(named) = active.and_then(|active| {
+                            bases.iter().position(|base| same_base(base, &active))
+                        }) && !tried[named]
+                        {
+                            next = Some(named);
+                        }
+                        standby_answer = Some(Answer {
+                            status,
+                            body,
+                            url,
+                            sent_at,
+                        });
+                        continue;
+                    }
                     self.inner.preferred.store(index, Ordering::Relaxed);
                     return Ok(Answer {
                         status,
@@ -1124,6 +1149,11 @@ impl Client {
                 }
             }
         }
+        if let Some(answer) = standby_answer {
+            // Every server that answered is a standby (an election is under way): the retry
+            // policy decides when to ask again.
+            return Ok(answer);
+        }
         if failures.is_empty() && !tls_failures.is_empty() {
             // Every server failed TLS: trying again will not change a certificate.
             return Err(Error::Tls {
@@ -1147,6 +1177,20 @@ impl Client {
                 .store((current + 1) % len, Ordering::Relaxed);
         }
     }
+}
+
+/// For a standby's `503 not_active` answer: `Some(the active's URL, when named)`.
+fn standby_of(status: StatusCode, body: &[u8]) -> Option<Option<String>> {
+    if status != StatusCode::SERVICE_UNAVAILABLE {
+        return None;
+    }
+    let parsed: ErrorBody = serde_json::from_slice(body).ok()?;
+    (parsed.error.code == ErrorCode::NotActive.as_str()).then_some(parsed.active)
+}
+
+/// Whether two base URLs name the same server (ignoring a trailing slash).
+fn same_base(a: &str, b: &str) -> bool {
+    a.trim_end_matches('/') == b.trim_end_matches('/')
 }
 
 /// Serializes a request body.

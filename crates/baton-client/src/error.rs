@@ -258,7 +258,10 @@ impl Error {
             },
             (
                 Code::Known(
-                    ErrorCode::Unavailable | ErrorCode::LimitReached | ErrorCode::RateLimited,
+                    ErrorCode::Unavailable
+                    | ErrorCode::NotActive
+                    | ErrorCode::LimitReached
+                    | ErrorCode::RateLimited,
                 ),
                 _,
             )
@@ -371,6 +374,7 @@ mod tests {
             (403, "forbidden", "Unauthorized"),
             (503, "unavailable", "Unavailable"),
             (503, "limit_reached", "Unavailable"),
+            (503, "not_active", "Unavailable"),
             (429, "rate_limited", "Unavailable"),
             (500, "internal", "Server"),
             (418, "a_new_code", "Rejected"),

@@ -28,4 +28,3 @@ pub use state::{
     CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
     OnceSlotKey, Policy, StopReason, once_slot,
 };
-pub use state::{EndedLease, EndedTicketEntry, LockSlice, RequestEntry, Slice};

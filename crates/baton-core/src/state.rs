@@ -15,13 +15,11 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 mod jobs;
-mod slice;
 
 pub use jobs::{
     CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
     OnceSlotKey, Policy, StopReason, once_slot,
 };
-pub use slice::{EndedLease, EndedTicketEntry, LockSlice, RequestEntry, Slice};
 
 use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
@@ -619,11 +617,6 @@ pub struct State {
     /// The newest once-per slot taken by each (lock, job name, period).
     once_slots: HashMap<OnceSlotKey, u64>,
     job_output_bytes: usize,
-    /// Tokens handed in by a store that draws them from a shared sequence (see [`Slice`]);
-    /// `None` for a table that owns its counter.
-    token_pool: Option<VecDeque<u64>>,
-    /// A grant found the pool empty: the transition must not be kept.
-    token_pool_exhausted: bool,
 }
 
 impl State {
@@ -659,8 +652,6 @@ impl State {
             pending_coalesce: HashMap::new(),
             once_slots: HashMap::new(),
             job_output_bytes: 0,
-            token_pool: None,
-            token_pool_exhausted: false,
         };
         state.schedule(now + HOUSEKEEPING_INTERVAL_MS, Deadline::Housekeeping, None);
         state
@@ -1089,16 +1080,6 @@ impl State {
     }
 
     fn next_grant_token(&mut self) -> u64 {
-        if let Some(pool) = &mut self.token_pool {
-            return match pool.pop_front() {
-                Some(token) => token,
-                None => {
-                    // Never reused: the store discards the whole transition.
-                    self.token_pool_exhausted = true;
-                    self.next_token
-                }
-            };
-        }
         let token = self.next_token;
         self.next_token += 1;
         self.counters_dirty = true;

@@ -305,8 +305,15 @@ pub struct Health {
     pub status: String,
     /// The server's version.
     pub version: String,
-    /// The store in use: `memory` or `sqlite`.
+    /// The store in use: `memory`, `sqlite` or `postgres`.
     pub store: String,
+    /// With a store shared by several servers: `active` (this server answers) or `standby`
+    /// (it sends every client to the active one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// With a store shared by several servers: the active server's advertised URL, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
 }
 
 /// The body of every error answer: `{"error": {"code": ..., "message": ...}, ...}`.
@@ -321,6 +328,9 @@ pub struct ErrorBody {
     /// With `stale_token`: the newest token seen for the lock.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub newest_token: Option<u64>,
+    /// With `not_active`: the active server's advertised URL, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active: Option<String>,
 }
 
 /// A stable code and a message a person can act on.
@@ -427,6 +437,10 @@ error_codes! {
     LimitReached = ("limit_reached", 503),
     /// The store cannot commit right now; try again later.
     Unavailable = ("unavailable", 503),
+    /// This server is a standby of a shared database: the server named in `active` (when
+    /// known) is the active one and serves every request. Nothing was done here, so the same
+    /// request may be sent to another server at once.
+    NotActive = ("not_active", 503),
     /// No job has this id.
     JobNotFound = ("job_not_found", 404),
     /// No API key was presented, or it is unknown or revoked.

@@ -21,6 +21,8 @@ pub struct ApiError {
     pub holders: Option<Vec<Holder>>,
     /// With `stale_token`: the newest token.
     pub newest_token: Option<u64>,
+    /// With `not_active`: the active server's URL.
+    pub active: Option<String>,
 }
 
 impl ApiError {
@@ -31,6 +33,7 @@ impl ApiError {
             message: message.into(),
             holders: None,
             newest_token: None,
+            active: None,
         }
     }
 }
@@ -46,8 +49,16 @@ impl IntoResponse for ApiError {
             },
             holders: self.holders,
             newest_token: self.newest_token,
+            active: self.active.clone(),
         };
         let mut response = (status, axum::Json(body)).into_response();
+        if self.code == ErrorCode::NotActive {
+            // Nothing was done: the client may go to another server at once.
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("0"),
+            );
+        }
         if self.code == ErrorCode::BodyTooLarge {
             // The rest of the body was never read, so the connection cannot carry another
             // request: say so, or a keep-alive client would send its next request into a
@@ -169,6 +180,22 @@ impl From<StoreError> for ApiError {
                     ErrorCode::Unavailable,
                     "the store cannot make changes durable right now; see the server's log",
                 )
+            }
+            StoreError::NotActive { active } => {
+                let message = match &active {
+                    Some(url) => format!(
+                        "this server is a standby; the active server is {url}: send requests \
+                         there (a client given every server's URL finds it by itself)"
+                    ),
+                    None => "this server is a standby and no active server is known right now \
+                             (an election is under way, or the database is unreachable); try \
+                             again shortly"
+                        .to_owned(),
+                };
+                ApiError {
+                    active,
+                    ..ApiError::new(ErrorCode::NotActive, message)
+                }
             }
         }
     }

@@ -14,6 +14,7 @@
 pub mod auth;
 mod error;
 mod extract;
+mod forward;
 mod jobs;
 mod keys;
 mod listen;
@@ -27,7 +28,8 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use baton_store::{Engine, EngineOptions, MemoryPersister, Store, SystemClock};
-use baton_store_postgres::{PgOptions, PostgresStore};
+use baton_store_postgres::PgOptions;
+use baton_store_postgres::leader::{DEFAULT_LEADER_TTL, HaStore, LeaderOptions, PgEngineFactory};
 use baton_store_sqlite::SqlitePersister;
 
 pub use error::ApiError;
@@ -100,11 +102,19 @@ pub struct ServerConfig {
     /// The schema holding baton's tables in that database; servers that share state use the
     /// same one.
     pub database_schema: String,
-    /// Connections to the database.
+    /// Accepted for compatibility and unused: the PostgreSQL store writes through one
+    /// connection (its engine group-commits every change through it).
     pub database_pool: usize,
-    /// Shifts this server's own clock by this many milliseconds. A testing aid: with
-    /// PostgreSQL, expiry follows the database's clock, so a server whose clock is off still
-    /// expires leases on time.
+    /// With PostgreSQL: the URL clients are told to use while this server is the active one
+    /// of its database (standbys name it). `None`: `http(s)://` and the listening address.
+    pub advertise_url: Option<String>,
+    /// With PostgreSQL: the leadership lease (see `baton_store_postgres::leader`). A
+    /// fail-over after the active dies takes about this long.
+    pub leader_ttl_ms: u64,
+    /// Shifts this server's own clock by this many milliseconds. A testing aid: the lock table
+    /// runs by the clock of the server that owns it (the active one, with PostgreSQL), and a
+    /// fail-over to a server whose clock is off recovers every lease as renewed at its own
+    /// "now", so no deadline is shortened.
     pub clock_skew_ms: i64,
     /// Serve HTTPS with this certificate chain and private key (PEM files); plain HTTP when
     /// `None`. The TLS handshake runs under the connection limit and must finish within
@@ -150,6 +160,8 @@ impl ServerConfig {
             database_url: None,
             database_schema: "baton".into(),
             database_pool: 16,
+            advertise_url: None,
+            leader_ttl_ms: u64::try_from(DEFAULT_LEADER_TTL.as_millis()).unwrap_or(4_000),
             clock_skew_ms: 0,
             tls: None,
         }
@@ -174,7 +186,7 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
         config: config.core_config(),
         ..EngineOptions::default()
     };
-    let clock = Arc::new(SystemClock::new());
+    let clock = Arc::new(SystemClock::skewed(config.clock_skew_ms));
     let engine = match config.store {
         StoreKind::Memory => Engine::open(Box::new(MemoryPersister::new()), clock, options)?,
         StoreKind::Sqlite => {
@@ -188,14 +200,29 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
                 .database_url
                 .clone()
                 .context("the PostgreSQL store needs a database URL (--database)")?;
-            let options = PgOptions {
+            let pg = PgOptions {
                 schema: config.database_schema.clone(),
                 config: config.core_config(),
-                pool_size: config.database_pool,
                 local_skew_ms: config.clock_skew_ms,
-                ..PgOptions::new(url)
+                ..PgOptions::new(url.clone())
             };
-            let store = PostgresStore::open(options)
+            let scheme = if config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            let advertise = config
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("{scheme}://{}", config.listen));
+            let mut leader = LeaderOptions::new(advertise)?;
+            leader.ttl = std::time::Duration::from_millis(config.leader_ttl_ms);
+            let factory = PgEngineFactory {
+                options: pg,
+                engine: options,
+                clock,
+            };
+            let store = HaStore::start(&url, &config.database_schema, leader, Arc::new(factory))
                 .await
                 .context("cannot open the PostgreSQL store")?;
             return Ok(Arc::new(store));
@@ -291,7 +318,7 @@ async fn run_with(
         std::time::Duration::from_millis(config.key_reload_ms.max(1)),
     );
     let app = router(AppState {
-        store,
+        store: Arc::clone(&store),
         default_ttl_ms: config.default_ttl_ms,
         auth,
     })
@@ -306,5 +333,6 @@ async fn run_with(
     };
     listen::serve(listener, app, limits, tls, shutdown).await;
     reloader.abort();
+    store.shutdown().await;
     Ok(())
 }

@@ -67,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // Inside authentication: a standby forwards only what it would itself accept.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            crate::forward::forward,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.auth),
             crate::auth::authenticate,
@@ -647,10 +652,19 @@ async fn history(
 }
 
 fn health(state: &AppState, status: &str) -> proto::Health {
+    let leadership = state.store.leadership();
     proto::Health {
         status: status.to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         store: state.store.kind().to_owned(),
+        role: leadership.as_ref().map(|leadership| {
+            if leadership.active {
+                "active".to_owned()
+            } else {
+                "standby".to_owned()
+            }
+        }),
+        active: leadership.and_then(|leadership| leadership.active_url),
     }
 }
 
@@ -661,15 +675,23 @@ async fn healthz(State(state): State<AppState>) -> Json<proto::Health> {
     Json(health(&state, "ok"))
 }
 
-/// Readiness: the store takes writes.
+/// Readiness: the store takes writes. A standby of a shared database is not ready (its `role`
+/// says `standby` and `active` names the active server), so a load balancer sends clients to
+/// the active one.
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses(
         (status = 200, description = "Ready", body = proto::Health),
-        (status = 503, description = "The store cannot commit", body = proto::Health),
+        (status = 503, description = "The store cannot commit, or this server is a standby",
+            body = proto::Health),
     ))]
 async fn readyz(State(state): State<AppState>) -> Response {
     match state.store.ready().await {
         Ok(()) => Json(health(&state, "ok")).into_response(),
+        Err(baton_store::StoreError::NotActive { .. }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(health(&state, "standby")),
+        )
+            .into_response(),
         Err(error) => {
             tracing::error!(%error, "not ready");
             (
@@ -734,6 +756,26 @@ async fn metrics(State(state): State<AppState>) -> Response {
         "Time spent in durable commits.",
         format!("{:.6}", stats.commit_micros as f64 / 1e6),
     );
+    if let Some(leadership) = state.store.leadership() {
+        metric(
+            "baton_active",
+            "gauge",
+            "1 while this server is the active one of its database, 0 while it is a standby.",
+            u8::from(leadership.active).to_string(),
+        );
+        metric(
+            "baton_leader_epoch",
+            "gauge",
+            "The newest leadership epoch this server knows.",
+            leadership.epoch.to_string(),
+        );
+        metric(
+            "baton_takeovers_total",
+            "counter",
+            "How many times this server became the active one.",
+            leadership.takeovers.to_string(),
+        );
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,

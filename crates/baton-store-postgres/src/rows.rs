@@ -1,46 +1,66 @@
-//! Rows ↔ core types. Every read checks what it reads (a row another version of baton wrote, or a
-//! hand edit, is reported, never trusted into a panic).
+//! Rows ↔ core types, one place per type: the columns, the multi-row upsert that writes a batch
+//! of them, the builder that turns records into one array per column (`UNNEST` zips them back
+//! into rows), and the reader. A new field of a core type is a column here, in all four.
+//!
+//! Every read checks what it reads (a row another version of baton wrote, or a hand edit, is
+//! reported, never trusted into a panic).
 
 use baton_core::{
-    EndedTicketEntry, HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName,
-    LockRecord, LockSlice, Millis, Policy, RequestEntry, RequestTarget, StopReason, Ticket,
-    TicketEnd, TicketId,
+    HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName, LockRecord, Millis,
+    Policy, StopReason, Ticket, TicketId,
 };
-use baton_store::StoreError;
+use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError};
 use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
 
 /// What a bad row is reported as.
-pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> StoreError {
-    StoreError::Unavailable(format!("the database holds an invalid {what}: {detail}"))
+pub(crate) fn corrupt(what: &str, detail: impl std::fmt::Display) -> PersistError {
+    PersistError(format!("the database holds an invalid {what}: {detail}"))
 }
 
 /// A database error as the server reports it (the text is logged, not sent to clients).
-pub(crate) fn db(context: &str) -> impl Fn(tokio_postgres::Error) -> StoreError + '_ {
-    move |error| StoreError::Unavailable(format!("{context}: {error}"))
+pub(crate) fn db(context: &str) -> impl Fn(tokio_postgres::Error) -> PersistError + '_ {
+    move |error| PersistError(format!("{context}: {error}"))
 }
+
+/// Parameters of one statement.
+pub(crate) type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
 pub(crate) fn i64_of(value: u64) -> i64 {
     // Times are milliseconds since 1970 and tokens count grants: both far below 2^63.
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-pub(crate) fn u64_of(value: i64, what: &str) -> Result<u64, StoreError> {
+fn i32_of(value: u32) -> i32 {
+    // Capacities and slot counts are bounded by the core's limits, far below 2^31.
+    i32::try_from(value).unwrap_or(i32::MAX)
+}
+
+pub(crate) fn u64_of(value: i64, what: &str) -> Result<u64, PersistError> {
     u64::try_from(value).map_err(|_| corrupt(what, "negative"))
 }
 
-fn opt_u64(value: Option<i64>, what: &str) -> Result<Option<u64>, StoreError> {
+fn u32_of(value: i32, what: &str) -> Result<u32, PersistError> {
+    u32::try_from(value).map_err(|_| corrupt(what, "negative"))
+}
+
+fn opt_u64(value: Option<i64>, what: &str) -> Result<Option<u64>, PersistError> {
     value.map(|v| u64_of(v, what)).transpose()
 }
 
-fn id16(bytes: &[u8], what: &str) -> Result<[u8; 16], StoreError> {
+fn ot(value: Option<Millis>) -> Option<i64> {
+    value.map(i64_of)
+}
+
+fn id16(bytes: &[u8], what: &str) -> Result<[u8; 16], PersistError> {
     <[u8; 16]>::try_from(bytes).map_err(|_| corrupt(what, "not 16 bytes"))
 }
 
-fn opt_id16(bytes: Option<&[u8]>, what: &str) -> Result<Option<[u8; 16]>, StoreError> {
+fn opt_id16(bytes: Option<&[u8]>, what: &str) -> Result<Option<[u8; 16]>, PersistError> {
     bytes.map(|b| id16(b, what)).transpose()
 }
 
-pub(crate) fn lock_name(text: &str) -> Result<LockName, StoreError> {
+fn lock_name(text: &str) -> Result<LockName, PersistError> {
     LockName::new(text).map_err(|error| corrupt("lock name", error))
 }
 
@@ -48,140 +68,445 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
     row: &'a Row,
     index: usize,
     what: &str,
-) -> Result<T, StoreError> {
+) -> Result<T, PersistError> {
     row.try_get(index).map_err(|error| corrupt(what, error))
 }
 
-pub(crate) const LOCK_COLUMNS: &str =
-    "name, capacity, newest_token, newest_granted, delayed_until, idle_since, delayed_slots";
+// ---- locks ----
 
-pub(crate) fn lock_of(row: &Row) -> Result<LockSlice, StoreError> {
-    let capacity: i32 = get(row, 1, "lock")?;
-    Ok(LockSlice {
-        record: LockRecord {
-            name: lock_name(get(row, 0, "lock")?)?,
-            capacity: u32::try_from(capacity).map_err(|_| corrupt("lock", "capacity"))?,
-            newest_token: u64_of(get(row, 2, "lock")?, "token")?,
-            newest_granted: u64_of(get(row, 3, "lock")?, "token")?,
-            delayed_until: opt_u64(get(row, 4, "lock")?, "time")?,
-            delayed_slots: u32::try_from(get::<i32>(row, 6, "lock")?)
-                .map_err(|_| corrupt("lock", "delayed slots"))?,
-        },
-        idle_since: u64_of(get(row, 5, "lock")?, "time")?,
+pub(crate) const LOCK_SELECT: &str =
+    "SELECT name, capacity, newest_token, newest_granted, delayed_until, delayed_slots FROM locks";
+
+pub(crate) const LOCK_UPSERT: &str = "INSERT INTO locks (name, capacity, newest_token, \
+     newest_granted, delayed_until, delayed_slots) \
+     SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], \
+     $6::int[]) \
+     ON CONFLICT (name) DO UPDATE SET capacity = EXCLUDED.capacity, \
+     newest_token = EXCLUDED.newest_token, newest_granted = EXCLUDED.newest_granted, \
+     delayed_until = EXCLUDED.delayed_until, delayed_slots = EXCLUDED.delayed_slots";
+
+pub(crate) const LOCK_DELETE: &str = "DELETE FROM locks WHERE name = ANY($1::text[])";
+
+#[derive(Default)]
+pub(crate) struct LockRows {
+    name: Vec<String>,
+    capacity: Vec<i32>,
+    newest_token: Vec<i64>,
+    newest_granted: Vec<i64>,
+    delayed_until: Vec<Option<i64>>,
+    delayed_slots: Vec<i32>,
+}
+
+impl LockRows {
+    pub(crate) fn push(&mut self, record: &LockRecord) {
+        self.name.push(record.name.as_str().to_owned());
+        self.capacity.push(i32_of(record.capacity));
+        self.newest_token.push(i64_of(record.newest_token));
+        self.newest_granted.push(i64_of(record.newest_granted));
+        self.delayed_until.push(ot(record.delayed_until));
+        self.delayed_slots.push(i32_of(record.delayed_slots));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.name.is_empty()
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.name,
+            &self.capacity,
+            &self.newest_token,
+            &self.newest_granted,
+            &self.delayed_until,
+            &self.delayed_slots,
+        ]
+    }
+}
+
+pub(crate) fn lock_of(row: &Row) -> Result<LockRecord, PersistError> {
+    let what = "lock";
+    Ok(LockRecord {
+        name: lock_name(get(row, 0, what)?)?,
+        capacity: u32_of(get(row, 1, what)?, "capacity")?,
+        newest_token: u64_of(get(row, 2, what)?, "token")?,
+        newest_granted: u64_of(get(row, 3, what)?, "token")?,
+        delayed_until: opt_u64(get(row, 4, what)?, "time")?,
+        delayed_slots: u32_of(get(row, 5, what)?, "delayed slots")?,
     })
 }
 
-pub(crate) const LEASE_COLUMNS: &str =
-    "id, lock, owner, owner_key, token, ttl_ms, granted_at, expires_at, request_id, ticket";
+// ---- leases ----
 
-pub(crate) fn lease_of(row: &Row) -> Result<Lease, StoreError> {
+pub(crate) const LEASE_SELECT: &str = "SELECT id, lock, owner, owner_key, token, ttl_ms, \
+     granted_at, expires_at, request_id, ticket FROM leases";
+
+pub(crate) const LEASE_UPSERT: &str = "INSERT INTO leases (id, lock, owner, owner_key, token, \
+     ttl_ms, granted_at, expires_at, request_id, ticket) \
+     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bytea[]) \
+     ON CONFLICT (id) DO UPDATE SET lock = EXCLUDED.lock, owner = EXCLUDED.owner, \
+     owner_key = EXCLUDED.owner_key, token = EXCLUDED.token, ttl_ms = EXCLUDED.ttl_ms, \
+     granted_at = EXCLUDED.granted_at, expires_at = EXCLUDED.expires_at, \
+     request_id = EXCLUDED.request_id, ticket = EXCLUDED.ticket";
+
+pub(crate) const LEASE_DELETE: &str = "DELETE FROM leases WHERE id = ANY($1::bytea[])";
+
+#[derive(Default)]
+pub(crate) struct LeaseRows {
+    id: Vec<Vec<u8>>,
+    lock: Vec<String>,
+    owner: Vec<String>,
+    owner_key: Vec<Option<String>>,
+    token: Vec<i64>,
+    ttl_ms: Vec<i64>,
+    granted_at: Vec<i64>,
+    expires_at: Vec<i64>,
+    request_id: Vec<Option<String>>,
+    ticket: Vec<Option<Vec<u8>>>,
+}
+
+impl LeaseRows {
+    pub(crate) fn push(&mut self, lease: &Lease) {
+        self.id.push(lease.id.0.to_vec());
+        self.lock.push(lease.lock.as_str().to_owned());
+        self.owner.push(lease.owner.clone());
+        self.owner_key.push(lease.owner_key.clone());
+        self.token.push(i64_of(lease.token));
+        self.ttl_ms.push(i64_of(lease.ttl_ms));
+        self.granted_at.push(i64_of(lease.granted_at));
+        self.expires_at.push(i64_of(lease.expires_at));
+        self.request_id.push(lease.request_id.clone());
+        self.ticket.push(lease.ticket.map(|id| id.0.to_vec()));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.id,
+            &self.lock,
+            &self.owner,
+            &self.owner_key,
+            &self.token,
+            &self.ttl_ms,
+            &self.granted_at,
+            &self.expires_at,
+            &self.request_id,
+            &self.ticket,
+        ]
+    }
+}
+
+pub(crate) fn lease_of(row: &Row) -> Result<Lease, PersistError> {
+    let what = "lease";
     Ok(Lease {
-        id: LeaseId(id16(get(row, 0, "lease")?, "lease id")?),
-        lock: lock_name(get(row, 1, "lease")?)?,
-        owner: get(row, 2, "lease")?,
-        owner_key: get(row, 3, "lease")?,
-        token: u64_of(get(row, 4, "lease")?, "token")?,
-        ttl_ms: u64_of(get(row, 5, "lease")?, "ttl")?,
-        granted_at: u64_of(get(row, 6, "lease")?, "time")?,
-        expires_at: u64_of(get(row, 7, "lease")?, "time")?,
-        request_id: get(row, 8, "lease")?,
-        ticket: opt_id16(get(row, 9, "lease")?, "ticket id")?.map(TicketId),
+        id: LeaseId(id16(get(row, 0, what)?, "lease id")?),
+        lock: lock_name(get(row, 1, what)?)?,
+        owner: get(row, 2, what)?,
+        owner_key: get(row, 3, what)?,
+        token: u64_of(get(row, 4, what)?, "token")?,
+        ttl_ms: u64_of(get(row, 5, what)?, "ttl")?,
+        granted_at: u64_of(get(row, 6, what)?, "time")?,
+        expires_at: u64_of(get(row, 7, what)?, "time")?,
+        request_id: get(row, 8, what)?,
+        ticket: opt_id16(get(row, 9, what)?, "ticket id")?.map(TicketId),
     })
 }
 
-pub(crate) const TICKET_COLUMNS: &str = "id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, lapse_at, seq, \
-     waiter_gone, api_key";
+// ---- tickets ----
 
-pub(crate) fn ticket_of(row: &Row) -> Result<Ticket, StoreError> {
+pub(crate) const TICKET_SELECT: &str = "SELECT id, lock, owner, owner_key, ttl_ms, request_id, \
+     lease_id, queued_at, lapse_at, seq, waiter_gone, api_key FROM tickets";
+
+pub(crate) const TICKET_UPSERT: &str = "INSERT INTO tickets (id, lock, owner, owner_key, ttl_ms, \
+     request_id, lease_id, queued_at, lapse_at, seq, waiter_gone, api_key) \
+     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+     $6::text[], $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[], $11::boolean[], \
+     $12::text[]) \
+     ON CONFLICT (id) DO UPDATE SET lock = EXCLUDED.lock, owner = EXCLUDED.owner, \
+     owner_key = EXCLUDED.owner_key, ttl_ms = EXCLUDED.ttl_ms, \
+     request_id = EXCLUDED.request_id, lease_id = EXCLUDED.lease_id, \
+     queued_at = EXCLUDED.queued_at, lapse_at = EXCLUDED.lapse_at, seq = EXCLUDED.seq, \
+     waiter_gone = EXCLUDED.waiter_gone, api_key = EXCLUDED.api_key";
+
+pub(crate) const TICKET_DELETE: &str = "DELETE FROM tickets WHERE id = ANY($1::bytea[])";
+
+#[derive(Default)]
+pub(crate) struct TicketRows {
+    id: Vec<Vec<u8>>,
+    lock: Vec<String>,
+    owner: Vec<String>,
+    owner_key: Vec<Option<String>>,
+    ttl_ms: Vec<i64>,
+    request_id: Vec<Option<String>>,
+    lease_id: Vec<Vec<u8>>,
+    queued_at: Vec<i64>,
+    lapse_at: Vec<i64>,
+    seq: Vec<i64>,
+    waiter_gone: Vec<bool>,
+    api_key: Vec<Option<String>>,
+}
+
+impl TicketRows {
+    pub(crate) fn push(&mut self, ticket: &Ticket) {
+        self.id.push(ticket.id.0.to_vec());
+        self.lock.push(ticket.lock.as_str().to_owned());
+        self.owner.push(ticket.owner.clone());
+        self.owner_key.push(ticket.owner_key.clone());
+        self.ttl_ms.push(i64_of(ticket.ttl_ms));
+        self.request_id.push(ticket.request_id.clone());
+        self.lease_id.push(ticket.lease_id.0.to_vec());
+        self.queued_at.push(i64_of(ticket.queued_at));
+        self.lapse_at.push(i64_of(ticket.lapse_at));
+        self.seq.push(i64_of(ticket.seq));
+        self.waiter_gone.push(ticket.waiter_gone);
+        self.api_key.push(ticket.api_key.clone());
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.id,
+            &self.lock,
+            &self.owner,
+            &self.owner_key,
+            &self.ttl_ms,
+            &self.request_id,
+            &self.lease_id,
+            &self.queued_at,
+            &self.lapse_at,
+            &self.seq,
+            &self.waiter_gone,
+            &self.api_key,
+        ]
+    }
+}
+
+pub(crate) fn ticket_of(row: &Row) -> Result<Ticket, PersistError> {
+    let what = "ticket";
     Ok(Ticket {
-        id: TicketId(id16(get(row, 0, "ticket")?, "ticket id")?),
-        lock: lock_name(get(row, 1, "ticket")?)?,
-        owner: get(row, 2, "ticket")?,
-        owner_key: get(row, 3, "ticket")?,
-        ttl_ms: u64_of(get(row, 4, "ticket")?, "ttl")?,
-        request_id: get(row, 5, "ticket")?,
-        lease_id: LeaseId(id16(get(row, 6, "ticket")?, "lease id")?),
-        queued_at: u64_of(get(row, 7, "ticket")?, "time")?,
-        lapse_at: u64_of(get(row, 8, "ticket")?, "time")?,
-        seq: u64_of(get(row, 9, "ticket")?, "sequence")?,
-        waiter_gone: get(row, 10, "ticket")?,
-        api_key: get(row, 11, "ticket")?,
+        id: TicketId(id16(get(row, 0, what)?, "ticket id")?),
+        lock: lock_name(get(row, 1, what)?)?,
+        owner: get(row, 2, what)?,
+        owner_key: get(row, 3, what)?,
+        ttl_ms: u64_of(get(row, 4, what)?, "ttl")?,
+        request_id: get(row, 5, what)?,
+        lease_id: LeaseId(id16(get(row, 6, what)?, "lease id")?),
+        queued_at: u64_of(get(row, 7, what)?, "time")?,
+        lapse_at: u64_of(get(row, 8, what)?, "time")?,
+        seq: u64_of(get(row, 9, what)?, "sequence")?,
+        waiter_gone: get(row, 10, what)?,
+        api_key: get(row, 11, what)?,
     })
 }
 
-pub(crate) fn ticket_end_text(end: TicketEnd) -> (&'static str, Option<[u8; 16]>) {
-    match end {
-        TicketEnd::Granted(lease) => ("granted", Some(lease.0)),
-        TicketEnd::Lapsed => ("lapsed", None),
-        TicketEnd::Cancelled => ("cancelled", None),
+// ---- history ----
+
+pub(crate) const HISTORY_SELECT: &str = "SELECT lease_id, request_id, lock, owner, token, \
+     granted_at, ended_at, end_kind FROM history ORDER BY ended_at, id";
+
+pub(crate) const HISTORY_INSERT: &str = "INSERT INTO history (lease_id, request_id, lock, owner, \
+     token, granted_at, ended_at, end_kind) \
+     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
+     $6::bigint[], $7::bigint[], $8::text[])";
+
+pub(crate) const HISTORY_PRUNE: &str = "DELETE FROM history WHERE ended_at < $1";
+
+#[derive(Default)]
+pub(crate) struct HistoryRows {
+    lease_id: Vec<Vec<u8>>,
+    request_id: Vec<Option<String>>,
+    lock: Vec<String>,
+    owner: Vec<String>,
+    token: Vec<i64>,
+    granted_at: Vec<i64>,
+    ended_at: Vec<i64>,
+    end_kind: Vec<&'static str>,
+}
+
+impl HistoryRows {
+    pub(crate) fn push(&mut self, record: &HistoryRecord) {
+        self.lease_id.push(record.lease_id.0.to_vec());
+        self.request_id.push(record.request_id.clone());
+        self.lock.push(record.lock.as_str().to_owned());
+        self.owner.push(record.owner.clone());
+        self.token.push(i64_of(record.token));
+        self.granted_at.push(i64_of(record.granted_at));
+        self.ended_at.push(i64_of(record.ended_at));
+        self.end_kind.push(record.end.as_str());
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.lease_id.is_empty()
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.lease_id,
+            &self.request_id,
+            &self.lock,
+            &self.owner,
+            &self.token,
+            &self.granted_at,
+            &self.ended_at,
+            &self.end_kind,
+        ]
     }
 }
 
-pub(crate) const ENDED_TICKET_COLUMNS: &str = "id, end_kind, lease_id, collected, ended_at";
-
-pub(crate) fn ended_ticket_of(row: &Row) -> Result<EndedTicketEntry, StoreError> {
-    let kind: &str = get(row, 1, "ended ticket")?;
-    let lease = opt_id16(get(row, 2, "ended ticket")?, "lease id")?;
-    let end = match (kind, lease) {
-        ("granted", Some(lease)) => TicketEnd::Granted(LeaseId(lease)),
-        ("lapsed", _) => TicketEnd::Lapsed,
-        ("cancelled", _) => TicketEnd::Cancelled,
-        (other, _) => return Err(corrupt("ticket end", other)),
-    };
-    Ok(EndedTicketEntry {
-        id: TicketId(id16(get(row, 0, "ended ticket")?, "ticket id")?),
-        end,
-        collected: get(row, 3, "ended ticket")?,
-        ended_at: u64_of(get(row, 4, "ended ticket")?, "time")?,
-    })
-}
-
-pub(crate) const REQUEST_COLUMNS: &str = "request_id, lock, kind, target, at";
-
-pub(crate) fn request_of(row: &Row) -> Result<RequestEntry, StoreError> {
-    let kind: &str = get(row, 2, "request")?;
-    let target = id16(get(row, 3, "request")?, "request target")?;
-    Ok(RequestEntry {
-        request_id: get(row, 0, "request")?,
-        lock: lock_name(get(row, 1, "request")?)?,
-        target: match kind {
-            "lease" => RequestTarget::Lease(LeaseId(target)),
-            "ticket" => RequestTarget::Ticket(TicketId(target)),
-            other => return Err(corrupt("request kind", other)),
-        },
-        at: u64_of(get(row, 4, "request")?, "time")?,
-    })
-}
-
-pub(crate) fn request_target(target: RequestTarget) -> (&'static str, [u8; 16]) {
-    match target {
-        RequestTarget::Lease(id) => ("lease", id.0),
-        RequestTarget::Ticket(id) => ("ticket", id.0),
-    }
-}
-
-pub(crate) const HISTORY_COLUMNS: &str =
-    "lease_id, request_id, lock, owner, token, granted_at, ended_at, end_kind";
-
-pub(crate) fn history_of(row: &Row) -> Result<HistoryRecord, StoreError> {
-    let end: &str = get(row, 7, "history record")?;
+pub(crate) fn history_of(row: &Row) -> Result<HistoryRecord, PersistError> {
+    let what = "history record";
+    let end: &str = get(row, 7, what)?;
     Ok(HistoryRecord {
-        lease_id: LeaseId(id16(get(row, 0, "history record")?, "lease id")?),
-        request_id: get(row, 1, "history record")?,
-        lock: lock_name(get(row, 2, "history record")?)?,
-        owner: get(row, 3, "history record")?,
-        token: u64_of(get(row, 4, "history record")?, "token")?,
-        granted_at: u64_of(get(row, 5, "history record")?, "time")?,
-        ended_at: u64_of(get(row, 6, "history record")?, "time")?,
+        lease_id: LeaseId(id16(get(row, 0, what)?, "lease id")?),
+        request_id: get(row, 1, what)?,
+        lock: lock_name(get(row, 2, what)?)?,
+        owner: get(row, 3, what)?,
+        token: u64_of(get(row, 4, what)?, "token")?,
+        granted_at: u64_of(get(row, 5, what)?, "time")?,
+        ended_at: u64_of(get(row, 6, what)?, "time")?,
         end: LeaseEnd::parse(end).ok_or_else(|| corrupt("lease end", end))?,
     })
 }
 
-pub(crate) const JOB_COLUMNS: &str = "id, name, lock, policy, owner, host, command, state, reason, \
-     token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, created_at, \
-     waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail, once_per_ms";
+// ---- jobs ----
 
-pub(crate) fn job_of(row: &Row) -> Result<Job, StoreError> {
+pub(crate) const JOB_SELECT: &str = "SELECT id, name, lock, policy, owner, host, command, state, \
+     reason, token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, \
+     created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, \
+     output_tail, once_per_ms FROM jobs";
+
+pub(crate) const JOB_UPSERT: &str = "INSERT INTO jobs (id, name, lock, policy, owner, host, \
+     command, state, reason, token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, \
+     request_id, created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, \
+     once_slot, output_tail, once_per_ms) \
+     SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bytea[], $12::bytea[], \
+     $13::bytea[], $14::text[], $15::int[], $16::text[], $17::text[], $18::bigint[], \
+     $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], \
+     $25::text[], $26::bigint[]) \
+     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, lock = EXCLUDED.lock, \
+     policy = EXCLUDED.policy, owner = EXCLUDED.owner, host = EXCLUDED.host, \
+     command = EXCLUDED.command, state = EXCLUDED.state, reason = EXCLUDED.reason, \
+     token = EXCLUDED.token, lease_id = EXCLUDED.lease_id, ticket_id = EXCLUDED.ticket_id, \
+     coalesced_into = EXCLUDED.coalesced_into, stop = EXCLUDED.stop, \
+     exit_code = EXCLUDED.exit_code, batch = EXCLUDED.batch, request_id = EXCLUDED.request_id, \
+     created_at = EXCLUDED.created_at, waiting_at = EXCLUDED.waiting_at, \
+     started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, \
+     min_hold_ms = EXCLUDED.min_hold_ms, release_at = EXCLUDED.release_at, \
+     once_slot = EXCLUDED.once_slot, output_tail = EXCLUDED.output_tail, \
+     once_per_ms = EXCLUDED.once_per_ms";
+
+pub(crate) const JOB_DELETE: &str = "DELETE FROM jobs WHERE id = ANY($1::bytea[])";
+
+#[derive(Default)]
+pub(crate) struct JobRows {
+    id: Vec<Vec<u8>>,
+    name: Vec<String>,
+    lock: Vec<String>,
+    policy: Vec<&'static str>,
+    owner: Vec<String>,
+    host: Vec<Option<String>>,
+    command: Vec<String>,
+    state: Vec<&'static str>,
+    reason: Vec<Option<String>>,
+    token: Vec<Option<i64>>,
+    lease_id: Vec<Option<Vec<u8>>>,
+    ticket_id: Vec<Option<Vec<u8>>>,
+    coalesced_into: Vec<Option<Vec<u8>>>,
+    stop: Vec<Option<&'static str>>,
+    exit_code: Vec<Option<i32>>,
+    batch: Vec<Option<String>>,
+    request_id: Vec<Option<String>>,
+    created_at: Vec<i64>,
+    waiting_at: Vec<Option<i64>>,
+    started_at: Vec<Option<i64>>,
+    finished_at: Vec<Option<i64>>,
+    min_hold_ms: Vec<Option<i64>>,
+    release_at: Vec<Option<i64>>,
+    once_slot: Vec<Option<i64>>,
+    output_tail: Vec<String>,
+    once_per_ms: Vec<Option<i64>>,
+}
+
+impl JobRows {
+    pub(crate) fn push(&mut self, job: &Job) -> Result<(), PersistError> {
+        // The command line is a JSON array of strings: any argument survives.
+        let command = serde_json::to_string(&job.command)
+            .map_err(|error| PersistError(format!("cannot encode a command line: {error}")))?;
+        self.id.push(job.id.0.to_vec());
+        self.name.push(job.name.clone());
+        self.lock.push(job.lock.as_str().to_owned());
+        self.policy.push(job.policy.as_str());
+        self.owner.push(job.owner.clone());
+        self.host.push(job.host.clone());
+        self.command.push(command);
+        self.state.push(job.state.as_str());
+        self.reason.push(job.reason.clone());
+        self.token.push(job.token.map(i64_of));
+        self.lease_id.push(job.lease.map(|id| id.0.to_vec()));
+        self.ticket_id.push(job.ticket.map(|id| id.0.to_vec()));
+        self.coalesced_into
+            .push(job.coalesced_into.map(|id| id.0.to_vec()));
+        self.stop
+            .push(job.stop.map(|StopReason::Replaced| "replaced"));
+        self.exit_code.push(job.exit_code);
+        self.batch.push(job.batch.clone());
+        self.request_id.push(job.request_id.clone());
+        self.created_at.push(i64_of(job.created_at));
+        self.waiting_at.push(ot(job.waiting_at));
+        self.started_at.push(ot(job.started_at));
+        self.finished_at.push(ot(job.finished_at));
+        self.min_hold_ms.push(ot(job.min_hold_ms));
+        self.release_at.push(ot(job.release_at));
+        self.once_slot.push(ot(job.once_slot));
+        self.output_tail.push(job.output_tail.clone());
+        self.once_per_ms.push(ot(job.once_per_ms));
+        Ok(())
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.id.is_empty()
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.id,
+            &self.name,
+            &self.lock,
+            &self.policy,
+            &self.owner,
+            &self.host,
+            &self.command,
+            &self.state,
+            &self.reason,
+            &self.token,
+            &self.lease_id,
+            &self.ticket_id,
+            &self.coalesced_into,
+            &self.stop,
+            &self.exit_code,
+            &self.batch,
+            &self.request_id,
+            &self.created_at,
+            &self.waiting_at,
+            &self.started_at,
+            &self.finished_at,
+            &self.min_hold_ms,
+            &self.release_at,
+            &self.once_slot,
+            &self.output_tail,
+            &self.once_per_ms,
+        ]
+    }
+}
+
+pub(crate) fn job_of(row: &Row) -> Result<Job, PersistError> {
     let what = "job";
     let policy: &str = get(row, 3, what)?;
     let command: &str = get(row, 6, what)?;
@@ -221,12 +546,117 @@ pub(crate) fn job_of(row: &Row) -> Result<Job, StoreError> {
     })
 }
 
-/// A time as a column value.
-pub(crate) fn t(value: Millis) -> i64 {
-    i64_of(value)
+// ---- API keys and the audit log ----
+
+pub(crate) const KEY_SELECT: &str = "SELECT id, name, secret_sha256, grants, rate_per_sec, \
+     created_at, revoked_at FROM api_keys ORDER BY created_at, id";
+
+pub(crate) const KEY_UPSERT: &str = "INSERT INTO api_keys (id, name, secret_sha256, grants, \
+     rate_per_sec, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, \
+     secret_sha256 = EXCLUDED.secret_sha256, grants = EXCLUDED.grants, \
+     rate_per_sec = EXCLUDED.rate_per_sec, created_at = EXCLUDED.created_at, \
+     revoked_at = EXCLUDED.revoked_at";
+
+/// An API key as statement parameters.
+pub(crate) struct KeyRow {
+    id: String,
+    name: String,
+    secret_sha256: String,
+    grants: String,
+    rate_per_sec: Option<i32>,
+    created_at: i64,
+    revoked_at: Option<i64>,
 }
 
-/// An optional time as a column value.
-pub(crate) fn ot(value: Option<Millis>) -> Option<i64> {
-    value.map(i64_of)
+impl KeyRow {
+    pub(crate) fn new(key: &ApiKey) -> KeyRow {
+        KeyRow {
+            id: key.id.clone(),
+            name: key.name.clone(),
+            secret_sha256: key.secret_sha256.clone(),
+            grants: KeyGrant::to_lines(&key.grants),
+            rate_per_sec: key
+                .rate_per_sec
+                .map(|rate| i32::try_from(rate).unwrap_or(i32::MAX)),
+            created_at: i64_of(key.created_at),
+            revoked_at: ot(key.revoked_at),
+        }
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.id,
+            &self.name,
+            &self.secret_sha256,
+            &self.grants,
+            &self.rate_per_sec,
+            &self.created_at,
+            &self.revoked_at,
+        ]
+    }
+}
+
+pub(crate) fn key_of(row: &Row) -> Result<ApiKey, PersistError> {
+    let what = "API key";
+    let grants: &str = get(row, 3, what)?;
+    let rate: Option<i32> = get(row, 4, what)?;
+    Ok(ApiKey {
+        id: get(row, 0, what)?,
+        name: get(row, 1, what)?,
+        secret_sha256: get(row, 2, what)?,
+        grants: KeyGrant::from_lines(grants).map_err(|line| corrupt("key grant", line))?,
+        rate_per_sec: rate.map(|rate| u32_of(rate, "key rate")).transpose()?,
+        created_at: u64_of(get(row, 5, what)?, "time")?,
+        revoked_at: opt_u64(get(row, 6, what)?, "time")?,
+    })
+}
+
+pub(crate) const AUDIT_INSERT: &str = "INSERT INTO audit_log (at, actor, action, target, detail) \
+     VALUES ($1, $2, $3, $4, $5) RETURNING seq, at, actor, action, target, detail";
+
+pub(crate) const AUDIT_SELECT: &str = "SELECT seq, at, actor, action, target, detail \
+     FROM audit_log WHERE $1::bigint IS NULL OR seq < $1 ORDER BY seq DESC LIMIT $2";
+
+/// An audit entry as statement parameters (its `seq` is the database's to assign).
+pub(crate) struct AuditRow {
+    at: i64,
+    actor: String,
+    action: String,
+    target: String,
+    detail: Option<String>,
+}
+
+impl AuditRow {
+    pub(crate) fn new(entry: &AuditEntry) -> AuditRow {
+        AuditRow {
+            at: i64_of(entry.at),
+            actor: entry.actor.clone(),
+            action: entry.action.clone(),
+            target: entry.target.clone(),
+            detail: entry.detail.clone(),
+        }
+    }
+
+    pub(crate) fn params(&self) -> Params<'_> {
+        vec![
+            &self.at,
+            &self.actor,
+            &self.action,
+            &self.target,
+            &self.detail,
+        ]
+    }
+}
+
+pub(crate) fn audit_of(row: &Row) -> Result<AuditEntry, PersistError> {
+    let what = "audit entry";
+    Ok(AuditEntry {
+        seq: u64_of(get(row, 0, what)?, "audit seq")?,
+        at: u64_of(get(row, 1, what)?, "time")?,
+        actor: get(row, 2, what)?,
+        action: get(row, 3, what)?,
+        target: get(row, 4, what)?,
+        detail: get(row, 5, what)?,
+    })
 }

@@ -3,16 +3,17 @@
 //! Migrations run at start under a transaction-scoped advisory lock, so servers starting together
 //! apply each version once. A database written by a newer baton is refused rather than misread.
 //!
-//! **Fencing across fail-over.** Tokens come from the sequence `token_seq`. A grant is
-//! acknowledged only after its commit, and with synchronous replication the commit (and the
-//! sequence advance logged before it) is on the standby too. With asynchronous replication a
-//! promoted standby may not have seen the newest sequence values, so every connection checks the
-//! database's timeline (it changes at every promotion) against the one recorded in `meta`; the
-//! first server to see a new timeline moves the sequence forward by [`EPOCH_GAP`] before any
-//! grant on it, so every token granted after a fail-over is greater than every token granted
-//! before it, acknowledged or not.
-
-use baton_store::StoreError;
+//! **Fencing across fail-over.** The next fencing token is a row of `meta` (`next_token`),
+//! written in the same transaction as every grant. A grant is acknowledged only after its commit,
+//! and with synchronous replication that commit is on the standby too. With asynchronous
+//! replication a promoted standby may lack the newest commits, and with them the newest
+//! `next_token`; so every load of the table compares the database's timeline (it changes at every
+//! promotion) with the one recorded in `meta`, and on a new timeline moves `next_token` forward by
+//! [`EPOCH_GAP`], durably, before the table is handed to the engine. Every token granted after a
+//! fail-over is then greater than every token granted before it, acknowledged or not. A server
+//! that stays up through a fail-over keeps granting from its own counter, which is ahead of
+//! everything it granted; its next load (a restart, a new leader) makes the jump.
+use baton_store::PersistError;
 use tokio_postgres::Client;
 
 use crate::rows::db;
@@ -20,7 +21,7 @@ use crate::rows::db;
 /// How far the token sequence moves when a new database timeline is seen: more tokens than the
 /// old primary can have granted beyond what its standby received (2^32, about 5 days of grants at
 /// 10,000 a second of replication lag).
-pub const EPOCH_GAP: i64 = 1 << 32;
+pub const EPOCH_GAP: u64 = 1 << 32;
 
 /// The newest schema version this baton knows.
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -179,6 +180,33 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tickets ADD COLUMN api_key text;
     CREATE INDEX tickets_api_key ON tickets (api_key) WHERE api_key IS NOT NULL;
     ",
+    // Version 5: one engine owns the lock table in memory and this database is its durable
+    // log (`persist.rs`). The token counter moves from a sequence to `meta` (`next_token`: the
+    // next token to grant); the ticket sequence, the ended tickets and request ids (the engine
+    // rebuilds them from leases and history) and the lock's idle time go, and with them every
+    // index but the one that retention deletes by; no index encodes a job state any more.
+    // The leadership row, which fences every commit of an elected server.
+    "
+    INSERT INTO meta (key, value)
+        SELECT 'next_token', CASE WHEN is_called THEN last_value + 1 ELSE last_value END
+        FROM token_seq
+        ON CONFLICT (key) DO NOTHING;
+    DROP SEQUENCE token_seq;
+    DROP SEQUENCE ticket_seq;
+    DROP TABLE ended_tickets;
+    DROP TABLE requests;
+    ALTER TABLE locks DROP COLUMN idle_since;
+    DROP INDEX locks_delayed, locks_name_c, leases_lock, leases_expiry, tickets_lock,
+        tickets_lapse, tickets_api_key, history_lock, history_lease, jobs_open, jobs_created,
+        jobs_request, jobs_once, jobs_batch, jobs_release;
+    CREATE TABLE leader (
+        id smallint PRIMARY KEY CHECK (id = 1),
+        node text NOT NULL,
+        url text NOT NULL,
+        epoch bigint NOT NULL,
+        expires_at timestamptz NOT NULL
+    );
+    ",
 ];
 
 /// Checks a schema name: it is spliced into SQL, so only plain lower-case identifiers.
@@ -192,7 +220,17 @@ pub fn valid_schema(schema: &str) -> bool {
 }
 
 /// Creates the schema if needed and applies every migration it lacks.
-pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), StoreError> {
+pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), PersistError> {
+    migrate_to(client, schema, SCHEMA_VERSION).await
+}
+
+/// [`migrate`], stopping at `target` (tests build a database of an older baton with it).
+#[doc(hidden)]
+pub async fn migrate_to(
+    client: &mut Client,
+    schema: &str,
+    target: i64,
+) -> Result<(), PersistError> {
     let transaction = client
         .transaction()
         .await
@@ -218,12 +256,18 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), StoreError
         .map_err(db("cannot read the schema version"))?
         .map_or(0, |row| row.get(0));
     if version > SCHEMA_VERSION {
-        return Err(StoreError::Unavailable(format!(
+        return Err(PersistError(format!(
             "the database schema {schema} is version {version}, newer than this baton knows \
              ({SCHEMA_VERSION}); upgrade baton"
         )));
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    let wanted = usize::try_from(target.clamp(0, SCHEMA_VERSION)).unwrap_or(0);
+    for (index, migration) in MIGRATIONS
+        .iter()
+        .enumerate()
+        .take(wanted)
+        .skip(version as usize)
+    {
         transaction
             .batch_execute(migration)
             .await
@@ -233,8 +277,8 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), StoreError
     transaction
         .execute(
             "INSERT INTO meta (key, value) VALUES ('schema_version', $1)
-             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
-            &[&SCHEMA_VERSION],
+             ON CONFLICT (key) DO UPDATE SET value = GREATEST(meta.value, EXCLUDED.value)",
+            &[&target.clamp(0, SCHEMA_VERSION)],
         )
         .await
         .map_err(db("cannot record the schema version"))?;
@@ -244,11 +288,10 @@ pub async fn migrate(client: &mut Client, schema: &str) -> Result<(), StoreError
         .map_err(db("cannot commit the migration"))
 }
 
-/// Checks the database timeline and, the first time a new one is seen, moves the token sequence
-/// forward by [`EPOCH_GAP`] (see the module documentation). Runs on every new connection, before
-/// the connection is used. Fails on a standby: a server must talk to the primary.
-pub async fn ensure_epoch(client: &mut Client) -> Result<(), StoreError> {
-    let timeline: i64 = client
+/// The database's timeline: it changes at every promotion of a standby. Fails on a standby
+/// (a server must talk to the primary).
+pub async fn timeline(client: &Client) -> Result<i64, PersistError> {
+    Ok(client
         .query_one(
             "SELECT ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::bigint",
             &[],
@@ -257,55 +300,5 @@ pub async fn ensure_epoch(client: &mut Client) -> Result<(), StoreError> {
         .map_err(db(
             "cannot read the database timeline (is this a read-only standby?)",
         ))?
-        .get(0);
-    let transaction = client
-        .transaction()
-        .await
-        .map_err(db("cannot check the fencing epoch"))?;
-    let recorded: Option<i64> = transaction
-        .query_opt(
-            "SELECT value FROM meta WHERE key = 'timeline' FOR UPDATE",
-            &[],
-        )
-        .await
-        .map_err(db("cannot read the fencing epoch"))?
-        .map(|row| row.get(0));
-    match recorded {
-        Some(recorded) if recorded >= timeline => {}
-        Some(recorded) => {
-            transaction
-                .query_one(
-                    "SELECT setval('token_seq', (SELECT last_value FROM token_seq) + $1)",
-                    &[&EPOCH_GAP],
-                )
-                .await
-                .map_err(db("cannot move the token sequence"))?;
-            transaction
-                .execute(
-                    "UPDATE meta SET value = $1 WHERE key = 'timeline'",
-                    &[&timeline],
-                )
-                .await
-                .map_err(db("cannot record the fencing epoch"))?;
-            tracing::warn!(
-                from = recorded,
-                to = timeline,
-                "the database timeline changed (a fail-over): fencing tokens jump ahead"
-            );
-        }
-        None => {
-            transaction
-                .execute(
-                    "INSERT INTO meta (key, value) VALUES ('timeline', $1)
-                     ON CONFLICT (key) DO NOTHING",
-                    &[&timeline],
-                )
-                .await
-                .map_err(db("cannot record the fencing epoch"))?;
-        }
-    }
-    transaction
-        .commit()
-        .await
-        .map_err(db("cannot commit the fencing epoch"))
+        .get(0))
 }

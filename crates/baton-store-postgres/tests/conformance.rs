@@ -35,7 +35,6 @@ impl Backend for Postgres {
             schema,
             config: conformance::config(),
             time: TimeSource::Clock(clock),
-            pool_size: 8,
             run_timer: false,
             ..PgOptions::new(self.url.clone())
         };

@@ -1,16 +1,24 @@
-//! What only the PostgreSQL store has: several stores (servers) on one schema, the database's
-//! clock, wake-ups through LISTEN/NOTIFY and its safety net, shared expiry, and the fencing epoch
-//! that moves tokens ahead after a fail-over. On a real PostgreSQL; each test uses its own schema
-//! and drops it.
+//! What only the PostgreSQL store has: its persister (a batch of every kind of change
+//! round-trips through one commit and a load, a restart recovers the table, a fenced write under
+//! a lost leadership is refused and writes nothing and stops its engine, a cut connection is
+//! replaced), the upgrade of
+//! a database the per-lock store wrote, and the fencing epoch that moves tokens ahead after a
+//! fail-over. On a real PostgreSQL;
+//! each test uses its own schema and drops it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::time::Duration;
 
-use baton_core::{LeaseEnd, LockName};
-use baton_store::{AcquireArgs, AcquireOutcome, Store};
-use baton_store_postgres::schema::EPOCH_GAP;
-use baton_store_postgres::{PgOptions, PostgresStore, testing};
+use baton_core::{
+    Change, HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
+    Policy, Snapshot, StopReason, Ticket, TicketId,
+};
+use baton_store::{
+    AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Engine, KeyGrant, Persister, Role, Store,
+};
+use baton_store_postgres::schema::{self, EPOCH_GAP};
+use baton_store_postgres::{Fence, PgOptions, PgPersister, PostgresStore, testing};
 
 /// Drops the test's schema however the test ends.
 struct Schema {
@@ -28,13 +36,21 @@ impl Schema {
         }
     }
 
-    async fn open(&self) -> PostgresStore {
-        let options = PgOptions {
+    fn options(&self) -> PgOptions {
+        PgOptions {
             schema: self.name.clone(),
-            pool_size: 4,
             ..PgOptions::new(self.url.clone())
-        };
-        PostgresStore::open(options).await.expect("open the store")
+        }
+    }
+
+    async fn open(&self) -> Engine {
+        PostgresStore::open(self.options())
+            .await
+            .expect("open the store")
+    }
+
+    fn persister(&self, fence: Option<Fence>) -> PgPersister {
+        PgPersister::connect(&self.options(), fence).expect("connect the persister")
     }
 
     async fn sql(&self, statement: &str) {
@@ -50,6 +66,20 @@ impl Schema {
         client.batch_execute(statement).await.expect(statement);
         drop(client);
         let _ = driver.await;
+    }
+}
+
+impl Schema {
+    /// The first column of the first row of `query`, a number.
+    async fn number(&self, query: &str) -> i64 {
+        let (client, connection) = tokio_postgres::connect(&self.url, tokio_postgres::NoTls)
+            .await
+            .expect("connect");
+        let driver = tokio::spawn(connection);
+        let value: i64 = client.query_one(query, &[]).await.expect(query).get(0);
+        drop(client);
+        let _ = driver.await;
+        value
     }
 }
 
@@ -88,7 +118,7 @@ fn args(lock: &str, owner: &str, ttl_ms: u64, wait: Duration) -> AcquireArgs {
     }
 }
 
-async fn grant(store: &PostgresStore, lock: &str, owner: &str) -> baton_core::Lease {
+async fn grant(store: &Engine, lock: &str, owner: &str) -> baton_core::Lease {
     match store
         .acquire(args(lock, owner, 30_000, Duration::ZERO))
         .await
@@ -116,7 +146,7 @@ async fn tokens_jump_ahead_after_a_new_timeline() {
     let store = schema.open().await;
     let same = grant(&store, "epoch", "b").await;
     assert!(
-        same.token > before.token && same.token < before.token + EPOCH_GAP as u64,
+        same.token > before.token && same.token < before.token + EPOCH_GAP,
         "no jump without a new timeline: {} then {}",
         before.token,
         same.token
@@ -130,7 +160,7 @@ async fn tokens_jump_ahead_after_a_new_timeline() {
     let store = schema.open().await;
     let after = grant(&store, "epoch", "c").await;
     assert!(
-        after.token >= same.token + EPOCH_GAP as u64,
+        after.token >= same.token + EPOCH_GAP,
         "after a new timeline tokens jump ahead by the epoch gap: {} then {}",
         same.token,
         after.token
@@ -141,138 +171,508 @@ async fn tokens_jump_ahead_after_a_new_timeline() {
     store.release(after.id).await.unwrap();
     let again = grant(&store, "epoch", "d").await;
     assert!(
-        again.token > after.token && again.token < after.token + EPOCH_GAP as u64,
+        again.token > after.token && again.token < after.token + EPOCH_GAP,
         "one jump per timeline: {} then {}",
         after.token,
         again.token
     );
 }
 
-/// A waiter parked on one store is granted when a lease held through another store is released,
-/// also after the waiting store's listening connection was cut (the re-check safety net).
+fn name(text: &str) -> LockName {
+    LockName::new(text).unwrap()
+}
+
+fn lease(n: u8, lock: &str, token: u64) -> Lease {
+    Lease {
+        id: LeaseId([n; 16]),
+        lock: name(lock),
+        owner: format!("owner-{n}"),
+        owner_key: Some(format!("key-{n}")),
+        token,
+        ttl_ms: 30_000,
+        granted_at: 1_000 + u64::from(n),
+        expires_at: 31_000 + u64::from(n),
+        request_id: Some(format!("request-{n}")),
+        ticket: Some(TicketId([n + 100; 16])),
+    }
+}
+
+fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
+    Ticket {
+        id: TicketId([n; 16]),
+        lock: name(lock),
+        owner: format!("waiter-{n}"),
+        owner_key: None,
+        ttl_ms: 20_000,
+        request_id: None,
+        lease_id: LeaseId([n + 50; 16]),
+        queued_at: 2_000,
+        lapse_at: 12_000,
+        seq,
+        waiter_gone: n.is_multiple_of(2),
+        api_key: Some("key_0123456789abcdef".into()),
+    }
+}
+
+fn record(n: u8, lock: &str, ended_at: u64) -> HistoryRecord {
+    HistoryRecord {
+        lease_id: LeaseId([n; 16]),
+        request_id: n.is_multiple_of(2).then(|| format!("request-{n}")),
+        lock: name(lock),
+        owner: format!("owner-{n}"),
+        token: u64::from(n),
+        granted_at: ended_at.saturating_sub(10),
+        ended_at,
+        end: [LeaseEnd::Released, LeaseEnd::Expired, LeaseEnd::Revoked][usize::from(n % 3)],
+    }
+}
+
+fn job(n: u8, lock: &str) -> Job {
+    Job {
+        id: JobId([n; 16]),
+        name: format!("job-{n}"),
+        lock: name(lock),
+        policy: Policy::Coalesce,
+        owner: "runner".into(),
+        host: Some("host-1".into()),
+        command: vec!["sh".into(), "-c".into(), "echo 'a b'\n\"c\"".into()],
+        state: JobState::Running,
+        reason: Some("because".into()),
+        token: Some(7),
+        lease: Some(LeaseId([n + 1; 16])),
+        ticket: Some(TicketId([n + 2; 16])),
+        coalesced_into: Some(JobId([n + 3; 16])),
+        stop: Some(StopReason::Replaced),
+        exit_code: Some(-3),
+        batch: Some("nightly".into()),
+        request_id: Some("job-request".into()),
+        created_at: 5_000,
+        waiting_at: Some(5_001),
+        started_at: Some(5_002),
+        finished_at: None,
+        min_hold_ms: Some(60_000),
+        release_at: Some(65_002),
+        once_slot: Some(12),
+        once_per_ms: Some(3_600_000),
+        output_tail: "last lines\n".into(),
+    }
+}
+
+fn lock_record(lock: &str, capacity: u32, token: u64) -> LockRecord {
+    LockRecord {
+        name: name(lock),
+        capacity,
+        newest_token: token,
+        newest_granted: token,
+        delayed_until: (capacity > 1).then_some(9_000),
+        delayed_slots: u32::from(capacity > 1),
+    }
+}
+
+/// A snapshot in a stable order, to compare two.
+fn sorted(mut snapshot: Snapshot) -> Snapshot {
+    snapshot.locks.sort_by(|a, b| a.name.cmp(&b.name));
+    snapshot.leases.sort_by_key(|lease| lease.id.0);
+    snapshot.tickets.sort_by_key(|ticket| ticket.id.0);
+    snapshot
+        .history
+        .sort_by_key(|record| (record.ended_at, record.lease_id.0));
+    snapshot.jobs.sort_by_key(|job| job.id.0);
+    snapshot
+}
+
+/// One batch with every kind of change, including a row put and deleted, a lock forgotten and
+/// created again, and history appended on both sides of a prune, is what a load reads back; and
+/// a second batch that deletes is too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn waiters_on_another_store_are_woken_even_after_the_listener_drops() {
-    let Some(url) = testing::available(
-        "postgres waiters_on_another_store_are_woken_even_after_the_listener_drops",
-    )
-    .await
+async fn a_batch_of_every_change_round_trips() {
+    let Some(url) = testing::available("postgres a_batch_of_every_change_round_trips").await else {
+        return;
+    };
+    let schema = Schema::new(&url, "roundtrip");
+    let mut persister = schema.persister(None);
+    let fresh = persister.load().unwrap();
+    assert_eq!(fresh.next_token, 1, "a new database starts at token 1");
+    assert!(fresh.locks.is_empty() && fresh.leases.is_empty() && fresh.jobs.is_empty());
+
+    let batch = vec![
+        Change::Counters {
+            next_token: 10,
+            forgotten_token_floor: 2,
+        },
+        Change::LockPut(lock_record("alpha", 1, 3)),
+        Change::LockPut(lock_record("beta", 2, 4)),
+        Change::LockForget(name("beta")),
+        Change::LockPut(lock_record("beta", 3, 5)),
+        Change::LockPut(lock_record("gamma", 1, 1)),
+        Change::LockForget(name("gamma")),
+        Change::LeasePut(lease(1, "alpha", 3)),
+        Change::LeasePut(lease(2, "beta", 4)),
+        Change::LeaseDelete(LeaseId([2; 16])),
+        Change::LeasePut(lease(3, "beta", 5)),
+        Change::TicketPut(ticket(4, "alpha", 1)),
+        Change::TicketPut(ticket(5, "alpha", 2)),
+        Change::TicketDelete(TicketId([5; 16])),
+        Change::TicketPut(ticket(6, "beta", 3)),
+        Change::HistoryAppend(record(7, "alpha", 100)),
+        Change::HistoryAppend(record(8, "alpha", 600)),
+        Change::HistoryPrune { ended_before: 500 },
+        Change::HistoryAppend(record(9, "beta", 50)),
+        Change::JobPut(job(10, "alpha")),
+        Change::JobPut(job(11, "beta")),
+        Change::JobDelete(JobId([11; 16])),
+        Change::JobPut(Job {
+            finished_at: Some(6_000),
+            state: JobState::Succeeded,
+            ..job(10, "alpha")
+        }),
+        Change::Counters {
+            next_token: 11,
+            forgotten_token_floor: 3,
+        },
+    ];
+    persister.commit(&batch).unwrap();
+    let expected = Snapshot {
+        next_token: 11,
+        forgotten_token_floor: 3,
+        locks: vec![lock_record("alpha", 1, 3), lock_record("beta", 3, 5)],
+        leases: vec![lease(1, "alpha", 3), lease(3, "beta", 5)],
+        tickets: vec![ticket(4, "alpha", 1), ticket(6, "beta", 3)],
+        // The record that ended at 100 was pruned; the one appended after the prune stays.
+        history: vec![record(9, "beta", 50), record(8, "alpha", 600)],
+        jobs: vec![Job {
+            finished_at: Some(6_000),
+            state: JobState::Succeeded,
+            ..job(10, "alpha")
+        }],
+    };
+    assert_eq!(sorted(persister.load().unwrap()), sorted(expected.clone()));
+    // Another connection (a restart) reads the same.
+    drop(persister);
+    let mut persister = schema.persister(None);
+    assert_eq!(sorted(persister.load().unwrap()), sorted(expected));
+
+    persister
+        .commit(&[
+            Change::LockForget(name("alpha")),
+            Change::LeaseDelete(LeaseId([1; 16])),
+            Change::TicketDelete(TicketId([4; 16])),
+            Change::JobDelete(JobId([10; 16])),
+            Change::HistoryPrune { ended_before: 700 },
+        ])
+        .unwrap();
+    let after = sorted(persister.load().unwrap());
+    assert_eq!(after.locks, vec![lock_record("beta", 3, 5)]);
+    assert_eq!(after.leases, vec![lease(3, "beta", 5)]);
+    assert_eq!(after.tickets, vec![ticket(6, "beta", 3)]);
+    assert!(after.history.is_empty(), "{:?}", after.history);
+    assert!(after.jobs.is_empty());
+    assert_eq!((after.next_token, after.forgotten_token_floor), (11, 3));
+
+    // Keys and the audit log go through the persister too.
+    let key = ApiKey {
+        id: "key_0123456789abcdef".into(),
+        name: "ci".into(),
+        secret_sha256: "ab".repeat(32),
+        grants: vec![KeyGrant {
+            role: Role::Acquire,
+            prefix: "ci/".into(),
+        }],
+        rate_per_sec: Some(50),
+        created_at: 1_000,
+        revoked_at: None,
+    };
+    persister.put_key(&key).unwrap();
+    let revoked = ApiKey {
+        revoked_at: Some(2_000),
+        ..key.clone()
+    };
+    persister.put_key(&revoked).unwrap();
+    assert_eq!(persister.keys().unwrap(), vec![revoked]);
+    let entry = AuditEntry {
+        seq: 0,
+        at: 3_000,
+        actor: "anonymous".into(),
+        action: "key.create".into(),
+        target: key.id.clone(),
+        detail: None,
+    };
+    let first = persister.append_audit(&entry).unwrap();
+    let second = persister.append_audit(&entry).unwrap();
+    assert!(second.seq > first.seq);
+    assert_eq!(
+        persister.audit(None, 10).unwrap(),
+        vec![second.clone(), first.clone()]
+    );
+    assert_eq!(persister.audit(Some(second.seq), 10).unwrap(), vec![first]);
+}
+
+/// A persister fenced by an epoch that is not the leadership row's refuses every write with a
+/// deposed error and writes nothing; under the row's epoch it writes; once the row moves on, it
+/// is refused again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fenced_write_under_a_lost_leadership_is_refused_and_writes_nothing() {
+    let Some(url) = testing::available("postgres a_fenced_write_is_refused").await else {
+        return;
+    };
+    let schema = Schema::new(&url, "fence");
+    // Creates the schema (and the leader table).
+    let mut plain = schema.persister(None);
+    schema
+        .sql(
+            "INSERT INTO leader (id, node, url, epoch, expires_at)
+             VALUES (1, 'node-a', 'http://127.0.0.1:1', 2, now() + interval '1 minute')",
+        )
+        .await;
+    let fence = |node: &str, epoch: i64| Fence {
+        node: node.into(),
+        epoch,
+    };
+    let batch = [
+        Change::LockPut(lock_record("fenced", 1, 1)),
+        Change::LeasePut(lease(1, "fenced", 1)),
+        Change::Counters {
+            next_token: 2,
+            forgotten_token_floor: 0,
+        },
+    ];
+    let key = ApiKey {
+        id: "key_00000000000000aa".into(),
+        name: "k".into(),
+        secret_sha256: "cd".repeat(32),
+        grants: Vec::new(),
+        rate_per_sec: None,
+        created_at: 1,
+        revoked_at: None,
+    };
+    let entry = AuditEntry {
+        seq: 0,
+        at: 1,
+        actor: "anonymous".into(),
+        action: "lease.revoke".into(),
+        target: "fenced".into(),
+        detail: Some("x".into()),
+    };
+    for wrong in [fence("node-a", 1), fence("node-b", 2)] {
+        let mut stale = schema.persister(Some(wrong.clone()));
+        let error = stale.commit(&batch).unwrap_err();
+        assert!(error.is_deposed(), "{wrong:?}: {error}");
+        assert!(stale.put_key(&key).unwrap_err().is_deposed());
+        assert!(stale.append_audit(&entry).unwrap_err().is_deposed());
+        assert!(stale.load().unwrap_err().is_deposed());
+    }
+    let nothing = plain.load().unwrap();
+    assert!(
+        nothing.locks.is_empty() && nothing.leases.is_empty(),
+        "{nothing:?}"
+    );
+    assert_eq!(nothing.next_token, 1);
+    assert!(plain.keys().unwrap().is_empty());
+    assert!(plain.audit(None, 10).unwrap().is_empty());
+
+    let mut leader = schema.persister(Some(fence("node-a", 2)));
+    leader.load().unwrap();
+    leader.commit(&batch).unwrap();
+    leader.put_key(&key).unwrap();
+    leader.append_audit(&entry).unwrap();
+    let written = plain.load().unwrap();
+    assert_eq!(written.leases, vec![lease(1, "fenced", 1)]);
+    assert_eq!(plain.keys().unwrap(), vec![key.clone()]);
+
+    // Another server takes over: the old leader's next commit is refused, and changes nothing.
+    schema
+        .sql("UPDATE leader SET node = 'node-b', epoch = 3 WHERE id = 1")
+        .await;
+    let error = leader
+        .commit(&[Change::LeaseDelete(LeaseId([1; 16]))])
+        .unwrap_err();
+    assert!(error.is_deposed(), "{error}");
+    assert_eq!(plain.load().unwrap().leases, vec![lease(1, "fenced", 1)]);
+}
+
+/// The engine over PostgreSQL recovers its table after a restart: the holder keeps its lease and
+/// token, the waiter its place, tokens keep increasing, keys and audit entries are kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_recovers_the_table() {
+    let Some(url) = testing::available("postgres a_restart_recovers_the_table").await else {
+        return;
+    };
+    let schema = Schema::new(&url, "restart");
+    let store = schema.open().await;
+    let held = grant(&store, "restart", "holder").await;
+    let queued = match store
+        .acquire(AcquireArgs {
+            queue: true,
+            ..args("restart", "waiter", 30_000, Duration::ZERO)
+        })
+        .await
+        .unwrap()
+    {
+        AcquireOutcome::Queued(queued) => queued,
+        other => panic!("expected a queued ticket, got {other:?}"),
+    };
+    let other = grant(&store, "restart-other", "x").await;
+    store.release(other.id).await.unwrap();
+    drop(store);
+
+    let store = schema.open().await;
+    let view = store.lock(name("restart")).await.unwrap().unwrap();
+    assert_eq!(view.holders.len(), 1, "{view:?}");
+    assert_eq!(view.holders[0].token, held.token);
+    assert_eq!(view.waiters.len(), 1, "{view:?}");
+    let renewed = store.renew(held.id, None).await.unwrap();
+    assert_eq!(renewed.token, held.token);
+    let history = store.history(name("restart-other"), 10).await.unwrap();
+    assert_eq!(history.len(), 1, "{history:?}");
+    // The holder releases: the waiter from before the restart is granted.
+    store.release(held.id).await.unwrap();
+    let status = store
+        .wait_ticket(queued.ticket.id, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let baton_core::TicketStatus::Granted(next) = status else {
+        panic!("the waiter was not granted: {status:?}");
+    };
+    assert!(
+        next.token > other.token,
+        "{} then {}",
+        other.token,
+        next.token
+    );
+}
+
+/// A database the per-lock store (schema version 4) wrote upgrades: its live lease is recovered
+/// and the next token continues from its token sequence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_version_4_upgrades() {
+    let Some(url) = testing::available("postgres a_database_of_schema_version_4_upgrades").await
     else {
         return;
     };
-    let schema = Schema::new(&url, "wake");
-    let a = schema.open().await;
-    let b = std::sync::Arc::new(schema.open().await);
-    for round in 0..2 {
-        let held = grant(&a, "wake", "holder").await;
-        let waiter = {
-            let b = std::sync::Arc::clone(&b);
-            tokio::spawn(async move {
-                b.acquire(args("wake", "waiter", 30_000, Duration::from_secs(60)))
-                    .await
-            })
-        };
-        // Wait until the waiter is queued.
-        let mut queued = false;
-        for _ in 0..200 {
-            if a.lock(LockName::new("wake").unwrap())
-                .await
-                .unwrap()
-                .is_some_and(|view| view.waiters.len() == 1)
-            {
-                queued = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(queued, "the waiter never queued");
-        if round == 1 {
-            // Cut every listening connection: notifications sent meanwhile are lost.
-            schema
-                .sql(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-                     WHERE query LIKE 'LISTEN %' AND pid <> pg_backend_pid()",
-                )
-                .await;
-        }
-        a.release(held.id).await.unwrap();
-        let outcome = tokio::time::timeout(Duration::from_secs(60), waiter)
+    let schema = Schema::new(&url, "upgrade");
+    {
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
-            .expect("the waiter was never granted")
-            .unwrap()
             .unwrap();
-        let AcquireOutcome::Granted(lease) = outcome else {
-            panic!("round {round}: expected a grant, got {outcome:?}");
-        };
-        assert!(lease.token > held.token);
-        b.release(lease.id).await.unwrap();
-        // A waiter that was granted leaves no wake-up registered behind.
-        assert_eq!(
-            b.parked_tickets(),
-            0,
-            "round {round}: a wake-up was left behind"
-        );
+        let driver = tokio::spawn(connection);
+        schema::migrate_to(&mut client, &schema.name, 4)
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
     }
-    // Nor does one whose wait runs out.
-    let held = grant(&a, "wake", "holder").await;
-    let outcome = b
-        .acquire(args(
-            "wake",
-            "impatient",
-            30_000,
-            Duration::from_millis(300),
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    schema
+        .sql(&format!(
+            "SELECT setval('token_seq', 41);
+             INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until,
+                                idle_since, delayed_slots)
+                 VALUES ('old', 1, 41, 41, NULL, {now}, 0);
+             INSERT INTO leases (id, lock, owner, owner_key, token, ttl_ms, granted_at,
+                                 expires_at, request_id, ticket)
+                 VALUES ('\\x01010101010101010101010101010101'::bytea, 'old', 'before', NULL,
+                         41, 30000, {now}, {now} + 30000, NULL, NULL);
+             INSERT INTO requests (request_id, lock, kind, target, at)
+                 VALUES ('r', 'old', 'lease', '\\x01'::bytea, {now});"
         ))
-        .await
-        .unwrap();
-    assert!(matches!(outcome, AcquireOutcome::Busy(_)), "{outcome:?}");
-    assert_eq!(
-        b.parked_tickets(),
-        0,
-        "a wake-up was left behind by a wait that ran out"
-    );
-    a.release(held.id).await.unwrap();
+        .await;
+    let store = schema.open().await;
+    let view = store.lock(name("old")).await.unwrap().unwrap();
+    assert_eq!(view.holders.len(), 1, "{view:?}");
+    assert_eq!(view.holders[0].token, 41);
+    let fresh = grant(&store, "new", "after").await;
+    assert_eq!(fresh.token, 42, "tokens continue from the old sequence");
 }
 
-/// Two stores both run expiry timers: every expired lease ends once, by one of them.
+/// The persister's connection is cut (as a database restart or a network drop would): the commit
+/// that finds it broken fails, the engine's retry opens a new one, and nothing acknowledged is
+/// lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_stores_expire_each_lease_once() {
-    let Some(url) = testing::available("postgres two_stores_expire_each_lease_once").await else {
+async fn a_cut_connection_is_replaced() {
+    let Some(url) = testing::available("postgres a_cut_connection_is_replaced").await else {
         return;
     };
-    let schema = Schema::new(&url, "expiry");
-    let a = schema.open().await;
-    let b = schema.open().await;
-    let locks: Vec<String> = (0..20).map(|i| format!("expiry-{i}")).collect();
-    for (i, lock) in locks.iter().enumerate() {
-        let store = if i % 2 == 0 { &a } else { &b };
-        match store
-            .acquire(args(lock, "short", 1_000, Duration::ZERO))
-            .await
-            .unwrap()
-        {
-            AcquireOutcome::Granted(_) => {}
-            other => panic!("expected a grant, got {other:?}"),
+    let schema = Schema::new(&url, "reconnect");
+    // A name of this test's own, so that only its connections are cut.
+    let application = format!("baton_test_{}_reconnect", std::process::id());
+    let options = PgOptions {
+        url: format!("{} application_name={application}", key_value(&url)),
+        ..schema.options()
+    };
+    let store = PostgresStore::open(options).await.expect("open the store");
+    let first = grant(&store, "reconnect-1", "a").await;
+    let cut = schema
+        .number(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE application_name = '{application}'"
+        ))
+        .await;
+    assert_eq!(cut, 1, "the store keeps one connection");
+    let second = grant(&store, "reconnect-2", "b").await;
+    assert!(second.token > first.token);
+    drop(store);
+    let store = schema.open().await;
+    for (lock, lease) in [("reconnect-1", &first), ("reconnect-2", &second)] {
+        let view = store.lock(name(lock)).await.unwrap().unwrap();
+        assert_eq!(view.holders.len(), 1, "{lock}: {view:?}");
+        assert_eq!(view.holders[0].token, lease.token, "{lock}");
+    }
+}
+
+/// An engine over a fenced persister stops at its first commit after another server took the
+/// leadership: the request that needed it fails, the store is no longer ready, and the refused
+/// batch is not in the database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deposed_engine_stops_taking_writes() {
+    let Some(url) = testing::available("postgres a_deposed_engine_stops_taking_writes").await
+    else {
+        return;
+    };
+    let schema = Schema::new(&url, "deposed");
+    let mut plain = schema.persister(None);
+    schema
+        .sql(
+            "INSERT INTO leader (id, node, url, epoch, expires_at)
+             VALUES (1, 'node-a', 'http://127.0.0.1:1', 7, now() + interval '1 minute')",
+        )
+        .await;
+    let options = schema.options();
+    let fence = Fence {
+        node: "node-a".into(),
+        epoch: 7,
+    };
+    let store = tokio::task::spawn_blocking(move || {
+        let persister = PgPersister::connect(&options, Some(fence)).expect("connect");
+        Engine::open(
+            Box::new(persister),
+            options.clock(),
+            options.engine_options(),
+        )
+        .expect("open the engine")
+    })
+    .await
+    .unwrap();
+    let kept = grant(&store, "deposed-1", "a").await;
+    schema
+        .sql("UPDATE leader SET node = 'node-b', epoch = 8 WHERE id = 1")
+        .await;
+    let refused = store
+        .acquire(args("deposed-2", "b", 30_000, Duration::ZERO))
+        .await;
+    match refused {
+        Err(baton_store::StoreError::Unavailable(reason)) => {
+            assert!(reason.contains("deposed"), "{reason}");
         }
+        other => panic!("a deposed engine answered {other:?}"),
     }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let (_, leases, _) = a.counts().await;
-        if leases == 0 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{leases} leases never expired"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    for lock in &locks {
-        let history = a.history(LockName::new(lock).unwrap(), 10).await.unwrap();
-        assert_eq!(history.len(), 1, "{lock}: one end per lease: {history:?}");
-        assert_eq!(history[0].end, LeaseEnd::Expired, "{lock}");
-        assert!(
-            history[0].ended_at >= history[0].granted_at + 1_000,
-            "{lock} ended before its expiry: {:?}",
-            history[0]
-        );
-    }
+    assert!(
+        store.ready().await.is_err(),
+        "a deposed engine is not ready"
+    );
+    let snapshot = plain.load().unwrap();
+    assert_eq!(snapshot.leases.len(), 1, "{snapshot:?}");
+    assert_eq!(snapshot.leases[0].token, kept.token);
 }

@@ -16,6 +16,8 @@ pub trait Clock: Send + Sync + 'static {
 #[derive(Debug, Default)]
 pub struct SystemClock {
     last: AtomicU64,
+    /// Added to the wall clock (a testing aid: a server whose clock is off).
+    skew_ms: i64,
 }
 
 impl SystemClock {
@@ -23,13 +25,22 @@ impl SystemClock {
     pub fn new() -> SystemClock {
         SystemClock::default()
     }
+
+    /// A clock that runs `skew_ms` ahead of the wall clock (behind when negative).
+    pub fn skewed(skew_ms: i64) -> SystemClock {
+        SystemClock {
+            last: AtomicU64::new(0),
+            skew_ms,
+        }
+    }
 }
 
 impl Clock for SystemClock {
     fn now_ms(&self) -> Millis {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_millis() as u64);
+            .map_or(0, |elapsed| elapsed.as_millis() as u64)
+            .saturating_add_signed(self.skew_ms);
         let previous = self.last.fetch_max(wall, Ordering::AcqRel);
         previous.max(wall)
     }

@@ -38,6 +38,23 @@ use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError
 #[error("{0}")]
 pub struct PersistError(pub String);
 
+/// How the text of a [`PersistError::deposed`] starts.
+const DEPOSED: &str = "deposed: ";
+
+impl PersistError {
+    /// A write refused because this server no longer holds the leadership it writes under
+    /// (a fenced persister found another server's term): nothing was written, and nothing this
+    /// server writes will be. Retrying cannot help.
+    pub fn deposed(detail: impl std::fmt::Display) -> PersistError {
+        PersistError(format!("{DEPOSED}{detail}"))
+    }
+
+    /// True for an error made by [`PersistError::deposed`].
+    pub fn is_deposed(&self) -> bool {
+        self.0.starts_with(DEPOSED)
+    }
+}
+
 /// Durable storage of the lock table's changes. Called from one dedicated thread (with
 /// [`EngineOptions::manual_commit`], from the caller of [`Engine::commit_pending`]); may block.
 pub trait Persister: Send + 'static {
@@ -688,6 +705,8 @@ fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
             };
             match &outcome {
                 Ok(()) => break,
+                // Another server leads now: no retry can succeed, stop at once.
+                Err(error) if error.is_deposed() => break,
                 Err(error) => {
                     tracing::warn!(attempt, %error, "commit failed");
                     std::thread::sleep(Duration::from_millis(50 << attempt.min(6)));

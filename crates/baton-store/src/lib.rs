@@ -22,4 +22,6 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineOptions, IdSource, MemoryPersister, PersistError, Persister};
 pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
-pub use store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};
+pub use store::{
+    AcquireArgs, AcquireOutcome, CreateJobArgs, Leadership, Store, StoreError, StoreStats,
+};

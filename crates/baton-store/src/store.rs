@@ -100,6 +100,31 @@ pub enum StoreError {
     /// was acknowledged; the caller may retry later.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// This server is a standby: another server of the same database is the active one and
+    /// serves every request (its advertised URL, when known). Nothing was done.
+    #[error("this server is a standby; {}", match .active {
+        Some(url) => format!("the active server is {url}"),
+        None => "no active server is known right now".to_owned(),
+    })]
+    NotActive {
+        /// The active server's advertised URL, when known.
+        active: Option<String>,
+    },
+}
+
+/// Where a server stands in its database's leadership (stores shared by several servers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leadership {
+    /// True while this server is the active one and answers from its lock table.
+    pub active: bool,
+    /// This server's node id (random per process).
+    pub node: String,
+    /// The epoch of the newest leadership this server knows (its own while active).
+    pub epoch: i64,
+    /// The active server's advertised URL, when known (this server's own while active).
+    pub active_url: Option<String>,
+    /// How many times this server became the active one since it started.
+    pub takeovers: u64,
 }
 
 /// Counters and gauges a store reports for `/metrics`.
@@ -238,6 +263,16 @@ pub trait Store: Send + Sync + 'static {
     fn stats(&self) -> StoreStats {
         StoreStats::default()
     }
+
+    /// The leadership of a store shared by several servers; `None` for a store that only
+    /// this server uses.
+    fn leadership(&self) -> Option<Leadership> {
+        None
+    }
+
+    /// The server is stopping: give up what others could take over at once (a shared store's
+    /// leadership). The default does nothing.
+    async fn shutdown(&self) {}
 
     /// Inserts an API key, or replaces the one with the same id (revoking is a replace with
     /// `revoked_at` set). Durable before it returns.

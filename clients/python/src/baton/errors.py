@@ -46,6 +46,7 @@ ERROR_CODES: Dict[str, int] = {
     "ticket_cancelled": 410,
     "limit_reached": 503,
     "unavailable": 503,
+    "not_active": 503,
     "job_not_found": 404,
     "unauthorized": 401,
     "forbidden": 403,
@@ -243,7 +244,9 @@ def error_from_response(url: str, status: int, body: bytes,
         return RateLimited(message, code=code, status=status,
                            retry_after=_seconds(retry_after))
     # A body the server stopped waiting for was cut off on the way: worth another try.
-    if code in ("unavailable", "limit_reached", "body_timeout") or 502 <= status <= 504:
+    # A standby that knows no active server did nothing: another server may take it at once.
+    if code in ("unavailable", "not_active", "limit_reached", "body_timeout") \
+            or 502 <= status <= 504:
         return Unavailable(message, code=code, status=status)
     cls: Type[BatonError]
     if status == 401:

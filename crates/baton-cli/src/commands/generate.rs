@@ -7,11 +7,13 @@ use anyhow::Context as _;
 use crate::args::{CompletionsArgs, ManArgs};
 use crate::exit;
 
-/// Prints the completion script for one shell on stdout.
+/// Prints the completion script for one shell on stdout. It is generated into memory first:
+/// clap_complete panics when its writer fails, and stdout can (`| head`).
 pub fn completions(args: &CompletionsArgs) -> anyhow::Result<u8> {
     let mut command = crate::command();
-    let mut stdout = std::io::stdout().lock();
-    clap_complete::generate(args.shell, &mut command, "baton", &mut stdout);
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "baton", &mut script);
+    crate::output::print_bytes(&script)?;
     Ok(exit::SUCCESS)
 }
 

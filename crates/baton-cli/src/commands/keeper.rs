@@ -217,15 +217,24 @@ pub async fn renew_after_wait(
 }
 
 /// SIGINT, SIGTERM and SIGHUP, while baton itself must react to them (waiting for a lock, or
-/// stopping every job of `baton parallel`).
+/// stopping every job of `baton parallel`). On Windows, Ctrl-C and Ctrl-Break, both reported as
+/// SIGINT (2), so that the exit code is the same 130.
 pub struct Signals {
+    #[cfg(unix)]
     interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
     terminate: tokio::signal::unix::Signal,
+    #[cfg(unix)]
     hangup: tokio::signal::unix::Signal,
+    #[cfg(windows)]
+    ctrl_c: tokio::signal::windows::CtrlC,
+    #[cfg(windows)]
+    ctrl_break: tokio::signal::windows::CtrlBreak,
 }
 
 impl Signals {
     /// Starts listening.
+    #[cfg(unix)]
     pub fn new() -> anyhow::Result<Signals> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Signals {
@@ -235,12 +244,32 @@ impl Signals {
         })
     }
 
+    /// Starts listening.
+    #[cfg(windows)]
+    pub fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::windows::{ctrl_break, ctrl_c};
+        Ok(Signals {
+            ctrl_c: ctrl_c()?,
+            ctrl_break: ctrl_break()?,
+        })
+    }
+
     /// The number of the next signal received.
+    #[cfg(unix)]
     pub async fn next(&mut self) -> i32 {
         tokio::select! {
             _ = self.interrupt.recv() => 2,
             _ = self.terminate.recv() => 15,
             _ = self.hangup.recv() => 1,
+        }
+    }
+
+    /// The number of the next signal received: 2 (SIGINT) for Ctrl-C and for Ctrl-Break.
+    #[cfg(windows)]
+    pub async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.ctrl_c.recv() => 2,
+            _ = self.ctrl_break.recv() => 2,
         }
     }
 }

@@ -16,6 +16,8 @@
 //!   progress line on a terminal; a summary table (or `--json`) at the end.
 //! - **Stopping**: `--timeout` per job, `--halt-on-failure now|soon`, and SIGINT/SIGTERM/SIGHUP
 //!   stop every running job's tree (the jobs are recorded `cancelled`).
+//! - **Systems**: Linux only, as `baton run` ([`crate::supervise`]); elsewhere (Windows) it
+//!   refuses with a usage error (64) before it reads the jobs or reaches the server.
 
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::OsString;
@@ -38,7 +40,7 @@ use crate::commands::keeper::{
 };
 use crate::exit;
 use crate::output;
-use crate::supervise::{Control, End, Spec, Supervisor};
+use crate::supervise::{self, Control, End, Spec, Supervisor};
 
 /// The longest single long-poll while waiting for a slot.
 const LONG_POLL: Duration = Duration::from_secs(30);
@@ -329,6 +331,11 @@ impl Write for Capture {
 
 /// Runs the jobs. Returns the exit code (see `docs/cli.md`).
 pub async fn parallel(context: &Context, args: ParallelArgs) -> anyhow::Result<u8> {
+    // Where a job could outlive its lease (not Linux), refuse before reading the jobs, locally
+    // or with a server alike.
+    if let Err(error) = supervise::available() {
+        return Ok(context.usage_error("baton parallel", &error.to_string()));
+    }
     let timing = match LeaseTiming::new(args.ttl, args.grace) {
         Ok(timing) => timing,
         Err(message) => return Ok(context.usage_error("baton parallel", &message)),

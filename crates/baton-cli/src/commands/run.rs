@@ -15,6 +15,9 @@
 //!    is lost, revoked, replaced, or cannot be renewed in time;
 //! 5. record how it ended (state, exit code, output tail), run `--on-lost` if the lease was
 //!    lost, and exit with the command's own code or baton's documented one.
+//!
+//! Only Linux can supervise the command (see [`crate::supervise`]); elsewhere (Windows) `baton
+//! run` refuses with a usage error (64) before it creates the job or takes the lock.
 
 use std::ffi::OsString;
 use std::sync::{Arc, Mutex};
@@ -31,7 +34,7 @@ use crate::commands::Context;
 use crate::commands::keeper::{
     KeeperStop, LeaseTiming, Signals, keep_lease, millis, renew_after_wait,
 };
-use crate::supervise::{End, Spec, Supervisor};
+use crate::supervise::{self, End, Spec, Supervisor};
 use crate::{exit, output};
 
 /// The longest single long-poll while waiting for the lock.
@@ -85,6 +88,10 @@ pub async fn run(context: &Context, args: RunArgs) -> anyhow::Result<u8> {
 }
 
 async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyhow::Result<u8> {
+    // Where the command could outlive its lease (not Linux), refuse before any job or lease.
+    if let Err(error) = supervise::available() {
+        return Ok(context.usage_error("baton run", &error.to_string()));
+    }
     let policy = args.policy();
     let lock = args.lock.clone().unwrap_or_else(|| args.name.clone());
     let timing = match LeaseTiming::new(args.ttl, args.grace) {

@@ -81,6 +81,8 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.database_schema = args.database_schema;
     config.database_pool = usize::try_from(args.database_pool).unwrap_or(16);
     config.clock_skew_ms = args.clock_skew_ms;
+    config.advertise_url = args.advertise_url;
+    config.leader_ttl_ms = millis(args.leader_ttl);
     config.allow_unauthenticated = args.allow_unauthenticated;
     config.keys_file = args.keys_file;
     config.key_rate_limit = args.key_rate_limit;

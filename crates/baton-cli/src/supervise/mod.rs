@@ -72,7 +72,17 @@
 //! foreground group, so a command that reads from a terminal is stopped by SIGTTIN (cron jobs
 //! and scripts are not affected).
 //!
-//! Other systems: [`Supervisor::spawn`] returns [`Error::Unsupported`].
+//! Other systems (Windows, macOS, the BSDs): [`available`] and [`Supervisor::spawn`] return
+//! [`Error::Unsupported`], and `baton run` and `baton parallel` refuse before they create a job
+//! or take a lock. The design above rests on Linux alone: `PR_SET_CHILD_SUBREAPER`, `/proc` to
+//! find and reap descendants, `/proc/self/exe`, `CLOCK_MONOTONIC` shared with the guardian, and
+//! process groups with `killpg`. Windows has none of them; its counterpart (a job object with
+//! `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`) is not implemented, so no child runs there without
+//! the protection G6 promises.
+
+// Elsewhere than Linux only the refusing stub (`unsupported.rs`) is built: the shared types of
+// the Linux supervisor are then not used, and need not be.
+#![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
 mod tail;
 
@@ -103,6 +113,18 @@ pub use supervisor::{Control, Supervisor};
 // Supervision API that `run` does not use (yet); tests/supervise_process.rs does.
 pub use unsupported::{Control, Supervisor, guard_main};
 
+/// Whether this system can supervise a command: `Ok` on Linux, [`Error::Unsupported`]
+/// elsewhere. `baton run` and `baton parallel` ask first, before they create a job or take a
+/// lock, so that where they cannot keep a command from outliving its lease they refuse without
+/// running anything.
+pub fn available() -> Result<(), Error> {
+    if cfg!(target_os = "linux") {
+        Ok(())
+    } else {
+        Err(Error::Unsupported)
+    }
+}
+
 /// The hidden subcommand that runs the guardian: `baton __guard --grace-ms MS --status-fd FD --
 /// CMD [ARG...]`. Only [`Supervisor`] starts it; `main` must dispatch it before anything else
 /// (before clap, before starting a tokio runtime).
@@ -122,8 +144,12 @@ pub enum Error {
     #[error("no command to run")]
     EmptyCommand,
     /// Supervising a command is implemented for Linux only.
-    #[cfg_attr(target_os = "linux", allow(dead_code))] // Built on other systems only.
-    #[error("`baton run` can supervise a command only on Linux")]
+    #[error(
+        "supervising a command needs Linux: only there can baton make sure that the command's \
+         process tree is gone before its lease ends and never outlives baton; nothing was run \
+         and no lock was taken (here, hold a lock with `baton acquire`, `baton renew` and \
+         `baton release`, or the PowerShell module)"
+    )]
     Unsupported,
     /// The guardian process (a re-exec of baton) could not be started.
     #[error("cannot start the guardian process {program:?}: {source}")]
@@ -336,5 +362,27 @@ impl Outcome {
     /// dropped, and any other invalid byte becomes U+FFFD.
     pub fn tail_text(&self) -> String {
         tail::text(&self.tail, self.output_bytes > self.tail.len() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn supervision_is_available_on_linux_only() {
+        assert_eq!(available().is_ok(), cfg!(target_os = "linux"));
+        let refusal = Error::Unsupported.to_string();
+        assert!(refusal.contains("nothing was run and no lock was taken"));
+    }
+
+    #[test]
+    fn the_docs_quote_the_refusal_word_for_word() {
+        let docs = include_str!("../../../../docs/cli.md");
+        let refusal = format!("baton run: {}", Error::Unsupported);
+        assert!(
+            docs.contains(&refusal),
+            "docs/cli.md does not show {refusal:?}"
+        );
     }
 }
