@@ -12,6 +12,9 @@ use std::cell::Cell;
 pub enum Bug {
     /// The engine answers an immediate grant before the commit that holds it (breaks G2).
     AckBeforeCommit,
+    /// The engine answers a place in the queue before the commit that holds the ticket
+    /// (breaks G2 for queue places).
+    QueueBeforeCommit,
     /// Recovery recomputes the next fencing token from the live leases instead of the durable
     /// counter, so tokens of leases that ended are handed out again (breaks G3).
     TokenReuseAfterRestart,
@@ -33,8 +36,9 @@ pub enum Bug {
 
 impl Bug {
     /// Every injected defect.
-    pub const ALL: [Bug; 7] = [
+    pub const ALL: [Bug; 8] = [
         Bug::AckBeforeCommit,
+        Bug::QueueBeforeCommit,
         Bug::TokenReuseAfterRestart,
         Bug::GrantDuringLockDelay,
         Bug::TryJumpsQueue,
@@ -47,6 +51,7 @@ impl Bug {
     pub fn name(self) -> &'static str {
         match self {
             Bug::AckBeforeCommit => "ack-before-commit",
+            Bug::QueueBeforeCommit => "queue-before-commit",
             Bug::TokenReuseAfterRestart => "token-reuse-after-restart",
             Bug::GrantDuringLockDelay => "grant-during-lock-delay",
             Bug::TryJumpsQueue => "try-jumps-queue",

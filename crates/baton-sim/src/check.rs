@@ -191,7 +191,7 @@ fn lives(events: &[Event]) -> BTreeMap<LeaseId, Life> {
                     life.revoked.get_or_insert((*sent_at, event.step));
                 }
             }
-            EventKind::Restarted { leases } => {
+            EventKind::Restarted { leases, .. } => {
                 for lease in leases {
                     if let Some(life) = lives.get_mut(&lease.id) {
                         life.deadlines.push(Deadline {
@@ -226,6 +226,7 @@ pub fn all(events: &[Event]) -> Vec<Violation> {
     let mut found = Vec::new();
     g1_safety(&lives, &mut found);
     g2_durability(events, &lives, &mut found);
+    g2_queue_places(events, &mut found);
     g3_fencing(events, &lives, &mut found);
     g4_fairness(events, &lives, &mut found);
     g5_liveness(events, &lives, &mut found);
@@ -295,7 +296,7 @@ fn g2_durability(events: &[Event], lives: &BTreeMap<LeaseId, Life>, found: &mut 
     for event in events {
         match &event.kind {
             EventKind::Crash { ending, .. } => crash = Some((event.step, event.at, ending.clone())),
-            EventKind::Restarted { leases } => {
+            EventKind::Restarted { leases, .. } => {
                 let Some((step, at, ending)) = crash.take() else {
                     continue;
                 };
@@ -334,6 +335,84 @@ fn g2_durability(events: &[Event], lives: &BTreeMap<LeaseId, Life>, found: &mut 
                     });
                     return;
                 }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// G2 for queue places: a ticket whose place a client was told of is still queued (or granted)
+/// after the next crash, unless it may have ended before: cancelled (or a cancel in flight),
+/// its waiter gone, collected as a lease (then G2 for leases judges it), or old enough that it
+/// could have lapsed or its grant expired (the crash came after the shortest TTL or ticket
+/// lapse from its queuing).
+fn g2_queue_places(events: &[Event], found: &mut Vec<Violation>) {
+    let shortest = config().ticket_lapse_ms.min(baton_core::limits::TTL_MS_MIN);
+    // Tickets told of and not known to have ended: when queued, and the answer's step.
+    let mut told: HashMap<TicketId, (Millis, u64, LockName)> = HashMap::new();
+    let mut request_tickets: HashMap<&str, TicketId> = HashMap::new();
+    for event in events {
+        match &event.kind {
+            EventKind::Queued { gone: true, .. } => {}
+            EventKind::Queued {
+                ticket,
+                queued_at,
+                lock,
+                request_id,
+                ..
+            } => {
+                told.entry(*ticket)
+                    .or_insert((*queued_at, event.step, lock.clone()));
+                if let Some(request_id) = request_id {
+                    request_tickets.insert(request_id, *ticket);
+                }
+            }
+            EventKind::TicketEnded { ticket, .. } => {
+                told.remove(ticket);
+            }
+            EventKind::Granted { lease, .. } => {
+                if let Some(ticket) = lease.ticket {
+                    told.remove(&ticket);
+                }
+            }
+            EventKind::Departed {
+                ticket, request_id, ..
+            } => {
+                if let Some(ticket) = ticket {
+                    told.remove(ticket);
+                }
+                if let Some(ticket) = request_id
+                    .as_deref()
+                    .and_then(|request_id| request_tickets.get(request_id))
+                {
+                    told.remove(ticket);
+                }
+            }
+            EventKind::Crash { cancelling, .. } => {
+                for ticket in cancelling {
+                    told.remove(ticket);
+                }
+                let at = event.at;
+                told.retain(|_, (queued_at, _, _)| at < *queued_at + shortest);
+            }
+            EventKind::Restarted { leases, tickets } => {
+                for (ticket, (_, _, lock)) in &told {
+                    let kept = tickets.contains(ticket)
+                        || leases.iter().any(|lease| lease.ticket == Some(*ticket));
+                    if !kept {
+                        found.push(Violation {
+                            guarantee: "G2",
+                            step: event.step,
+                            message: format!(
+                                "a place in the queue of {lock} ({ticket:?}) that a client was told of is gone after the crash"
+                            ),
+                        });
+                        return;
+                    }
+                }
+                // Recovery gives every ticket a fresh lapse: judge only the first crash after
+                // each answer.
+                told.clear();
             }
             _ => {}
         }

@@ -58,6 +58,9 @@ pub enum EventKind {
         seq: u64,
         /// When it joined the queue.
         queued_at: Millis,
+        /// The answer said its waiter had gone (an owner key's reentry can answer such a
+        /// ticket): it keeps its place only until it could be granted.
+        gone: bool,
         /// The request id it was asked with.
         request_id: Option<String>,
     },
@@ -194,11 +197,15 @@ pub enum EventKind {
         /// Leases whose end could have been in flight (a revoke or finish sent, not answered),
         /// with when it was sent.
         ending: Vec<(LeaseId, Millis)>,
+        /// Tickets whose cancel was in flight.
+        cancelling: Vec<TicketId>,
     },
-    /// The server came back: every live lease recovery brought back.
+    /// The server came back: every live lease and queued ticket recovery brought back.
     Restarted {
         /// The recovered leases.
         leases: Vec<Lease>,
+        /// The recovered queued tickets.
+        tickets: Vec<TicketId>,
     },
     /// Recovery itself failed.
     RecoveryFailed {

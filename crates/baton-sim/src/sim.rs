@@ -334,17 +334,22 @@ impl Sim {
         match Engine::open(persister, clock, options) {
             Ok(engine) => {
                 self.generation += 1;
-                let leases = engine.inspect(|state| {
-                    state
-                        .locks(None, usize::MAX)
+                let (leases, tickets) = engine.inspect(|state| {
+                    let views = state.locks(None, usize::MAX);
+                    let tickets = views
+                        .iter()
+                        .flat_map(|view| view.waiters.iter().map(|ticket| ticket.id))
+                        .collect::<Vec<_>>();
+                    let leases = views
                         .into_iter()
                         .flat_map(|view| view.holders)
-                        .collect::<Vec<_>>()
+                        .collect::<Vec<_>>();
+                    (leases, tickets)
                 });
                 self.engine = Some(Arc::new(engine));
                 self.failed = false;
                 if self.generation > 1 {
-                    self.record(usize::MAX, EventKind::Restarted { leases });
+                    self.record(usize::MAX, EventKind::Restarted { leases, tickets });
                 }
                 true
             }
@@ -505,6 +510,7 @@ impl Sim {
     /// dropped with whatever it had not committed, and a new one recovers from the disk.
     async fn crash(&mut self, how: &'static str) {
         let mut ending = Vec::new();
+        let mut cancelling = Vec::new();
         for client in &mut self.clients {
             if let Some(pending) = client.pending.take() {
                 match &pending.request {
@@ -513,13 +519,21 @@ impl Sim {
                     {
                         ending.push((*lease, pending.sent_at));
                     }
+                    Request::Cancel { ticket } if pending.polled => cancelling.push(*ticket),
                     _ => {}
                 }
                 drop(pending);
             }
         }
         self.system.clear();
-        self.record(usize::MAX, EventKind::Crash { how, ending });
+        self.record(
+            usize::MAX,
+            EventKind::Crash {
+                how,
+                ending,
+                cancelling,
+            },
+        );
         self.outcome.crashes += 1;
         self.engine = None;
         // A restart takes a moment; waits measured on the runtime's clock move on too.
@@ -1042,6 +1056,7 @@ impl Sim {
                                 lock: queued.ticket.lock,
                                 seq: queued.ticket.seq,
                                 queued_at: queued.ticket.queued_at,
+                                gone: queued.ticket.waiter_gone,
                                 request_id,
                             },
                         );

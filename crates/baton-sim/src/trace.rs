@@ -115,11 +115,21 @@ pub fn describe(kind: &EventKind) -> String {
             format!("{lock} has room while {ticket:?} waits")
         }
         EventKind::JobMismatch { job, what } => format!("job {job:?}: {what}"),
-        EventKind::Crash { how, ending } => {
-            format!("CRASH ({how}), {} ends in flight", ending.len())
-        }
-        EventKind::Restarted { leases } => {
-            let mut text = format!("RESTARTED with {} leases:", leases.len());
+        EventKind::Crash {
+            how,
+            ending,
+            cancelling,
+        } => format!(
+            "CRASH ({how}), {} ends and {} cancels in flight",
+            ending.len(),
+            cancelling.len()
+        ),
+        EventKind::Restarted { leases, tickets } => {
+            let mut text = format!(
+                "RESTARTED with {} queued tickets and {} leases:",
+                tickets.len(),
+                leases.len()
+            );
             for lease in leases {
                 let _ = write!(
                     text,

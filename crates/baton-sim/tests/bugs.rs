@@ -34,6 +34,11 @@ fn answering_a_grant_before_its_commit_breaks_g2() {
 }
 
 #[test]
+fn answering_a_queue_place_before_its_commit_breaks_g2() {
+    assert_caught_by(Bug::QueueBeforeCommit, &["G2"]);
+}
+
+#[test]
 fn reusing_tokens_after_a_restart_breaks_g3() {
     assert_caught_by(Bug::TokenReuseAfterRestart, &["G3"]);
 }

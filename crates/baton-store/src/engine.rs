@@ -874,6 +874,10 @@ impl Store for Engine {
             }
             Acquired::Queued(queued) => {
                 if args.wait.is_zero() {
+                    #[cfg(feature = "sim-bugs")]
+                    if baton_core::sim_bugs::active(baton_core::sim_bugs::Bug::QueueBeforeCommit) {
+                        return Ok(AcquireOutcome::Queued(queued));
+                    }
                     self.durable(required).await?;
                     return Ok(AcquireOutcome::Queued(queued));
                 }
