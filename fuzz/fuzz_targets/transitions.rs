@@ -268,6 +268,9 @@ impl Harness {
                     queue: *queue,
                     request_id: request.map(|r| format!("req-{}", r % 8)),
                     api_key: key.then(|| format!("key_{client}")),
+                    // Small quotas of the clients' own, so refusals for quota happen often and
+                    // the per-key counts (checked against the records) move every way.
+                    quota: quota_of(client),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
                 };
@@ -362,7 +365,8 @@ impl Harness {
                     min_hold_ms: min_hold.map(u64::from),
                     once_per_ms: once_per.map(|ms| u64::from(ms) * 10),
                     batch: batch.then(|| "batch-1".to_owned()),
-                    api_key: None,
+                    api_key: (client % 2 == 0).then(|| format!("key_{client}")),
+                    quota: quota_of(client),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
                 };
@@ -481,3 +485,13 @@ fuzz_target!(|input: Input| {
     harness.restore(0);
     harness.settle();
 });
+
+/// A client's own quotas: small, and different per client.
+fn quota_of(client: usize) -> baton_core::KeyQuota {
+    baton_core::KeyQuota {
+        leases_max: Some(client % 3 + 1),
+        waiters_max: Some(client % 2 + 1),
+        locks_max: Some(client % 4 + 1),
+        jobs_max: Some(client % 3 + 1),
+    }
+}

@@ -57,6 +57,7 @@ def test_backoff_doubles_is_capped_and_jittered():
     (503, "limit_reached", baton.Unavailable),
     (503, "not_active", baton.Unavailable),
     (429, "rate_limited", baton.RateLimited),
+    (429, "quota_exceeded", baton.QuotaExceeded),
     (500, "internal", baton.ServerError),
     (418, "a_new_code", baton.Rejected),
 ])
@@ -65,6 +66,14 @@ def test_codes_map_to_the_exception_the_caller_acts_on(status, code, cls):
     assert type(error) is cls
     assert error.code == code and error.message == "the message" and error.status == status
     assert error.retryable == isinstance(error, baton.Unavailable)
+
+
+def test_a_quota_answer_names_the_quota_and_is_not_retried():
+    text = json.dumps({"error": {"code": "quota_exceeded", "message": "at most 5"},
+                       "quota": {"name": "waiters", "limit": 5}}).encode()
+    error = error_from_response("u", 429, text)
+    assert type(error) is baton.QuotaExceeded
+    assert (error.quota, error.limit, error.retryable) == ("waiters", 5, False)
 
 
 def test_busy_keeps_the_holders_and_revoked_is_told_apart():

@@ -191,6 +191,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response {
         holders: None,
         newest_token: None,
         active: None,
+        quota: None,
     };
     (status, axum::Json(body)).into_response()
 }

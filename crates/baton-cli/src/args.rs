@@ -72,6 +72,9 @@ pub struct GlobalArgs {
 }
 
 /// The subcommands.
+// `ServerArgs` is far larger than the others (one field per server flag); the command is parsed
+// once per process, so its size costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a baton server.
@@ -156,6 +159,24 @@ pub struct KeyCreateArgs {
     /// Requests per second the key may make [default: the server's --key-rate-limit].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub rate: Option<u32>,
+
+    /// Live leases the key may hold at once [default: the server's --key-max-leases].
+    #[arg(long, value_name = "N")]
+    pub max_leases: Option<u64>,
+
+    /// Tickets the key may have queued at once [default: the server's --key-max-waiters].
+    #[arg(long, value_name = "N")]
+    pub max_waiters: Option<u64>,
+
+    /// Locks the key may have created that the server still knows (idle ones are forgotten
+    /// after an hour) [default: the server's --key-max-locks].
+    #[arg(long, value_name = "N")]
+    pub max_locks: Option<u64>,
+
+    /// Job records of the key the server keeps; its oldest finished ones make room, so only
+    /// unfinished jobs can fill it [default: the server's --key-max-jobs].
+    #[arg(long, value_name = "N")]
+    pub max_jobs: Option<u64>,
 
     /// Make the key here, without a server: print its secret and the `[[key]]` entry to add
     /// to the server's --keys-file.
@@ -347,6 +368,44 @@ pub struct ServerArgs {
     /// How long ended holds are kept in history.
     #[arg(long, env = "BATON_HISTORY_RETENTION", default_value = "7d", value_parser = parse_duration, value_name = "DUR")]
     pub history_retention: Duration,
+
+    /// At most this many live leases in all; one more is answered 503 limit_reached.
+    #[arg(long, env = "BATON_MAX_LEASES", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_leases: u64,
+
+    /// At most this many queued tickets in all; one more is answered 503 limit_reached.
+    #[arg(long, env = "BATON_MAX_WAITERS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_waiters: u64,
+
+    /// At most this many locks known at once (idle ones are forgotten after an hour); one more
+    /// is answered 503 limit_reached.
+    #[arg(long, env = "BATON_MAX_LOCKS", default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_locks: u64,
+
+    /// At most this many job records kept (finished ones are pruned first); one more while all
+    /// are unfinished is answered 503 limit_reached.
+    #[arg(long, env = "BATON_MAX_JOBS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..), value_name = "N")]
+    pub max_jobs: u64,
+
+    /// Live leases each API key may hold unless the key has its own quota; one more is
+    /// answered 429 quota_exceeded [default: a tenth of --max-leases].
+    #[arg(long, env = "BATON_KEY_MAX_LEASES", value_name = "N")]
+    pub key_max_leases: Option<u64>,
+
+    /// Queued tickets each API key may have unless the key has its own quota [default: a
+    /// tenth of --max-waiters].
+    #[arg(long, env = "BATON_KEY_MAX_WAITERS", value_name = "N")]
+    pub key_max_waiters: Option<u64>,
+
+    /// Locks each API key may have created and the server still knows, unless the key has its
+    /// own quota [default: a tenth of --max-locks].
+    #[arg(long, env = "BATON_KEY_MAX_LOCKS", value_name = "N")]
+    pub key_max_locks: Option<u64>,
+
+    /// Job records of each API key kept (its oldest finished ones make room), unless the key
+    /// has its own quota [default: a tenth of --max-jobs].
+    #[arg(long, env = "BATON_KEY_MAX_JOBS", value_name = "N")]
+    pub key_max_jobs: Option<u64>,
 
     /// Serve at most this many connections at once; one more is answered 503 and closed.
     #[arg(long, env = "BATON_MAX_CONNECTIONS", default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..), value_name = "N")]

@@ -42,6 +42,11 @@ pub const REPLACED: u8 = 80;
 /// `baton parallel`: one or more jobs did not succeed (failed, timed out, lost, cancelled, or
 /// not started after `--halt-on-failure`); the summary says which.
 pub const JOBS_FAILED: u8 = 81;
+/// The API key is at one of its quotas (HTTP 429 `quota_exceeded`): it already has as many
+/// leases, queued tickets, locks or unfinished jobs as it may. Retrying soon does not help; the
+/// key must release, cancel or finish something, or be given a larger quota. Outside
+/// `sysexits.h`.
+pub const QUOTA_EXCEEDED: u8 = 82;
 /// `baton run`: the command ran longer than `--timeout` and was stopped (as `timeout(1)`).
 pub const TIMED_OUT: u8 = 124;
 /// Interrupted (Ctrl-C, SIGINT) before finishing: the shell convention 128 + 2.
@@ -77,6 +82,10 @@ pub const TABLE: &[(u8, &str)] = &[
     (LEASE_LOST, "lease lost: expired, released or revoked; stop"),
     (REPLACED, "run: stopped because a --replace run took over"),
     (JOBS_FAILED, "parallel: one or more jobs did not succeed"),
+    (
+        QUOTA_EXCEEDED,
+        "the API key is at its quota of leases, waiters, locks or jobs (429)",
+    ),
     (TIMED_OUT, "run: the command ran longer than --timeout"),
     (INTERRUPTED, "interrupted"),
 ];
@@ -111,6 +120,7 @@ pub fn for_client_error(error: &Error) -> u8 {
         Error::Unavailable { .. } => UNAVAILABLE,
         Error::Busy { .. } | Error::TimedOut { .. } => TEMPORARY_FAILURE,
         Error::LeaseLost { .. } => LEASE_LOST,
+        Error::QuotaExceeded { .. } => QUOTA_EXCEEDED,
         Error::NotFound { .. } => NOT_FOUND,
         Error::Unauthorized { .. } => NO_PERMISSION,
         Error::Rejected { .. } | Error::InvalidInput { .. } => DATA_ERROR,
@@ -174,6 +184,14 @@ mod tests {
                     message: String::new(),
                 },
                 DATA_ERROR,
+            ),
+            (
+                Error::QuotaExceeded {
+                    quota: "waiters".into(),
+                    limit: 5,
+                    message: String::new(),
+                },
+                QUOTA_EXCEEDED,
             ),
         ];
         for (error, code) in cases {

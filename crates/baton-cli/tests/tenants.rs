@@ -1158,3 +1158,414 @@ async fn a_key_revoked_while_its_long_poll_is_parked_receives_no_lease_postgres(
     .await
     .expect("the test timed out");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Per-key quotas (issue 11, part 3): one key filled the global waiter cap and another team then
+// got `503 limit_reached` on its own locks. A key at its own quota gets `429 quota_exceeded`
+// (naming the quota and its limit), and other keys are untouched.
+
+/// Makes a key with its own quotas (`quotas` holds `leases_max`, `waiters_max`, …) and returns
+/// its secret.
+async fn create_key_with(
+    server: &Server,
+    admin: &str,
+    name: &str,
+    grants: &[&str],
+    quotas: Value,
+) -> String {
+    let mut body = json!({"name": name, "grants": grants});
+    if let (Some(body), Some(quotas)) = (body.as_object_mut(), quotas.as_object()) {
+        body.extend(quotas.clone());
+    }
+    let (status, answer) = call(server, Some(admin), "POST", "/v1/keys", Some(&body)).await;
+    assert_eq!(status, 200, "{answer}");
+    for (field, value) in quotas.as_object().into_iter().flatten() {
+        assert_eq!(&answer["key"][field], value, "{answer}");
+    }
+    answer["secret"].as_str().unwrap().to_owned()
+}
+
+/// An acquire of `lock` by `key` (`queue`: join the queue, answer at once).
+async fn acquire_as(
+    server: &Server,
+    key: &str,
+    lock: &str,
+    owner: &str,
+    queue: bool,
+) -> (u16, Value) {
+    call(
+        server,
+        Some(key),
+        "POST",
+        &lock_path(lock, "/acquire"),
+        Some(&json!({"owner": owner, "ttl_ms": 600_000, "queue": queue})),
+    )
+    .await
+}
+
+/// Checks a `429 quota_exceeded` answer that names `quota` and `limit`.
+#[track_caller]
+fn assert_quota(answer: &(u16, Value), quota: &str, limit: u64) {
+    let (status, body) = answer;
+    assert_eq!(*status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "quota_exceeded", "{body}");
+    assert_eq!(
+        body["quota"],
+        json!({"name": quota, "limit": limit}),
+        "{body}"
+    );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains(&limit.to_string()), "{message}");
+}
+
+#[tokio::test]
+async fn a_key_at_its_own_quota_gets_429_and_another_key_is_untouched_sqlite() {
+    a_key_at_its_own_quota_gets_429_and_another_key_is_untouched(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_key_at_its_own_quota_gets_429_and_another_key_is_untouched_postgres() {
+    a_key_at_its_own_quota_gets_429_and_another_key_is_untouched(Backend::Postgres).await;
+}
+
+async fn a_key_at_its_own_quota_gets_429_and_another_key_is_untouched(backend: Backend) {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let t = Tenants::start("tenants_quotas", backend, &[])
+            .await
+            .unwrap();
+        let server = &t.server;
+        let grants = ["acquire:team-a/"];
+        // One key per quota, so each is met alone; each quota far below the server's default.
+        let leases = create_key_with(
+            server,
+            &t.admin,
+            "a-leases",
+            &grants,
+            json!({"leases_max": 2}),
+        )
+        .await;
+        let waiters = create_key_with(
+            server,
+            &t.admin,
+            "a-waiters",
+            &grants,
+            json!({"waiters_max": 2}),
+        )
+        .await;
+        let locks = create_key_with(
+            server,
+            &t.admin,
+            "a-locks",
+            &grants,
+            json!({"locks_max": 2}),
+        )
+        .await;
+        let jobs =
+            create_key_with(server, &t.admin, "a-jobs", &grants, json!({"jobs_max": 2})).await;
+
+        // Leases: two, then 429; releasing one makes room.
+        let (status, first) = acquire_as(server, &leases, "team-a/l1", "a", false).await;
+        assert_eq!(status, 200, "{first}");
+        assert_eq!(
+            acquire_as(server, &leases, "team-a/l2", "a", false).await.0,
+            200
+        );
+        let refused = acquire_as(server, &leases, "team-a/l3", "a", false).await;
+        assert_quota(&refused, "leases", 2);
+        // No Retry-After: waiting does not lift a quota.
+        let response = server
+            .http()
+            .post(format!(
+                "{}{}",
+                server.base,
+                lock_path("team-a/l3", "/acquire")
+            ))
+            .header("authorization", format!("Bearer {leases}"))
+            .header("content-type", "application/json")
+            .body(json!({"owner": "a"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 429);
+        assert!(response.headers().get("retry-after").is_none());
+        // The refused acquire left no lock behind.
+        assert_eq!(
+            call(
+                server,
+                Some(&t.admin),
+                "GET",
+                &lock_path("team-a/l3", ""),
+                None
+            )
+            .await
+            .0,
+            404
+        );
+        for n in 0..5 {
+            let (status, body) =
+                acquire_as(server, &t.team_b, &format!("team-b/l{n}"), "b", false).await;
+            assert_eq!(status, 200, "team-b is not held to team-a's quota: {body}");
+        }
+        let lease = first["lease"]["id"].as_str().unwrap();
+        let (status, body) = call(
+            server,
+            Some(&leases),
+            "POST",
+            &format!("/v1/leases/{lease}/release"),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            acquire_as(server, &leases, "team-a/l3", "a", false).await.0,
+            200
+        );
+
+        // Waiters: two tickets on a lock team-a/w holds, then 429; team-b queues on its own.
+        let (status, body) = acquire_as(server, &t.team_a, "team-a/w", "holder", false).await;
+        assert_eq!(status, 200, "{body}");
+        for n in 0..2 {
+            let (status, body) =
+                acquire_as(server, &waiters, "team-a/w", &format!("w{n}"), true).await;
+            assert_eq!(status, 202, "{body}");
+        }
+        assert_quota(
+            &acquire_as(server, &waiters, "team-a/w", "w2", true).await,
+            "waiters",
+            2,
+        );
+        assert_eq!(
+            acquire_as(server, &t.team_a, "team-a/w", "other-key", true)
+                .await
+                .0,
+            202
+        );
+        assert_eq!(
+            acquire_as(server, &t.team_b, "team-b/l0", "b-waits", true)
+                .await
+                .0,
+            202
+        );
+
+        // Locks: two created (released, they stay known while idle), then a third is 429; a
+        // lock it already knows, or one another key created, still works.
+        for name in ["team-a/k1", "team-a/k2"] {
+            let (status, body) = acquire_as(server, &locks, name, "k", false).await;
+            assert_eq!(status, 200, "{body}");
+            let lease = body["lease"]["id"].as_str().unwrap();
+            call(
+                server,
+                Some(&locks),
+                "POST",
+                &format!("/v1/leases/{lease}/release"),
+                None,
+            )
+            .await;
+        }
+        assert_quota(
+            &acquire_as(server, &locks, "team-a/k3", "k", false).await,
+            "locks",
+            2,
+        );
+        assert_eq!(
+            acquire_as(server, &locks, "team-a/k1", "k", false).await.0,
+            200
+        );
+        assert_eq!(
+            acquire_as(server, &locks, "team-a/l2", "k", true).await.0,
+            202
+        );
+        assert_eq!(
+            acquire_as(server, &t.team_b, "team-b/k3", "b", false)
+                .await
+                .0,
+            200
+        );
+
+        // Jobs: two running jobs, then 429; a finished one makes room (its record is pruned).
+        let job = |n: u32| {
+            json!({"name": format!("team-a/j{n}"), "lock": format!("team-a/j{n}"),
+                                   "owner": "runner", "command": ["true"], "policy": "skip"})
+        };
+        let first = create_job(server, &jobs, job(1)).await;
+        create_job(server, &jobs, job(2)).await;
+        let refused = call(server, Some(&jobs), "POST", "/v1/jobs", Some(&job(3))).await;
+        assert_quota(&refused, "jobs", 2);
+        let b_job = json!({"name": "team-b/j", "lock": "team-b/j", "owner": "runner",
+                           "command": ["true"], "policy": "skip"});
+        create_job(server, &t.team_b, b_job).await;
+        finish_job(server, &jobs, &first).await;
+        create_job(server, &jobs, job(3)).await;
+    })
+    .await
+    .expect("the test took too long");
+}
+
+#[tokio::test]
+async fn one_key_with_the_default_quota_cannot_fill_a_global_limit_sqlite() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // Global caps of 30 waiters and 40 leases: the default quotas are a tenth of them.
+        let t = Tenants::start(
+            "tenants_global_quota",
+            Backend::Sqlite,
+            &["--max-waiters", "30", "--max-leases", "40"],
+        )
+        .await
+        .unwrap();
+        let server = &t.server;
+        let (status, body) = acquire_as(server, &t.team_a, "team-a/held", "holder", false).await;
+        assert_eq!(status, 200, "{body}");
+        // team-a tries to fill the waiter cap: its fourth ticket is its own 429, not the
+        // server's 503.
+        for n in 0..3 {
+            let (status, body) =
+                acquire_as(server, &t.team_a, "team-a/held", &format!("a{n}"), true).await;
+            assert_eq!(status, 202, "{body}");
+        }
+        for n in 3..35 {
+            let answer = acquire_as(server, &t.team_a, "team-a/held", &format!("a{n}"), true).await;
+            assert_quota(&answer, "waiters", 3);
+        }
+        // Leases likewise: 4 in all (it holds one already).
+        for n in 0..3 {
+            let (status, body) =
+                acquire_as(server, &t.team_a, &format!("team-a/l{n}"), "a", false).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        for n in 3..45 {
+            let answer = acquire_as(server, &t.team_a, &format!("team-a/l{n}"), "a", false).await;
+            assert_quota(&answer, "leases", 4);
+        }
+        // team-b still gets its whole share, on its own locks.
+        let (status, body) = acquire_as(server, &t.team_b, "team-b/held", "holder", false).await;
+        assert_eq!(status, 200, "{body}");
+        for n in 0..3 {
+            let (status, body) =
+                acquire_as(server, &t.team_b, "team-b/held", &format!("b{n}"), true).await;
+            assert_eq!(status, 202, "team-b queues despite team-a: {body}");
+        }
+        for n in 0..3 {
+            let (status, body) =
+                acquire_as(server, &t.team_b, &format!("team-b/l{n}"), "b", false).await;
+            assert_eq!(status, 200, "team-b acquires despite team-a: {body}");
+        }
+    })
+    .await
+    .expect("the test took too long");
+}
+
+#[tokio::test]
+async fn quotas_and_what_counts_against_them_survive_a_restart_sqlite() {
+    quotas_and_what_counts_against_them_survive_a_restart(Backend::Sqlite).await;
+}
+
+#[tokio::test]
+async fn quotas_and_what_counts_against_them_survive_a_restart_postgres() {
+    quotas_and_what_counts_against_them_survive_a_restart(Backend::Postgres).await;
+}
+
+async fn quotas_and_what_counts_against_them_survive_a_restart(backend: Backend) {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // A server default of 1 lease per key; one key's own quota of 3 overrides it.
+        let mut t = Tenants::start("tenants_quota_restart", backend, &["--key-max-leases", "1"])
+            .await
+            .unwrap();
+        let big = create_key_with(
+            &t.server,
+            &t.admin,
+            "big",
+            &["acquire:team-a/"],
+            json!({"leases_max": 3}),
+        )
+        .await;
+        for n in 0..3 {
+            let (status, body) =
+                acquire_as(&t.server, &big, &format!("team-a/big{n}"), "big", false).await;
+            assert_eq!(status, 200, "its own quota beats the default: {body}");
+        }
+        assert_eq!(
+            acquire_as(&t.server, &t.team_a, "team-a/small0", "a", false)
+                .await
+                .0,
+            200
+        );
+        assert_quota(
+            &acquire_as(&t.server, &t.team_a, "team-a/small1", "a", false).await,
+            "leases",
+            1,
+        );
+
+        t.server.restart().await;
+
+        // The quota is kept with the key, and the leases still count for their keys.
+        let (status, keys) = call(&t.server, Some(&t.admin), "GET", "/v1/keys", None).await;
+        assert_eq!(status, 200, "{keys}");
+        let listed = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|key| key["name"] == "big")
+            .unwrap();
+        assert_eq!(listed["leases_max"], 3, "{listed}");
+        assert_quota(
+            &acquire_as(&t.server, &big, "team-a/big3", "big", false).await,
+            "leases",
+            3,
+        );
+        assert_quota(
+            &acquire_as(&t.server, &t.team_a, "team-a/small1", "a", false).await,
+            "leases",
+            1,
+        );
+        assert_eq!(
+            acquire_as(&t.server, &t.team_b, "team-b/x", "b", false)
+                .await
+                .0,
+            200
+        );
+
+        // The CLI says which quota and exits with its own code.
+        let exited = t
+            .server
+            .spawn_baton(
+                &[
+                    "acquire",
+                    "team-a/small2",
+                    "--no-wait",
+                    "--api-key",
+                    &t.team_a,
+                ],
+                None,
+            )
+            .wait(Duration::from_secs(30))
+            .await;
+        assert_eq!(exited.code, Some(82), "{}", exited.stderr);
+        assert!(exited.stderr.contains("quota"), "{}", exited.stderr);
+        // `baton run` too, before running anything.
+        let marker = t.server.data_dir().join("ran");
+        let marker_text = marker.display().to_string();
+        let exited = t
+            .server
+            .spawn_baton(
+                &[
+                    "run",
+                    "team-a/small3",
+                    "--api-key",
+                    &t.team_a,
+                    "--",
+                    "touch",
+                    &marker_text,
+                ],
+                None,
+            )
+            .wait(Duration::from_secs(30))
+            .await;
+        assert_eq!(exited.code, Some(82), "{}", exited.stderr);
+        assert!(
+            !marker.exists(),
+            "the command ran although the key was at its quota"
+        );
+    })
+    .await
+    .expect("the test took too long");
+}

@@ -102,6 +102,19 @@ pub enum Error {
         message: String,
     },
 
+    /// The API key already has as many leases, waiters, locks or jobs as its quota allows
+    /// (`429 quota_exceeded`). Not retryable by waiting: the key must first release a lease,
+    /// cancel a ticket or finish a job (or get a larger quota). Other keys are not affected.
+    #[error("{message}")]
+    QuotaExceeded {
+        /// Which quota: `leases`, `waiters`, `locks` or `jobs` (empty if the server did not say).
+        quota: String,
+        /// Its limit for this key (0 if the server did not say).
+        limit: u64,
+        /// The server's message.
+        message: String,
+    },
+
     /// The lease, ticket, lock or holder does not exist (404).
     #[error("{message}")]
     NotFound {
@@ -193,6 +206,7 @@ impl Error {
             Error::TimedOut { .. } => "timed_out".to_owned(),
             Error::LeaseLost { revoked: true, .. } => ErrorCode::Revoked.as_str().to_owned(),
             Error::LeaseLost { revoked: false, .. } => ErrorCode::LeaseLost.as_str().to_owned(),
+            Error::QuotaExceeded { .. } => ErrorCode::QuotaExceeded.as_str().to_owned(),
             Error::NotFound { code, .. }
             | Error::Unauthorized { code, .. }
             | Error::Rejected { code, .. } => code.to_string(),
@@ -256,6 +270,17 @@ impl Error {
                 revoked: true,
                 message,
             },
+            // Before the 429 arm: a quota is not a rate, and waiting does not lift it.
+            (Code::Known(ErrorCode::QuotaExceeded), _) => {
+                let (quota, limit) = body
+                    .quota
+                    .map_or((String::new(), 0), |quota| (quota.name, quota.limit));
+                Error::QuotaExceeded {
+                    quota,
+                    limit,
+                    message,
+                }
+            }
             (
                 Code::Known(
                     ErrorCode::Unavailable
@@ -376,6 +401,7 @@ mod tests {
             (503, "limit_reached", "Unavailable"),
             (503, "not_active", "Unavailable"),
             (429, "rate_limited", "Unavailable"),
+            (429, "quota_exceeded", "QuotaExceeded"),
             (500, "internal", "Server"),
             (418, "a_new_code", "Rejected"),
         ];
@@ -389,6 +415,26 @@ mod tests {
             assert_eq!(&error.code(), code, "the server's code is kept");
             assert_eq!(error.to_string(), "m", "the server's message is kept");
         }
+    }
+
+    #[test]
+    fn a_quota_answer_names_the_quota_and_is_not_retried() {
+        let text = br#"{"error":{"code":"quota_exceeded","message":"at most 5 queued tickets"},
+            "quota":{"name":"waiters","limit":5}}"#;
+        let error = Error::from_response("u", 429, text);
+        match &error {
+            Error::QuotaExceeded {
+                quota,
+                limit,
+                message,
+            } => {
+                assert_eq!((quota.as_str(), *limit), ("waiters", 5));
+                assert_eq!(message, "at most 5 queued tickets");
+            }
+            other => panic!("expected QuotaExceeded, got {other:?}"),
+        }
+        assert!(!error.is_retryable(), "waiting does not lift a quota");
+        assert_eq!(error.code(), "quota_exceeded");
     }
 
     #[test]

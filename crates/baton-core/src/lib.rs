@@ -20,9 +20,10 @@ pub use ids::{
     validate_owner, validate_request_id,
 };
 pub use state::{
-    Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
-    LeaseError, LockRecord, LockView, QueuedTicket, Released, RequestTarget, RestoreError,
-    Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus, TokenError, WaiterLeft,
+    Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, KeyQuota, KeyUsage,
+    Lease, LeaseEnd, LeaseError, LockRecord, LockView, QueuedTicket, Quota, Released,
+    RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus,
+    TokenError, WaiterLeft, key_default_of,
 };
 pub use state::{
     CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,

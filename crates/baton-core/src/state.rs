@@ -15,11 +15,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 mod jobs;
+mod quota;
 
 pub use jobs::{
     CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
     OnceSlotKey, Policy, StopReason, once_slot,
 };
+pub use quota::{KeyQuota, KeyUsage, Quota};
 
 use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
@@ -63,6 +65,23 @@ pub struct Config {
     pub jobs_max: usize,
     /// At most this many bytes of job output are kept in all; the oldest finished jobs go first.
     pub job_output_bytes_max: usize,
+    /// At most this many live leases per API key, unless the key has its own quota
+    /// ([`KeyQuota`]; see the `quota` module for what each quota counts).
+    pub key_leases_max: usize,
+    /// At most this many queued tickets per API key, unless the key has its own quota.
+    pub key_waiters_max: usize,
+    /// At most this many locks created by one API key and still known, unless the key has its
+    /// own quota.
+    pub key_locks_max: usize,
+    /// At most this many job records created by one API key kept, unless the key has its own
+    /// quota.
+    pub key_jobs_max: usize,
+}
+
+/// The default per-key quota for a global bound: a tenth of it (at least 1), so that no single
+/// key with the default quota can fill the bound, and ten keys at their quota still leave room.
+pub fn key_default_of(global_max: usize) -> usize {
+    (global_max / 10).max(1)
 }
 
 impl Default for Config {
@@ -83,6 +102,10 @@ impl Default for Config {
             job_retention_ms: 7 * 24 * 3_600_000,
             jobs_max: 100_000,
             job_output_bytes_max: 256 * 1024 * 1024,
+            key_leases_max: key_default_of(1_000_000),
+            key_waiters_max: key_default_of(100_000),
+            key_locks_max: key_default_of(1_000_000),
+            key_jobs_max: key_default_of(100_000),
         }
     }
 }
@@ -114,6 +137,9 @@ pub struct Lease {
     /// The ticket it was granted through, if it waited in the queue: a wait on that ticket
     /// returns this lease, also after a restart.
     pub ticket: Option<TicketId>,
+    /// The API key whose request acquired it (directly or through a ticket); `None` on a server
+    /// without keys. It counts against that key's lease quota.
+    pub api_key: Option<String>,
 }
 
 /// A queued ticket.
@@ -259,6 +285,9 @@ pub struct LockRecord {
     /// How many slots the lock-delay holds back (one per unclean end while it is in force, at
     /// most the capacity); the other slots are granted as usual.
     pub delayed_slots: u32,
+    /// The API key whose request created the lock (`None` on a server without keys, or when
+    /// not known): it counts against that key's lock quota until the lock is forgotten.
+    pub api_key: Option<String>,
 }
 
 /// Something a store must make durable before it acknowledges the transition that caused it.
@@ -337,8 +366,12 @@ pub struct Acquire {
     pub queue: bool,
     /// Makes retries idempotent.
     pub request_id: Option<String>,
-    /// The API key the request came with, kept on its ticket if it queues.
+    /// The API key the request came with, kept on its lease, ticket and (if it creates one) lock;
+    /// its quotas apply.
     pub api_key: Option<String>,
+    /// That key's own quotas (the table's defaults fill the ones it lacks). Ignored without a
+    /// key.
+    pub quota: KeyQuota,
     /// The id of the lease, if one is granted (fresh 128 random bits from the caller).
     pub lease_id: LeaseId,
     /// The id of the ticket, if one is queued (fresh 128 random bits from the caller).
@@ -386,6 +419,17 @@ pub enum AcquireError {
     /// A limit on locks, leases or waiters is reached.
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
+    /// The request's API key already has as many of something as its quota allows.
+    #[error(
+        "this API key's quota of {limit} {quota} is reached",
+        quota = quota.as_str()
+    )]
+    QuotaExceeded {
+        /// Which quota.
+        quota: Quota,
+        /// Its limit for this key.
+        limit: usize,
+    },
 }
 
 /// The status of a ticket.
@@ -499,6 +543,8 @@ struct LockEntry {
     newest_granted: u64,
     /// When the lock last became idle (no holders, no waiters).
     idle_since: Millis,
+    /// The API key that created it: counted in that key's lock quota while the lock is known.
+    api_key: Option<String>,
     /// A `LockPut` of this lock was handed out by `drain_changes` (or the lock was restored
     /// from one), so forgetting it must be recorded too. A lock made by a refused acquire and
     /// forgotten unseen was never stored: its `LockForget` would name nothing.
@@ -516,6 +562,7 @@ impl LockEntry {
             newest_token: 0,
             newest_granted: 0,
             idle_since: now,
+            api_key: None,
             stored: false,
         }
     }
@@ -617,6 +664,9 @@ pub struct State {
     /// The newest once-per slot taken by each (lock, job name, period).
     once_slots: HashMap<OnceSlotKey, u64>,
     job_output_bytes: usize,
+    /// What each API key has in the table, kept as records come and go (never stored: rebuilt
+    /// from the records on restore), so a quota check is one lookup.
+    key_usage: HashMap<String, KeyUsage>,
 }
 
 impl State {
@@ -652,6 +702,7 @@ impl State {
             pending_coalesce: HashMap::new(),
             once_slots: HashMap::new(),
             job_output_bytes: 0,
+            key_usage: HashMap::new(),
         };
         state.schedule(now + HOUSEKEEPING_INTERVAL_MS, Deadline::Housekeeping, None);
         state
@@ -677,12 +728,13 @@ impl State {
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
             entry.delayed_slots = record.delayed_slots.min(entry.capacity);
+            entry.api_key = record.api_key;
             entry.stored = true;
             if let Some(until) = record.delayed_until {
                 // Look at the lock again when its delay ends, or its queue is never served.
                 state.schedule(until, Deadline::LockCheck, Some(record.name.clone()));
             }
-            state.locks.insert(record.name, entry);
+            state.insert_lock(record.name, entry);
         }
         let mut leases = snapshot.leases;
         leases.sort_by_key(|lease| lease.token);
@@ -734,7 +786,7 @@ impl State {
                 state.ended_tickets_order.push_back((now, ticket));
             }
             state.schedule(lease.expires_at, Deadline::LeaseExpiry(lease.id), None);
-            state.leases.insert(lease.id, lease);
+            state.insert_lease(lease);
         }
         let mut tickets = snapshot.tickets;
         tickets.sort_by_key(|ticket| ticket.seq);
@@ -759,7 +811,7 @@ impl State {
                 state.requests_order.push_back((now, request_id.clone()));
             }
             state.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
-            state.tickets.insert(ticket.id, ticket);
+            state.insert_ticket(ticket);
         }
         let mut history = snapshot.history;
         history.sort_by_key(|record| (record.ended_at, record.token));
@@ -864,13 +916,21 @@ impl State {
             };
         }
 
-        if !self.locks.contains_key(&command.lock) && self.locks.len() >= self.config.locks_max {
-            return Err(AcquireError::LimitReached("too many locks"));
+        let created = !self.locks.contains_key(&command.lock);
+        if created {
+            // The key's own quota first: when both are reached, the caller's own share is the
+            // one it can do something about.
+            self.check_quota(command.api_key.as_deref(), &command.quota, Quota::Locks)?;
+            if self.locks.len() >= self.config.locks_max {
+                return Err(AcquireError::LimitReached("too many locks"));
+            }
+            let mut entry = LockEntry::new(command.capacity.unwrap_or(1), now);
+            entry.api_key = command.api_key.clone();
+            self.insert_lock(command.lock.clone(), entry);
         }
-        let entry = self
-            .locks
-            .entry(command.lock.clone())
-            .or_insert_with(|| LockEntry::new(command.capacity.unwrap_or(1), now));
+        let Some(entry) = self.locks.get_mut(&command.lock) else {
+            unreachable!("the lock was just found or inserted");
+        };
         if let Some(capacity) = command.capacity
             && capacity != entry.capacity
         {
@@ -926,10 +986,23 @@ impl State {
         #[cfg(not(feature = "sim-bugs"))]
         let jumps = false;
         if (entry.has_room(now) && entry.queue.is_empty()) || jumps {
-            if self.leases.len() >= self.config.leases_total_max {
-                // The lock may have just been created: schedule it to be forgotten.
-                self.settle(&command.lock, now);
-                return Err(AcquireError::LimitReached("too many leases"));
+            let refused = self
+                .check_quota(command.api_key.as_deref(), &command.quota, Quota::Leases)
+                .err()
+                .or_else(|| {
+                    (self.leases.len() >= self.config.leases_total_max)
+                        .then_some(AcquireError::LimitReached("too many leases"))
+                });
+            if let Some(error) = refused {
+                if created && !self.dirty_locks.contains(&command.lock) {
+                    // Made by this refused request and never seen by anyone: a refusal leaves
+                    // nothing behind, so it takes no room in the lock bounds either.
+                    self.take_lock(&command.lock);
+                } else {
+                    // The lock may have been idle: schedule it to be forgotten.
+                    self.settle(&command.lock, now);
+                }
+                return Err(error);
             }
             let lease = self.grant(
                 &command.lock,
@@ -939,6 +1012,7 @@ impl State {
                 command.owner_key,
                 command.ttl_ms,
                 command.request_id.clone(),
+                command.api_key,
                 now,
             );
             if let Some(request_id) = command.request_id {
@@ -957,6 +1031,7 @@ impl State {
         if entry.queue.len() >= self.config.waiters_per_lock_max {
             return Err(AcquireError::LimitReached("too many waiters on this lock"));
         }
+        self.check_quota(command.api_key.as_deref(), &command.quota, Quota::Waiters)?;
         if self.tickets.len() >= self.config.waiters_total_max {
             return Err(AcquireError::LimitReached("too many waiters"));
         }
@@ -980,7 +1055,7 @@ impl State {
             entry.queue.push_back(ticket.id);
         }
         self.changes.push(Change::TicketPut(ticket.clone()));
-        self.tickets.insert(ticket.id, ticket.clone());
+        self.insert_ticket(ticket.clone());
         if let Some(request_id) = command.request_id {
             self.remember_request(
                 request_id,
@@ -1048,6 +1123,7 @@ impl State {
         owner_key: Option<String>,
         ttl_ms: u64,
         request_id: Option<String>,
+        api_key: Option<String>,
         now: Millis,
     ) -> Lease {
         let token = self.next_grant_token();
@@ -1062,6 +1138,7 @@ impl State {
             expires_at: now + ttl_ms,
             request_id,
             ticket,
+            api_key,
         };
         if let Some(entry) = self.locks.get_mut(name) {
             assert!(
@@ -1075,7 +1152,7 @@ impl State {
         self.dirty_locks.insert(name.clone());
         self.schedule(lease.expires_at, Deadline::LeaseExpiry(id), None);
         self.changes.push(Change::LeasePut(lease.clone()));
-        self.leases.insert(id, lease.clone());
+        self.insert_lease(lease.clone());
         lease
     }
 
@@ -1102,7 +1179,7 @@ impl State {
             if let Some(entry) = self.locks.get_mut(name) {
                 entry.queue.pop_front();
             }
-            let Some(ticket) = self.tickets.remove(&ticket_id) else {
+            let Some(ticket) = self.take_ticket(ticket_id) else {
                 debug_assert!(false, "queued ticket missing from the table");
                 continue;
             };
@@ -1128,6 +1205,7 @@ impl State {
                 ticket.owner_key,
                 ticket.ttl_ms,
                 ticket.request_id.clone(),
+                ticket.api_key.clone(),
                 now,
             );
             if let Some(request_id) = ticket.request_id {
@@ -1175,7 +1253,7 @@ impl State {
     /// Ends a live lease: removes it, records history and, after an unclean end, starts the
     /// lock-delay. Does not grant; the caller settles the lock.
     fn end_lease(&mut self, id: LeaseId, end: LeaseEnd, now: Millis) -> Option<Lease> {
-        let lease = self.leases.remove(&id)?;
+        let lease = self.take_lease(id)?;
         self.unschedule(lease.expires_at, Deadline::LeaseExpiry(id));
         let lock_delay_ms = self.config.lock_delay_ms;
         if let Some(entry) = self.locks.get_mut(&lease.lock) {
@@ -1373,7 +1451,7 @@ impl State {
         now: Millis,
     ) -> Result<Cancelled, TicketError> {
         let now = self.observe(now);
-        if let Some(ticket) = self.tickets.remove(&id) {
+        if let Some(ticket) = self.take_ticket(id) {
             self.unschedule(ticket.lapse_at, Deadline::TicketLapse(id));
             if let Some(entry) = self.locks.get_mut(&ticket.lock) {
                 entry.queue.retain(|queued| *queued != id);
@@ -1567,7 +1645,7 @@ impl State {
                         .tickets
                         .get(&id)
                         .is_some_and(|ticket| ticket.lapse_at <= now)
-                        && let Some(ticket) = self.tickets.remove(&id)
+                        && let Some(ticket) = self.take_ticket(id)
                     {
                         if let Some(entry) = self.locks.get_mut(&ticket.lock) {
                             entry.queue.retain(|queued| *queued != id);
@@ -1609,7 +1687,7 @@ impl State {
     }
 
     fn forget_lock(&mut self, name: &LockName) {
-        if let Some(entry) = self.locks.remove(name) {
+        if let Some(entry) = self.take_lock(name) {
             self.forgotten_token_floor = self.forgotten_token_floor.max(entry.newest_token);
             self.counters_dirty = true;
             self.dirty_locks.remove(name);
@@ -1705,6 +1783,7 @@ impl State {
                     newest_granted: entry.newest_granted,
                     delayed_until: entry.delayed_until,
                     delayed_slots: entry.delayed_slots,
+                    api_key: entry.api_key.clone(),
                 }));
             }
         }
@@ -1904,6 +1983,11 @@ impl State {
             waiters_seen,
             self.tickets.len(),
             "tickets outside any queue"
+        );
+        assert_eq!(
+            self.recount_key_usage(),
+            self.key_usage,
+            "per-key counts differ from the records"
         );
     }
 }

@@ -354,6 +354,7 @@ impl Model {
         let token = self.next_token;
         self.next_token += 1;
         let lease = Lease {
+            api_key: None,
             id,
             lock: name.clone(),
             owner,
@@ -1034,6 +1035,7 @@ impl Harness {
             } => {
                 let name = self.names[*lock].clone();
                 let command = Acquire {
+                    quota: Default::default(),
                     api_key: None,
                     lock: name,
                     owner: format!("host{client}"),

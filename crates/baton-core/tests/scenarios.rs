@@ -35,6 +35,7 @@ fn name(text: &str) -> LockName {
 /// A try-acquire of `lock` by `owner`, ttl 1 s, with ids derived from `n` (distinct per call).
 fn req(lock: &str, owner: &str, n: u8) -> Acquire {
     Acquire {
+        quota: Default::default(),
         api_key: None,
         lock: name(lock),
         owner: owner.to_owned(),
@@ -1081,6 +1082,7 @@ fn a_lease_limit_refuses_without_keeping_the_new_lock() {
 
 fn stored_lease(lock: &str, token: u64, ttl_ms: u64, expires_at: u64) -> Lease {
     Lease {
+        api_key: None,
         id: LeaseId([token as u8; 16]),
         lock: name(lock),
         owner: "a".into(),
@@ -1096,6 +1098,7 @@ fn stored_lease(lock: &str, token: u64, ttl_ms: u64, expires_at: u64) -> Lease {
 
 fn stored_lock(lock: &str, capacity: u32, newest: u64) -> LockRecord {
     LockRecord {
+        api_key: None,
         name: name(lock),
         capacity,
         newest_token: newest,

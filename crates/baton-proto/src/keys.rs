@@ -20,6 +20,20 @@ pub struct CreateKeyRequest {
     /// Requests per second this key may make; the server's `--key-rate-limit` when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<u32>,
+    /// Most live leases this key may hold; the server's `--key-max-leases` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases_max: Option<u64>,
+    /// Most tickets this key may have queued; the server's `--key-max-waiters` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiters_max: Option<u64>,
+    /// Most locks this key may have created that the server still knows (idle ones are
+    /// forgotten after an hour); the server's `--key-max-locks` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks_max: Option<u64>,
+    /// Most job records of this key the server keeps (its oldest finished ones are pruned to
+    /// make room); the server's `--key-max-jobs` when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_max: Option<u64>,
 }
 
 /// A key as listings show it: never its secret or hash.
@@ -35,6 +49,18 @@ pub struct KeyInfo {
     /// Its own rate limit, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_per_sec: Option<u32>,
+    /// Its own lease quota, if any (else the server's default applies).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leases_max: Option<u64>,
+    /// Its own waiter quota, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiters_max: Option<u64>,
+    /// Its own lock quota, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locks_max: Option<u64>,
+    /// Its own job quota, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jobs_max: Option<u64>,
     /// When it was created (the Unix epoch for a key from the keys file).
     pub created_at: Timestamp,
     /// When it was revoked.

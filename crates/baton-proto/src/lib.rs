@@ -331,6 +331,20 @@ pub struct ErrorBody {
     /// With `not_active`: the active server's advertised URL, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active: Option<String>,
+    /// With `quota_exceeded`: which of the key's quotas is reached, and its limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaLimit>,
+}
+
+/// One of an API key's quotas and its limit, as a `quota_exceeded` answer names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct QuotaLimit {
+    /// `leases` (live leases), `waiters` (queued tickets), `locks` (locks the key created that
+    /// are still known) or `jobs` (job records the key created that are still kept).
+    pub name: String,
+    /// The most the key may have: its own quota, or the server's default.
+    pub limit: u64,
 }
 
 /// A stable code and a message a person can act on.
@@ -449,6 +463,11 @@ error_codes! {
     Forbidden = ("forbidden", 403),
     /// The API key made more requests per second than it may; see `Retry-After`.
     RateLimited = ("rate_limited", 429),
+    /// The API key already has as many leases, waiters, locks or jobs as its quota allows (the
+    /// body's `quota` says which, and the limit). Other keys are not affected; retrying helps
+    /// only once the key has released, cancelled or finished something, so there is no
+    /// `Retry-After`.
+    QuotaExceeded = ("quota_exceeded", 429),
     /// No API key has this id.
     KeyNotFound = ("key_not_found", 404),
     /// A key grant is not `ROLE:PREFIX`, or a key's name or rate is out of bounds.

@@ -27,6 +27,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use baton_core::KeyQuota;
 use baton_proto::ErrorCode;
 use baton_store::{ApiKey, KeyGrant, Role, Store};
 use sha2::{Digest, Sha256};
@@ -50,6 +51,9 @@ pub const KEY_NAME_BYTES_MAX: usize = 128;
 pub const GRANTS_MAX: usize = 64;
 /// The largest per-key rate a key may be given (requests per second).
 pub const RATE_PER_SEC_MAX: u32 = 1_000_000;
+/// The largest quota a key may be given (of leases, waiters, locks or jobs). The global bounds
+/// apply above a key's quota anyway; this only keeps the number sane.
+pub const QUOTA_MAX: u64 = 100_000_000;
 
 /// A fresh secret: `baton_` and 64 hex digits (32 random bytes).
 pub fn generate_secret() -> anyhow::Result<String> {
@@ -128,6 +132,32 @@ pub fn validate_key(
     grants.iter().map(|grant| parse_grant(grant)).collect()
 }
 
+/// Checks a key's own quotas, as `POST /v1/keys` and the keys file take them (each `None`: the
+/// server's default). 0 is allowed: a key that may, say, create no jobs.
+pub fn validate_quota(
+    leases_max: Option<u64>,
+    waiters_max: Option<u64>,
+    locks_max: Option<u64>,
+    jobs_max: Option<u64>,
+) -> Result<KeyQuota, String> {
+    let check = |value: Option<u64>, field: &str| -> Result<Option<usize>, String> {
+        value
+            .map(|value| {
+                if value > QUOTA_MAX {
+                    return Err(format!("{field} must be at most {QUOTA_MAX}"));
+                }
+                usize::try_from(value).map_err(|_| format!("{field} is too large"))
+            })
+            .transpose()
+    };
+    Ok(KeyQuota {
+        leases_max: check(leases_max, "leases_max")?,
+        waiters_max: check(waiters_max, "waiters_max")?,
+        locks_max: check(locks_max, "locks_max")?,
+        jobs_max: check(jobs_max, "jobs_max")?,
+    })
+}
+
 /// One entry of the keys file.
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,6 +167,14 @@ struct FileKey {
     grants: Vec<String>,
     #[serde(default)]
     rate_per_sec: Option<u32>,
+    #[serde(default)]
+    leases_max: Option<u64>,
+    #[serde(default)]
+    waiters_max: Option<u64>,
+    #[serde(default)]
+    locks_max: Option<u64>,
+    #[serde(default)]
+    jobs_max: Option<u64>,
     #[serde(default)]
     id: Option<String>,
 }
@@ -149,7 +187,8 @@ struct KeysFile {
 }
 
 /// Reads a keys file (TOML: `[[key]]` tables with `name`, `secret_sha256`, `grants`, and
-/// optionally `rate_per_sec` and `id`). A key without `id` gets one derived from its hash, so
+/// optionally `rate_per_sec`, the quotas `leases_max`, `waiters_max`, `locks_max`, `jobs_max`,
+/// and `id`). A key without `id` gets one derived from its hash, so
 /// it keeps its id across restarts.
 pub fn read_keys_file(path: &std::path::Path) -> anyhow::Result<Vec<ApiKey>> {
     let text = std::fs::read_to_string(path)
@@ -162,6 +201,13 @@ pub fn read_keys_file(path: &std::path::Path) -> anyhow::Result<Vec<ApiKey>> {
             validate_key(&entry.name, &entry.grants, entry.rate_per_sec).map_err(|error| {
                 anyhow::anyhow!("{}: key {:?}: {error}", path.display(), entry.name)
             })?;
+        let quota = validate_quota(
+            entry.leases_max,
+            entry.waiters_max,
+            entry.locks_max,
+            entry.jobs_max,
+        )
+        .map_err(|error| anyhow::anyhow!("{}: key {:?}: {error}", path.display(), entry.name))?;
         let hash = entry.secret_sha256.to_ascii_lowercase();
         if hash.len() != 64 || !hash.chars().all(|c| c.is_ascii_hexdigit()) {
             anyhow::bail!(
@@ -196,6 +242,7 @@ pub fn read_keys_file(path: &std::path::Path) -> anyhow::Result<Vec<ApiKey>> {
             rate_per_sec: entry.rate_per_sec,
             created_at: 0,
             revoked_at: None,
+            quota,
         });
     }
     Ok(keys)
@@ -369,6 +416,14 @@ impl Caller {
     /// recorded with, so that revoking the key cancels them.
     pub fn key_id(&self) -> Option<String> {
         self.key.as_ref().map(|key| key.id.clone())
+    }
+
+    /// The caller's key's own quotas (the table's defaults fill the ones it lacks); unused
+    /// without a key, since a request without one meets only the global bounds.
+    pub fn quota(&self) -> KeyQuota {
+        self.key
+            .as_ref()
+            .map_or_else(KeyQuota::default, |key| key.quota)
     }
 
     /// The audit log's actor: the key id, or `anonymous`.
@@ -583,6 +638,10 @@ fn challenge(error: ApiError) -> Response {
     response
 }
 
+fn wire_count(count: usize) -> u64 {
+    u64::try_from(count).unwrap_or(u64::MAX)
+}
+
 /// A key as the API shows it.
 pub fn key_wire(key: &ApiKey, source: KeySource) -> baton_proto::KeyInfo {
     baton_proto::KeyInfo {
@@ -590,6 +649,10 @@ pub fn key_wire(key: &ApiKey, source: KeySource) -> baton_proto::KeyInfo {
         name: key.name.clone(),
         grants: key.grants.iter().map(grant_text).collect(),
         rate_per_sec: key.rate_per_sec,
+        leases_max: key.quota.leases_max.map(wire_count),
+        waiters_max: key.quota.waiters_max.map(wire_count),
+        locks_max: key.quota.locks_max.map(wire_count),
+        jobs_max: key.quota.jobs_max.map(wire_count),
         created_at: crate::routes::timestamp(key.created_at),
         revoked_at: key.revoked_at.map(crate::routes::timestamp),
         source: match source {
@@ -636,6 +699,42 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_file_key_carries_its_own_quotas_within_bounds() {
+        let folder = std::env::temp_dir().join(format!("baton-keys-quota-{}", std::process::id()));
+        let _ = std::fs::create_dir_all(&folder);
+        let path = folder.join("keys.toml");
+        let hash = "a".repeat(64);
+        let write = |extra: &str| {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[key]]\nname = \"ci\"\nsecret_sha256 = \"{hash}\"\ngrants = [\"acquire:ci/\"]\n{extra}"
+                ),
+            )
+            .unwrap_or_else(|error| panic!("{error}"));
+        };
+        write("waiters_max = 50\njobs_max = 0\n");
+        let keys = read_keys_file(&path).unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(
+            keys[0].quota,
+            KeyQuota {
+                waiters_max: Some(50),
+                jobs_max: Some(0),
+                ..KeyQuota::default()
+            }
+        );
+        write(&format!("leases_max = {}\n", QUOTA_MAX + 1));
+        let error = read_keys_file(&path).err().map(|error| error.to_string());
+        assert!(
+            error
+                .as_deref()
+                .is_some_and(|text| text.contains("leases_max")),
+            "{error:?}"
+        );
+        let _ = std::fs::remove_dir_all(&folder);
+    }
+
+    #[test]
     fn grants_parse_and_print() {
         let grant = parse_grant("acquire:team-a/").unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(grant.role, Role::Acquire);
@@ -663,6 +762,7 @@ mod tests {
     fn roles_include_lower_ones_under_their_prefix_only() {
         let caller = Caller {
             key: Some(Arc::new(ApiKey {
+                quota: Default::default(),
                 id: "key_0000000000000001".into(),
                 name: "t".into(),
                 secret_sha256: String::new(),
@@ -694,6 +794,7 @@ mod tests {
     fn visible_prefixes_drop_the_ones_under_another_and_an_empty_one_sees_all() {
         let caller = |prefixes: &[&str]| Caller {
             key: Some(Arc::new(ApiKey {
+                quota: Default::default(),
                 id: "key_0000000000000001".into(),
                 name: "t".into(),
                 secret_sha256: String::new(),

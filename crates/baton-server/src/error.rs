@@ -5,9 +5,9 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_core::{
-    AcquireError, JobError, LeaseEnd, LeaseError, TicketEnd, TicketError, TokenError,
+    AcquireError, JobError, LeaseEnd, LeaseError, Quota, TicketEnd, TicketError, TokenError,
 };
-use baton_proto::{ErrorBody, ErrorCode, ErrorDetail, Holder};
+use baton_proto::{ErrorBody, ErrorCode, ErrorDetail, Holder, QuotaLimit};
 use baton_store::StoreError;
 
 /// An error answer.
@@ -23,6 +23,8 @@ pub struct ApiError {
     pub newest_token: Option<u64>,
     /// With `not_active`: the active server's URL.
     pub active: Option<String>,
+    /// With `quota_exceeded`: which quota, and its limit.
+    pub quota: Option<Box<QuotaLimit>>,
 }
 
 impl ApiError {
@@ -34,6 +36,7 @@ impl ApiError {
             holders: None,
             newest_token: None,
             active: None,
+            quota: None,
         }
     }
 }
@@ -50,6 +53,7 @@ impl IntoResponse for ApiError {
             holders: self.holders,
             newest_token: self.newest_token,
             active: self.active.clone(),
+            quota: self.quota.map(|quota| *quota),
         };
         let mut response = (status, axum::Json(body)).into_response();
         if self.code == ErrorCode::NotActive {
@@ -70,6 +74,30 @@ impl IntoResponse for ApiError {
         }
         response
     }
+}
+
+/// What a key at its quota is told: which quota, its limit, and what frees room.
+fn quota_message(quota: Quota, limit: usize) -> String {
+    let (what, frees) = match quota {
+        Quota::Leases => ("live leases", "release one of its leases"),
+        Quota::Waiters => (
+            "queued tickets",
+            "cancel a ticket or wait for one to be granted",
+        ),
+        Quota::Locks => (
+            "locks it created (idle locks are forgotten after an hour)",
+            "reuse lock names it already has",
+        ),
+        Quota::Jobs => (
+            "unfinished job records",
+            "finish or cancel one of its running or waiting jobs",
+        ),
+    };
+    format!(
+        "quota exceeded: this API key may have at most {limit} {what} (its {} quota); {frees}, \
+         or ask an administrator for a larger quota. Other keys are not affected.",
+        quota.as_str()
+    )
 }
 
 fn lease_end(end: LeaseEnd) -> ApiError {
@@ -112,6 +140,13 @@ impl From<StoreError> for ApiError {
                 AcquireError::LimitReached(what) => {
                     ApiError::new(ErrorCode::LimitReached, format!("{what}; try again later"))
                 }
+                AcquireError::QuotaExceeded { quota, limit } => ApiError {
+                    quota: Some(Box::new(QuotaLimit {
+                        name: quota.as_str().to_owned(),
+                        limit: u64::try_from(limit).unwrap_or(u64::MAX),
+                    })),
+                    ..ApiError::new(ErrorCode::QuotaExceeded, quota_message(quota, limit))
+                },
             },
             StoreError::Ticket(error) => match error {
                 TicketError::NotFound => ApiError::new(

@@ -181,6 +181,7 @@ pub(crate) async fn create(
         once_per_ms: request.once_per_ms,
         batch: request.batch,
         api_key: caller.key_id(),
+        quota: caller.quota(),
     };
     let lock = args.lock.clone();
     let created = state

@@ -62,6 +62,13 @@ pub(crate) async fn create(
     caller.require_full_admin()?;
     let grants = auth::validate_key(&request.name, &request.grants, request.rate_per_sec)
         .map_err(|message| ApiError::new(ErrorCode::InvalidKey, message))?;
+    let quota = auth::validate_quota(
+        request.leases_max,
+        request.waiters_max,
+        request.locks_max,
+        request.jobs_max,
+    )
+    .map_err(|message| ApiError::new(ErrorCode::InvalidKey, message))?;
     let secret = auth::generate_secret().map_err(|error| internal(&error))?;
     // A put replaces the key with the same id: never reuse one (64 random bits; a collision
     // is all but impossible, but it would silently replace another key).
@@ -81,6 +88,7 @@ pub(crate) async fn create(
         rate_per_sec: request.rate_per_sec,
         created_at: state.store.now_ms(),
         revoked_at: None,
+        quota,
     };
     state.store.put_key(key.clone()).await?;
     state.auth.reload().await?;

@@ -78,6 +78,26 @@ pub struct ServerConfig {
     pub ticket_lapse_ms: u64,
     /// Ended holds are kept in a lock's history for this long.
     pub history_retention_ms: u64,
+    /// At most this many live leases in all; one more is answered `503 limit_reached`.
+    pub max_leases: usize,
+    /// At most this many queued tickets in all; one more is answered `503 limit_reached`.
+    pub max_waiters: usize,
+    /// At most this many locks known at once (idle ones are forgotten after an hour); one more
+    /// is answered `503 limit_reached`.
+    pub max_locks: usize,
+    /// At most this many job records kept (finished ones are pruned first); when all are
+    /// unfinished, one more is answered `503 limit_reached`.
+    pub max_jobs: usize,
+    /// Each API key's lease quota unless the key has its own (`None`: a tenth of
+    /// `max_leases`); over it, `429 quota_exceeded`.
+    pub key_max_leases: Option<usize>,
+    /// Each API key's waiter quota unless the key has its own (`None`: a tenth of
+    /// `max_waiters`).
+    pub key_max_waiters: Option<usize>,
+    /// Each API key's lock quota unless the key has its own (`None`: a tenth of `max_locks`).
+    pub key_max_locks: Option<usize>,
+    /// Each API key's job quota unless the key has its own (`None`: a tenth of `max_jobs`).
+    pub key_max_jobs: Option<usize>,
     /// At most this many connections are served at once; one more is answered `503` with
     /// `Retry-After: 1` (when its socket takes it at once) and closed.
     pub max_connections: usize,
@@ -140,6 +160,7 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 impl ServerConfig {
     /// The defaults of `baton server` with no flags.
     pub fn new(listen: SocketAddr, data_dir: PathBuf) -> ServerConfig {
+        let defaults = baton_core::Config::default();
         ServerConfig {
             listen,
             data_dir,
@@ -152,6 +173,14 @@ impl ServerConfig {
             lock_delay_ms: 1_000,
             ticket_lapse_ms: 10_000,
             history_retention_ms: 7 * 24 * 3_600_000,
+            max_leases: defaults.leases_total_max,
+            max_waiters: defaults.waiters_total_max,
+            max_locks: defaults.locks_max,
+            max_jobs: defaults.jobs_max,
+            key_max_leases: None,
+            key_max_waiters: None,
+            key_max_locks: None,
+            key_max_jobs: None,
             max_connections: MAX_CONNECTIONS_DEFAULT,
             header_read_timeout_ms: HEADER_READ_TIMEOUT_MS_DEFAULT,
             max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
@@ -169,12 +198,24 @@ impl ServerConfig {
 }
 
 impl ServerConfig {
-    /// The lock table's configuration that follows from this one.
+    /// The lock table's configuration that follows from this one. A per-key default not given
+    /// is a tenth of its global bound ([`baton_core::key_default_of`]), so one key with the
+    /// default quota never fills a global bound, whatever the operator set it to.
     pub fn core_config(&self) -> baton_core::Config {
+        let key_default =
+            |own: Option<usize>, global: usize| own.unwrap_or(baton_core::key_default_of(global));
         baton_core::Config {
             lock_delay_ms: self.lock_delay_ms,
             ticket_lapse_ms: self.ticket_lapse_ms,
             history_retention_ms: self.history_retention_ms,
+            leases_total_max: self.max_leases,
+            waiters_total_max: self.max_waiters,
+            locks_max: self.max_locks,
+            jobs_max: self.max_jobs,
+            key_leases_max: key_default(self.key_max_leases, self.max_leases),
+            key_waiters_max: key_default(self.key_max_waiters, self.max_waiters),
+            key_locks_max: key_default(self.key_max_locks, self.max_locks),
+            key_jobs_max: key_default(self.key_max_jobs, self.max_jobs),
             ..baton_core::Config::default()
         }
     }

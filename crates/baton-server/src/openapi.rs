@@ -2,7 +2,8 @@
 //! refined with what the annotations cannot say: the bounds the server checks (name and id
 //! patterns, ttl/wait/capacity ranges, query limits, all from `baton_core::limits` and this
 //! crate's constants) and the error answers every operation can give (400 invalid input,
-//! 413/415 for bodies, 503 when the store cannot commit or a limit is reached).
+//! 413/415 for bodies, 503 when the store cannot commit or a limit is reached, 429 over a key's
+//! rate and, where a key's quotas apply, over its quota).
 //!
 //! A client (or schemathesis, run by `.ci/run`) that keeps to the document is therefore never
 //! refused for input the document allows, and every status it can see is documented.
@@ -174,6 +175,26 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
             "rate_per_sec",
             json!({"minimum": 1, "maximum": crate::auth::RATE_PER_SEC_MAX}),
         ),
+        (
+            "CreateKeyRequest",
+            "leases_max",
+            range(0, crate::auth::QUOTA_MAX),
+        ),
+        (
+            "CreateKeyRequest",
+            "waiters_max",
+            range(0, crate::auth::QUOTA_MAX),
+        ),
+        (
+            "CreateKeyRequest",
+            "locks_max",
+            range(0, crate::auth::QUOTA_MAX),
+        ),
+        (
+            "CreateKeyRequest",
+            "jobs_max",
+            range(0, crate::auth::QUOTA_MAX),
+        ),
     ]
 }
 
@@ -257,11 +278,16 @@ fn refine(document: &mut Value) {
         let Some(item) = item.as_object_mut() else {
             continue;
         };
-        for operation in item.values_mut() {
-            refine_operation(path, operation, &optional_bodies);
+        for (method, operation) in item.iter_mut() {
+            refine_operation(path, method, operation, &optional_bodies);
         }
     }
 }
+
+/// Operations that can answer `429 quota_exceeded`: the ones that create a lease, a ticket, a
+/// lock or a job record (a ticket granted from the queue never is).
+pub(crate) const QUOTA: [(&str, &str); 2] =
+    [("post", "/v1/locks/{name}/acquire"), ("post", "/v1/jobs")];
 
 /// Operations that can answer 410: a retried request whose lease or ticket ended, a lapsed or
 /// cancelled ticket, a lost or revoked lease.
@@ -275,7 +301,7 @@ const GONE: [&str; 7] = [
     "/v1/jobs/{id}/finish",
 ];
 
-fn refine_operation(path: &str, operation: &mut Value, optional_bodies: &[String]) {
+fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bodies: &[String]) {
     // An empty body reads as `{}`, so a body whose fields are all optional may be left out.
     if let Some(body) = operation.get_mut("requestBody") {
         let schema = body
@@ -340,7 +366,14 @@ fn refine_operation(path: &str, operation: &mut Value, optional_bodies: &[String
         add(
             responses,
             "429",
-            "rate_limited: over the key's requests per second; try again after Retry-After",
+            if QUOTA.contains(&(method, path)) {
+                "rate_limited: over the key's requests per second; try again after Retry-After. \
+                 Or quota_exceeded: the key already has as many leases, waiters, locks or jobs as \
+                 its quota allows (`quota` in the body names which, with its limit); other keys \
+                 are not affected, and no Retry-After: release, cancel or finish something first"
+            } else {
+                "rate_limited: over the key's requests per second; try again after Retry-After"
+            },
         );
     }
     if has_path_parameter {

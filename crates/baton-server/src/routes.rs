@@ -328,6 +328,7 @@ async fn acquire(
         queue: request.queue.unwrap_or(false),
         request_id: caller.scoped_request_id(request.request_id),
         api_key: caller.key_id(),
+        quota: caller.quota(),
     };
     let outcome = state
         .store

@@ -711,6 +711,7 @@ impl Sim {
                         queue: false,
                         request_id: Some(format!("{}-r{}", client.owner, client.requests)),
                         api_key: None,
+                        quota: Default::default(),
                     };
                     Some(acquire_request(engine, args))
                 }
@@ -769,6 +770,7 @@ impl Sim {
                     queue,
                     request_id: Some(format!("{}-r{}", client.owner, client.requests)),
                     api_key: None,
+                    quota: Default::default(),
                 };
                 client.last_acquire = Some(args.clone());
                 Some(acquire_request(engine, args))
@@ -797,6 +799,7 @@ impl Sim {
                     once_per_ms: None,
                     batch: None,
                     api_key: None,
+                    quota: Default::default(),
                 };
                 let request = Request::CreateJob { args: args.clone() };
                 Some((

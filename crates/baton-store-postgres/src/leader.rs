@@ -223,9 +223,9 @@ impl Shared {
 
     fn not_active(&self) -> StoreError {
         let current = self.current();
-        let active = current
-            .active_url
-            .filter(|url| current.engine.is_none() || *url != self.options.url);
+        // This server's own URL is never "the active" while it does not answer: that is a
+        // previous process on the same address, or its own expired leadership.
+        let active = current.active_url.filter(|url| *url != self.options.url);
         StoreError::NotActive { active }
     }
 
@@ -866,10 +866,12 @@ impl Store for HaStore {
         let active = current.engine.is_some() && self.shared.gate.is_open();
         // An engine whose deadline passed is not stepped down yet: who is active is unknown
         // (not this server) until the next round says.
-        let active_url = if current.engine.is_some() && !active {
-            None
-        } else {
+        let active_url = if active {
             current.active_url
+        } else {
+            current
+                .active_url
+                .filter(|url| *url != self.shared.options.url)
         };
         Some(Leadership {
             active,

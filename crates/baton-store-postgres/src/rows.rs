@@ -6,8 +6,8 @@
 //! reported, never trusted into a panic).
 
 use baton_core::{
-    HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName, LockRecord, Millis,
-    Policy, StopReason, Ticket, TicketId,
+    HistoryRecord, Job, JobId, JobState, KeyQuota, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
+    Millis, Policy, StopReason, Ticket, TicketId,
 };
 use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError};
 use tokio_postgres::Row;
@@ -60,6 +60,12 @@ fn opt_id16(bytes: Option<&[u8]>, what: &str) -> Result<Option<[u8; 16]>, Persis
     bytes.map(|b| id16(b, what)).transpose()
 }
 
+fn opt_usize(value: Option<i64>, what: &str) -> Result<Option<usize>, PersistError> {
+    value
+        .map(|value| usize::try_from(value).map_err(|error| corrupt(what, error)))
+        .transpose()
+}
+
 fn lock_name(text: &str) -> Result<LockName, PersistError> {
     LockName::new(text).map_err(|error| corrupt("lock name", error))
 }
@@ -74,16 +80,17 @@ fn get<'a, T: tokio_postgres::types::FromSql<'a>>(
 
 // ---- locks ----
 
-pub(crate) const LOCK_SELECT: &str =
-    "SELECT name, capacity, newest_token, newest_granted, delayed_until, delayed_slots FROM locks";
+pub(crate) const LOCK_SELECT: &str = "SELECT name, capacity, newest_token, newest_granted, delayed_until, delayed_slots, api_key \
+     FROM locks";
 
 pub(crate) const LOCK_UPSERT: &str = "INSERT INTO locks (name, capacity, newest_token, \
-     newest_granted, delayed_until, delayed_slots) \
+     newest_granted, delayed_until, delayed_slots, api_key) \
      SELECT * FROM UNNEST($1::text[], $2::int[], $3::bigint[], $4::bigint[], $5::bigint[], \
-     $6::int[]) \
+     $6::int[], $7::text[]) \
      ON CONFLICT (name) DO UPDATE SET capacity = EXCLUDED.capacity, \
      newest_token = EXCLUDED.newest_token, newest_granted = EXCLUDED.newest_granted, \
-     delayed_until = EXCLUDED.delayed_until, delayed_slots = EXCLUDED.delayed_slots";
+     delayed_until = EXCLUDED.delayed_until, delayed_slots = EXCLUDED.delayed_slots, \
+     api_key = EXCLUDED.api_key";
 
 pub(crate) const LOCK_DELETE: &str = "DELETE FROM locks WHERE name = ANY($1::text[])";
 
@@ -95,6 +102,7 @@ pub(crate) struct LockRows {
     newest_granted: Vec<i64>,
     delayed_until: Vec<Option<i64>>,
     delayed_slots: Vec<i32>,
+    api_key: Vec<Option<String>>,
 }
 
 impl LockRows {
@@ -105,6 +113,7 @@ impl LockRows {
         self.newest_granted.push(i64_of(record.newest_granted));
         self.delayed_until.push(ot(record.delayed_until));
         self.delayed_slots.push(i32_of(record.delayed_slots));
+        self.api_key.push(record.api_key.clone());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -119,6 +128,7 @@ impl LockRows {
             &self.newest_granted,
             &self.delayed_until,
             &self.delayed_slots,
+            &self.api_key,
         ]
     }
 }
@@ -132,22 +142,23 @@ pub(crate) fn lock_of(row: &Row) -> Result<LockRecord, PersistError> {
         newest_granted: u64_of(get(row, 3, what)?, "token")?,
         delayed_until: opt_u64(get(row, 4, what)?, "time")?,
         delayed_slots: u32_of(get(row, 5, what)?, "delayed slots")?,
+        api_key: get(row, 6, what)?,
     })
 }
 
 // ---- leases ----
 
 pub(crate) const LEASE_SELECT: &str = "SELECT id, lock, owner, owner_key, token, ttl_ms, \
-     granted_at, expires_at, request_id, ticket FROM leases";
+     granted_at, expires_at, request_id, ticket, api_key FROM leases";
 
 pub(crate) const LEASE_UPSERT: &str = "INSERT INTO leases (id, lock, owner, owner_key, token, \
-     ttl_ms, granted_at, expires_at, request_id, ticket) \
+     ttl_ms, granted_at, expires_at, request_id, ticket, api_key) \
      SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bytea[]) \
+     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bytea[], $11::text[]) \
      ON CONFLICT (id) DO UPDATE SET lock = EXCLUDED.lock, owner = EXCLUDED.owner, \
      owner_key = EXCLUDED.owner_key, token = EXCLUDED.token, ttl_ms = EXCLUDED.ttl_ms, \
      granted_at = EXCLUDED.granted_at, expires_at = EXCLUDED.expires_at, \
-     request_id = EXCLUDED.request_id, ticket = EXCLUDED.ticket";
+     request_id = EXCLUDED.request_id, ticket = EXCLUDED.ticket, api_key = EXCLUDED.api_key";
 
 pub(crate) const LEASE_DELETE: &str = "DELETE FROM leases WHERE id = ANY($1::bytea[])";
 
@@ -163,6 +174,7 @@ pub(crate) struct LeaseRows {
     expires_at: Vec<i64>,
     request_id: Vec<Option<String>>,
     ticket: Vec<Option<Vec<u8>>>,
+    api_key: Vec<Option<String>>,
 }
 
 impl LeaseRows {
@@ -177,6 +189,7 @@ impl LeaseRows {
         self.expires_at.push(i64_of(lease.expires_at));
         self.request_id.push(lease.request_id.clone());
         self.ticket.push(lease.ticket.map(|id| id.0.to_vec()));
+        self.api_key.push(lease.api_key.clone());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -195,6 +208,7 @@ impl LeaseRows {
             &self.expires_at,
             &self.request_id,
             &self.ticket,
+            &self.api_key,
         ]
     }
 }
@@ -212,6 +226,7 @@ pub(crate) fn lease_of(row: &Row) -> Result<Lease, PersistError> {
         expires_at: u64_of(get(row, 7, what)?, "time")?,
         request_id: get(row, 8, what)?,
         ticket: opt_id16(get(row, 9, what)?, "ticket id")?.map(TicketId),
+        api_key: get(row, 10, what)?,
     })
 }
 
@@ -379,17 +394,17 @@ pub(crate) fn history_of(row: &Row) -> Result<HistoryRecord, PersistError> {
 pub(crate) const JOB_SELECT: &str = "SELECT id, name, lock, policy, owner, host, command, state, \
      reason, token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, \
      created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, \
-     output_tail, once_per_ms FROM jobs";
+     output_tail, once_per_ms, api_key FROM jobs";
 
 pub(crate) const JOB_UPSERT: &str = "INSERT INTO jobs (id, name, lock, policy, owner, host, \
      command, state, reason, token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, \
      request_id, created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, \
-     once_slot, output_tail, once_per_ms) \
+     once_slot, output_tail, once_per_ms, api_key) \
      SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::text[], \
      $6::text[], $7::text[], $8::text[], $9::text[], $10::bigint[], $11::bytea[], $12::bytea[], \
      $13::bytea[], $14::text[], $15::int[], $16::text[], $17::text[], $18::bigint[], \
      $19::bigint[], $20::bigint[], $21::bigint[], $22::bigint[], $23::bigint[], $24::bigint[], \
-     $25::text[], $26::bigint[]) \
+     $25::text[], $26::bigint[], $27::text[]) \
      ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, lock = EXCLUDED.lock, \
      policy = EXCLUDED.policy, owner = EXCLUDED.owner, host = EXCLUDED.host, \
      command = EXCLUDED.command, state = EXCLUDED.state, reason = EXCLUDED.reason, \
@@ -400,7 +415,7 @@ pub(crate) const JOB_UPSERT: &str = "INSERT INTO jobs (id, name, lock, policy, o
      started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at, \
      min_hold_ms = EXCLUDED.min_hold_ms, release_at = EXCLUDED.release_at, \
      once_slot = EXCLUDED.once_slot, output_tail = EXCLUDED.output_tail, \
-     once_per_ms = EXCLUDED.once_per_ms";
+     once_per_ms = EXCLUDED.once_per_ms, api_key = EXCLUDED.api_key";
 
 pub(crate) const JOB_DELETE: &str = "DELETE FROM jobs WHERE id = ANY($1::bytea[])";
 
@@ -432,6 +447,7 @@ pub(crate) struct JobRows {
     once_slot: Vec<Option<i64>>,
     output_tail: Vec<String>,
     once_per_ms: Vec<Option<i64>>,
+    api_key: Vec<Option<String>>,
 }
 
 impl JobRows {
@@ -467,6 +483,7 @@ impl JobRows {
         self.once_slot.push(ot(job.once_slot));
         self.output_tail.push(job.output_tail.clone());
         self.once_per_ms.push(ot(job.once_per_ms));
+        self.api_key.push(job.api_key.clone());
         Ok(())
     }
 
@@ -502,6 +519,7 @@ impl JobRows {
             &self.once_slot,
             &self.output_tail,
             &self.once_per_ms,
+            &self.api_key,
         ]
     }
 }
@@ -543,20 +561,25 @@ pub(crate) fn job_of(row: &Row) -> Result<Job, PersistError> {
         once_slot: opt_u64(get(row, 23, what)?, "slot")?,
         output_tail: get(row, 24, what)?,
         once_per_ms: opt_u64(get(row, 25, what)?, "period")?,
+        api_key: get(row, 26, what)?,
     })
 }
 
 // ---- API keys and the audit log ----
 
 pub(crate) const KEY_SELECT: &str = "SELECT id, name, secret_sha256, grants, rate_per_sec, \
-     created_at, revoked_at FROM api_keys ORDER BY created_at, id";
+     created_at, revoked_at, leases_max, waiters_max, locks_max, jobs_max FROM api_keys \
+     ORDER BY created_at, id";
 
 pub(crate) const KEY_UPSERT: &str = "INSERT INTO api_keys (id, name, secret_sha256, grants, \
-     rate_per_sec, created_at, revoked_at) VALUES ($1, $2, $3, $4, $5, $6, $7) \
+     rate_per_sec, created_at, revoked_at, leases_max, waiters_max, locks_max, jobs_max) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
      ON CONFLICT (id) DO UPDATE SET name = EXCLUDED.name, \
      secret_sha256 = EXCLUDED.secret_sha256, grants = EXCLUDED.grants, \
      rate_per_sec = EXCLUDED.rate_per_sec, created_at = EXCLUDED.created_at, \
-     revoked_at = EXCLUDED.revoked_at";
+     revoked_at = EXCLUDED.revoked_at, leases_max = EXCLUDED.leases_max, \
+     waiters_max = EXCLUDED.waiters_max, locks_max = EXCLUDED.locks_max, \
+     jobs_max = EXCLUDED.jobs_max";
 
 /// An API key as statement parameters.
 pub(crate) struct KeyRow {
@@ -567,6 +590,8 @@ pub(crate) struct KeyRow {
     rate_per_sec: Option<i32>,
     created_at: i64,
     revoked_at: Option<i64>,
+    /// Its own quotas: leases, waiters, locks, jobs.
+    quota: [Option<i64>; 4],
 }
 
 impl KeyRow {
@@ -581,6 +606,13 @@ impl KeyRow {
                 .map(|rate| i32::try_from(rate).unwrap_or(i32::MAX)),
             created_at: i64_of(key.created_at),
             revoked_at: ot(key.revoked_at),
+            quota: [
+                key.quota.leases_max,
+                key.quota.waiters_max,
+                key.quota.locks_max,
+                key.quota.jobs_max,
+            ]
+            .map(|limit| limit.map(|limit| i64::try_from(limit).unwrap_or(i64::MAX))),
         }
     }
 
@@ -593,6 +625,10 @@ impl KeyRow {
             &self.rate_per_sec,
             &self.created_at,
             &self.revoked_at,
+            &self.quota[0],
+            &self.quota[1],
+            &self.quota[2],
+            &self.quota[3],
         ]
     }
 }
@@ -609,6 +645,12 @@ pub(crate) fn key_of(row: &Row) -> Result<ApiKey, PersistError> {
         rate_per_sec: rate.map(|rate| u32_of(rate, "key rate")).transpose()?,
         created_at: u64_of(get(row, 5, what)?, "time")?,
         revoked_at: opt_u64(get(row, 6, what)?, "time")?,
+        quota: KeyQuota {
+            leases_max: opt_usize(get(row, 7, what)?, "key quota")?,
+            waiters_max: opt_usize(get(row, 8, what)?, "key quota")?,
+            locks_max: opt_usize(get(row, 9, what)?, "key quota")?,
+            jobs_max: opt_usize(get(row, 10, what)?, "key quota")?,
+        },
     })
 }
 

@@ -207,6 +207,15 @@ const MIGRATIONS: &[&str] = &[
         expires_at timestamptz NOT NULL
     );
     ",
+    // Version 6: per-key quotas. The API key whose request made each lease, lock and job (the
+    // core counts a key's records from them), and a key's own quotas.
+    "
+    ALTER TABLE leases ADD COLUMN api_key text;
+    ALTER TABLE locks ADD COLUMN api_key text;
+    ALTER TABLE jobs ADD COLUMN api_key text;
+    ALTER TABLE api_keys ADD COLUMN leases_max bigint, ADD COLUMN waiters_max bigint,
+        ADD COLUMN locks_max bigint, ADD COLUMN jobs_max bigint;
+    ",
 ];
 
 /// Checks a schema name: it is spliced into SQL, so only plain lower-case identifiers.

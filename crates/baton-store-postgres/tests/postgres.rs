@@ -106,6 +106,7 @@ fn key_value(url: &str) -> String {
 
 fn args(lock: &str, owner: &str, ttl_ms: u64, wait: Duration) -> AcquireArgs {
     AcquireArgs {
+        quota: Default::default(),
         api_key: None,
         lock: LockName::new(lock).unwrap(),
         owner: owner.into(),
@@ -194,6 +195,8 @@ fn lease(n: u8, lock: &str, token: u64) -> Lease {
         expires_at: 31_000 + u64::from(n),
         request_id: Some(format!("request-{n}")),
         ticket: Some(TicketId([n + 100; 16])),
+        // Every other lease has the key whose request made it (per-key quotas count them).
+        api_key: n.is_multiple_of(2).then(|| format!("key_{n:016}")),
     }
 }
 
@@ -229,6 +232,7 @@ fn record(n: u8, lock: &str, ended_at: u64) -> HistoryRecord {
 
 fn job(n: u8, lock: &str) -> Job {
     Job {
+        api_key: Some(format!("key_{n:016}")),
         id: JobId([n; 16]),
         name: format!("job-{n}"),
         lock: name(lock),
@@ -266,6 +270,7 @@ fn lock_record(lock: &str, capacity: u32, token: u64) -> LockRecord {
         newest_granted: token,
         delayed_until: (capacity > 1).then_some(9_000),
         delayed_slots: u32::from(capacity > 1),
+        api_key: (capacity > 1).then(|| "key_creator".to_owned()),
     }
 }
 
@@ -381,6 +386,12 @@ async fn a_batch_of_every_change_round_trips() {
         rate_per_sec: Some(50),
         created_at: 1_000,
         revoked_at: None,
+        quota: baton_core::KeyQuota {
+            leases_max: Some(5),
+            waiters_max: None,
+            locks_max: Some(0),
+            jobs_max: Some(1_000_000),
+        },
     };
     persister.put_key(&key).unwrap();
     let revoked = ApiKey {
@@ -444,6 +455,7 @@ async fn a_fenced_write_under_a_lost_leadership_is_refused_and_writes_nothing() 
         rate_per_sec: None,
         created_at: 1,
         revoked_at: None,
+        quota: baton_core::KeyQuota::default(),
     };
     let entry = AuditEntry {
         seq: 0,

@@ -12,8 +12,8 @@
 use std::path::{Path, PathBuf};
 
 use baton_core::{
-    Change, HistoryRecord, Job, JobId, JobState, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
-    Policy, Snapshot, StopReason, Ticket, TicketId,
+    Change, HistoryRecord, Job, JobId, JobState, KeyQuota, Lease, LeaseEnd, LeaseId, LockName,
+    LockRecord, Policy, Snapshot, StopReason, Ticket, TicketId,
 };
 use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError, Persister};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 5;
+const SCHEMA_VERSION: i64 = 6;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -132,6 +132,18 @@ const MIGRATIONS: &[&str] = &[
     "
     ALTER TABLE jobs ADD COLUMN once_per_ms INTEGER;
     ALTER TABLE tickets ADD COLUMN api_key TEXT;
+    ",
+    // Version 6: per-key quotas. The API key each lease, lock (its creator) and job belongs to,
+    // so the per-key counts are rebuilt after a restart; each key's own quotas (NULL: the
+    // server's default). Rows written before have no key and count for none.
+    "
+    ALTER TABLE leases ADD COLUMN api_key TEXT;
+    ALTER TABLE locks ADD COLUMN api_key TEXT;
+    ALTER TABLE jobs ADD COLUMN api_key TEXT;
+    ALTER TABLE api_keys ADD COLUMN leases_max INTEGER;
+    ALTER TABLE api_keys ADD COLUMN waiters_max INTEGER;
+    ALTER TABLE api_keys ADD COLUMN locks_max INTEGER;
+    ALTER TABLE api_keys ADD COLUMN jobs_max INTEGER;
     ",
 ];
 
@@ -251,6 +263,11 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
+fn count_i64(value: usize) -> i64 {
+    // Quotas are counts of records in memory: far below 2^63.
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
 fn bytes16(bytes: Vec<u8>, what: &str) -> Result<[u8; 16], PersistError> {
     <[u8; 16]>::try_from(bytes.as_slice())
         .map_err(|_| PersistError(format!("a stored {what} is not 16 bytes")))
@@ -305,7 +322,8 @@ impl Persister for SqlitePersister {
         self.connection
             .prepare_cached(
                 "INSERT OR REPLACE INTO api_keys (id, name, secret_sha256, grants, rate_per_sec, \
-                 created_at, revoked_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                 created_at, revoked_at, leases_max, waiters_max, locks_max, jobs_max) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut statement| {
                 statement.execute(params![
@@ -316,6 +334,10 @@ impl Persister for SqlitePersister {
                     key.rate_per_sec,
                     to_i64(key.created_at),
                     key.revoked_at.map(to_i64),
+                    key.quota.leases_max.map(count_i64),
+                    key.quota.waiters_max.map(count_i64),
+                    key.quota.locks_max.map(count_i64),
+                    key.quota.jobs_max.map(count_i64),
                 ])
             })
             .map_err(sql_error("cannot store an API key"))?;
@@ -326,8 +348,8 @@ impl Persister for SqlitePersister {
         let mut statement = self
             .connection
             .prepare_cached(
-                "SELECT id, name, secret_sha256, grants, rate_per_sec, created_at, revoked_at \
-                 FROM api_keys ORDER BY created_at, id",
+                "SELECT id, name, secret_sha256, grants, rate_per_sec, created_at, revoked_at, \
+                 leases_max, waiters_max, locks_max, jobs_max FROM api_keys ORDER BY created_at, id",
             )
             .map_err(sql_error("cannot read API keys"))?;
         let rows = statement
@@ -340,13 +362,27 @@ impl Persister for SqlitePersister {
                     row.get::<_, Option<i64>>(4)?,
                     row.get::<_, i64>(5)?,
                     row.get::<_, Option<i64>>(6)?,
+                    [
+                        row.get::<_, Option<i64>>(7)?,
+                        row.get::<_, Option<i64>>(8)?,
+                        row.get::<_, Option<i64>>(9)?,
+                        row.get::<_, Option<i64>>(10)?,
+                    ],
                 ))
             })
             .map_err(sql_error("cannot read API keys"))?;
         let mut keys = Vec::new();
         for row in rows {
-            let (id, name, secret_sha256, grants, rate, created_at, revoked_at) =
+            let (id, name, secret_sha256, grants, rate, created_at, revoked_at, quota) =
                 row.map_err(sql_error("cannot read an API key"))?;
+            let [leases_max, waiters_max, locks_max, jobs_max] = quota.map(|value| {
+                value
+                    .map(|value| {
+                        usize::try_from(value)
+                            .map_err(|_| PersistError("a stored key quota is negative".into()))
+                    })
+                    .transpose()
+            });
             keys.push(ApiKey {
                 id,
                 name,
@@ -360,6 +396,12 @@ impl Persister for SqlitePersister {
                     .transpose()?,
                 created_at: unsigned(created_at, "time")?,
                 revoked_at: optional_time(revoked_at, "time")?,
+                quota: KeyQuota {
+                    leases_max: leases_max?,
+                    waiters_max: waiters_max?,
+                    locks_max: locks_max?,
+                    jobs_max: jobs_max?,
+                },
             });
         }
         Ok(keys)
@@ -437,7 +479,8 @@ impl Persister for SqlitePersister {
 
         let mut statement = c
             .prepare(
-                "SELECT name, capacity, newest_token, newest_granted, delayed_until FROM locks",
+                "SELECT name, capacity, newest_token, newest_granted, delayed_until, api_key \
+                 FROM locks",
             )
             .map_err(sql_error("cannot read locks"))?;
         let rows = statement
@@ -448,11 +491,12 @@ impl Persister for SqlitePersister {
                     row.get::<_, i64>(2)?,
                     row.get::<_, i64>(3)?,
                     row.get::<_, Option<i64>>(4)?,
+                    row.get::<_, Option<String>>(5)?,
                 ))
             })
             .map_err(sql_error("cannot read locks"))?;
         for row in rows {
-            let (lock, capacity, newest_token, newest_granted, delayed_until) =
+            let (lock, capacity, newest_token, newest_granted, delayed_until, api_key) =
                 row.map_err(sql_error("cannot read a lock"))?;
             let capacity = u32::try_from(capacity)
                 .map_err(|_| PersistError("a stored capacity is out of range".into()))?;
@@ -465,13 +509,14 @@ impl Persister for SqlitePersister {
                 // How many slots a lock-delay held back is not stored: after a restart a
                 // lock-delay in force holds back every slot until it ends (conservative).
                 delayed_slots: capacity,
+                api_key,
             });
         }
 
         let mut statement = c
             .prepare(
                 "SELECT id, lock, owner, owner_key, token, ttl_ms, granted_at, expires_at, \
-                 request_id, ticket FROM leases",
+                 request_id, ticket, api_key FROM leases",
             )
             .map_err(sql_error("cannot read leases"))?;
         let rows = statement
@@ -487,11 +532,12 @@ impl Persister for SqlitePersister {
                     row.get::<_, i64>(7)?,
                     row.get::<_, Option<String>>(8)?,
                     row.get::<_, Option<Vec<u8>>>(9)?,
+                    row.get::<_, Option<String>>(10)?,
                 ))
             })
             .map_err(sql_error("cannot read leases"))?;
         for row in rows {
-            let (id, lock, owner, owner_key, token, ttl, granted, expires, request_id, ticket) =
+            let (id, lock, owner, owner_key, token, ttl, granted, expires, request_id, ticket, key) =
                 row.map_err(sql_error("cannot read a lease"))?;
             snapshot.leases.push(Lease {
                 id: LeaseId(bytes16(id, "lease id")?),
@@ -506,6 +552,7 @@ impl Persister for SqlitePersister {
                 ticket: ticket
                     .map(|t| bytes16(t, "ticket id").map(TicketId))
                     .transpose()?,
+                api_key: key,
             });
         }
 
@@ -617,10 +664,11 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
     let result = match change {
         Change::LockPut(record) => c
             .prepare_cached(
-                "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until) \
-                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (name) DO UPDATE SET \
+                "INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until, \
+                 api_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (name) DO UPDATE SET \
                  capacity = excluded.capacity, newest_token = excluded.newest_token, \
-                 newest_granted = excluded.newest_granted, delayed_until = excluded.delayed_until",
+                 newest_granted = excluded.newest_granted, delayed_until = excluded.delayed_until, \
+                 api_key = excluded.api_key",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -629,6 +677,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(record.newest_token),
                     to_i64(record.newest_granted),
                     record.delayed_until.map(to_i64),
+                    record.api_key,
                 ])
             }),
         Change::LockForget(lock) => c
@@ -637,8 +686,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::LeasePut(lease) => c
             .prepare_cached(
                 "INSERT OR REPLACE INTO leases (id, lock, owner, owner_key, token, ttl_ms, \
-                 granted_at, expires_at, request_id, ticket) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                 granted_at, expires_at, request_id, ticket, api_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -652,6 +701,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(lease.expires_at),
                     lease.request_id,
                     lease.ticket.map(|t| t.0.to_vec()),
+                    lease.api_key,
                 ])
             }),
         Change::LeaseDelete(id) => c
@@ -724,8 +774,8 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         "INSERT OR REPLACE INTO jobs (id, name, lock, policy, owner, host, command, state, reason, \
          token, lease_id, ticket_id, coalesced_into, stop, exit_code, batch, request_id, \
          created_at, waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, \
-         output_tail, once_per_ms) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, \
-         ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26)",
+         output_tail, once_per_ms, api_key) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, \
+         ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27)",
     )?
     .execute(params![
         &job.id.0[..],
@@ -754,6 +804,7 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         job.once_slot.map(to_i64),
         job.output_tail,
         job.once_per_ms.map(to_i64),
+        job.api_key,
     ])
 }
 
@@ -767,7 +818,7 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
             "SELECT id, name, lock, policy, owner, host, command, state, reason, token, lease_id, \
              ticket_id, coalesced_into, stop, exit_code, batch, request_id, created_at, \
              waiting_at, started_at, finished_at, min_hold_ms, release_at, once_slot, output_tail, \
-             once_per_ms FROM jobs",
+             once_per_ms, api_key FROM jobs",
         )
         .map_err(sql_error("cannot read jobs"))?;
     let mut rows = statement.query([]).map_err(sql_error("cannot read jobs"))?;
@@ -817,6 +868,7 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
             once_slot: optional_time(row.get(23).map_err(get)?, "slot")?,
             output_tail: row.get(24).map_err(get)?,
             once_per_ms: optional_time(row.get(25).map_err(get)?, "period")?,
+            api_key: row.get(26).map_err(get)?,
         });
     }
     Ok(jobs)

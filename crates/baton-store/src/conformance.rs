@@ -229,6 +229,7 @@ fn name(text: &str) -> LockName {
 /// A try: no wait, no queue, the suite's ttl.
 fn req(lock: &str, owner: &str) -> AcquireArgs {
     AcquireArgs {
+        quota: Default::default(),
         api_key: None,
         lock: name(lock),
         owner: owner.to_owned(),
@@ -2596,6 +2597,7 @@ pub async fn concurrent_tries(backend: &dyn Backend) {
 /// A job named `job` (also its lock), no wait, the suite's ttl.
 fn job_req(job: &str, owner: &str, policy: Policy) -> CreateJobArgs {
     CreateJobArgs {
+        quota: Default::default(),
         api_key: None,
         name: job.to_owned(),
         lock: name(job),
@@ -3158,6 +3160,7 @@ pub async fn restart_keeps_jobs(backend: &dyn Backend) {
 
 fn api_key(id: &str, name: &str, grants: &[(Role, &str)]) -> ApiKey {
     ApiKey {
+        quota: Default::default(),
         id: id.to_owned(),
         name: name.to_owned(),
         secret_sha256: format!("{:0>64}", id.trim_start_matches("key_")),

@@ -836,6 +836,7 @@ impl Store for Engine {
             queue: args.queue || !args.wait.is_zero(),
             request_id: args.request_id,
             api_key: args.api_key,
+            quota: args.quota,
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
         };
@@ -994,6 +995,7 @@ impl Store for Engine {
             once_per_ms: args.once_per_ms,
             batch: args.batch,
             api_key: args.api_key,
+            quota: args.quota,
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
         };

@@ -2,7 +2,7 @@
 //! how a presented key is checked is the server's business (`baton-server`'s `auth` module);
 //! a store only keeps these records durably and hands them back.
 
-use baton_core::Millis;
+use baton_core::{KeyQuota, Millis};
 
 /// What a grant allows under its prefix. Ordered: each role includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -86,6 +86,8 @@ pub struct ApiKey {
     pub grants: Vec<KeyGrant>,
     /// Requests per second this key may make (`None`: the server's default).
     pub rate_per_sec: Option<u32>,
+    /// Its own quotas of leases, waiters, locks and jobs; each `None` is the server's default.
+    pub quota: KeyQuota,
     /// When it was created.
     pub created_at: Millis,
     /// When it was revoked; a revoked key authenticates nothing.

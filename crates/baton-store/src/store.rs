@@ -6,8 +6,8 @@ use crate::keys::{ApiKey, AuditEntry};
 use async_trait::async_trait;
 use baton_core::{
     AcquireError, Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobError,
-    JobFilter, JobId, Lease, LeaseError, LeaseId, LockName, LockView, Millis, Policy, QueuedTicket,
-    Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
+    JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName, LockView, Millis, Policy,
+    QueuedTicket, Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
 };
 
 /// An acquire as the server passes it on (validated; ids are the store's to choose).
@@ -30,8 +30,11 @@ pub struct AcquireArgs {
     /// Makes retries idempotent.
     pub request_id: Option<String>,
     /// The id of the API key the request came with (`None` on a server without keys): kept on
-    /// its ticket, so that revoking the key cancels it ([`Store::cancel_tickets_of_key`]).
+    /// its ticket, so that revoking the key cancels it ([`Store::cancel_tickets_of_key`]), and
+    /// on its lease and the lock it creates, which count against the key's quotas.
     pub api_key: Option<String>,
+    /// That key's own quotas ([`ApiKey::quota`]); the core's defaults fill the ones it lacks.
+    pub quota: KeyQuota,
 }
 
 /// What an acquire ended with.
@@ -74,8 +77,11 @@ pub struct CreateJobArgs {
     pub once_per_ms: Option<u64>,
     /// A batch label.
     pub batch: Option<String>,
-    /// The id of the API key the request came with, as for [`AcquireArgs::api_key`].
+    /// The id of the API key the request came with, as for [`AcquireArgs::api_key`]; the job
+    /// record counts against its job quota.
     pub api_key: Option<String>,
+    /// That key's own quotas, as for [`AcquireArgs::quota`].
+    pub quota: KeyQuota,
 }
 
 /// Why a store operation failed.

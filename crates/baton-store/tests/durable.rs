@@ -197,6 +197,7 @@ async fn answers_wait_for_their_commit() {
             let mut released: Option<baton_core::LeaseId> = None;
             for _ in 0..10 {
                 let args = baton_store::AcquireArgs {
+                    quota: Default::default(),
                     api_key: None,
                     lock: baton_core::LockName::new("g2").unwrap(),
                     owner: format!("task-{task}"),

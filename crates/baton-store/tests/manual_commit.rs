@@ -94,6 +94,7 @@ fn args(owner: &str, queue: bool, request_id: Option<&str>) -> AcquireArgs {
         queue,
         request_id: request_id.map(Into::into),
         api_key: None,
+        quota: Default::default(),
     }
 }
 

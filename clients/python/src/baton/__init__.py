@@ -35,6 +35,7 @@ from .errors import (
     LeaseLost,
     NotFound,
     ProtocolError,
+    QuotaExceeded,
     RateLimited,
     Rejected,
     ServerError,
@@ -65,7 +66,7 @@ __all__ = [
     "CancelResult", "Client", "ConfigError", "DEFAULT_URL", "ERROR_CODES", "FenceResult",
     "Forbidden", "Granted", "Health", "History", "HistoryEntry", "Holder", "InvalidInput",
     "Job", "JobDetail", "LONG_POLL_MAX", "Lease", "LeaseGuard", "LeaseLost", "Lock",
-    "LockContext", "LockInfo", "NO_RETRY", "NotFound", "ProtocolError", "RateLimited",
+    "LockContext", "LockInfo", "NO_RETRY", "NotFound", "ProtocolError", "QuotaExceeded", "RateLimited",
     "Rejected", "ReleaseResult", "RetryPolicy", "RevokeResult", "ServerError", "Ticket",
     "TimedOut", "TlsError", "Unauthorized", "Unavailable", "Waiter", "local_deadline", "lock",
 ]

@@ -51,6 +51,7 @@ ERROR_CODES: Dict[str, int] = {
     "unauthorized": 401,
     "forbidden": 403,
     "rate_limited": 429,
+    "quota_exceeded": 429,
     "key_not_found": 404,
     "invalid_key": 400,
     "job_state_conflict": 409,
@@ -109,6 +110,22 @@ class RateLimited(Unavailable):
     """The API key made more requests per second than it may (429 ``rate_limited``)."""
 
     default_code = "rate_limited"
+
+
+class QuotaExceeded(BatonError):
+    """The API key already has as many leases, waiters, locks or jobs as its quota allows (429
+    ``quota_exceeded``). Not retried: waiting does not lift a quota; release, cancel or finish
+    something first, or ask for a larger quota. Other keys are not affected."""
+
+    default_code = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: Optional[str] = None, limit: Optional[int] = None,
+                 code: Optional[str] = None, status: Optional[int] = None):
+        super().__init__(message, code=code, status=status)
+        #: Which quota: ``leases``, ``waiters``, ``locks`` or ``jobs`` (None if not said).
+        self.quota = quota
+        #: Its limit for this key (None if not said).
+        self.limit = limit
 
 
 class Busy(BatonError):
@@ -240,6 +257,14 @@ def error_from_response(url: str, status: int, body: bytes,
         return LeaseLost(message, reason="expired", status=status)
     if code == "revoked":
         return LeaseLost(message, reason="revoked", status=status)
+    if code == "quota_exceeded":
+        # Before the 429 rule below: a quota is not a rate, and waiting does not lift it.
+        detail = document.get("quota")
+        detail = detail if isinstance(detail, dict) else {}
+        name = detail.get("name")
+        limit = detail.get("limit")
+        return QuotaExceeded(message, quota=name if isinstance(name, str) else None,
+                             limit=limit if isinstance(limit, int) else None, status=status)
     if code == "rate_limited" or status == 429:
         return RateLimited(message, code=code, status=status,
                            retry_after=_seconds(retry_after))

@@ -39,6 +39,10 @@ async fn create(context: &Context, args: KeyCreateArgs) -> anyhow::Result<u8> {
             name: args.name,
             grants: args.grants,
             rate_per_sec: args.rate,
+            leases_max: args.max_leases,
+            waiters_max: args.max_waiters,
+            locks_max: args.max_locks,
+            jobs_max: args.max_jobs,
         })
         .await?;
     if context.json {
@@ -58,7 +62,14 @@ async fn create(context: &Context, args: KeyCreateArgs) -> anyhow::Result<u8> {
 
 /// Makes a key without a server: its secret, and the keys-file entry holding only its hash.
 fn create_offline(context: &Context, args: &KeyCreateArgs) -> anyhow::Result<u8> {
-    if let Err(message) = auth::validate_key(&args.name, &args.grants, args.rate) {
+    if let Err(message) = auth::validate_key(&args.name, &args.grants, args.rate).and_then(|_| {
+        auth::validate_quota(
+            args.max_leases,
+            args.max_waiters,
+            args.max_locks,
+            args.max_jobs,
+        )
+    }) {
         eprintln!("baton: {message}");
         return Ok(exit::USAGE);
     }
@@ -75,6 +86,16 @@ fn create_offline(context: &Context, args: &KeyCreateArgs) -> anyhow::Result<u8>
     );
     if let Some(rate) = args.rate {
         entry.push_str(&format!("rate_per_sec = {rate}\n"));
+    }
+    for (field, value) in [
+        ("leases_max", args.max_leases),
+        ("waiters_max", args.max_waiters),
+        ("locks_max", args.max_locks),
+        ("jobs_max", args.max_jobs),
+    ] {
+        if let Some(value) = value {
+            entry.push_str(&format!("{field} = {value}\n"));
+        }
     }
     if context.json {
         output::print_json(&serde_json::json!({
@@ -93,6 +114,24 @@ fn create_offline(context: &Context, args: &KeyCreateArgs) -> anyhow::Result<u8>
     Ok(exit::SUCCESS)
 }
 
+/// A key's own quotas for the listing (`-` when it has none: the server's defaults apply).
+fn quotas_text(key: &baton_client::proto::KeyInfo) -> String {
+    let own: Vec<String> = [
+        ("leases", key.leases_max),
+        ("waiters", key.waiters_max),
+        ("locks", key.locks_max),
+        ("jobs", key.jobs_max),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| value.map(|value| format!("{name}={value}")))
+    .collect();
+    if own.is_empty() {
+        "-".to_owned()
+    } else {
+        own.join(",")
+    }
+}
+
 /// A TOML basic string.
 fn toml_string(text: &str) -> String {
     serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
@@ -106,15 +145,17 @@ async fn list(context: &Context) -> anyhow::Result<u8> {
     }
     let now = jiff::Timestamp::now();
     let mut table = Table::new(&[
-        "ID", "NAME", "GRANTS", "RATE", "CREATED", "REVOKED", "SOURCE",
+        "ID", "NAME", "GRANTS", "RATE", "QUOTAS", "CREATED", "REVOKED", "SOURCE",
     ]);
     for key in answer.keys {
+        let quotas = quotas_text(&key);
         table.row(vec![
             key.id,
             key.name,
             key.grants.join(" "),
             key.rate_per_sec
                 .map_or_else(|| "-".to_owned(), |rate| rate.to_string()),
+            quotas,
             if key.source == "file" {
                 "-".to_owned()
             } else {

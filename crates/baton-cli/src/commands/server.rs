@@ -91,6 +91,14 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.lock_delay_ms = millis(args.lock_delay);
     config.ticket_lapse_ms = millis(args.ticket_lapse);
     config.history_retention_ms = millis(args.history_retention);
+    config.max_leases = count(args.max_leases);
+    config.max_waiters = count(args.max_waiters);
+    config.max_locks = count(args.max_locks);
+    config.max_jobs = count(args.max_jobs);
+    config.key_max_leases = args.key_max_leases.map(count);
+    config.key_max_waiters = args.key_max_waiters.map(count);
+    config.key_max_locks = args.key_max_locks.map(count);
+    config.key_max_jobs = args.key_max_jobs.map(count);
     config.max_connections = usize::try_from(args.max_connections).unwrap_or(usize::MAX);
     config.header_read_timeout_ms = millis(args.header_read_timeout);
     config.max_header_bytes = usize::try_from(args.max_header_bytes).unwrap_or(usize::MAX);
@@ -101,6 +109,11 @@ fn config(args: ServerArgs) -> ServerConfig {
         config.tls = Some(TlsFiles { cert, key });
     }
     config
+}
+
+/// A count from a flag, saturating on a platform whose `usize` is narrower.
+fn count(value: u64) -> usize {
+    usize::try_from(value).unwrap_or(usize::MAX)
 }
 
 /// Whole milliseconds, saturating.

@@ -229,11 +229,35 @@ impl Server {
         }
     }
 
-    /// `GET /healthz` must answer 200 once the server listens.
+    /// `GET /healthz` must answer 200 once the server listens. A server of a shared database
+    /// (its health has a `role`) is also waited for, bounded, until it is the active one or
+    /// names another as active: one restarted on the same URL waits out the leadership its
+    /// previous process held (a crash cannot prove that process gone), and a test talking to
+    /// it at once would meet `not_active`.
     async fn check_health(&self) {
         let (status, body) = self.get("/healthz").await;
         assert_eq!(status, 200, "GET /healthz: {body}\n{}", self.log_text());
         assert_eq!(body["status"], "ok", "GET /healthz: {body}");
+        if body.get("role").is_none() {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+        loop {
+            let (status, body) = self.get("/readyz").await;
+            let elsewhere = body["role"] == "standby"
+                && body["active"]
+                    .as_str()
+                    .is_some_and(|active| active != self.base);
+            if status == 200 || elsewhere {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the server neither became active nor named an active one: {body}\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The last lines the server wrote to stderr.

@@ -10,8 +10,8 @@ use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
 
 use super::{
-    Acquire, AcquireError, Acquired, Change, Deadline, Lease, LeaseEnd, LeaseError, QueuedTicket,
-    State, TicketEnd,
+    Acquire, AcquireError, Acquired, Change, Deadline, KeyQuota, Lease, LeaseEnd, LeaseError,
+    QueuedTicket, Quota, State, TicketEnd,
 };
 
 /// What to do when the lock is busy.
@@ -203,6 +203,9 @@ pub struct Job {
     pub once_per_ms: Option<u64>,
     /// The end of its output, at most [`limits::OUTPUT_TAIL_BYTES_MAX`] bytes.
     pub output_tail: String,
+    /// The API key whose request created it (`None` on a server without keys): the record
+    /// counts against that key's job quota while it is kept.
+    pub api_key: Option<String>,
 }
 
 /// A request to create a job, with the ids it may need.
@@ -234,8 +237,11 @@ pub struct CreateJob {
     pub once_per_ms: Option<u64>,
     /// A batch label.
     pub batch: Option<String>,
-    /// The API key the request came with, kept on its ticket if it queues.
+    /// The API key the request came with, kept on the job, its lease or ticket; its quotas
+    /// apply.
     pub api_key: Option<String>,
+    /// That key's own quotas (the table's defaults fill the ones it lacks).
+    pub quota: KeyQuota,
     /// The lease id, if one is granted.
     pub lease_id: LeaseId,
     /// The ticket id, if one is queued.
@@ -426,6 +432,15 @@ impl State {
             return Ok(self.job_created(job));
         }
         validate(&command)?;
+        if let Some(key) = command.api_key.as_deref()
+            && self
+                .check_quota(Some(key), &command.quota, Quota::Jobs)
+                .is_err()
+            && !self.prune_one_finished_job_of(key)
+        {
+            // Every record the key has is unfinished: nothing of its own can make room.
+            self.check_quota(Some(key), &command.quota, Quota::Jobs)?;
+        }
         if self.jobs.len() >= self.config.jobs_max && !self.prune_one_finished_job() {
             return Err(JobError::Acquire(AcquireError::LimitReached(
                 "too many jobs",
@@ -458,6 +473,7 @@ impl State {
             once_slot: None,
             once_per_ms: None,
             output_tail: String::new(),
+            api_key: command.api_key.clone(),
         };
         if let Some(period) = command.once_per_ms {
             let slot = once_slot(now, period);
@@ -507,6 +523,7 @@ impl State {
                 queue,
                 request_id: None,
                 api_key: command.api_key.clone(),
+                quota: command.quota,
                 lease_id: command.lease_id,
                 ticket_id: command.ticket_id,
             },
@@ -578,6 +595,7 @@ impl State {
             self.jobs_by_request.insert(request_id.clone(), job.id);
         }
         self.jobs_order.insert((job.created_at, job.id));
+        self.count_job_for_key(job.api_key.as_deref(), job.created_at, job.id);
         self.job_output_bytes += job.output_tail.len();
         self.changes.push(Change::JobPut(job.clone()));
         self.jobs.insert(job.id, job.clone());
@@ -881,9 +899,33 @@ impl State {
         }
     }
 
+    /// Drops the oldest finished job of the API key `api_key`, if it has one. Returns whether
+    /// one was dropped.
+    fn prune_one_finished_job_of(&mut self, api_key: &str) -> bool {
+        let oldest = self.key_usage.get(api_key).and_then(|usage| {
+            usage
+                .jobs
+                .iter()
+                .find(|(_, id)| {
+                    self.jobs
+                        .get(id)
+                        .is_some_and(|job| job.state.is_final() && !self.holds_after_finish(job))
+                })
+                .copied()
+        });
+        match oldest {
+            Some(key) => {
+                self.drop_job(key);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn drop_job(&mut self, key: (Millis, JobId)) {
         self.jobs_order.remove(&key);
         if let Some(job) = self.jobs.remove(&key.1) {
+            self.uncount_job_for_key(job.api_key.as_deref(), job.created_at, job.id);
             self.job_output_bytes = self.job_output_bytes.saturating_sub(job.output_tail.len());
             if let Some(request_id) = &job.request_id {
                 self.jobs_by_request.remove(request_id);
@@ -964,6 +1006,7 @@ impl State {
                 self.jobs_by_request.insert(request_id.clone(), job.id);
             }
             self.jobs_order.insert((job.created_at, job.id));
+            self.count_job_for_key(job.api_key.as_deref(), job.created_at, job.id);
             self.job_output_bytes += job.output_tail.len();
             self.jobs.insert(job.id, job);
         }
