@@ -727,7 +727,7 @@ impl State {
             entry.newest_token = record.newest_token;
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
-            entry.delayed_slots = record.delayed_slots.min(entry.capacity);
+            entry.delayed_slots = record.delayed_slots;
             entry.api_key = record.api_key;
             entry.stored = true;
             if let Some(until) = record.delayed_until {
@@ -939,8 +939,10 @@ impl State {
                     current: entry.capacity,
                 });
             }
+            // Slots held back by a lock-delay stay held back: the holders whose ends started
+            // it may still be running, whatever the capacity is now (a lower capacity must not
+            // forget them when it is raised again before the delay ends).
             entry.capacity = capacity;
-            entry.delayed_slots = entry.delayed_slots.min(capacity);
             self.dirty_locks.insert(command.lock.clone());
         }
 
@@ -1971,10 +1973,6 @@ impl State {
                     "G5: {name} has room and waiters but granted nothing"
                 );
             }
-            assert!(
-                entry.delayed_slots <= entry.capacity,
-                "{name}: more slots delayed than its capacity"
-            );
             holders_seen += entry.holders.len();
             waiters_seen += entry.queue.len();
         }
