@@ -11,6 +11,8 @@
 
 pub mod ids;
 pub mod limits;
+#[cfg(feature = "sim-bugs")]
+pub mod sim_bugs;
 pub mod state;
 
 pub use ids::{

@@ -580,6 +580,10 @@ impl LockEntry {
 
     /// True when a slot is free: not held, and not held back by a lock-delay.
     fn has_room(&self, now: Millis) -> bool {
+        #[cfg(feature = "sim-bugs")]
+        if crate::sim_bugs::active(crate::sim_bugs::Bug::GrantDuringLockDelay) {
+            return self.holders.len() < self.capacity as usize;
+        }
         let held_back = if self.delayed(now) {
             self.delayed_slots as usize
         } else {
@@ -729,7 +733,7 @@ impl State {
             entry.newest_token = record.newest_token;
             entry.newest_granted = record.newest_granted;
             entry.delayed_until = record.delayed_until;
-            entry.delayed_slots = record.delayed_slots.min(entry.capacity);
+            entry.delayed_slots = record.delayed_slots;
             entry.api_key = record.api_key;
             entry.stored = true;
             if let Some(until) = record.delayed_until {
@@ -740,6 +744,10 @@ impl State {
         }
         let mut leases = snapshot.leases;
         leases.sort_by_key(|lease| lease.token);
+        #[cfg(feature = "sim-bugs")]
+        if crate::sim_bugs::active(crate::sim_bugs::Bug::TokenReuseAfterRestart) {
+            state.next_token = leases.last().map_or(1, |lease| lease.token + 1);
+        }
         for mut lease in leases {
             if lease.token >= state.next_token {
                 return Err(RestoreError(format!(
@@ -747,7 +755,13 @@ impl State {
                     lease.token, state.next_token
                 )));
             }
-            lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+            #[cfg(feature = "sim-bugs")]
+            let shorten = crate::sim_bugs::active(crate::sim_bugs::Bug::ShortenOnRecovery);
+            #[cfg(not(feature = "sim-bugs"))]
+            let shorten = false;
+            if !shorten {
+                lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+            }
             let entry = state
                 .locks
                 .entry(lease.lock.clone())
@@ -881,7 +895,12 @@ impl State {
         {
             return Err(AcquireError::InvalidCapacity);
         }
+        #[cfg(feature = "sim-bugs")]
+        let forget = crate::sim_bugs::active(crate::sim_bugs::Bug::ForgetRequestId);
+        #[cfg(not(feature = "sim-bugs"))]
+        let forget = false;
         if let Some(request_id) = &command.request_id
+            && !forget
             && let Some(record) = self.requests.get(request_id)
         {
             if record.lock != command.lock {
@@ -926,8 +945,10 @@ impl State {
                     current: entry.capacity,
                 });
             }
+            // Slots held back by a lock-delay stay held back: the holders whose ends started
+            // it may still be running, whatever the capacity is now (a lower capacity must not
+            // forget them when it is raised again before the delay ends).
             entry.capacity = capacity;
-            entry.delayed_slots = entry.delayed_slots.min(capacity);
             self.dirty_locks.insert(command.lock.clone());
         }
 
@@ -966,7 +987,13 @@ impl State {
         }
 
         let entry = &self.locks[&command.lock];
-        if entry.has_room(now) && entry.queue.is_empty() {
+        #[cfg(feature = "sim-bugs")]
+        let jumps = crate::sim_bugs::active(crate::sim_bugs::Bug::TryJumpsQueue)
+            && !command.queue
+            && entry.holders.len() < entry.capacity as usize;
+        #[cfg(not(feature = "sim-bugs"))]
+        let jumps = false;
+        if (entry.has_room(now) && entry.queue.is_empty()) || jumps {
             let refused = self
                 .check_quota(command.api_key.as_deref(), &command.quota, Quota::Leases)
                 .err()
@@ -1396,6 +1423,10 @@ impl State {
         let TicketEnd::Granted(lease_id) = ended.end else {
             return WaiterLeft::Nothing;
         };
+        #[cfg(feature = "sim-bugs")]
+        if crate::sim_bugs::active(crate::sim_bugs::Bug::KeepDepartedGrant) {
+            return WaiterLeft::Nothing;
+        }
         if (ended.collected && !collected_here) || !self.leases.contains_key(&lease_id) {
             return WaiterLeft::Nothing;
         }
@@ -1977,10 +2008,6 @@ impl State {
                     "G5: {name} has room and waiters but granted nothing"
                 );
             }
-            assert!(
-                entry.delayed_slots <= entry.capacity,
-                "{name}: more slots delayed than its capacity"
-            );
             holders_seen += entry.holders.len();
             waiters_seen += entry.queue.len();
         }

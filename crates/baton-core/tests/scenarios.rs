@@ -701,6 +701,29 @@ fn semaphore_lock_delay_of_two_unclean_ends_holds_back_two_slots() {
     state.check_invariants();
 }
 
+/// Found by the model test: lowering an idle lock's capacity during a lock-delay and raising it
+/// again forgot the held-back slots, so a slot was granted while the holders whose leases had
+/// just been revoked might still run.
+#[test]
+fn a_capacity_changed_during_a_lock_delay_keeps_its_slots_held_back() {
+    let mut state = State::new(config(), T0);
+    let with = |owner: &str, n: u8, capacity: u32| Acquire {
+        capacity: Some(capacity),
+        ..req("sem", owner, n)
+    };
+    let a = granted(state.acquire(with("a", 1, 2), T0));
+    let b = granted(state.acquire(with("b", 2, 2), T0));
+    state.revoke(&name("sem"), a.token, T0 + 10).unwrap();
+    state.revoke(&name("sem"), b.token, T0 + 10).unwrap();
+    // Idle now, so its capacity may change: down to 1, then back up to 2.
+    busy(state.acquire(with("c", 3, 1), T0 + 20));
+    busy(state.acquire(with("d", 4, 2), T0 + 30));
+    state.check_invariants();
+    state.tick(T0 + 10 + DELAY);
+    granted(state.acquire(with("d", 5, 2), T0 + 10 + DELAY));
+    state.check_invariants();
+}
+
 #[test]
 fn cancel_with_forget_request_lets_a_retry_acquire_afresh() {
     let mut state = State::new(config(), T0);

@@ -56,7 +56,8 @@ impl PersistError {
     }
 }
 
-/// Durable storage of the lock table's changes. Called from one dedicated thread; may block.
+/// Durable storage of the lock table's changes. Called from one dedicated thread (with
+/// [`EngineOptions::manual_commit`], from the caller of [`Engine::commit_pending`]); may block.
 pub trait Persister: Send + 'static {
     /// A short name: `memory`, `sqlite`, …
     fn kind(&self) -> &'static str;
@@ -172,6 +173,26 @@ pub struct EngineOptions {
     pub run_timer: bool,
     /// How many times a failed commit is retried before the engine stops taking writes.
     pub commit_attempts: u32,
+    /// Commit on the caller's schedule instead of on a committer thread: nothing is made
+    /// durable until the caller runs [`Engine::commit_pending`]. For the deterministic
+    /// simulator (`baton-sim`), which decides when each commit happens and can crash between
+    /// any two steps; a server never sets it.
+    pub manual_commit: bool,
+    /// Where the engine's fresh lease, ticket and job ids come from; `None` (the default)
+    /// draws them from the operating system's random source. The simulator passes a seeded
+    /// source so one seed replays one history; a server never sets it.
+    pub ids: Option<IdSource>,
+}
+
+/// A source of fresh 128-bit ids, standing in for the operating system's random source (see
+/// [`EngineOptions::ids`]).
+#[derive(Clone)]
+pub struct IdSource(pub Arc<dyn Fn() -> [u8; 16] + Send + Sync>);
+
+impl std::fmt::Debug for IdSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IdSource")
+    }
 }
 
 impl Default for EngineOptions {
@@ -180,6 +201,8 @@ impl Default for EngineOptions {
             config: Config::default(),
             run_timer: true,
             commit_attempts: 3,
+            manual_commit: false,
+            ids: None,
         }
     }
 }
@@ -243,6 +266,7 @@ pub struct Engine {
     persister: SharedPersister,
     committer: Option<std::thread::JoinHandle<()>>,
     timer: Option<tokio::task::JoinHandle<()>>,
+    ids: Option<IdSource>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -302,7 +326,7 @@ impl Engine {
                 EVENT_WINDOW,
             )),
         });
-        let committer = if volatile {
+        let committer = if volatile || options.manual_commit {
             None
         } else {
             let inner = Arc::clone(&inner);
@@ -325,7 +349,66 @@ impl Engine {
             persister,
             committer,
             timer,
+            ids: options.ids,
         })
+    }
+
+    /// With [`EngineOptions::manual_commit`]: takes every change recorded since the last
+    /// commit, commits it as one batch through the persister (one attempt), and publishes that
+    /// batch as durable, which lets the answers waiting for it leave. Returns how many changes
+    /// were committed (0 when nothing was pending). A failed commit stops the engine taking
+    /// writes, as on the committer thread. Without `manual_commit` the committer thread does
+    /// this on its own and this must not be called.
+    pub fn commit_pending(&self) -> Result<usize, PersistError> {
+        let (changes, batch) = {
+            let mut shared = self.inner.lock();
+            if let Some(reason) = &shared.failed {
+                return Err(PersistError(reason.clone()));
+            }
+            if !shared.core.has_changes() {
+                return Ok(0);
+            }
+            let changes = shared.core.drain_changes();
+            shared.dirty_since = None;
+            shared.sealed += 1;
+            (changes, shared.sealed)
+        };
+        let outcome = match self.persister.lock() {
+            Ok(mut persister) => persister.commit(&changes),
+            Err(_) => Err(PersistError("the persister's mutex is poisoned".into())),
+        };
+        match outcome {
+            Ok(()) => {
+                self.inner.commits.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .committed_changes
+                    .fetch_add(changes.len() as u64, Ordering::Relaxed);
+                self.inner.durable.send_modify(|state| state.seq = batch);
+                Ok(changes.len())
+            }
+            Err(error) => {
+                let reason = format!("a durable commit failed: {error}; restart the server");
+                self.inner.lock().failed = Some(reason.clone());
+                self.inner
+                    .durable
+                    .send_modify(|state| state.failed = Some(reason));
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads the lock table as it is in memory now, committed or not. For checkers (the
+    /// simulator compares what clients were told with what the table holds); answers to
+    /// clients go through the [`Store`] methods, which wait for durability.
+    pub fn inspect<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        f(&self.inner.lock().core)
+    }
+
+    fn random_id(&self) -> Result<[u8; 16], StoreError> {
+        match &self.ids {
+            Some(source) => Ok((source.0)()),
+            None => random_id(),
+        }
     }
 
     /// Runs a transition under the table's mutex. Returns its result and the batch that must be
@@ -760,6 +843,7 @@ impl Store for Engine {
     }
 
     async fn acquire(&self, args: AcquireArgs) -> Result<AcquireOutcome, StoreError> {
+        let request_id = args.request_id.clone();
         let command = Acquire {
             lock: args.lock,
             owner: args.owner,
@@ -772,14 +856,36 @@ impl Store for Engine {
             request_id: args.request_id,
             api_key: args.api_key,
             quota: args.quota,
-            lease_id: LeaseId(random_id()?),
-            ticket_id: TicketId(random_id()?),
+            lease_id: LeaseId(self.random_id()?),
+            ticket_id: TicketId(self.random_id()?),
         };
         let (acquired, required) =
             self.transact(|shared, now| shared.core.acquire(command, now))?;
         match acquired? {
             Acquired::Granted(lease) => {
-                self.durable(required).await?;
+                #[cfg(feature = "sim-bugs")]
+                if baton_core::sim_bugs::active(baton_core::sim_bugs::Bug::AckBeforeCommit) {
+                    return Ok(AcquireOutcome::Granted(lease));
+                }
+                // A retry of a queued request whose ticket has been granted collects the lease
+                // here, as a wait on the ticket would: if this answer never leaves (the caller
+                // went away), the table hears of it and hands the grant on rather than keeping
+                // it for its whole TTL (G5). Found by baton-sim.
+                let mut presence = match lease.ticket {
+                    Some(ticket)
+                        if lease.request_id.is_some() && lease.request_id == request_id =>
+                    {
+                        let mut presence = Presence::enter(&self.inner, ticket);
+                        presence.collected = true;
+                        Some(presence)
+                    }
+                    _ => None,
+                };
+                let durable = self.durable(required).await;
+                if let Some(presence) = &mut presence {
+                    presence.answered = true;
+                }
+                durable?;
                 Ok(AcquireOutcome::Granted(lease))
             }
             Acquired::Busy(holders) => {
@@ -788,6 +894,10 @@ impl Store for Engine {
             }
             Acquired::Queued(queued) => {
                 if args.wait.is_zero() {
+                    #[cfg(feature = "sim-bugs")]
+                    if baton_core::sim_bugs::active(baton_core::sim_bugs::Bug::QueueBeforeCommit) {
+                        return Ok(AcquireOutcome::Queued(queued));
+                    }
                     self.durable(required).await?;
                     return Ok(AcquireOutcome::Queued(queued));
                 }
@@ -890,7 +1000,7 @@ impl Store for Engine {
 
     async fn create_job(&self, args: CreateJobArgs) -> Result<JobCreated, StoreError> {
         let command = CreateJob {
-            job_id: JobId(random_id()?),
+            job_id: JobId(self.random_id()?),
             name: args.name,
             lock: args.lock,
             capacity: args.capacity,
@@ -905,8 +1015,8 @@ impl Store for Engine {
             batch: args.batch,
             api_key: args.api_key,
             quota: args.quota,
-            lease_id: LeaseId(random_id()?),
-            ticket_id: TicketId(random_id()?),
+            lease_id: LeaseId(self.random_id()?),
+            ticket_id: TicketId(self.random_id()?),
         };
         let (created, required) =
             self.transact(|shared, now| shared.core.create_job(command, now))?;

@@ -22,7 +22,7 @@ mod keys;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
-pub use engine::{Engine, EngineOptions, MemoryPersister, PersistError, Persister};
+pub use engine::{Engine, EngineOptions, IdSource, MemoryPersister, PersistError, Persister};
 pub use events::{EventHub, EventId, Published, Subscription};
 pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
 pub use store::{
