@@ -741,16 +741,33 @@ async fn a_standby_sends_subscribers_to_the_active() {
     // The Rust client, given the standby first, follows it to the active.
     let client = baton_client::Client::new(&format!("{},{}", standby.base, active.base)).unwrap();
     let mut stream = client.events(baton_client::EventOptions::default());
-    let next = tokio::spawn(async move { stream.next().await });
+    let next = tokio::spawn(async move {
+        let event = stream.next().await;
+        (stream, event)
+    });
     subscribers(&active, 1).await;
     let (status, lease) = acquire(&standby, None, "standby/a", json!({"owner": "s1"})).await;
+    assert_eq!(status, 200, "{lease}");
+    // The first subscriber stays connected while the second comes.
+    let (_first, event) = tokio::time::timeout(READ_LIMIT, next)
+        .await
+        .unwrap()
+        .unwrap();
+    let event = event.unwrap();
+    assert_eq!(event.lock.as_deref(), Some("standby/a"), "{event:?}");
+    // Given the standby alone (as behind a load balancer), it goes to the active it names.
+    let client = baton_client::Client::new(&standby.base).unwrap();
+    let mut stream = client.events(baton_client::EventOptions::default());
+    let next = tokio::spawn(async move { stream.next().await });
+    subscribers(&active, 2).await;
+    let (status, lease) = acquire(&standby, None, "standby/b", json!({"owner": "s2"})).await;
     assert_eq!(status, 200, "{lease}");
     let event = tokio::time::timeout(READ_LIMIT, next)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(event.lock.as_deref(), Some("standby/a"), "{event:?}");
+    assert_eq!(event.lock.as_deref(), Some("standby/b"), "{event:?}");
     drop(standby);
     drop(active);
 }
