@@ -437,6 +437,58 @@ async fn another_teams_key_sees_none_of_its_events() {
 }
 
 #[tokio::test]
+async fn revoking_a_key_ends_its_streams() {
+    let server = Server::start(&[]).await;
+    let (status, admin) = call(
+        &server,
+        None,
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "admin", "grants": ["admin:"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{admin}");
+    let admin = str_of(&admin["secret"], "secret").to_owned();
+    let (status, reader) = call(
+        &server,
+        Some(&admin),
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "reader", "grants": ["read:"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reader}");
+    let reader_id = str_of(&reader["key"]["id"], "key.id").to_owned();
+    let reader = str_of(&reader["secret"], "secret").to_owned();
+    let mut stream = subscribe(&server, "", Some(&reader), None).await;
+    let (status, lease) = acquire(&server, Some(&admin), "revoked/a", json!({"owner": "r"})).await;
+    assert_eq!(status, 200, "{lease}");
+    assert_eq!(kinds(&stream.take(1).await), vec!["granted r"]);
+    let (status, body) = call(
+        &server,
+        Some(&admin),
+        "DELETE",
+        &format!("/v1/keys/{reader_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The stream ends (within a second or so; bounded by READ_LIMIT) and told nothing more.
+    let (status, lease) = acquire(&server, Some(&admin), "revoked/b", json!({"owner": "s"})).await;
+    assert_eq!(status, 200, "{lease}");
+    let mut after = Vec::new();
+    while let Some(message) = stream.next().await {
+        after.push(message);
+    }
+    assert!(
+        after
+            .iter()
+            .all(|message| message.data["lock"] != "revoked/b"),
+        "a revoked key was told of a later event: {after:?}"
+    );
+}
+
+#[tokio::test]
 async fn last_event_id_resumes_with_exactly_the_missed_events() {
     let server = Server::start(&[]).await;
     let mut stream = subscribe(&server, "", None, None).await;
