@@ -437,6 +437,43 @@ async fn another_teams_key_sees_none_of_its_events() {
 }
 
 #[tokio::test]
+async fn lapses_and_revocations_are_told() {
+    let server = Server::start(&["--ticket-lapse", "500ms"]).await;
+    let mut stream = subscribe(&server, "", None, None).await;
+    let (status, held) = acquire(&server, None, "rv/a", json!({"owner": "holder"})).await;
+    assert_eq!(status, 200, "{held}");
+    // Queued, and nobody waits on the ticket: it lapses.
+    let (status, ticket) = acquire(
+        &server,
+        None,
+        "rv/a",
+        json!({"owner": "idle", "queue": true}),
+    )
+    .await;
+    assert_eq!(status, 202, "{ticket}");
+    let first = stream.take(3).await;
+    assert_eq!(
+        kinds(&first),
+        vec!["granted holder", "queued idle", "left_queue idle"]
+    );
+    assert_eq!(first[2].data["reason"], "lapsed");
+    let token = held["lease"]["token"].clone();
+    let (status, body) = call(
+        &server,
+        None,
+        "POST",
+        &lock_path("rv/a", "/revoke"),
+        Some(json!({"token": token})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let revoked = stream.take(1).await;
+    assert_eq!(kinds(&revoked), vec!["revoked holder"]);
+    assert_eq!(revoked[0].data["token"], token);
+    check_ids(&[first, revoked].concat());
+}
+
+#[tokio::test]
 async fn revoking_a_key_ends_its_streams() {
     let server = Server::start(&[]).await;
     let (status, admin) = call(
