@@ -437,6 +437,95 @@ async fn another_teams_key_sees_none_of_its_events() {
 }
 
 #[tokio::test]
+async fn lapses_and_revocations_are_told() {
+    let server = Server::start(&["--ticket-lapse", "500ms"]).await;
+    let mut stream = subscribe(&server, "", None, None).await;
+    let (status, held) = acquire(&server, None, "rv/a", json!({"owner": "holder"})).await;
+    assert_eq!(status, 200, "{held}");
+    // Queued, and nobody waits on the ticket: it lapses.
+    let (status, ticket) = acquire(
+        &server,
+        None,
+        "rv/a",
+        json!({"owner": "idle", "queue": true}),
+    )
+    .await;
+    assert_eq!(status, 202, "{ticket}");
+    let first = stream.take(3).await;
+    assert_eq!(
+        kinds(&first),
+        vec!["granted holder", "queued idle", "left_queue idle"]
+    );
+    assert_eq!(first[2].data["reason"], "lapsed");
+    let token = held["lease"]["token"].clone();
+    let (status, body) = call(
+        &server,
+        None,
+        "POST",
+        &lock_path("rv/a", "/revoke"),
+        Some(json!({"token": token})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let revoked = stream.take(1).await;
+    assert_eq!(kinds(&revoked), vec!["revoked holder"]);
+    assert_eq!(revoked[0].data["token"], token);
+    check_ids(&[first, revoked].concat());
+}
+
+#[tokio::test]
+async fn revoking_a_key_ends_its_streams() {
+    let server = Server::start(&[]).await;
+    let (status, admin) = call(
+        &server,
+        None,
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "admin", "grants": ["admin:"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{admin}");
+    let admin = str_of(&admin["secret"], "secret").to_owned();
+    let (status, reader) = call(
+        &server,
+        Some(&admin),
+        "POST",
+        "/v1/keys",
+        Some(json!({"name": "reader", "grants": ["read:"]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{reader}");
+    let reader_id = str_of(&reader["key"]["id"], "key.id").to_owned();
+    let reader = str_of(&reader["secret"], "secret").to_owned();
+    let mut stream = subscribe(&server, "", Some(&reader), None).await;
+    let (status, lease) = acquire(&server, Some(&admin), "revoked/a", json!({"owner": "r"})).await;
+    assert_eq!(status, 200, "{lease}");
+    assert_eq!(kinds(&stream.take(1).await), vec!["granted r"]);
+    let (status, body) = call(
+        &server,
+        Some(&admin),
+        "DELETE",
+        &format!("/v1/keys/{reader_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    // The stream ends (within a second or so; bounded by READ_LIMIT) and told nothing more.
+    let (status, lease) = acquire(&server, Some(&admin), "revoked/b", json!({"owner": "s"})).await;
+    assert_eq!(status, 200, "{lease}");
+    let mut after = Vec::new();
+    while let Some(message) = stream.next().await {
+        after.push(message);
+    }
+    assert!(
+        after
+            .iter()
+            .all(|message| message.data["lock"] != "revoked/b"),
+        "a revoked key was told of a later event: {after:?}"
+    );
+}
+
+#[tokio::test]
 async fn last_event_id_resumes_with_exactly_the_missed_events() {
     let server = Server::start(&[]).await;
     let mut stream = subscribe(&server, "", None, None).await;
@@ -741,16 +830,33 @@ async fn a_standby_sends_subscribers_to_the_active() {
     // The Rust client, given the standby first, follows it to the active.
     let client = baton_client::Client::new(&format!("{},{}", standby.base, active.base)).unwrap();
     let mut stream = client.events(baton_client::EventOptions::default());
-    let next = tokio::spawn(async move { stream.next().await });
+    let next = tokio::spawn(async move {
+        let event = stream.next().await;
+        (stream, event)
+    });
     subscribers(&active, 1).await;
     let (status, lease) = acquire(&standby, None, "standby/a", json!({"owner": "s1"})).await;
+    assert_eq!(status, 200, "{lease}");
+    // The first subscriber stays connected while the second comes.
+    let (_first, event) = tokio::time::timeout(READ_LIMIT, next)
+        .await
+        .unwrap()
+        .unwrap();
+    let event = event.unwrap();
+    assert_eq!(event.lock.as_deref(), Some("standby/a"), "{event:?}");
+    // Given the standby alone (as behind a load balancer), it goes to the active it names.
+    let client = baton_client::Client::new(&standby.base).unwrap();
+    let mut stream = client.events(baton_client::EventOptions::default());
+    let next = tokio::spawn(async move { stream.next().await });
+    subscribers(&active, 2).await;
+    let (status, lease) = acquire(&standby, None, "standby/b", json!({"owner": "s2"})).await;
     assert_eq!(status, 200, "{lease}");
     let event = tokio::time::timeout(READ_LIMIT, next)
         .await
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(event.lock.as_deref(), Some("standby/a"), "{event:?}");
+    assert_eq!(event.lock.as_deref(), Some("standby/b"), "{event:?}");
     drop(standby);
     drop(active);
 }

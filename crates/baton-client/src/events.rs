@@ -5,6 +5,7 @@
 //! server says so with a [`proto::EventKind::Missed`] event, which `next` returns like any other:
 //! read the state afresh then.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use baton_proto as proto;
@@ -174,16 +175,22 @@ impl EventStream {
         if let Some(prefix) = &self.prefix {
             query = format!("?prefix={}", encode_segment(prefix));
         }
+        // The servers to try, the preferred first; a standby's answer puts the active it names
+        // in front: one of ours, or (behind a load balancer, say) a URL of its own. The stream
+        // is served by the active only (standbys do not relay it).
+        let mut queue: VecDeque<(String, Option<usize>)> = (0..bases.len())
+            .map(|offset| (start + offset) % bases.len())
+            .map(|index| (bases[index].clone(), Some(index)))
+            .collect();
+        let mut tried: Vec<String> = Vec::new();
         let mut failures = Vec::new();
-        let mut tried = vec![false; bases.len()];
-        let mut next = Some(start);
         let mut last_error = None;
-        while let Some(index) = next.take() {
-            tried[index] = true;
-            next = (1..bases.len())
-                .map(|offset| (index + offset) % bases.len())
-                .find(|&candidate| !tried[candidate]);
-            let url = format!("{}/v1/events{query}", bases[index]);
+        while let Some((base, index)) = queue.pop_front() {
+            if tried.iter().any(|done| same_base(done, &base)) {
+                continue;
+            }
+            tried.push(base.clone());
+            let url = format!("{}/v1/events{query}", base.trim_end_matches('/'));
             let mut request = http.get(&url).header("accept", "text/event-stream");
             if let Some(authorization) = authorization {
                 request = request.header(AUTHORIZATION, authorization.clone());
@@ -193,7 +200,9 @@ impl EventStream {
             }
             match request.send().await {
                 Ok(response) if response.status() == StatusCode::OK => {
-                    self.client.prefer(index);
+                    if let Some(index) = index {
+                        self.client.prefer(index);
+                    }
                     self.buffer.clear();
                     self.response = Some((response, url));
                     return Ok(());
@@ -201,12 +210,9 @@ impl EventStream {
                 Ok(response) => {
                     let status = response.status();
                     let body = read_body(response, &url).await?;
-                    // A standby names the active: try it next, if it is one of ours.
-                    if let Some(Some(active)) = standby_of(status, &body)
-                        && let Some(named) = bases.iter().position(|base| same_base(base, &active))
-                        && !tried[named]
-                    {
-                        next = Some(named);
+                    if let Some(Some(active)) = standby_of(status, &body) {
+                        let ours = bases.iter().position(|known| same_base(known, &active));
+                        queue.push_front((active, ours));
                     }
                     let error = Error::from_response(&url, status.as_u16(), &body);
                     if !error.is_retryable() {
@@ -214,7 +220,7 @@ impl EventStream {
                     }
                     last_error = Some(error);
                 }
-                Err(error) => failures.push(format!("{}: {}", bases[index], describe(&error))),
+                Err(error) => failures.push(format!("{base}: {}", describe(&error))),
             }
         }
         Err(last_error.unwrap_or_else(|| Error::Unavailable {

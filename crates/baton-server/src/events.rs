@@ -8,9 +8,9 @@
 //! what the buffer held, then a final `dropped` event, and ends. So a slow subscriber costs a
 //! bounded buffer and never slows the engine or other subscribers.
 //!
-//! A comment line goes out every [`KEEP_ALIVE`] so proxies keep the connection open; at the same
-//! time the pump checks that the caller's key was not revoked meanwhile (the stream ends if it
-//! was). Resuming: the `Last-Event-ID` header (what browsers' `EventSource` sends when it
+//! A comment line goes out every [`KEEP_ALIVE`] so proxies keep the connection open. The pump
+//! checks that the caller's key is still in force before each event and every second (the
+//! stream ends once it is revoked). Resuming: the `Last-Event-ID` header (what browsers' `EventSource` sends when it
 //! reconnects) continues after that event if it is still in the feed's window; otherwise the
 //! stream starts with one `missed` event. The stream is served by the active server only: a
 //! standby answers `503 not_active` naming the active (the feed lives in the active's engine).
@@ -28,13 +28,15 @@ use baton_proto::{self as proto, ErrorCode};
 use baton_store::{EventId, Published};
 use tokio::sync::{broadcast, mpsc};
 
-use crate::auth::{Auth, Caller};
+use crate::auth::{Auth, Caller, KeySet};
 use crate::error::ApiError;
 use crate::extract::QueryMap;
 use crate::routes::{AppState, timestamp};
 
 /// How often a keep-alive comment is sent.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
+/// How often a subscriber's key is checked: a revoked key's streams end within this.
+const KEY_CHECK: Duration = Duration::from_secs(1);
 /// How many events may wait for a subscriber before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 1_024;
 
@@ -85,6 +87,8 @@ pub async fn events(
     let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
     let dropped = Arc::new(AtomicBool::new(false));
     let pump = Pump {
+        key_id: caller.key_id(),
+        checked: std::sync::Mutex::new(None),
         caller,
         auth: Arc::clone(&state.auth),
         prefix,
@@ -130,6 +134,10 @@ pub async fn events(
 
 struct Pump {
     caller: Caller,
+    /// The caller's key's id (`None` on a server without keys).
+    key_id: Option<String>,
+    /// The key set last checked, and whether the key was in force in it.
+    checked: std::sync::Mutex<Option<(Arc<KeySet>, bool)>>,
     auth: Arc<Auth>,
     prefix: String,
     stream: String,
@@ -179,6 +187,8 @@ impl Pump {
         }
         let mut keep_alive = tokio::time::interval(KEEP_ALIVE);
         keep_alive.tick().await;
+        let mut key_check = tokio::time::interval(KEY_CHECK);
+        key_check.tick().await;
         loop {
             tokio::select! {
                 received = live.recv() => match received {
@@ -189,32 +199,48 @@ impl Pump {
                     Err(broadcast::error::RecvError::Closed) => return Err(Stop::Ended),
                 },
                 () = self.sender.closed() => return Err(Stop::Ended),
-                _ = keep_alive.tick() => {
+                _ = keep_alive.tick() => self.offer(": keep-alive\n\n".to_owned())?,
+                _ = key_check.tick() => {
                     if !self.key_in_force() {
                         return Err(Stop::Ended);
                     }
-                    self.offer(": keep-alive\n\n".to_owned())?;
                 }
             }
         }
     }
 
+    /// Whether the caller's key is still in force: checked before every event, so that an
+    /// event published after a revocation answered never reaches the revoked key. Cheap: the
+    /// key set is scanned again only when it was replaced since the last check.
     fn key_in_force(&self) -> bool {
-        match self.caller.key_id() {
-            None => true,
-            Some(id) => self
-                .auth
-                .current()
-                .keys
-                .iter()
-                .any(|(key, _)| key.id == id && key.revoked_at.is_none()),
+        let Some(id) = &self.key_id else {
+            return true;
+        };
+        let current = self.auth.current();
+        let mut checked = match self.checked.lock() {
+            Ok(checked) => checked,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if let Some((set, in_force)) = &*checked
+            && Arc::ptr_eq(set, &current)
+        {
+            return *in_force;
         }
+        let in_force = current
+            .keys
+            .iter()
+            .any(|(key, _)| key.id == *id && key.revoked_at.is_none());
+        *checked = Some((current, in_force));
+        in_force
     }
 
     fn forward(&self, published: &Published) -> Result<(), Stop> {
         let lock = published.event.lock().as_str();
         if !lock.starts_with(self.prefix.as_str()) || !self.caller.sees(lock) {
             return Ok(());
+        }
+        if !self.key_in_force() {
+            return Err(Stop::Ended);
         }
         let wire = event_wire(&self.stream, published);
         self.offer(frame(&wire))
