@@ -19,6 +19,7 @@
 //! `docs/benchmarks.md`. This is a program to run by hand, never a timed test.
 
 mod clients;
+mod failover;
 mod metrics;
 mod minimal;
 mod pg;
@@ -103,8 +104,9 @@ struct Cli {
     /// 10,000 parked waiters); same as adding `--workload scale`.
     #[arg(long)]
     scale: bool,
-    /// Workloads to run, comma-separated: `default` (uncontended and contended) and/or `scale`
-    /// (baton only, opt-in) [default: default].
+    /// Workloads to run, comma-separated: `default` (uncontended and contended), `scale`
+    /// (baton only, opt-in) and/or `failover` (three baton servers on the PostgreSQL database,
+    /// opt-in) [default: default].
     #[arg(long, value_delimiter = ',')]
     workload: Option<Vec<String>>,
     /// Scale workload: leases held, one lock each.
@@ -119,6 +121,12 @@ struct Cli {
     /// Scale workload: client tasks taking leases, queueing waiters and renewing.
     #[arg(long, default_value_t = 64)]
     scale_pool: usize,
+    /// Fail-over workload: how many times the active server is killed.
+    #[arg(long, default_value_t = 10)]
+    failover_trials: usize,
+    /// Fail-over workload: the servers' `--leader-ttl`.
+    #[arg(long, default_value = "4s", value_parser = humantime::parse_duration)]
+    failover_leader_ttl: Duration,
     /// Internal: serve the minimal lock server on this loopback port and do nothing else.
     #[arg(long, hide = true)]
     serve_minimal: Option<u16>,
@@ -232,12 +240,14 @@ async fn run(cli: Cli) -> Result<()> {
         }
     };
     let (mut run_default, mut run_scale) = (cli.workload.is_none(), cli.scale);
+    let mut run_failover = false;
     for w in cli.workload.iter().flatten().map(|w| w.trim()) {
         match w {
             "default" => run_default = true,
             "scale" => run_scale = true,
+            "failover" => run_failover = true,
             "" => {}
-            _ => bail!("unknown workload {w:?}; expected default or scale"),
+            _ => bail!("unknown workload {w:?}; expected default, scale or failover"),
         }
     }
     let bounds = Bounds {
@@ -485,6 +495,20 @@ async fn run(cli: Cli) -> Result<()> {
                 }
             }
             drop(target);
+        }
+    }
+
+    if run_failover {
+        let failover_opts = failover::FailoverOptions {
+            baton_bin: opts.baton_bin.clone(),
+            database_url: cli.database_url.clone(),
+            trials: cli.failover_trials.max(1),
+            leader_ttl: cli.failover_leader_ttl,
+        };
+        let say = |msg: &str| progress!(quiet, "{msg}");
+        match failover::run(&failover_opts, &say).await {
+            Ok(result) => scale_table.push_str(&result.table),
+            Err(e) => progress!(quiet, "failover failed: {e:#}"),
         }
     }
 
