@@ -117,6 +117,24 @@ async fn call(
         .await
         .unwrap_or_else(|error| panic!("{method} {path}: {error}\n{}", server.log_text()));
     let status = response.status().as_u16();
+    let streaming = response
+        .headers()
+        .get("content-type")
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.starts_with("text/event-stream"));
+    if streaming {
+        // An event stream never ends: what it sends within half a second is its answer
+        // (checked, as text, for anything of team-b's).
+        let mut response = response;
+        let mut text = Vec::new();
+        let read = async {
+            while let Ok(Some(chunk)) = response.chunk().await {
+                text.extend_from_slice(&chunk);
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(500), read).await;
+        return (status, Value::String(String::from_utf8_lossy(&text).into_owned()));
+    }
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
@@ -534,6 +552,16 @@ fn cases(t: &Tenants, v: &Victim) -> Vec<Case> {
     let deploy = |suffix: &str| lock_path("team-b/deploy", suffix);
     vec![
         case("GET", "/v1/locks", "/v1/locks".into(), None, 200, 200),
+        // The event stream answers every key with what it may read: nothing of team-b's for
+        // the attacker, even when it asks for team-b's prefix.
+        case(
+            "GET",
+            "/v1/events",
+            "/v1/events?prefix=team-b/".into(),
+            None,
+            200,
+            200,
+        ),
         case("GET", "/v1/locks/{name}", deploy(""), None, 403, 200),
         case(
             "POST",
