@@ -133,7 +133,10 @@ async fn call(
             }
         };
         let _ = tokio::time::timeout(Duration::from_millis(500), read).await;
-        return (status, Value::String(String::from_utf8_lossy(&text).into_owned()));
+        return (
+            status,
+            Value::String(String::from_utf8_lossy(&text).into_owned()),
+        );
     }
     let text = response.text().await.unwrap();
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
