@@ -2,7 +2,9 @@
 //! PostgreSQL schema, one active and two standbys. Each trial kills the active with SIGKILL and
 //! measures the time from the kill to the first grant answered by a standby that became the
 //! active (probing the survivors every 10 ms with a fresh lock each time), then starts a new
-//! server in the dead one's place so the next trial again has two standbys. Reports the p50 and
+//! server in the dead one's place so the next trial again has two standbys. Kills come at ten
+//! different moments of the active's renewal period, after it has held the leadership for a
+//! lease at least. Reports the p50 and
 //! the maximum over the trials, one JSON line per trial and one summary line.
 
 use std::path::PathBuf;
@@ -153,6 +155,12 @@ async fn trials(
     }
     let mut took = Vec::new();
     for trial in 0..opts.trials {
+        // Kill at a spread of moments in the active's renewal period (it renews every quarter
+        // of the lease): right after a takeover the lease is fresh, which would measure only
+        // the worst case. A lease and a varied part of a period go by first.
+        let period = opts.leader_ttl / 4;
+        let phase = period.mul_f64(((trial * 7) % 10) as f64 / 10.0);
+        tokio::time::sleep(opts.leader_ttl + phase).await;
         let active = active(http, &nodes).await?;
         let victim = nodes.remove(active);
         let killed = Instant::now();
