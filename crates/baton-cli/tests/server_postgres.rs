@@ -1,8 +1,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Several real `baton server` processes sharing one PostgreSQL database (`--database URL
 //! --database-schema S`): G1 (safety), G3 (fencing) and G4 (fairness) must hold across
-//! servers, a kill -9 of one server must cost its clients nothing but a fail-over, and a server
-//! whose own clock is off by an hour must still expire leases by the database's clock.
+//! servers (one is the active server, the others standbys that forward to it), a kill -9 of one
+//! server must cost its clients nothing but a fail-over, and a standby whose own clock is off by
+//! an hour must still show and renew leases by the active's clock.
 //!
 //! Every test needs PostgreSQL ([`testing::available`] skips it plainly without one, or fails
 //! it under `BATON_REQUIRE_POSTGRES=1`), works in a schema of its own and drops it at the end,
