@@ -511,6 +511,19 @@ async fn kill9_one_server_mid_load() {
     bounded(async {
         let schema = Schema::new(&url, "kill9");
         let mut servers = start_three(&schema).await;
+        // The victim is a standby: killing it must cost its clients nothing but moving to
+        // another server, and the others nothing at all. (Killing the active costs everyone a
+        // fail-over of about a leadership lease: crates/baton-cli/tests/failover.rs.)
+        let active = eventually("one active server", Duration::from_secs(30), async || {
+            for (index, server) in servers.iter().enumerate() {
+                if server.get("/readyz").await.0 == 200 {
+                    return Some(index);
+                }
+            }
+            None
+        })
+        .await;
+        servers.swap(0, (active + 1) % 3);
         let bases: Vec<String> = servers.iter().map(|server| server.base.clone()).collect();
         let victim = bases[0].clone();
         let name = "pg/kill";
