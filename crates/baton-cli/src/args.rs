@@ -340,6 +340,22 @@ pub struct ServerArgs {
     #[arg(long, env = "BATON_ALLOW_UNAUTHENTICATED")]
     pub allow_unauthenticated: bool,
 
+    /// How log lines look on stderr: `text` for people, `json` (one object per line) for log
+    /// collectors. BATON_LOG sets the level (`info` by default).
+    #[arg(
+        long,
+        env = "BATON_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text,
+        value_name = "FORMAT"
+    )]
+    pub log_format: LogFormat,
+
+    /// Do not log a line per request (at `info`, target `baton::request`: method, route,
+    /// status, duration, key id, request id).
+    #[arg(long, env = "BATON_NO_REQUEST_LOG")]
+    pub no_request_log: bool,
+
     /// API keys to accept from start: a TOML file of `[[key]]` tables (name, secret_sha256,
     /// grants, rate_per_sec), as `baton keys create --offline` prints them.
     #[arg(long, env = "BATON_KEYS_FILE", value_name = "FILE")]
@@ -452,6 +468,15 @@ pub struct ServerArgs {
     /// The private key of --tls-cert (PEM: PKCS#8, PKCS#1 or SEC1).
     #[arg(long, env = "BATON_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
     pub tls_key: Option<PathBuf>,
+}
+
+/// The log format of `baton server --log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// The store of `baton server --store`.

@@ -20,8 +20,8 @@ pub use ids::{
     validate_owner, validate_request_id,
 };
 pub use state::{
-    Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, KeyQuota, KeyUsage,
-    Lease, LeaseEnd, LeaseError, LockRecord, LockView, QueuedTicket, Quota, Released,
+    Acquire, AcquireError, Acquired, Cancelled, Change, Config, Gauges, HistoryRecord, KeyQuota,
+    KeyUsage, Lease, LeaseEnd, LeaseError, LockRecord, LockView, QueuedTicket, Quota, Released,
     RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus,
     TokenError, WaiterLeft, key_default_of,
 };

@@ -625,6 +625,21 @@ struct EndedTicket {
     collected: bool,
 }
 
+/// Totals of the table at one moment ([`State::gauges`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Locks known.
+    pub locks: usize,
+    /// Live leases (holders).
+    pub leases: usize,
+    /// Queued tickets (waiters).
+    pub waiters: usize,
+    /// Locks with a lock-delay in force: a slot held back after an unclean end.
+    pub locks_delayed: usize,
+    /// Job records in each state, in the order of [`JobState::ALL`].
+    pub jobs: [usize; JobState::ALL.len()],
+}
+
 /// The lock table. See the module documentation.
 #[derive(Debug, Clone)]
 pub struct State {
@@ -1958,6 +1973,29 @@ impl State {
     /// How many locks, live leases and queued tickets the table holds.
     pub fn counts(&self) -> (usize, usize, usize) {
         (self.locks.len(), self.leases.len(), self.tickets.len())
+    }
+
+    /// What `/metrics` shows of the table at `now`: totals only, nothing per lock, so the
+    /// series stay few however many locks there are. Walks the locks and the jobs (a scrape's
+    /// cost, not a request's).
+    pub fn gauges(&self, now: Millis) -> Gauges {
+        let mut gauges = Gauges {
+            locks: self.locks.len(),
+            leases: self.leases.len(),
+            waiters: self.tickets.len(),
+            ..Gauges::default()
+        };
+        for entry in self.locks.values() {
+            if entry.delayed(now) && entry.delayed_slots > 0 {
+                gauges.locks_delayed += 1;
+            }
+        }
+        for job in self.jobs.values() {
+            if let Some(index) = JobState::ALL.iter().position(|state| *state == job.state) {
+                gauges.jobs[index] += 1;
+            }
+        }
+        gauges
     }
 
     /// Checks every structural invariant; panics with a description if one is broken. Cheap

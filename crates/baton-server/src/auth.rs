@@ -594,8 +594,15 @@ pub async fn authenticate(
         }
         Caller { key: None }
     };
+    let key_id = caller.key_id();
     request.extensions_mut().insert(caller);
-    next.run(request).await
+    let mut response = next.run(request).await;
+    if let Some(id) = key_id {
+        response
+            .extensions_mut()
+            .insert(crate::telemetry::KeySeen(id));
+    }
+    response
 }
 
 /// Whether a server without keys answers `Host: host`: an IP address (a page reached through a

@@ -21,6 +21,7 @@ mod keys;
 mod listen;
 mod openapi;
 mod routes;
+mod telemetry;
 mod tls;
 
 use std::net::SocketAddr;
@@ -36,6 +37,7 @@ use baton_store_sqlite::SqlitePersister;
 pub use error::ApiError;
 pub use extract::{BODY_BYTES_MAX, BODY_READ_TIMEOUT_MS_DEFAULT};
 pub use routes::{AppState, HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX, router};
+pub use telemetry::{REQUEST_ID_HEADER, Telemetry};
 pub use tls::{TlsFiles, TlsSetupError};
 
 /// Which store keeps the server's state.
@@ -118,6 +120,9 @@ pub struct ServerConfig {
     /// a web page cannot reach a keyless server through a DNS-rebinding name. Ignored once keys
     /// are in force.
     pub allowed_hosts: Vec<String>,
+    /// One `info` line per request (method, route, status, duration, key id, request id),
+    /// target `baton::request`.
+    pub request_log: bool,
     /// The PostgreSQL database (with [`StoreKind::Postgres`]).
     pub database_url: Option<String>,
     /// The schema holding baton's tables in that database; servers that share state use the
@@ -187,6 +192,7 @@ impl ServerConfig {
             max_header_bytes: MAX_HEADER_BYTES_DEFAULT,
             body_read_timeout_ms: extract::BODY_READ_TIMEOUT_MS_DEFAULT,
             allowed_hosts: Vec::new(),
+            request_log: true,
             database_url: None,
             database_schema: "baton".into(),
             database_pool: 16,
@@ -359,10 +365,12 @@ async fn run_with(
         Arc::clone(&auth),
         std::time::Duration::from_millis(config.key_reload_ms.max(1)),
     );
+    let telemetry = Arc::new(Telemetry::new(Arc::clone(&store), config.request_log));
     let app = router(AppState {
         store: Arc::clone(&store),
         default_ttl_ms: config.default_ttl_ms,
         auth,
+        telemetry: Arc::clone(&telemetry),
     })
     .layer(axum::Extension(extract::BodyReadTimeout(
         std::time::Duration::from_millis(config.body_read_timeout_ms.max(1)),
@@ -373,7 +381,11 @@ async fn run_with(
         max_header_bytes: config.max_header_bytes.max(MAX_HEADER_BYTES_MIN),
         shutdown_grace: SHUTDOWN_GRACE,
     };
-    listen::serve(listener, app, limits, tls, shutdown).await;
+    let counted = listen::Counted {
+        open: telemetry.connections.clone(),
+        refused: telemetry.refused.clone(),
+    };
+    listen::serve(listener, app, limits, counted, tls, shutdown).await;
     reloader.abort();
     store.shutdown().await;
     Ok(())

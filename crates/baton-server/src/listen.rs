@@ -27,6 +27,8 @@ use axum::Router;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -47,11 +49,33 @@ pub(crate) struct Limits {
     pub shutdown_grace: Duration,
 }
 
+/// The listener's figures for `/metrics`.
+#[derive(Debug, Clone)]
+pub(crate) struct Counted {
+    /// Connections open now.
+    pub open: Gauge,
+    /// Connections refused at the limit.
+    pub refused: Counter,
+}
+
+/// A connection's place under the limit: counted as open until it is dropped.
+struct Slot {
+    _permit: OwnedSemaphorePermit,
+    open: Gauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
 /// Serves `app` on `listener` until `shutdown` completes, then shuts down as the module says.
 pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
+    counted: Counted,
     tls: Option<TlsAcceptor>,
     shutdown: impl Future<Output = ()> + Send,
 ) {
@@ -79,6 +103,7 @@ pub(crate) async fn serve(
                         refuse(&stream);
                     }
                     drop(stream);
+                    counted.refused.inc();
                     refused += 1;
                     if last_warning.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
                         tracing::warn!(
@@ -91,6 +116,8 @@ pub(crate) async fn serve(
                     }
                     continue;
                 };
+                counted.open.inc();
+                let permit = Slot { _permit: permit, open: counted.open.clone() };
                 connections.spawn(connection(
                     stream,
                     tls.clone(),
@@ -126,7 +153,7 @@ async fn connection(
     app: Router,
     limits: Limits,
     mut stopping: watch::Receiver<bool>,
-    _permit: OwnedSemaphorePermit,
+    _slot: Slot,
 ) {
     // Answers to long-polls are small and late: send them at once.
     let _ = stream.set_nodelay(true);

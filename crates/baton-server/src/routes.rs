@@ -38,6 +38,8 @@ pub struct AppState {
     pub default_ttl_ms: u64,
     /// The API keys in force and their rate limits.
     pub auth: Arc<Auth>,
+    /// `/metrics` and the request log.
+    pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// The `/v1` routes plus health, readiness and the OpenAPI document.
@@ -76,6 +78,11 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             Arc::clone(&state.auth),
             crate::auth::authenticate,
+        ))
+        // Outermost: counts, times and logs every answer, refusals by authentication too.
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state.telemetry),
+            crate::telemetry::observe,
         ))
         .with_state(state)
 }
@@ -707,99 +714,21 @@ async fn readyz(State(state): State<AppState>) -> Response {
 
 /// Prometheus text exposition of the store's counters. Written by hand: a handful of counters
 /// and gauges do not justify a metrics library.
+/// Prometheus text: the HTTP series, connections, and the store's series (see `telemetry`).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "The server's metrics in the OpenMetrics text \
+        format (Prometheus reads it): requests by route and status and their latency \
+        histograms, connections, locks, leases, waiters, locks in lock-delay, jobs by state, \
+        lease grants, releases, expiries and revocations, queue entries and exits, job \
+        transitions by state, the commit latency histogram, event subscribers, leadership. \
+        No series has a per-lock label.", content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<AppState>) -> Response {
-    let stats = state.store.stats();
-    let kind = state.store.kind();
-    let mut text = String::new();
-    let mut metric = |name: &str, kind_of: &str, help: &str, value: String| {
-        text.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind_of}\n{name}{{store=\"{kind}\"}} {value}\n"
-        ));
-    };
-    metric(
-        "baton_locks",
-        "gauge",
-        "Locks known.",
-        stats.locks.to_string(),
-    );
-    metric(
-        "baton_leases",
-        "gauge",
-        "Live leases.",
-        stats.leases.to_string(),
-    );
-    metric(
-        "baton_waiters",
-        "gauge",
-        "Queued tickets.",
-        stats.waiters.to_string(),
-    );
-    metric(
-        "baton_transitions_total",
-        "counter",
-        "Transitions run against the lock table.",
-        stats.transitions.to_string(),
-    );
-    metric(
-        "baton_commits_total",
-        "counter",
-        "Durable commits (each shared by every request that arrived while the previous one ran).",
-        stats.commits.to_string(),
-    );
-    metric(
-        "baton_committed_changes_total",
-        "counter",
-        "Changes written by durable commits.",
-        stats.committed_changes.to_string(),
-    );
-    metric(
-        "baton_commit_seconds_total",
-        "counter",
-        "Time spent in durable commits.",
-        format!("{:.6}", stats.commit_micros as f64 / 1e6),
-    );
-    metric(
-        "baton_event_subscribers",
-        "gauge",
-        "Subscribers of GET /v1/events connected now.",
-        crate::events::SUBSCRIBERS
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .to_string(),
-    );
-    metric(
-        "baton_event_subscribers_dropped_total",
-        "counter",
-        "Subscribers of GET /v1/events dropped for falling behind.",
-        crate::events::DROPPED
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .to_string(),
-    );
-    if let Some(leadership) = state.store.leadership() {
-        metric(
-            "baton_active",
-            "gauge",
-            "1 while this server is the active one of its database, 0 while it is a standby.",
-            u8::from(leadership.active).to_string(),
-        );
-        metric(
-            "baton_leader_epoch",
-            "gauge",
-            "The newest leadership epoch this server knows.",
-            leadership.epoch.to_string(),
-        );
-        metric(
-            "baton_takeovers_total",
-            "counter",
-            "How many times this server became the active one.",
-            leadership.takeovers.to_string(),
-        );
-    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        text,
+        state.telemetry.encode(),
     )
         .into_response()
 }
@@ -831,6 +760,7 @@ async fn openapi() -> Response {
         history,
         healthz,
         readyz,
+        metrics,
         crate::jobs::create,
         crate::jobs::list,
         crate::jobs::get_one,

@@ -32,7 +32,10 @@ use tokio::sync::{Notify, futures::OwnedNotified, watch};
 use crate::clock::Clock;
 use crate::events::{EVENT_WINDOW, EventHub};
 use crate::keys::{ApiKey, AuditEntry};
-use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError, StoreStats};
+use crate::store::{
+    AcquireArgs, AcquireOutcome, COMMIT_BUCKETS_MICROS, CreateJobArgs, Store, StoreError,
+    StoreStats, commit_bucket,
+};
 
 /// A failure to load or commit.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -255,6 +258,8 @@ struct Inner {
     commits: AtomicU64,
     committed_changes: AtomicU64,
     commit_micros: AtomicU64,
+    /// Commits by duration ([`StoreStats::commit_buckets`]).
+    commit_buckets: [AtomicU64; COMMIT_BUCKETS_MICROS.len() + 1],
     transitions: AtomicU64,
     /// Where the table's events go once durable.
     events: Arc<EventHub>,
@@ -320,6 +325,7 @@ impl Engine {
             commits: AtomicU64::new(0),
             committed_changes: AtomicU64::new(0),
             commit_micros: AtomicU64::new(0),
+            commit_buckets: Default::default(),
             transitions: AtomicU64::new(0),
             events: Arc::new(EventHub::new(
                 hex_id(&random_id().map_err(|error| PersistError(error.to_string()))?[..8]),
@@ -731,9 +737,9 @@ fn run_committer(inner: &Inner, persister: &SharedPersister, attempts: u32) {
                 inner
                     .committed_changes
                     .fetch_add(changes.len() as u64, Ordering::Relaxed);
-                inner
-                    .commit_micros
-                    .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+                let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                inner.commit_micros.fetch_add(micros, Ordering::Relaxed);
+                inner.commit_buckets[commit_bucket(micros)].fetch_add(1, Ordering::Relaxed);
                 inner.durable.send_modify(|state| state.seq = batch);
                 // Only now, and from this one thread, in batch order: an event is never told
                 // of a change that is not durable.
@@ -1127,11 +1133,17 @@ impl Store for Engine {
     }
 
     fn stats(&self) -> StoreStats {
-        let (locks, leases, waiters) = self.inner.lock().core.counts();
+        let now = self.inner.clock.now_ms();
+        let gauges = self.inner.lock().core.gauges(now);
         StoreStats {
-            locks: locks as u64,
-            leases: leases as u64,
-            waiters: waiters as u64,
+            locks: gauges.locks as u64,
+            leases: gauges.leases as u64,
+            waiters: gauges.waiters as u64,
+            gauges,
+            events: self.inner.events.counts(),
+            commit_buckets: std::array::from_fn(|index| {
+                self.inner.commit_buckets[index].load(Ordering::Relaxed)
+            }),
             commits: self.inner.commits.load(Ordering::Relaxed),
             committed_changes: self.inner.committed_changes.load(Ordering::Relaxed),
             commit_micros: self.inner.commit_micros.load(Ordering::Relaxed),

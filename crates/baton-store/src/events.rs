@@ -14,9 +14,10 @@
 //! a position in this one.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use baton_core::Event;
+use baton_core::{Event, JobState, LeaseEnd, QueueExit};
 use tokio::sync::broadcast;
 
 /// How many of the newest events a feed keeps for subscribers that resume.
@@ -83,12 +84,89 @@ struct Window {
     next_seq: u64,
 }
 
+/// How many events of each kind a feed has published: what `/metrics` counts as grants,
+/// releases, expiries, revocations, queue entries and exits, and job transitions. Counted as
+/// the events are published, so only what became durable counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EventCounts {
+    /// Leases granted (directly or to a queued waiter).
+    pub granted: u64,
+    /// Leases released by their holders.
+    pub released: u64,
+    /// Leases that expired.
+    pub expired: u64,
+    /// Leases revoked by an administrator.
+    pub revoked: u64,
+    /// Tickets that joined a queue.
+    pub queued: u64,
+    /// Tickets that left a queue without a grant, by why: lapsed, cancelled, departed.
+    pub left_queue: [u64; 3],
+    /// Jobs that entered each state (created, or changed to it), in the order of
+    /// [`JobState::ALL`].
+    pub jobs: [u64; JobState::ALL.len()],
+}
+
+/// The ways a ticket leaves a queue without a grant, in the order of
+/// [`EventCounts::left_queue`].
+pub const QUEUE_EXITS: [QueueExit; 3] =
+    [QueueExit::Lapsed, QueueExit::Cancelled, QueueExit::Departed];
+
+#[derive(Default)]
+struct Counters {
+    granted: AtomicU64,
+    released: AtomicU64,
+    expired: AtomicU64,
+    revoked: AtomicU64,
+    queued: AtomicU64,
+    left_queue: [AtomicU64; 3],
+    jobs: [AtomicU64; JobState::ALL.len()],
+}
+
+impl Counters {
+    fn count(&self, event: &Event) {
+        let counter = match event {
+            Event::Granted { .. } => &self.granted,
+            Event::Ended(record) => match record.end {
+                LeaseEnd::Released => &self.released,
+                LeaseEnd::Expired => &self.expired,
+                LeaseEnd::Revoked => &self.revoked,
+            },
+            Event::Queued { .. } => &self.queued,
+            Event::LeftQueue { why, .. } => match QUEUE_EXITS.iter().position(|exit| exit == why) {
+                Some(index) => &self.left_queue[index],
+                None => return,
+            },
+            Event::Job { job, .. } => {
+                match JobState::ALL.iter().position(|state| *state == job.state) {
+                    Some(index) => &self.jobs[index],
+                    None => return,
+                }
+            }
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn read(&self) -> EventCounts {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        EventCounts {
+            granted: load(&self.granted),
+            released: load(&self.released),
+            expired: load(&self.expired),
+            revoked: load(&self.revoked),
+            queued: load(&self.queued),
+            left_queue: std::array::from_fn(|index| load(&self.left_queue[index])),
+            jobs: std::array::from_fn(|index| load(&self.jobs[index])),
+        }
+    }
+}
+
 /// One feed. See the module documentation.
 pub struct EventHub {
     stream: String,
     window_max: usize,
     window: Mutex<Window>,
     sender: broadcast::Sender<Arc<Published>>,
+    counters: Counters,
 }
 
 impl std::fmt::Debug for EventHub {
@@ -110,7 +188,13 @@ impl EventHub {
                 next_seq: 1,
             }),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
+            counters: Counters::default(),
         }
+    }
+
+    /// How many events of each kind this feed has published.
+    pub fn counts(&self) -> EventCounts {
+        self.counters.read()
     }
 
     /// The feed's id.
@@ -133,6 +217,7 @@ impl EventHub {
             return;
         };
         for event in events {
+            self.counters.count(&event);
             let published = Arc::new(Published {
                 seq: window.next_seq,
                 event,

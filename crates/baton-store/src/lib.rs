@@ -23,8 +23,9 @@ mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use engine::{Engine, EngineOptions, IdSource, MemoryPersister, PersistError, Persister};
-pub use events::{EventHub, EventId, Published, Subscription};
+pub use events::{EventCounts, EventHub, EventId, Published, QUEUE_EXITS, Subscription};
 pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
 pub use store::{
-    AcquireArgs, AcquireOutcome, CreateJobArgs, Leadership, Store, StoreError, StoreStats,
+    AcquireArgs, AcquireOutcome, COMMIT_BUCKETS_MICROS, CreateJobArgs, Leadership, Store,
+    StoreError, StoreStats, commit_bucket,
 };

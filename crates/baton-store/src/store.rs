@@ -3,14 +3,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::events::EventHub;
+use crate::events::{EventCounts, EventHub};
 
 use crate::keys::{ApiKey, AuditEntry};
 use async_trait::async_trait;
 use baton_core::{
-    AcquireError, Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobError,
-    JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName, LockView, Millis, Policy,
-    QueuedTicket, Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
+    AcquireError, Cancelled, FinishJob, Gauges, HistoryRecord, Job, JobCapability, JobCreated,
+    JobError, JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName, LockView, Millis,
+    Policy, QueuedTicket, Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
 };
 
 /// An acquire as the server passes it on (validated; ids are the store's to choose).
@@ -153,6 +153,29 @@ pub struct StoreStats {
     pub commit_micros: u64,
     /// Transitions run against the lock table since start.
     pub transitions: u64,
+    /// Totals of the table now (locks in lock-delay, jobs by state, …).
+    pub gauges: Gauges,
+    /// Events published since start, by kind (grants, expiries, job transitions, …).
+    pub events: EventCounts,
+    /// Durable commits by how long each took: `commit_buckets[i]` counts those that took at
+    /// most [`COMMIT_BUCKETS_MICROS`]`[i]` and more than the bound before; the last counts
+    /// the slower ones.
+    pub commit_buckets: [u64; COMMIT_BUCKETS_MICROS.len() + 1],
+}
+
+/// The upper bounds of [`StoreStats::commit_buckets`], in microseconds: from 100 µs (SQLite
+/// in WAL mode on a fast disk) to 2.5 s (a database that struggles).
+pub const COMMIT_BUCKETS_MICROS: [u64; 14] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000,
+];
+
+/// The index in [`StoreStats::commit_buckets`] of a commit that took `micros`.
+pub fn commit_bucket(micros: u64) -> usize {
+    COMMIT_BUCKETS_MICROS
+        .iter()
+        .position(|bound| micros <= *bound)
+        .unwrap_or(COMMIT_BUCKETS_MICROS.len())
 }
 
 /// A backend of the lock service. Every method that changes state answers only once the change

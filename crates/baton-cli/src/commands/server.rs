@@ -6,7 +6,7 @@ use std::time::Duration;
 use baton_server::{ServerConfig, StoreKind, TlsFiles, TlsSetupError};
 use tracing_subscriber::EnvFilter;
 
-use crate::args::{ServerArgs, StoreArg};
+use crate::args::{LogFormat, ServerArgs, StoreArg};
 use crate::exit;
 
 /// The environment variable holding the log filter (`info`, `baton_server=debug`, …).
@@ -18,7 +18,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<u8> {
         print!("{}", args.effective_config.unwrap_or_default());
         return Ok(exit::SUCCESS);
     }
-    init_logging();
+    init_logging(args.log_format);
     raise_open_files_limit();
     let config_file = args.config.clone();
     let config = config(args);
@@ -89,6 +89,7 @@ fn config(args: ServerArgs) -> ServerConfig {
     config.key_reload_ms = millis(args.key_reload);
     config.default_ttl_ms = millis(args.default_ttl);
     config.lock_delay_ms = millis(args.lock_delay);
+    config.request_log = !args.no_request_log;
     config.ticket_lapse_ms = millis(args.ticket_lapse);
     config.history_retention_ms = millis(args.history_retention);
     config.max_leases = count(args.max_leases);
@@ -121,8 +122,8 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Logs to stderr, filtered by `BATON_LOG` (default `info`).
-fn init_logging() {
+/// Logs to stderr in `format`, filtered by `BATON_LOG` (default `info`).
+fn init_logging(format: LogFormat) {
     let (filter, bad_filter) = match std::env::var(LOG_ENV) {
         Ok(text) => match EnvFilter::try_new(&text) {
             Ok(filter) => (filter, None),
@@ -130,12 +131,21 @@ fn init_logging() {
         },
         Err(_) => (EnvFilter::new("info"), None),
     };
-    // A second initialization (only possible in tests) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second initialization (only possible in tests) keeps the first subscriber.
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+    };
     if let Some(problem) = bad_filter {
         tracing::warn!("ignoring {LOG_ENV}={problem}; logging at info");
     }

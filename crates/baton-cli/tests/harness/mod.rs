@@ -54,6 +54,8 @@ pub struct Server {
     child: Option<Child>,
     log: Arc<Mutex<VecDeque<String>>>,
     http: reqwest::Client,
+    /// BATON_LOG of the process.
+    log_filter: String,
 }
 
 /// What became of a start attempt.
@@ -69,6 +71,11 @@ impl Server {
     /// Starts a server with the durable (SQLite) store and the given extra flags, e.g.
     /// `["--lock-delay", "500ms"]`.
     pub async fn start(args: &[&str]) -> Server {
+        Server::start_logging(args, "warn").await
+    }
+
+    /// [`Server::start`] with the log filter `log_filter` (BATON_LOG) rather than `warn`.
+    pub async fn start_logging(args: &[&str], log_filter: &str) -> Server {
         let data_dir = tempfile::Builder::new()
             .prefix("baton-test-")
             .tempdir()
@@ -87,6 +94,7 @@ impl Server {
             child: None,
             log: Arc::new(Mutex::new(VecDeque::new())),
             http,
+            log_filter: log_filter.to_owned(),
         };
         for _ in 0..10 {
             let port = free_port();
@@ -168,7 +176,7 @@ impl Server {
             .arg("--data-dir")
             .arg(self.data_dir.path())
             .args(&self.args)
-            .env("BATON_LOG", "warn")
+            .env("BATON_LOG", &self.log_filter)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
