@@ -395,6 +395,16 @@ impl Collector for StoreCollector {
             "Changes written by durable commits",
             stats.committed_changes,
         )?;
+        {
+            let mut metric = encoder.encode_descriptor(
+                "baton_commit_seconds",
+                "Time spent in durable commits (the sum of baton_commit_duration_seconds)",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(stats.commit_micros as f64 / 1e6)
+                .encode(metric.encode_family(&label)?)?;
+        }
         counter(
             &mut encoder,
             "baton_lease_grants",
