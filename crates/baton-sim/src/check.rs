@@ -470,6 +470,7 @@ fn g3_fencing(events: &[Event], lives: &BTreeMap<LeaseId, Life>, found: &mut Vec
             lock,
             token,
             sent_at,
+            loaded_at,
         } = &event.kind
         else {
             continue;
@@ -484,10 +485,12 @@ fn g3_fencing(events: &[Event], lives: &BTreeMap<LeaseId, Life>, found: &mut Vec
             continue;
         };
         let ended = own.end();
+        // The restarts that count are those up to the load of the engine that answered
+        // (another server's takeover does not revive a lease in this one's table).
         let dead = ended < *sent_at
-            && !restarts
-                .iter()
-                .any(|restart| *restart >= own.granted_at && *restart <= *sent_at);
+            && !restarts.iter().any(|restart| {
+                *restart >= own.granted_at && *restart <= *sent_at && *restart <= *loaded_at
+            });
         if !dead {
             continue;
         }

@@ -114,6 +114,9 @@ pub enum EventKind {
         token: u64,
         /// When it was sent.
         sent_at: Millis,
+        /// When the engine that answered loaded its table (a lease it recovered may be one
+        /// that had ended unpersisted).
+        loaded_at: Millis,
     },
     /// A fence check refused a token as stale.
     FenceRefused {
