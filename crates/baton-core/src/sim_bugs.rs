@@ -32,9 +32,6 @@ pub enum Bug {
     /// Recovery keeps each lease's stored deadline instead of treating it as renewed, so a
     /// lease renewed before the crash comes back shorter than acknowledged (breaks G2).
     ShortenOnRecovery,
-    /// The leadership gate ignores its deadline: an active that was deposed while paused
-    /// answers from its stale table when it resumes (breaks G3's fence checks, G1).
-    UngatedAnswers,
     /// A commit is not fenced by the leadership epoch: a deposed active's batch lands after
     /// its successor loaded, overwriting newer rows and counters (breaks G3 or G2 at the next
     /// takeover).
@@ -43,7 +40,7 @@ pub enum Bug {
 
 impl Bug {
     /// Every injected defect.
-    pub const ALL: [Bug; 10] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeCommit,
         Bug::QueueBeforeCommit,
         Bug::TokenReuseAfterRestart,
@@ -52,7 +49,6 @@ impl Bug {
         Bug::KeepDepartedGrant,
         Bug::ForgetRequestId,
         Bug::ShortenOnRecovery,
-        Bug::UngatedAnswers,
         Bug::UnfencedCommit,
     ];
 
@@ -67,7 +63,6 @@ impl Bug {
             Bug::KeepDepartedGrant => "keep-departed-grant",
             Bug::ForgetRequestId => "forget-request-id",
             Bug::ShortenOnRecovery => "shorten-on-recovery",
-            Bug::UngatedAnswers => "ungated-answers",
             Bug::UnfencedCommit => "unfenced-commit",
         }
     }

@@ -119,6 +119,15 @@ pub fn describe(kind: &EventKind) -> String {
             how,
             ending,
             cancelling,
+        } if *how == "takeover" => format!(
+            "LEADERSHIP CHANGES: {} ends and {} cancels of the old active in flight",
+            ending.len(),
+            cancelling.len()
+        ),
+        EventKind::Crash {
+            how,
+            ending,
+            cancelling,
         } => format!(
             "CRASH ({how}), {} ends and {} cancels in flight",
             ending.len(),

@@ -55,10 +55,6 @@ impl LeaderTiming {
 /// deadline of its leadership (`None`: it holds none). Checked before every operation and again
 /// after it, before its answer leaves.
 pub fn gate_open(until: Option<Duration>, now: Duration) -> bool {
-    #[cfg(feature = "sim-bugs")]
-    if baton_core::sim_bugs::active(baton_core::sim_bugs::Bug::UngatedAnswers) {
-        return until.is_some();
-    }
     until.is_some_and(|until| now < until)
 }
 
