@@ -163,7 +163,9 @@ enum Answer {
     /// The server was not (or stopped being) the active one: `ran` when the operation had run
     /// on its engine before the gate closed (its effect may be durable, its answer was not
     /// given).
-    NotActive { ran: bool },
+    NotActive {
+        ran: bool,
+    },
 }
 
 /// What a request was, for the bookkeeping of its answer.
@@ -177,6 +179,7 @@ enum Request {
         ticket: TicketId,
         lock: LockName,
         job: Option<JobId>,
+        wait: Duration,
     },
     Cancel {
         ticket: TicketId,
@@ -216,6 +219,8 @@ struct Pending {
     request: Request,
     /// The server it was sent to.
     server: usize,
+    /// The generation of the engine it was first polled on.
+    engine_generation: u32,
     future: OpFuture,
     polled: bool,
     sent_at: Millis,
@@ -314,6 +319,10 @@ struct Server {
     hint: Option<usize>,
     /// The wall-clock time its engine loaded the table.
     loaded_at: Millis,
+    /// The engine's generation (the run's count of engines opened when it opened).
+    engine_generation: u32,
+    /// Its engine's event feed: what the table did once durable (lapses, grants).
+    feed: Option<baton_store::Subscription>,
 }
 
 impl Server {
@@ -326,7 +335,9 @@ impl Server {
     }
 
     fn resumes(&self) -> Millis {
-        self.paused_until.max(self.down_until).max(self.elector_after)
+        self.paused_until
+            .max(self.down_until)
+            .max(self.elector_after)
     }
 }
 /// Runs one simulation.
@@ -424,7 +435,11 @@ impl Sim {
                 epoch: 0,
                 failed: false,
                 // Monotonic clocks 3 % slow to 5 % fast: within what the drift margin covers.
-                rate: if ha { server_rng.range(970, 1_050) } else { 1_000 },
+                rate: if ha {
+                    server_rng.range(970, 1_050)
+                } else {
+                    1_000
+                },
                 paused_until: 0,
                 down_until: 0,
                 elector_after: 0,
@@ -432,6 +447,8 @@ impl Sim {
                 statement: None,
                 hint: None,
                 loaded_at: START_MS,
+                engine_generation: 0,
+                feed: None,
             })
             .collect();
         Sim {
@@ -504,7 +521,13 @@ impl Sim {
                     (leases, tickets)
                 });
                 let now = self.now();
+                let feed = baton_store::Store::events(&engine)
+                    .ok()
+                    .map(|hub| hub.subscribe(None));
+                let generation = self.generation;
                 if let Some(server) = self.servers.get_mut(index) {
+                    server.feed = feed;
+                    server.engine_generation = generation;
                     server.engine = Some(Arc::new(engine));
                     server.failed = false;
                     server.loaded_at = now;
@@ -786,6 +809,7 @@ impl Sim {
             self.system.push(Pending {
                 request: Request::Tick,
                 server: index,
+                engine_generation: 0,
                 future: Box::pin(async move {
                     let _ = engine.tick().await;
                     Answer::Tick
@@ -808,6 +832,81 @@ impl Sim {
                 && engine.commit_pending().is_err()
             {
                 server.failed = true;
+            }
+        }
+        self.read_feeds();
+    }
+
+    /// Records what every engine's feed published since the last look: the lapses of tickets
+    /// (with whether a waiter was parked on the ticket at that engine) and grants from queues.
+    fn read_feeds(&mut self) {
+        let lapse_ms = config().ticket_lapse_ms;
+        for index in 0..self.servers.len() {
+            let mut published = Vec::new();
+            let mut lagged = false;
+            if let Some(feed) = self.servers.get_mut(index).and_then(|s| s.feed.as_mut()) {
+                loop {
+                    match feed.live.try_recv() {
+                        Ok(event) => published.push(event),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            lagged = true;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if lagged {
+                self.record(
+                    usize::MAX,
+                    EventKind::Note {
+                        what: "the feed lagged: some lapses were not seen".into(),
+                    },
+                );
+            }
+            let engine_generation = self
+                .servers
+                .get(index)
+                .map_or(0, |server| server.engine_generation);
+            for event in published {
+                match &event.event {
+                    baton_core::Event::LeftQueue {
+                        ticket,
+                        why: baton_core::QueueExit::Lapsed,
+                        at,
+                    } => {
+                        // A wait parked on it at this engine, sent before the lapse and not
+                        // answered: its park keeps the ticket for a lapse past its end.
+                        let parked = self.clients.iter().any(|client| {
+                            client.pending.as_ref().is_some_and(|pending| {
+                                pending.polled
+                                    && pending.server == index
+                                    && pending.engine_generation == engine_generation
+                                    && pending.sent_at <= *at
+                                    && matches!(&pending.request,
+                                        Request::Wait { ticket: t, wait, .. }
+                                            if *t == ticket.id
+                                                && *at < pending.sent_at + wait.as_millis() as u64 + lapse_ms)
+                            })
+                        });
+                        self.record(
+                            usize::MAX,
+                            EventKind::TicketLapsed {
+                                ticket: ticket.id,
+                                lock: ticket.lock.clone(),
+                                at: *at,
+                                lapse_at: ticket.lapse_at,
+                                gone: ticket.waiter_gone,
+                                parked,
+                            },
+                        );
+                    }
+                    baton_core::Event::Granted { lease, at } => {
+                        if let Some(ticket) = lease.ticket {
+                            self.record(usize::MAX, EventKind::TicketGranted { ticket, at: *at });
+                        }
+                    }
+                    _ => {}
+                }
             }
         }
     }
@@ -932,11 +1031,17 @@ impl Sim {
             };
             let url = format!("http://{}", server.node);
             statement.result = Some(if statement.campaign {
-                let won = leadership::campaign(&mut disk.leader, &server.node, &url, db_at, LEADER_TTL);
+                let won =
+                    leadership::campaign(&mut disk.leader, &server.node, &url, db_at, LEADER_TTL);
                 (won, Renewal::Renewed)
             } else {
-                let renewal =
-                    leadership::renew(&mut disk.leader, &server.node, server.epoch, db_at, LEADER_TTL);
+                let renewal = leadership::renew(
+                    &mut disk.leader,
+                    &server.node,
+                    server.epoch,
+                    db_at,
+                    LEADER_TTL,
+                );
                 (None, renewal)
             });
             // The active the row names now, for `not_active` answers.
@@ -1131,6 +1236,7 @@ impl Sim {
                 client.pending = Some(Pending {
                     request,
                     server: target,
+                    engine_generation: 0,
                     future,
                     polled: false,
                     sent_at: 0,
@@ -1157,23 +1263,24 @@ impl Sim {
         let still_held = match self.active_engine(server) {
             None => Vec::new(),
             Some(engine) => {
-        let delivered = &self.delivered;
-        engine.inspect(|state| {
-            state
-                .lock(&lock)
-                .map(|view| {
-                    view.holders
-                        .into_iter()
-                        .filter(|lease| {
-                            lease.ticket.is_some()
-                                && !delivered.contains(&lease.id)
-                                && (ticket.is_some() && lease.ticket == ticket
-                                    || request_id.is_some() && lease.request_id == request_id)
+                let delivered = &self.delivered;
+                engine.inspect(|state| {
+                    state
+                        .lock(&lock)
+                        .map(|view| {
+                            view.holders
+                                .into_iter()
+                                .filter(|lease| {
+                                    lease.ticket.is_some()
+                                        && !delivered.contains(&lease.id)
+                                        && (ticket.is_some() && lease.ticket == ticket
+                                            || request_id.is_some()
+                                                && lease.request_id == request_id)
+                                })
+                                .collect()
                         })
-                        .collect()
+                        .unwrap_or_default()
                 })
-                .unwrap_or_default()
-        })
             }
         };
         self.record(
@@ -1289,6 +1396,7 @@ impl Sim {
                             ticket,
                             lock: waiting.lock.clone(),
                             job: waiting.job,
+                            wait,
                         },
                         Box::pin(
                             async move { Answer::Ticket(engine.wait_ticket(ticket, wait).await) },
@@ -1449,6 +1557,10 @@ impl Sim {
             let first = !pending.polled;
             if first {
                 pending.sent_at = now;
+                pending.engine_generation = self
+                    .servers
+                    .get(server)
+                    .map_or(0, |server| server.engine_generation);
                 if self.options.trace {
                     self.outcome.trace.push(format!(
                         "{:>7} t=+{:<8} g{} client-{index:<3} sends {}",
@@ -1676,6 +1788,7 @@ impl Sim {
                                 lock: queued.ticket.lock,
                                 seq: queued.ticket.seq,
                                 queued_at: queued.ticket.queued_at,
+                                lapse_at: queued.ticket.lapse_at,
                                 gone: queued.ticket.waiter_gone,
                                 request_id,
                             },
@@ -1711,7 +1824,15 @@ impl Sim {
                     let request_id = lease.request_id.clone();
                     self.granted(index, lease, via, sent_at, *job, request_id);
                 }
-                Ok(TicketStatus::Queued(_)) | Err(StoreError::Unavailable(_)) => {}
+                Ok(TicketStatus::Queued(queued)) => self.record(
+                    index,
+                    EventKind::StillQueued {
+                        ticket: *ticket,
+                        lapse_at: queued.ticket.lapse_at,
+                        gone: queued.ticket.waiter_gone,
+                    },
+                ),
+                Err(StoreError::Unavailable(_)) => {}
                 Err(error) => {
                     if let Some(client) = self.clients.get_mut(index) {
                         client.waiting = None;

@@ -48,11 +48,11 @@ use baton_core::{
     Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobFilter, JobId, Lease,
     LeaseId, LockName, LockView, Millis, Released, StopReason, TicketId, TicketStatus,
 };
+use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
 use baton_store::{
     AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Clock, CreateJobArgs, Engine, EngineOptions,
     Leadership, Persister, Store, StoreError, StoreStats,
 };
-use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
 
@@ -115,7 +115,10 @@ impl LeaderOptions {
 
     /// The local deadline after a campaign or renewal sent at `sent` that succeeded.
     fn deadline(&self, gate: &Gate, sent: Instant) -> Instant {
-        gate.base + self.timing().deadline(sent.saturating_duration_since(gate.base))
+        gate.base
+            + self
+                .timing()
+                .deadline(sent.saturating_duration_since(gate.base))
     }
 }
 
