@@ -833,12 +833,12 @@ fn ticket_lapses(events: &[Event], found: &mut Vec<Violation>) {
                     Some(format!(
                         "{ticket:?} on {lock} lapsed at {at}, before its lapse time {lapse_at}"
                     ))
-                } else if let Some(told_at) = told_at.filter(|told_at| at < told_at) {
-                    Some(format!(
-                        "{ticket:?} on {lock} lapsed at {at}, before the lapse time {told_at} its waiter was told"
-                    ))
                 } else {
-                    None
+                    told_at.filter(|told_at| at < told_at).map(|told_at| {
+                        format!(
+                            "{ticket:?} on {lock} lapsed at {at}, before the lapse time {told_at} its waiter was told"
+                        )
+                    })
                 }
             }
             EventKind::TicketGranted { ticket, at } => lapsed
