@@ -207,10 +207,12 @@ fn lives(events: &[Event]) -> BTreeMap<LeaseId, Life> {
                 // A revocation or finish cut off by the crash may have ended the lease when it
                 // was sent: count it as ended then (fewer live leases, never a false alarm).
                 for (lease, sent_at) in ending {
+                    // Counted as answered before the crash's step: a second takeover in the
+                    // same step must not see the lease as still open.
                     if let Some(life) = lives.get_mut(lease)
                         && life.clean_end.is_none_or(|(at, _)| *sent_at < at)
                     {
-                        life.clean_end = Some((*sent_at, event.step));
+                        life.clean_end = Some((*sent_at, event.step.saturating_sub(1)));
                     }
                 }
             }
