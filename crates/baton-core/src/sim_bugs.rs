@@ -32,11 +32,15 @@ pub enum Bug {
     /// Recovery keeps each lease's stored deadline instead of treating it as renewed, so a
     /// lease renewed before the crash comes back shorter than acknowledged (breaks G2).
     ShortenOnRecovery,
+    /// A commit is not fenced by the leadership epoch: a deposed active's batch lands after
+    /// its successor loaded, overwriting newer rows and counters (breaks G3 or G2 at the next
+    /// takeover).
+    UnfencedCommit,
 }
 
 impl Bug {
     /// Every injected defect.
-    pub const ALL: [Bug; 8] = [
+    pub const ALL: [Bug; 9] = [
         Bug::AckBeforeCommit,
         Bug::QueueBeforeCommit,
         Bug::TokenReuseAfterRestart,
@@ -45,6 +49,7 @@ impl Bug {
         Bug::KeepDepartedGrant,
         Bug::ForgetRequestId,
         Bug::ShortenOnRecovery,
+        Bug::UnfencedCommit,
     ];
 
     /// The name used on the simulator's command line.
@@ -58,6 +63,7 @@ impl Bug {
             Bug::KeepDepartedGrant => "keep-departed-grant",
             Bug::ForgetRequestId => "forget-request-id",
             Bug::ShortenOnRecovery => "shorten-on-recovery",
+            Bug::UnfencedCommit => "unfenced-commit",
         }
     }
 

@@ -207,10 +207,12 @@ fn lives(events: &[Event]) -> BTreeMap<LeaseId, Life> {
                 // A revocation or finish cut off by the crash may have ended the lease when it
                 // was sent: count it as ended then (fewer live leases, never a false alarm).
                 for (lease, sent_at) in ending {
+                    // Counted as answered before the crash's step: a second takeover in the
+                    // same step must not see the lease as still open.
                     if let Some(life) = lives.get_mut(lease)
                         && life.clean_end.is_none_or(|(at, _)| *sent_at < at)
                     {
-                        life.clean_end = Some((*sent_at, event.step));
+                        life.clean_end = Some((*sent_at, event.step.saturating_sub(1)));
                     }
                 }
             }
@@ -231,6 +233,7 @@ pub fn all(events: &[Event]) -> Vec<Violation> {
     g4_fairness(events, &lives, &mut found);
     g5_liveness(events, &lives, &mut found);
     g7_idempotency(events, &mut found);
+    ticket_lapses(events, &mut found);
     jobs(events, &mut found);
     for event in events {
         if let EventKind::RecoveryFailed { error } = &event.kind {
@@ -470,6 +473,7 @@ fn g3_fencing(events: &[Event], lives: &BTreeMap<LeaseId, Life>, found: &mut Vec
             lock,
             token,
             sent_at,
+            loaded_at,
         } = &event.kind
         else {
             continue;
@@ -484,10 +488,12 @@ fn g3_fencing(events: &[Event], lives: &BTreeMap<LeaseId, Life>, found: &mut Vec
             continue;
         };
         let ended = own.end();
+        // The restarts that count are those up to the load of the engine that answered
+        // (another server's takeover does not revive a lease in this one's table).
         let dead = ended < *sent_at
-            && !restarts
-                .iter()
-                .any(|restart| *restart >= own.granted_at && *restart <= *sent_at);
+            && !restarts.iter().any(|restart| {
+                *restart >= own.granted_at && *restart <= *sent_at && *restart <= *loaded_at
+            });
         if !dead {
             continue;
         }
@@ -753,6 +759,112 @@ fn g7_idempotency(events: &[Event], found: &mut Vec<Violation>) {
     }
 }
 
+/// Ticket lapses (G5, and a ticket's definition: it lapses unless its waiter keeps waiting on
+/// it): a ticket whose waiter has not gone lapses neither before its own lapse time nor before
+/// the lapse time its waiter was last told, nor while a wait is parked on it; and a ticket that
+/// lapsed is never granted afterwards. A ticket whose waiter went away lapses as soon as the
+/// lock could go to it (by design): those are not judged on time.
+fn ticket_lapses(events: &[Event], found: &mut Vec<Violation>) {
+    // The latest lapse time each ticket's waiter was told (not counting answers that said the
+    // waiter had gone), and the lapses seen.
+    let mut told: HashMap<TicketId, Millis> = HashMap::new();
+    let mut request_tickets: HashMap<&str, TicketId> = HashMap::new();
+    let mut lapsed: HashMap<TicketId, Millis> = HashMap::new();
+    let fail = |step: u64, message: String| Violation {
+        guarantee: "lapse",
+        step,
+        message,
+    };
+    for event in events {
+        let problem = match &event.kind {
+            EventKind::Queued {
+                ticket,
+                lapse_at,
+                gone: false,
+                request_id,
+                ..
+            } => {
+                let entry = told.entry(*ticket).or_insert(*lapse_at);
+                *entry = (*entry).max(*lapse_at);
+                if let Some(request_id) = request_id {
+                    request_tickets.insert(request_id, *ticket);
+                }
+                None
+            }
+            EventKind::StillQueued {
+                ticket,
+                lapse_at,
+                gone: false,
+            } => {
+                let entry = told.entry(*ticket).or_insert(*lapse_at);
+                *entry = (*entry).max(*lapse_at);
+                None
+            }
+            EventKind::Departed {
+                ticket, request_id, ..
+            } => {
+                // Its waiter left: the place is kept for one lapse from then, not as told.
+                if let Some(ticket) = ticket {
+                    told.remove(ticket);
+                }
+                if let Some(ticket) = request_id
+                    .as_deref()
+                    .and_then(|request_id| request_tickets.get(request_id))
+                {
+                    told.remove(ticket);
+                }
+                None
+            }
+            EventKind::TicketLapsed {
+                ticket,
+                lock,
+                at,
+                lapse_at,
+                gone,
+                parked,
+            } => {
+                lapsed.insert(*ticket, *at);
+                let told_at = told.get(ticket).copied();
+                if *gone {
+                    None
+                } else if *parked {
+                    Some(format!(
+                        "{ticket:?} on {lock} lapsed at {at} while a wait was parked on it"
+                    ))
+                } else if *at < *lapse_at {
+                    Some(format!(
+                        "{ticket:?} on {lock} lapsed at {at}, before its lapse time {lapse_at}"
+                    ))
+                } else {
+                    told_at.filter(|told_at| at < told_at).map(|told_at| {
+                        format!(
+                            "{ticket:?} on {lock} lapsed at {at}, before the lapse time {told_at} its waiter was told"
+                        )
+                    })
+                }
+            }
+            EventKind::TicketGranted { ticket, at } => lapsed
+                .get(ticket)
+                .map(|when| format!("{ticket:?} was granted at {at} after it lapsed at {when}")),
+            EventKind::Granted { lease, .. } => lease
+                .ticket
+                .and_then(|ticket| lapsed.get(&ticket).map(|when| (ticket, when)))
+                .filter(|(_, when)| lease.granted_at >= **when)
+                .map(|(ticket, when)| {
+                    format!(
+                        "{ticket:?} was answered a lease granted at {} after it lapsed at {when}",
+                        lease.granted_at
+                    )
+                }),
+            _ => None,
+        };
+        if let Some(message) = problem {
+            found.push(fail(event.step, message));
+            return;
+        }
+    }
+}
+
 /// Job invariants: a job's answer and its record agree with its lease and ticket.
 fn jobs(events: &[Event], found: &mut Vec<Violation>) {
     use baton_core::JobState;
@@ -789,5 +901,98 @@ fn jobs(events: &[Event], found: &mut Vec<Violation>) {
             message: problem,
         });
         return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(step: u64, kind: EventKind) -> Event {
+        Event {
+            step,
+            at: 1_000 + step,
+            generation: 1,
+            client: 0,
+            kind,
+        }
+    }
+
+    fn lock() -> LockName {
+        LockName::new("sim-a").unwrap_or_else(|_| unreachable!())
+    }
+
+    fn lapsed(step: u64, when: Millis, lapse_at: Millis, gone: bool, parked: bool) -> Event {
+        at(
+            step,
+            EventKind::TicketLapsed {
+                ticket: TicketId([1; 16]),
+                lock: lock(),
+                at: when,
+                lapse_at,
+                gone,
+                parked,
+            },
+        )
+    }
+
+    fn queued(lapse_at: Millis) -> Event {
+        at(
+            1,
+            EventKind::Queued {
+                ticket: TicketId([1; 16]),
+                lock: lock(),
+                seq: 1,
+                queued_at: 1_000,
+                lapse_at,
+                gone: false,
+                request_id: None,
+            },
+        )
+    }
+
+    fn judged(events: &[Event]) -> Option<String> {
+        let mut found = Vec::new();
+        ticket_lapses(events, &mut found);
+        found.first().map(|violation| violation.message.clone())
+    }
+
+    #[test]
+    fn a_ticket_lapses_neither_early_nor_while_waited_on() {
+        // In time: lapses at its lapse time.
+        assert_eq!(
+            judged(&[queued(3_000), lapsed(2, 3_000, 3_000, false, false)]),
+            None
+        );
+        // Before the lapse time its waiter was told, or its own.
+        let early = judged(&[queued(3_000), lapsed(2, 2_500, 2_500, false, false)]);
+        assert!(early.is_some_and(|m| m.contains("its waiter was told")));
+        let early = judged(&[lapsed(2, 2_500, 3_000, false, false)]);
+        assert!(early.is_some_and(|m| m.contains("before its lapse time")));
+        // While a wait was parked on it.
+        let parked = judged(&[queued(3_000), lapsed(2, 3_500, 3_000, false, true)]);
+        assert!(parked.is_some_and(|m| m.contains("parked")));
+        // Its waiter went away: it may lapse as soon as the lock could go to it.
+        assert_eq!(
+            judged(&[queued(3_000), lapsed(2, 1_500, 1_500, true, false)]),
+            None
+        );
+    }
+
+    #[test]
+    fn a_lapsed_ticket_is_never_granted() {
+        let granted = at(
+            3,
+            EventKind::TicketGranted {
+                ticket: TicketId([1; 16]),
+                at: 3_100,
+            },
+        );
+        let found = judged(&[
+            queued(3_000),
+            lapsed(2, 3_000, 3_000, false, false),
+            granted,
+        ]);
+        assert!(found.is_some_and(|m| m.contains("after it lapsed")));
     }
 }

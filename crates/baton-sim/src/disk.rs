@@ -1,10 +1,16 @@
 //! The simulated disk: a [`Persister`] that applies each committed batch to a snapshot, all or
 //! nothing, and can be told to fail its next commit. The snapshot outlives the engine, so a
 //! crash (dropping the engine) followed by [`baton_store::Engine::open`] runs the real recovery.
+//!
+//! With several servers the disk is their one shared database: it also holds the leadership
+//! row, and a persister opened with a fence (a term's node and epoch) writes and loads only
+//! while the row is that term ([`baton_store::leadership::fence_holds`], the rule of the
+//! PostgreSQL store's `FOR SHARE` check), failing with [`PersistError::deposed`] otherwise.
 
 use std::sync::{Arc, Mutex};
 
 use baton_core::{Change, Snapshot};
+use baton_store::leadership::{self, LeaderRow};
 use baton_store::{ApiKey, AuditEntry, PersistError, Persister};
 
 /// What survives a crash.
@@ -16,6 +22,10 @@ pub struct DiskState {
     pub fail_next: bool,
     /// Batches committed.
     pub commits: u64,
+    /// The leadership row (several servers only).
+    pub leader: Option<LeaderRow>,
+    /// Commits refused as deposed.
+    pub deposed: u64,
     keys: Vec<ApiKey>,
     audit: Vec<AuditEntry>,
 }
@@ -28,6 +38,22 @@ pub type Disk = Arc<Mutex<DiskState>>;
 pub struct SimPersister {
     /// The disk.
     pub disk: Disk,
+    /// The term this persister writes under (node, epoch), when servers elect a leader.
+    pub fence: Option<(String, i64)>,
+}
+
+impl SimPersister {
+    fn fenced(&self, state: &mut DiskState) -> Result<(), PersistError> {
+        match &self.fence {
+            Some((node, epoch)) if !leadership::fence_holds(&state.leader, node, *epoch) => {
+                state.deposed += 1;
+                Err(PersistError::deposed(format!(
+                    "{node} no longer leads with epoch {epoch}; nothing was written"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
 }
 
 fn with<T>(disk: &Disk, f: impl FnOnce(&mut DiskState) -> T) -> Result<T, PersistError> {
@@ -42,11 +68,15 @@ impl Persister for SimPersister {
     }
 
     fn load(&mut self) -> Result<Snapshot, PersistError> {
-        with(&self.disk, |state| state.snapshot.clone())
+        with(&self.disk, |state| {
+            self.fenced(state)?;
+            Ok(state.snapshot.clone())
+        })?
     }
 
     fn commit(&mut self, changes: &[Change]) -> Result<(), PersistError> {
         with(&self.disk, |state| {
+            self.fenced(state)?;
             if state.fail_next {
                 state.fail_next = false;
                 return Err(PersistError("simulated I/O error".into()));

@@ -58,11 +58,45 @@ pub enum EventKind {
         seq: u64,
         /// When it joined the queue.
         queued_at: Millis,
+        /// When it lapses unless waited on, as answered.
+        lapse_at: Millis,
         /// The answer said its waiter had gone (an owner key's reentry can answer such a
         /// ticket): it keeps its place only until it could be granted.
         gone: bool,
         /// The request id it was asked with.
         request_id: Option<String>,
+    },
+    /// A wait on a ticket answered that it is still queued.
+    StillQueued {
+        /// The ticket.
+        ticket: TicketId,
+        /// When it lapses unless waited on again, as answered.
+        lapse_at: Millis,
+        /// The answer said its waiter had gone.
+        gone: bool,
+    },
+    /// An engine's feed published that a ticket lapsed (left its queue for want of a waiter).
+    TicketLapsed {
+        /// The ticket.
+        ticket: TicketId,
+        /// Its lock.
+        lock: LockName,
+        /// When it lapsed.
+        at: Millis,
+        /// Its lapse time in the table then.
+        lapse_at: Millis,
+        /// Its waiter had gone (such a ticket lapses as soon as the lock could go to it).
+        gone: bool,
+        /// A wait on it was parked at that engine, sent before the lapse, whose park (plus one
+        /// ticket lapse) had not run out.
+        parked: bool,
+    },
+    /// An engine's feed published a grant to a ticket.
+    TicketGranted {
+        /// The ticket.
+        ticket: TicketId,
+        /// When it was granted.
+        at: Millis,
     },
     /// An acquire answered busy.
     Busy {
@@ -114,6 +148,9 @@ pub enum EventKind {
         token: u64,
         /// When it was sent.
         sent_at: Millis,
+        /// When the engine that answered loaded its table (a lease it recovered may be one
+        /// that had ended unpersisted).
+        loaded_at: Millis,
     },
     /// A fence check refused a token as stale.
     FenceRefused {

@@ -8,8 +8,10 @@
 //! in flight, or after it is durable but before anyone heard), fails a commit, recovers through
 //! [`baton_store::Engine::open`], and its clock jumps forward. Everything is recorded
 //! ([`history`]) and judged by checkers named after the guarantees ([`check`]). A failure
-//! names its seed; `cargo run -p baton-sim -- --seed N --trace` replays it. See
-//! docs/simulation.md.
+//! names its seed; `cargo run -p baton-sim -- --seed N --trace` replays it. With
+//! [`Options::servers`] above one, several servers elect an active one by
+//! `baton_store::leadership`'s rules over one shared, fenced database, and pause or crash
+//! through leadership changes. See docs/simulation.md.
 
 pub mod check;
 pub mod disk;

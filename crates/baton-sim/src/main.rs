@@ -29,6 +29,10 @@ struct Args {
     /// Simulated clients.
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Simulated servers: 1 runs a lone engine that restarts in place; more elect an active
+    /// one over a shared database (leadership changes, fenced commits, paused servers).
+    #[arg(long, default_value_t = 1)]
+    servers: usize,
     /// Print every event of each run.
     #[arg(long)]
     trace: bool,
@@ -77,6 +81,7 @@ fn main() -> ExitCode {
     for seed in args.seed..args.seed.saturating_add(seeds) {
         let mut options = baton_sim::Options::new(seed, ops);
         options.clients = args.clients;
+        options.servers = args.servers;
         options.trace = args.trace;
         options.disabled = args.without.clone();
         let outcome = baton_sim::run(&options);
@@ -84,8 +89,19 @@ fn main() -> ExitCode {
         for line in &outcome.trace {
             println!("{line}");
         }
+        let leadership = if args.servers > 1 {
+            format!(
+                ", {} takeovers, {} server pauses, {} not-active, {} deposed commits",
+                outcome.takeovers,
+                outcome.server_pauses,
+                outcome.not_active,
+                outcome.deposed_commits
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "seed {seed}: {} ops, {} steps, {} answered, {} grants, {} commits, {} crashes, {} clock jumps, {} departures, digest {:016x}",
+            "seed {seed}: {} ops, {} steps, {} answered, {} grants, {} commits, {} crashes, {} clock jumps, {} departures{leadership}, digest {:016x}",
             outcome.ops,
             outcome.steps,
             outcome.answered,
@@ -120,8 +136,8 @@ fn main() -> ExitCode {
             #[cfg(not(feature = "sim-bugs"))]
             let (features, bug) = ("", String::new());
             println!(
-                "  replay: cargo run -p baton-sim{features} -- --seed {seed} --ops {} --clients {}{without}{bug} --trace",
-                replay.ops, replay.clients
+                "  replay: cargo run -p baton-sim{features} -- --seed {seed} --ops {} --clients {} --servers {}{without}{bug} --trace",
+                replay.ops, replay.clients, replay.servers
             );
         }
     }

@@ -6,10 +6,17 @@
 //! seeded [`IdSource`]; every request is a future polled by hand, in a fixed order, on a
 //! current-thread tokio runtime whose time is paused and moved only by the simulator. Nothing
 //! else runs, so one seed gives one history.
+//!
+//! With [`Options::servers`] above one, the servers elect an active one as `HaStore` does
+//! (`baton_store::leadership`'s rules; see [`Server`] and docs/simulation.md): one shared
+//! simulated database holds the table and the leadership row, every commit is fenced by the
+//! committing server's term, and servers pause past the leadership lease and resume.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -19,6 +26,7 @@ use baton_core::{
     Cancelled, Config, FinishJob, Job, JobCapability, JobCreated, JobId, JobState, Lease, LeaseId,
     LockName, Millis, Policy, Released, StopReason, TicketId, TicketStatus, TokenError,
 };
+use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
 use baton_store::{
     AcquireArgs, AcquireOutcome, CreateJobArgs, Engine, EngineOptions, IdSource, ManualClock,
     Store, StoreError,
@@ -50,6 +58,10 @@ pub struct Options {
     pub trace: bool,
     /// Stop at the first violation (the checkers run every `check_every` steps and at the end).
     pub stop_early: bool,
+    /// How many servers: one runs a lone engine that restarts in place after a crash; more
+    /// elect an active server over one shared database (leadership changes, fenced commits,
+    /// paused servers that resume deposed).
+    pub servers: usize,
 }
 
 impl Options {
@@ -62,9 +74,24 @@ impl Options {
             disabled: Vec::new(),
             trace: false,
             stop_early: true,
+            servers: 1,
+        }
+    }
+
+    /// A run of `ops` operations from `seed` over three servers that elect an active one.
+    pub fn servers(seed: u64, ops: u64) -> Options {
+        Options {
+            servers: 3,
+            ..Options::new(seed, ops)
         }
     }
 }
+
+/// The leadership lease of the simulated servers (the shortest `HaStore` accepts).
+pub const LEADER_TTL: Duration = Duration::from_millis(1_000);
+
+/// How long a leadership statement may take before it counts as failed (`HaStore`'s).
+const STATEMENT_TIMEOUT_MS: Millis = 2_000;
 
 /// What one run did and found.
 #[derive(Debug, Clone, Default)]
@@ -87,6 +114,14 @@ pub struct Outcome {
     pub clock_jumps: u64,
     /// Waiters that went away mid-wait.
     pub departures: u64,
+    /// Leadership takeovers (several servers).
+    pub takeovers: u64,
+    /// Servers paused (several servers).
+    pub server_pauses: u64,
+    /// Requests answered `not_active` (several servers).
+    pub not_active: u64,
+    /// Commits the database refused as deposed (several servers).
+    pub deposed_commits: u64,
     /// What the checkers found (empty: every guarantee held).
     pub violations: Vec<Violation>,
     /// The readable trace (with [`Options::trace`]).
@@ -125,6 +160,12 @@ enum Answer {
     Finish(Box<Result<Job, StoreError>>),
     /// A tick's failure shows in the next commit.
     Tick,
+    /// The server was not (or stopped being) the active one: `ran` when the operation had run
+    /// on its engine before the gate closed (its effect may be durable, its answer was not
+    /// given).
+    NotActive {
+        ran: bool,
+    },
 }
 
 /// What a request was, for the bookkeeping of its answer.
@@ -138,6 +179,7 @@ enum Request {
         ticket: TicketId,
         lock: LockName,
         job: Option<JobId>,
+        wait: Duration,
     },
     Cancel {
         ticket: TicketId,
@@ -175,6 +217,10 @@ type OpFuture = Pin<Box<dyn Future<Output = Answer>>>;
 
 struct Pending {
     request: Request,
+    /// The server it was sent to.
+    server: usize,
+    /// The generation of the engine it was first polled on.
+    engine_generation: u32,
     future: OpFuture,
     polled: bool,
     sent_at: Millis,
@@ -209,8 +255,91 @@ struct Client {
     paused_until: Millis,
     requests: u64,
     enabled: bool,
+    /// The server it talks to (it moves on when told `not_active`).
+    server: usize,
 }
 
+/// What the answers of one server may see of its leadership: the gate `HaStore` checks
+/// before and after every operation, on the server's own monotonic clock.
+#[derive(Debug, Default)]
+struct GateCell {
+    /// The local deadline (`None`: this server does not lead).
+    until: Cell<Option<Duration>>,
+    /// The server's monotonic clock now.
+    now: Cell<Duration>,
+    /// Bumped at every change of role: an operation in flight across one ends `not_active`.
+    generation: Cell<u64>,
+}
+
+impl GateCell {
+    fn open(&self) -> bool {
+        leadership::gate_open(self.until.get(), self.now.get())
+    }
+}
+
+/// A leadership statement on its way to the database and back.
+#[derive(Debug, Clone)]
+struct Statement {
+    campaign: bool,
+    /// When it was sent, by the server's monotonic clock.
+    sent: Duration,
+    /// When it was sent (true time).
+    sent_at: Millis,
+    /// When the database runs it (true time).
+    db_at: Millis,
+    /// When its reply reaches the server (true time); past the statement timeout it fails.
+    reply_at: Millis,
+    /// What the database answered: a won epoch (campaign) or the renewal's outcome.
+    result: Option<(Option<i64>, Renewal)>,
+}
+
+/// One simulated server: an engine while it is the active one, its leadership state as
+/// `HaStore` keeps it, and what it suffers (pauses, crashes).
+struct Server {
+    node: String,
+    engine: Option<Arc<Engine>>,
+    gate: Rc<GateCell>,
+    /// The epoch of its term while it leads.
+    epoch: i64,
+    /// Its engine refused a commit (an I/O error or deposed): it stops taking writes.
+    failed: bool,
+    /// How fast its monotonic clock runs, per mille of real time.
+    rate: u64,
+    /// Paused (SIGSTOP, a long GC) until this true time: nothing of it runs.
+    paused_until: Millis,
+    /// Crashed, restarting until this true time.
+    down_until: Millis,
+    /// After a pause its elector runs again only from this true time: the requests that
+    /// waited in its sockets may be served first (threads resume in any order).
+    elector_after: Millis,
+    /// Its next leadership round (true time).
+    next_round: Millis,
+    statement: Option<Statement>,
+    /// The active it last saw in the row (for `not_active` answers).
+    hint: Option<usize>,
+    /// The wall-clock time its engine loaded the table.
+    loaded_at: Millis,
+    /// The engine's generation (the run's count of engines opened when it opened).
+    engine_generation: u32,
+    /// Its engine's event feed: what the table did once durable (lapses, grants).
+    feed: Option<baton_store::Subscription>,
+}
+
+impl Server {
+    fn runs(&self, now: Millis) -> bool {
+        self.paused_until <= now && self.down_until <= now
+    }
+
+    fn elector_runs(&self, now: Millis) -> bool {
+        self.runs(now) && self.elector_after <= now
+    }
+
+    fn resumes(&self) -> Millis {
+        self.paused_until
+            .max(self.down_until)
+            .max(self.elector_after)
+    }
+}
 /// Runs one simulation.
 pub fn run(options: &Options) -> Outcome {
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -240,8 +369,16 @@ struct Sim {
     clock: Arc<ManualClock>,
     disk: Disk,
     ids: IdSource,
-    engine: Option<Arc<Engine>>,
-    failed: bool,
+    servers: Vec<Server>,
+    /// Several servers that elect an active one.
+    ha: bool,
+    /// The true time (the database's clock); the servers' wall clock (`clock`) is this plus
+    /// the clock jumps.
+    true_ms: Millis,
+    /// Revocations, finishes and cancels that ran on an engine but whose answer was cut off
+    /// (`not_active`, a crashed server): ends that may be durable, for the next takeover.
+    cut_ending: Vec<(LeaseId, Millis)>,
+    cut_cancelling: Vec<TicketId>,
     generation: u32,
     clients: Vec<Client>,
     system: Vec<Pending>,
@@ -254,7 +391,8 @@ struct Sim {
     delivered: std::collections::HashSet<LeaseId>,
     /// Recent jobs, for the job invariants.
     jobs: VecDeque<JobId>,
-    ticked: bool,
+    /// Servers whose tick ran in this round.
+    ticked: Vec<usize>,
     checked_upto: usize,
 }
 
@@ -284,6 +422,33 @@ impl Sim {
                 paused_until: 0,
                 requests: 0,
                 enabled: !options.disabled.contains(&index),
+                server: 0,
+            })
+            .collect();
+        let ha = options.servers > 1;
+        let mut server_rng = Rng::new(mix(options.seed ^ 0x5E7));
+        let servers = (0..options.servers.max(1))
+            .map(|index| Server {
+                node: format!("server-{index}"),
+                engine: None,
+                gate: Rc::new(GateCell::default()),
+                epoch: 0,
+                failed: false,
+                // Monotonic clocks 3 % slow to 5 % fast: within what the drift margin covers.
+                rate: if ha {
+                    server_rng.range(970, 1_050)
+                } else {
+                    1_000
+                },
+                paused_until: 0,
+                down_until: 0,
+                elector_after: 0,
+                next_round: START_MS + server_rng.below(200),
+                statement: None,
+                hint: None,
+                loaded_at: START_MS,
+                engine_generation: 0,
+                feed: None,
             })
             .collect();
         Sim {
@@ -292,8 +457,11 @@ impl Sim {
             clock: Arc::new(ManualClock::new(START_MS)),
             disk: Arc::new(Mutex::new(DiskState::default())),
             ids,
-            engine: None,
-            failed: false,
+            servers,
+            ha,
+            true_ms: START_MS,
+            cut_ending: Vec::new(),
+            cut_cancelling: Vec::new(),
             generation: 0,
             clients,
             system: Vec::new(),
@@ -306,7 +474,7 @@ impl Sim {
             known: BTreeMap::new(),
             delivered: std::collections::HashSet::new(),
             jobs: VecDeque::new(),
-            ticked: false,
+            ticked: Vec::new(),
             checked_upto: 0,
         }
     }
@@ -315,7 +483,9 @@ impl Sim {
         baton_store::Clock::now_ms(self.clock.as_ref())
     }
 
-    fn open(&mut self) -> bool {
+    /// Opens an engine on server `index` through the real recovery; with several servers,
+    /// fenced by its term (`epoch`).
+    fn open(&mut self, index: usize, epoch: Option<i64>) -> bool {
         let options = EngineOptions {
             config: config(),
             run_timer: false,
@@ -323,8 +493,12 @@ impl Sim {
             ids: Some(self.ids.clone()),
             ..EngineOptions::default()
         };
+        let Some(node) = self.servers.get(index).map(|server| server.node.clone()) else {
+            return false;
+        };
         let persister = Box::new(SimPersister {
             disk: Arc::clone(&self.disk),
+            fence: epoch.map(|epoch| (node.clone(), epoch)),
         });
         let clock: Arc<dyn baton_store::Clock> = Arc::clone(&self.clock) as _;
         // An injected I/O error is for a commit of the running engine, not for recovery.
@@ -346,12 +520,68 @@ impl Sim {
                         .collect::<Vec<_>>();
                     (leases, tickets)
                 });
-                self.engine = Some(Arc::new(engine));
-                self.failed = false;
-                if self.generation > 1 {
+                let now = self.now();
+                let feed = baton_store::Store::events(&engine)
+                    .ok()
+                    .map(|hub| hub.subscribe(None));
+                let generation = self.generation;
+                if let Some(server) = self.servers.get_mut(index) {
+                    server.feed = feed;
+                    server.engine_generation = generation;
+                    server.engine = Some(Arc::new(engine));
+                    server.failed = false;
+                    server.loaded_at = now;
+                    if let Some(epoch) = epoch {
+                        server.epoch = epoch;
+                    } else {
+                        // A lone server answers whenever it runs.
+                        server.gate.until.set(Some(Duration::MAX));
+                    }
+                }
+                if epoch.is_some() {
+                    // A takeover: what the old active may have ended without saying so, then
+                    // what the new one loaded (judged like a crash and its recovery).
+                    let mut ending = std::mem::take(&mut self.cut_ending);
+                    let mut cancelling = std::mem::take(&mut self.cut_cancelling);
+                    for client in &self.clients {
+                        let Some(pending) = &client.pending else {
+                            continue;
+                        };
+                        if !pending.polled {
+                            continue;
+                        }
+                        match &pending.request {
+                            Request::Revoke { lease, .. } | Request::Finish { lease, .. } => {
+                                ending.push((*lease, pending.sent_at));
+                            }
+                            Request::Cancel { ticket } => cancelling.push(*ticket),
+                            _ => {}
+                        }
+                    }
+                    self.outcome.takeovers += 1;
+                    self.record(
+                        usize::MAX,
+                        EventKind::Note {
+                            what: format!("{node} takes over with epoch {}", epoch.unwrap_or(0)),
+                        },
+                    );
+                    self.record(
+                        usize::MAX,
+                        EventKind::Crash {
+                            how: "takeover",
+                            ending,
+                            cancelling,
+                        },
+                    );
+                    self.record(usize::MAX, EventKind::Restarted { leases, tickets });
+                } else if self.generation > 1 {
                     self.record(usize::MAX, EventKind::Restarted { leases, tickets });
                 }
                 true
+            }
+            Err(error) if error.is_deposed() => {
+                // Another server took the row between the campaign and the load.
+                false
             }
             Err(error) => {
                 self.record(
@@ -380,16 +610,22 @@ impl Sim {
     }
 
     async fn run(&mut self) {
-        if !self.open() {
+        if self.ha {
+            // The first campaigns: some server leads before the first client's turn.
+            self.advance(300).await;
+            if self.servers.iter().all(|server| server.engine.is_none()) {
+                return;
+            }
+        } else if !self.open(0, None) {
             return;
         }
         let mut check_every = 2_000;
         while self.outcome.ops < self.options.ops {
             self.step += 1;
-            self.ticked = false;
-            if self.failed {
-                self.crash("io-error").await;
-                if self.engine.is_none() {
+            self.ticked.clear();
+            if !self.ha && self.servers[0].failed {
+                self.crash(0, "io-error").await;
+                if self.servers[0].engine.is_none() {
                     break;
                 }
             }
@@ -401,23 +637,28 @@ impl Sim {
                     self.advance(ms).await;
                 }
                 800..960 => self.commit(),
-                960..965 => self.crash("lost-batch").await,
+                960..965 => {
+                    let index = self.victim();
+                    self.crash(index, "lost-batch").await;
+                }
                 965..970 => {
+                    let index = self.victim();
                     self.commit();
-                    self.crash("durable-unacknowledged").await;
+                    self.crash(index, "durable-unacknowledged").await;
                 }
                 970..976 => {
                     let ms = self.rng.range(1_000, 12_000);
                     self.clock.advance(ms);
                     self.outcome.clock_jumps += 1;
                     self.record(usize::MAX, EventKind::ClockJump { ms });
-                    self.start_tick();
+                    self.start_ticks();
                 }
                 976..980 => {
                     if let Ok(mut disk) = self.disk.lock() {
                         disk.fail_next = true;
                     }
                 }
+                980..984 if self.ha => self.pause_server(),
                 _ => {
                     let index = self.rng.below(self.clients.len() as u64) as usize;
                     let ms = self.rng.range(500, 8_000);
@@ -435,7 +676,7 @@ impl Sim {
                     }
                 }
             }
-            if self.engine.is_none() {
+            if !self.ha && self.servers[0].engine.is_none() {
                 break;
             }
             self.poll_all();
@@ -450,7 +691,7 @@ impl Sim {
         }
         // Let the last answers arrive: commit, poll, and move time past every wait.
         for _ in 0..8 {
-            if self.engine.is_none() || self.failed {
+            if !self.ha && (self.servers[0].engine.is_none() || self.servers[0].failed) {
                 break;
             }
             self.commit();
@@ -462,6 +703,50 @@ impl Sim {
         }
     }
 
+    /// The server a crash hits: the lone one, or (with several) mostly the active one.
+    fn victim(&mut self) -> usize {
+        if !self.ha {
+            return 0;
+        }
+        let active = self
+            .servers
+            .iter()
+            .position(|server| server.engine.is_some());
+        match active {
+            Some(index) if self.rng.chance(700) => index,
+            _ => self.rng.below(self.servers.len() as u64) as usize,
+        }
+    }
+
+    /// A server stops for a while (SIGSTOP, a long GC pause): mostly past the leadership lease,
+    /// so that it resumes deposed, with its table and its gate as they were.
+    fn pause_server(&mut self) {
+        let index = self.victim();
+        let ttl = LEADER_TTL.as_millis() as u64;
+        let ms = if self.rng.chance(750) {
+            self.rng.range(ttl + ttl / 5, 4 * ttl)
+        } else {
+            self.rng.range(50, ttl)
+        };
+        let until = self.true_ms + ms;
+        let Some(server) = self.servers.get_mut(index) else {
+            return;
+        };
+        if !server.runs(self.true_ms) {
+            return;
+        }
+        server.paused_until = until;
+        server.elector_after = until + self.rng.range(0, 100);
+        let node = server.node.clone();
+        self.outcome.server_pauses += 1;
+        self.record(
+            usize::MAX,
+            EventKind::Note {
+                what: format!("{node} pauses for {ms} ms"),
+            },
+        );
+    }
+
     fn finish(mut self) -> Outcome {
         self.outcome.steps = self.step;
         self.outcome.violations = check::all(&self.events);
@@ -471,22 +756,75 @@ impl Sim {
         });
         if let Ok(disk) = self.disk.lock() {
             self.outcome.commits = disk.commits;
+            self.outcome.deposed_commits = disk.deposed;
         }
         self.outcome
     }
 
+    /// Moves true time (and with it the wall clock, the runtime's timers and every server's
+    /// monotonic clock) by `ms`, stopping at every leadership event on the way, then ticks.
     async fn advance(&mut self, ms: u64) {
-        tokio::time::advance(Duration::from_millis(ms)).await;
-        self.clock.advance(ms);
-        self.start_tick();
+        let target = self.true_ms + ms;
+        loop {
+            let next = if self.ha {
+                self.next_leadership_event().filter(|at| *at <= target)
+            } else {
+                None
+            };
+            let to = next.unwrap_or(target);
+            if to > self.true_ms {
+                self.move_time(to - self.true_ms).await;
+            }
+            if next.is_none() {
+                break;
+            }
+            let resumed: Vec<usize> = (0..self.servers.len())
+                .filter(|index| self.servers[*index].paused_until == self.true_ms)
+                .collect();
+            for index in resumed {
+                // As a paused server resumes, its engine's timer (overdue) runs first. (Between
+                // them, a request could see a lease expired but not yet swept: a fence check
+                // accepts its token; see docs/simulation.md, "What it found".)
+                self.start_tick(index);
+                self.poll_system();
+            }
+            self.leadership_events();
+        }
+        self.start_ticks();
     }
 
-    fn start_tick(&mut self) {
-        let Some(engine) = self.engine.clone() else {
+    async fn move_time(&mut self, ms: u64) {
+        tokio::time::advance(Duration::from_millis(ms)).await;
+        self.clock.advance(ms);
+        self.true_ms += ms;
+        let elapsed = self.true_ms - START_MS;
+        for server in &self.servers {
+            let mono = Duration::from_micros(elapsed.saturating_mul(server.rate));
+            server.gate.now.set(mono);
+        }
+    }
+
+    /// Every server's engine ticks (as its own timer would), unless it is paused or down.
+    fn start_ticks(&mut self) {
+        for index in 0..self.servers.len() {
+            self.start_tick(index);
+        }
+    }
+
+    fn start_tick(&mut self, index: usize) {
+        let Some(server) = self.servers.get(index) else {
+            return;
+        };
+        if !server.runs(self.true_ms) {
+            return;
+        }
+        let Some(engine) = server.engine.clone() else {
             return;
         };
         self.system.push(Pending {
             request: Request::Tick,
+            server: index,
+            engine_generation: 0,
             future: Box::pin(async move {
                 let _ = engine.tick().await;
                 Answer::Tick
@@ -497,22 +835,106 @@ impl Sim {
         });
     }
 
+    /// Every running engine commits what it has pending.
     fn commit(&mut self) {
-        if let Some(engine) = &self.engine
-            && !self.failed
-            && engine.commit_pending().is_err()
-        {
-            self.failed = true;
+        let now = self.true_ms;
+        for server in &mut self.servers {
+            if !server.runs(now) || server.failed {
+                continue;
+            }
+            if let Some(engine) = &server.engine
+                && engine.commit_pending().is_err()
+            {
+                server.failed = true;
+            }
+        }
+        self.read_feeds();
+    }
+
+    /// Records what every engine's feed published since the last look: the lapses of tickets
+    /// (with whether a waiter was parked on the ticket at that engine) and grants from queues.
+    fn read_feeds(&mut self) {
+        let lapse_ms = config().ticket_lapse_ms;
+        for index in 0..self.servers.len() {
+            let mut published = Vec::new();
+            let mut lagged = false;
+            if let Some(feed) = self.servers.get_mut(index).and_then(|s| s.feed.as_mut()) {
+                loop {
+                    match feed.live.try_recv() {
+                        Ok(event) => published.push(event),
+                        Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => {
+                            lagged = true;
+                        }
+                        Err(_) => break,
+                    }
+                }
+            }
+            if lagged {
+                self.record(
+                    usize::MAX,
+                    EventKind::Note {
+                        what: "the feed lagged: some lapses were not seen".into(),
+                    },
+                );
+            }
+            let engine_generation = self
+                .servers
+                .get(index)
+                .map_or(0, |server| server.engine_generation);
+            for event in published {
+                match &event.event {
+                    baton_core::Event::LeftQueue {
+                        ticket,
+                        why: baton_core::QueueExit::Lapsed,
+                        at,
+                    } => {
+                        // A wait parked on it at this engine, sent before the lapse and not
+                        // answered: its park keeps the ticket for a lapse past its end.
+                        let parked = self.clients.iter().any(|client| {
+                            client.pending.as_ref().is_some_and(|pending| {
+                                pending.polled
+                                    && pending.server == index
+                                    && pending.engine_generation == engine_generation
+                                    && pending.sent_at <= *at
+                                    && matches!(&pending.request,
+                                        Request::Wait { ticket: t, wait, .. }
+                                            if *t == ticket.id
+                                                && *at < pending.sent_at + wait.as_millis() as u64 + lapse_ms)
+                            })
+                        });
+                        self.record(
+                            usize::MAX,
+                            EventKind::TicketLapsed {
+                                ticket: ticket.id,
+                                lock: ticket.lock.clone(),
+                                at: *at,
+                                lapse_at: ticket.lapse_at,
+                                gone: ticket.waiter_gone,
+                                parked,
+                            },
+                        );
+                    }
+                    baton_core::Event::Granted { lease, at } => {
+                        if let Some(ticket) = lease.ticket {
+                            self.record(usize::MAX, EventKind::TicketGranted { ticket, at: *at });
+                        }
+                    }
+                    _ => {}
+                }
+            }
         }
     }
 
-    /// The server crashes: every request in flight is cut off unanswered, the engine is
-    /// dropped with whatever it had not committed, and a new one recovers from the disk.
-    async fn crash(&mut self, how: &'static str) {
+    /// Server `index` crashes: every request in flight to it is cut off unanswered, its engine
+    /// is dropped with whatever it had not committed. A lone server recovers from the disk at
+    /// once; one of several comes back a standby and campaigns.
+    async fn crash(&mut self, index: usize, how: &'static str) {
         let mut ending = Vec::new();
         let mut cancelling = Vec::new();
         for client in &mut self.clients {
-            if let Some(pending) = client.pending.take() {
+            if client.pending.as_ref().is_some_and(|p| p.server == index)
+                && let Some(pending) = client.pending.take()
+            {
                 match &pending.request {
                     Request::Revoke { lease, .. } | Request::Finish { lease, .. }
                         if pending.polled =>
@@ -525,7 +947,32 @@ impl Sim {
                 drop(pending);
             }
         }
-        self.system.clear();
+        self.system.retain(|pending| pending.server != index);
+        self.outcome.crashes += 1;
+        let down = self.rng.range(0, 1_500);
+        if self.ha {
+            let Some(server) = self.servers.get_mut(index) else {
+                return;
+            };
+            server.engine = None;
+            server.failed = false;
+            server.gate.until.set(None);
+            server.gate.generation.set(server.gate.generation.get() + 1);
+            server.statement = None;
+            server.paused_until = 0;
+            server.down_until = self.true_ms + down;
+            server.next_round = self.true_ms + down;
+            let node = server.node.clone();
+            self.cut_ending.extend(ending);
+            self.cut_cancelling.extend(cancelling);
+            self.record(
+                usize::MAX,
+                EventKind::Note {
+                    what: format!("{node} CRASH ({how}), down for {down} ms"),
+                },
+            );
+            return;
+        }
         self.record(
             usize::MAX,
             EventKind::Crash {
@@ -534,13 +981,220 @@ impl Sim {
                 cancelling,
             },
         );
-        self.outcome.crashes += 1;
-        self.engine = None;
+        if let Some(server) = self.servers.get_mut(index) {
+            server.engine = None;
+        }
         // A restart takes a moment; waits measured on the runtime's clock move on too.
-        let down = self.rng.range(0, 1_500);
-        tokio::time::advance(Duration::from_millis(down)).await;
-        self.clock.advance(down);
-        self.open();
+        self.move_time(down).await;
+        self.open(index, None);
+    }
+
+    /// The earliest leadership event: a statement reaching the database or its reply the
+    /// server, a round due, a pause or restart ending.
+    fn next_leadership_event(&self) -> Option<Millis> {
+        self.servers
+            .iter()
+            .flat_map(|server| {
+                let statement = server.statement.as_ref().map(|statement| {
+                    if statement.result.is_none() {
+                        // The database runs it whatever the server does meanwhile.
+                        statement.db_at
+                    } else {
+                        statement
+                            .reply_at
+                            .min(statement.sent_at + STATEMENT_TIMEOUT_MS)
+                            .max(server.resumes())
+                    }
+                });
+                let round = server
+                    .statement
+                    .is_none()
+                    .then_some(server.next_round.max(server.resumes()));
+                // A pause ends: its engine's timer fires.
+                let resume = (server.paused_until > self.true_ms).then_some(server.paused_until);
+                [statement, round, resume]
+            })
+            .flatten()
+            .min()
+            .map(|at| at.max(self.true_ms))
+    }
+
+    /// Runs every leadership event due now, as `HaStore`'s elector would.
+    fn leadership_events(&mut self) {
+        let now = self.true_ms;
+        let timing = LeaderTiming { ttl: LEADER_TTL };
+        // Statements reach the database in the order of their arrival.
+        let mut arriving: Vec<(Millis, usize)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter_map(|(index, server)| {
+                let statement = server.statement.as_ref()?;
+                (statement.result.is_none() && statement.db_at <= now)
+                    .then_some((statement.db_at, index))
+            })
+            .collect();
+        arriving.sort();
+        for (db_at, index) in arriving {
+            let Ok(mut disk) = self.disk.lock() else {
+                return;
+            };
+            let Some(server) = self.servers.get_mut(index) else {
+                continue;
+            };
+            let Some(statement) = server.statement.as_mut() else {
+                continue;
+            };
+            let url = format!("http://{}", server.node);
+            statement.result = Some(if statement.campaign {
+                let won =
+                    leadership::campaign(&mut disk.leader, &server.node, &url, db_at, LEADER_TTL);
+                (won, Renewal::Renewed)
+            } else {
+                let renewal = leadership::renew(
+                    &mut disk.leader,
+                    &server.node,
+                    server.epoch,
+                    db_at,
+                    LEADER_TTL,
+                );
+                (None, renewal)
+            });
+            // The active the row names now, for `not_active` answers.
+            let holder = disk
+                .leader
+                .as_ref()
+                .filter(|row| row.expires_at > db_at)
+                .and_then(|row| row.node.strip_prefix("server-"))
+                .and_then(|n| n.parse::<usize>().ok());
+            server.hint = holder;
+        }
+        for index in 0..self.servers.len() {
+            let Some(server) = self.servers.get(index) else {
+                continue;
+            };
+            if !server.elector_runs(now) {
+                continue;
+            }
+            match &server.statement {
+                Some(statement) if statement.result.is_some() => {
+                    let timeout_at = statement.sent_at + STATEMENT_TIMEOUT_MS;
+                    let timed_out = statement.reply_at > timeout_at;
+                    let due = statement.reply_at.min(timeout_at);
+                    if due <= now {
+                        self.reply(index, &timing, timed_out);
+                    }
+                }
+                None if server.next_round <= now => self.round(index),
+                _ => {}
+            }
+        }
+    }
+
+    /// Server `index` starts a round: a renewal while it leads, a campaign otherwise (after
+    /// stepping down when its engine stopped taking writes).
+    fn round(&mut self, index: usize) {
+        let now = self.true_ms;
+        let failed = self.servers.get(index).is_some_and(|server| server.failed);
+        if failed {
+            self.step_down(index, leadership::ENGINE_STOPPED, true);
+        }
+        // The network: mostly quick, sometimes slow enough to miss a renewal or time out.
+        let there = if self.rng.chance(40) {
+            self.rng.range(200, 1_500)
+        } else {
+            self.rng.range(0, 20)
+        };
+        let back = if self.rng.chance(20) {
+            self.rng.range(200, 1_500)
+        } else {
+            self.rng.range(0, 20)
+        };
+        let Some(server) = self.servers.get_mut(index) else {
+            return;
+        };
+        server.statement = Some(Statement {
+            campaign: server.engine.is_none(),
+            sent: server.gate.now.get(),
+            sent_at: now,
+            db_at: now + there,
+            reply_at: now + there + back,
+            result: None,
+        });
+    }
+
+    /// The reply of server `index`'s statement arrives (or its timeout passes).
+    fn reply(&mut self, index: usize, timing: &LeaderTiming, timed_out: bool) {
+        let Some(server) = self.servers.get_mut(index) else {
+            return;
+        };
+        let Some(statement) = server.statement.take() else {
+            return;
+        };
+        let now = self.true_ms;
+        let (won, renewal) = statement.result.unwrap_or((None, Renewal::Failed));
+        let renewal = if timed_out { Renewal::Failed } else { renewal };
+        if !statement.campaign {
+            let open = server.gate.open();
+            match leadership::after_renewal(timing, statement.sent, renewal, open) {
+                AfterRenewal::Extend(deadline) => {
+                    server.gate.until.set(Some(deadline));
+                    server.next_round = now + timing.renew_every().as_millis() as u64;
+                }
+                AfterRenewal::Keep => {
+                    server.next_round = now + timing.campaign_every().as_millis() as u64;
+                }
+                AfterRenewal::StepDown(why) => {
+                    server.next_round = now;
+                    self.step_down(index, why, false);
+                }
+            }
+            return;
+        }
+        server.next_round = now + timing.campaign_every().as_millis() as u64;
+        let Some(epoch) = won.filter(|_| !timed_out) else {
+            return;
+        };
+        // Won: the deadline counts from when the campaign was sent; a reply that came too late
+        // (the server paused, the network slow) is not a leadership any more.
+        let deadline = timing.deadline(statement.sent);
+        if !leadership::gate_open(Some(deadline), server.gate.now.get()) {
+            return;
+        }
+        server.gate.until.set(None);
+        if self.open(index, Some(epoch))
+            && let Some(server) = self.servers.get_mut(index)
+        {
+            server.gate.until.set(Some(deadline));
+            server.gate.generation.set(server.gate.generation.get() + 1);
+            server.next_round = now + timing.renew_every().as_millis() as u64;
+        }
+    }
+
+    /// Server `index` drops its engine and becomes a standby; operations in flight on it end
+    /// `not_active` when next polled.
+    fn step_down(&mut self, index: usize, why: &str, resign: bool) {
+        let Some(server) = self.servers.get_mut(index) else {
+            return;
+        };
+        server.gate.until.set(None);
+        server.gate.generation.set(server.gate.generation.get() + 1);
+        if server.engine.take().is_none() {
+            return;
+        }
+        server.failed = false;
+        let node = server.node.clone();
+        let epoch = server.epoch;
+        if resign && let Ok(mut disk) = self.disk.lock() {
+            leadership::resign(&mut disk.leader, &node, epoch, self.true_ms);
+        }
+        self.system.retain(|pending| pending.server != index);
+        self.record(
+            usize::MAX,
+            EventKind::Note {
+                what: format!("{node} steps down: {why}"),
+            },
+        );
     }
 
     fn client_turn(&mut self) {
@@ -560,16 +1214,46 @@ impl Sim {
                 Request::Acquire { args, .. } => !args.wait.is_zero(),
                 _ => false,
             };
-            if parked && pending.polled && self.rng.chance(80) {
+            let runs = self
+                .servers
+                .get(pending.server)
+                .is_some_and(|server| server.runs(self.true_ms));
+            if parked && pending.polled && runs && self.rng.chance(80) {
                 self.depart(index);
             }
             return;
         }
-        if let Some((request, future)) = self.choose(index) {
+        let target = client.server;
+        let Some(server) = self.servers.get(target) else {
+            return;
+        };
+        let Some(engine) = server
+            .engine
+            .clone()
+            .filter(|_| server.down_until <= self.true_ms)
+        else {
+            // A standby (or a server restarting) answers `not_active` at once, naming the
+            // active it knows of: the client goes there, or tries the next server.
+            let next = server
+                .hint
+                .filter(|hint| *hint != target)
+                .unwrap_or((target + 1) % self.servers.len());
+            self.outcome.not_active += 1;
+            if let Some(client) = self.clients.get_mut(index) {
+                client.server = next;
+            }
+            return;
+        };
+        let gate = Rc::clone(&server.gate);
+        let engine_generation = server.engine_generation;
+        if let Some((request, future)) = self.choose(index, engine) {
             self.outcome.ops += 1;
+            let future = if self.ha { gated(gate, future) } else { future };
             if let Some(client) = self.clients.get_mut(index) {
                 client.pending = Some(Pending {
                     request,
+                    server: target,
+                    engine_generation,
                     future,
                     polled: false,
                     sent_at: 0,
@@ -589,31 +1273,33 @@ impl Sim {
             Request::Acquire { args, .. } => (None, args.request_id.clone(), args.lock.clone()),
             _ => return,
         };
+        let server = pending.server;
         drop(pending);
         self.outcome.departures += 1;
-        if self.failed {
-            return;
-        }
-        let Some(engine) = &self.engine else {
-            return;
-        };
-        let delivered = &self.delivered;
-        let still_held = engine.inspect(|state| {
-            state
-                .lock(&lock)
-                .map(|view| {
-                    view.holders
-                        .into_iter()
-                        .filter(|lease| {
-                            lease.ticket.is_some()
-                                && !delivered.contains(&lease.id)
-                                && (ticket.is_some() && lease.ticket == ticket
-                                    || request_id.is_some() && lease.request_id == request_id)
+        // Only the active's table says what stays held (a deposed server's is stale).
+        let still_held = match self.active_engine(server) {
+            None => Vec::new(),
+            Some(engine) => {
+                let delivered = &self.delivered;
+                engine.inspect(|state| {
+                    state
+                        .lock(&lock)
+                        .map(|view| {
+                            view.holders
+                                .into_iter()
+                                .filter(|lease| {
+                                    lease.ticket.is_some()
+                                        && !delivered.contains(&lease.id)
+                                        && (ticket.is_some() && lease.ticket == ticket
+                                            || request_id.is_some()
+                                                && lease.request_id == request_id)
+                                })
+                                .collect()
                         })
-                        .collect()
+                        .unwrap_or_default()
                 })
-                .unwrap_or_default()
-        });
+            }
+        };
         self.record(
             index,
             EventKind::Departed {
@@ -630,8 +1316,7 @@ impl Sim {
     }
 
     /// What client `index` does next, given what it holds.
-    fn choose(&mut self, index: usize) -> Option<(Request, OpFuture)> {
-        let engine = self.engine.clone()?;
+    fn choose(&mut self, index: usize, engine: Arc<Engine>) -> Option<(Request, OpFuture)> {
         let pick = self.clients.get_mut(index)?.rng.next_u64();
         let (lock, capacity) = Sim::lock_name(pick)?;
         let known: Vec<(LeaseId, LockName, u64)> = self
@@ -728,6 +1413,7 @@ impl Sim {
                             ticket,
                             lock: waiting.lock.clone(),
                             job: waiting.job,
+                            wait,
                         },
                         Box::pin(
                             async move { Answer::Ticket(engine.wait_ticket(ticket, wait).await) },
@@ -837,8 +1523,18 @@ impl Sim {
         }
     }
 
-    fn queue_of(&self, lock: &LockName) -> Vec<TicketId> {
-        let Some(engine) = &self.engine else {
+    /// The engine of server `index` if it is the active one now: running, taking writes,
+    /// its gate open.
+    fn active_engine(&self, index: usize) -> Option<Arc<Engine>> {
+        let server = self.servers.get(index)?;
+        if !server.runs(self.true_ms) || server.failed || !server.gate.open() {
+            return None;
+        }
+        server.engine.clone()
+    }
+
+    fn queue_of(&self, server: usize, lock: &LockName) -> Vec<TicketId> {
+        let Some(engine) = self.active_engine(server) else {
             return Vec::new();
         };
         engine.inspect(|state| {
@@ -859,6 +1555,18 @@ impl Sim {
         let mut cx = Context::from_waker(Waker::noop());
         let now = self.now();
         for index in 0..self.clients.len() {
+            let server = match self.clients.get(index).and_then(|c| c.pending.as_ref()) {
+                Some(pending) => pending.server,
+                None => continue,
+            };
+            // A paused server serves nothing: the request waits in its socket.
+            if !self
+                .servers
+                .get(server)
+                .is_some_and(|s| s.runs(self.true_ms))
+            {
+                continue;
+            }
             let Some(mut pending) = self.clients.get_mut(index).and_then(|c| c.pending.take())
             else {
                 continue;
@@ -866,17 +1574,35 @@ impl Sim {
             let first = !pending.polled;
             if first {
                 pending.sent_at = now;
+                // The request reaches the server now: if the engine it was made for is gone
+                // (the server stepped down or took over again since), `HaStore` would run it
+                // on its current engine or answer `not_active`; here it is `not_active`.
+                let current = self
+                    .servers
+                    .get(server)
+                    .filter(|server| server.engine.is_some())
+                    .map(|server| server.engine_generation);
+                if current != Some(pending.engine_generation) {
+                    self.outcome.answered += 1;
+                    self.answered(index, &pending, Answer::NotActive { ran: false });
+                    continue;
+                }
                 if self.options.trace {
                     self.outcome.trace.push(format!(
-                        "{:>7} t=+{:<8} g{} client-{index:<3} sends {}",
+                        "{:>7} t=+{:<8} g{} client-{index:<3} sends {}{}",
                         self.step,
                         now.saturating_sub(START_MS),
                         self.generation,
-                        describe_request(&pending.request)
+                        describe_request(&pending.request),
+                        if self.ha {
+                            format!(" to server-{server}")
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
                 if let Request::Acquire { args, try_: true } = &pending.request {
-                    pending.try_before = Some(self.queue_of(&args.lock));
+                    pending.try_before = Some(self.queue_of(server, &args.lock));
                 }
             }
             pending.polled = true;
@@ -892,10 +1618,22 @@ impl Sim {
                 }
             }
         }
+        self.poll_system();
+    }
+
+    /// Polls the engines' own work (ticks) of every running server.
+    fn poll_system(&mut self) {
+        let mut cx = Context::from_waker(Waker::noop());
         let mut system = std::mem::take(&mut self.system);
+        let now = self.true_ms;
+        let servers = &self.servers;
+        let ticked = &mut self.ticked;
         system.retain_mut(|pending| {
-            if !pending.polled {
-                self.ticked = true;
+            if !servers.get(pending.server).is_some_and(|s| s.runs(now)) {
+                return true;
+            }
+            if !pending.polled && !ticked.contains(&pending.server) {
+                ticked.push(pending.server);
             }
             pending.polled = true;
             pending.future.as_mut().poll(&mut cx).is_pending()
@@ -906,12 +1644,14 @@ impl Sim {
     /// Observations after a round: the handover and job invariants, which hold whenever no
     /// deadline is due (right after a tick ran).
     fn after_round(&mut self) {
-        let Some(engine) = self.engine.clone() else {
-            return;
-        };
-        if !self.ticked || self.failed {
-            return;
+        for server in self.ticked.clone() {
+            if let Some(engine) = self.active_engine(server) {
+                self.observe_after_tick(&engine);
+            }
         }
+    }
+
+    fn observe_after_tick(&mut self, engine: &Engine) {
         let now = self.now();
         let idle: Vec<(LockName, TicketId)> = engine.inspect(|state| {
             LOCKS
@@ -1015,6 +1755,32 @@ impl Sim {
 
     fn answered(&mut self, index: usize, pending: &Pending, answer: Answer) {
         let sent_at = pending.sent_at;
+        if let Answer::NotActive { ran } = answer {
+            self.outcome.not_active += 1;
+            if ran {
+                match &pending.request {
+                    Request::Revoke { lease, .. } | Request::Finish { lease, .. } => {
+                        self.cut_ending.push((*lease, sent_at));
+                    }
+                    Request::Cancel { ticket } => self.cut_cancelling.push(*ticket),
+                    _ => {}
+                }
+            }
+            let next = self
+                .servers
+                .get(pending.server)
+                .and_then(|server| server.hint)
+                .filter(|hint| *hint != pending.server)
+                .unwrap_or((pending.server + 1) % self.servers.len());
+            if let Some(client) = self.clients.get_mut(index) {
+                client.server = next;
+            }
+            return;
+        }
+        let loaded_at = self
+            .servers
+            .get(pending.server)
+            .map_or(0, |server| server.loaded_at);
         match (&pending.request, answer) {
             (Request::Acquire { args, try_ }, Answer::Acquire(result)) => {
                 let request_id = args.request_id.clone();
@@ -1023,7 +1789,7 @@ impl Sim {
                         if *try_ {
                             let before = pending.try_before.clone().unwrap_or_default();
                             if !before.is_empty() {
-                                let after = self.queue_of(&lease.lock);
+                                let after = self.queue_of(pending.server, &lease.lock);
                                 // A lease granted by this try itself: not one an owner key
                                 // already had, nor its queued ticket's (granted from the queue).
                                 let granted_new = lease.granted_at == sent_at
@@ -1059,6 +1825,7 @@ impl Sim {
                                 lock: queued.ticket.lock,
                                 seq: queued.ticket.seq,
                                 queued_at: queued.ticket.queued_at,
+                                lapse_at: queued.ticket.lapse_at,
                                 gone: queued.ticket.waiter_gone,
                                 request_id,
                             },
@@ -1094,7 +1861,15 @@ impl Sim {
                     let request_id = lease.request_id.clone();
                     self.granted(index, lease, via, sent_at, *job, request_id);
                 }
-                Ok(TicketStatus::Queued(_)) | Err(StoreError::Unavailable(_)) => {}
+                Ok(TicketStatus::Queued(queued)) => self.record(
+                    index,
+                    EventKind::StillQueued {
+                        ticket: *ticket,
+                        lapse_at: queued.ticket.lapse_at,
+                        gone: queued.ticket.waiter_gone,
+                    },
+                ),
+                Err(StoreError::Unavailable(_)) => {}
                 Err(error) => {
                     if let Some(client) = self.clients.get_mut(index) {
                         client.waiting = None;
@@ -1181,6 +1956,7 @@ impl Sim {
                         lock: lock.clone(),
                         token: *token,
                         sent_at,
+                        loaded_at,
                     },
                 ),
                 Err(StoreError::Token(TokenError::Stale { .. })) => self.record(
@@ -1283,6 +2059,29 @@ impl Sim {
             _ => {}
         }
     }
+}
+
+/// An operation as `HaStore::on_active` runs it: refused unless the gate is open before it
+/// runs, ended `not_active` when the server's role changes meanwhile, and its answer withheld
+/// when the gate closed while it ran.
+fn gated(gate: Rc<GateCell>, mut inner: OpFuture) -> OpFuture {
+    Box::pin(async move {
+        let generation = gate.generation.get();
+        if !gate.open() {
+            return Answer::NotActive { ran: false };
+        }
+        let answer = std::future::poll_fn(|cx| {
+            if gate.generation.get() != generation {
+                return Poll::Ready(None);
+            }
+            inner.as_mut().poll(cx).map(Some)
+        })
+        .await;
+        match answer {
+            Some(answer) if gate.open() && gate.generation.get() == generation => answer,
+            _ => Answer::NotActive { ran: true },
+        }
+    })
 }
 
 fn acquire_request(engine: Arc<Engine>, args: AcquireArgs) -> (Request, OpFuture) {

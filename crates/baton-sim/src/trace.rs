@@ -46,6 +46,30 @@ pub fn describe(kind: &EventKind) -> String {
             "queued on {lock} as #{seq} request {}",
             request_id.as_deref().unwrap_or("-")
         ),
+        EventKind::StillQueued {
+            ticket,
+            lapse_at,
+            gone,
+        } => format!(
+            "still queued: {ticket:?} lapses at +{}{}",
+            rel(*lapse_at),
+            if *gone { " (waiter gone)" } else { "" }
+        ),
+        EventKind::TicketLapsed {
+            ticket,
+            lock,
+            at,
+            lapse_at,
+            gone,
+            parked,
+        } => format!(
+            "{ticket:?} on {lock} LAPSED at +{} (lapse at +{}, waiter gone {gone}, parked {parked})",
+            rel(*at),
+            rel(*lapse_at)
+        ),
+        EventKind::TicketGranted { ticket, at } => {
+            format!("{ticket:?} granted at +{}", rel(*at))
+        }
         EventKind::Busy { lock, .. } => format!("busy: {lock}"),
         EventKind::AcquireRefused { request_id, error } => format!(
             "acquire {} refused: {error}",
@@ -115,6 +139,15 @@ pub fn describe(kind: &EventKind) -> String {
             format!("{lock} has room while {ticket:?} waits")
         }
         EventKind::JobMismatch { job, what } => format!("job {job:?}: {what}"),
+        EventKind::Crash {
+            how,
+            ending,
+            cancelling,
+        } if *how == "takeover" => format!(
+            "LEADERSHIP CHANGES: {} ends and {} cancels of the old active in flight",
+            ending.len(),
+            cancelling.len()
+        ),
         EventKind::Crash {
             how,
             ending,

@@ -100,3 +100,22 @@ fn a_failure_shrinks_and_replays() {
     );
     assert!(!replay.trace.is_empty());
 }
+
+/// Several servers: a commit not fenced by the leadership epoch lets a deposed active that
+/// resumes write its stale table over its successor's, which the next takeover loads.
+#[test]
+fn a_commit_not_fenced_by_the_epoch_breaks_a_guarantee() {
+    sim_bugs::set(Some(Bug::UnfencedCommit));
+    let found = (0..10).find_map(|seed| {
+        let outcome = run(&Options::servers(seed, 5_000));
+        (!outcome.violations.is_empty()).then_some((seed, outcome))
+    });
+    sim_bugs::set(None);
+    let (seed, outcome) = found.unwrap_or_else(|| panic!("unfenced-commit was not caught"));
+    let first = &outcome.violations[0];
+    assert!(
+        ["G1", "G2", "G3", "G5", "recovery"].contains(&first.guarantee),
+        "unfenced-commit (seed {seed}) was caught as {first}"
+    );
+    assert!(outcome.takeovers > 0);
+}

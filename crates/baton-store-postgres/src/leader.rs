@@ -48,6 +48,7 @@ use baton_core::{
     Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobFilter, JobId, Lease,
     LeaseId, LockName, LockView, Millis, Released, StopReason, TicketId, TicketStatus,
 };
+use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
 use baton_store::{
     AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Clock, CreateJobArgs, Engine, EngineOptions,
     Leadership, Persister, Store, StoreError, StoreStats,
@@ -91,20 +92,33 @@ impl LeaderOptions {
         })
     }
 
+    /// The lease's periods (`baton_store::leadership`, shared with the simulator).
+    pub fn timing(&self) -> LeaderTiming {
+        LeaderTiming { ttl: self.ttl }
+    }
+
     /// How often the active renews: four renewals fit in one lease.
     pub fn renew_every(&self) -> Duration {
-        self.ttl / 4
+        self.timing().renew_every()
     }
 
     /// The margin taken off the local deadline for clocks that run at different rates and for
     /// the time between the check and the answer leaving: a tenth of the lease, at least 100 ms.
     pub fn drift(&self) -> Duration {
-        (self.ttl / 10).max(Duration::from_millis(100))
+        self.timing().drift()
     }
 
     /// How often a standby looks at the row.
     pub fn campaign_every(&self) -> Duration {
-        (self.ttl / 8).min(Duration::from_millis(500))
+        self.timing().campaign_every()
+    }
+
+    /// The local deadline after a campaign or renewal sent at `sent` that succeeded.
+    fn deadline(&self, gate: &Gate, sent: Instant) -> Instant {
+        gate.base
+            + self
+                .timing()
+                .deadline(sent.saturating_duration_since(gate.base))
     }
 }
 
@@ -172,8 +186,8 @@ impl Gate {
 
     fn is_open(&self) -> bool {
         let until = self.until_ns.load(Ordering::SeqCst);
-        let now = u64::try_from(self.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        until != 0 && now < until
+        let until = (until != 0).then(|| Duration::from_nanos(until));
+        leadership::gate_open(until, self.base.elapsed())
     }
 }
 
@@ -442,35 +456,42 @@ impl Elector {
         let current = self.shared.current();
         if let Some(engine) = current.engine {
             if let Err(error) = engine.ready().await {
-                self.shared.step_down("the engine stopped taking writes");
+                self.shared.step_down(leadership::ENGINE_STOPPED);
                 self.resign(current.epoch).await;
                 return Err(error);
             }
+            let base = self.shared.gate.base;
             let sent = Instant::now();
-            match self.renew(current.epoch).await {
-                Ok(true) => {
-                    self.shared
-                        .gate
-                        .open_until(sent + options.ttl.saturating_sub(options.drift()));
-                    Ok(options.renew_every())
+            let outcome = self.renew(current.epoch).await;
+            let renewal = match &outcome {
+                Ok(true) => Renewal::Renewed,
+                Ok(false) => Renewal::Taken,
+                Err(_) => Renewal::Failed,
+            };
+            let sent = sent.saturating_duration_since(base);
+            match leadership::after_renewal(
+                &options.timing(),
+                sent,
+                renewal,
+                self.shared.gate.is_open(),
+            ) {
+                AfterRenewal::Extend(deadline) => {
+                    let gate = &self.shared.gate;
+                    gate.open_until(gate.base + deadline);
                 }
-                Ok(false) => {
-                    self.shared.step_down("another server holds the leadership");
-                    Ok(Duration::ZERO)
-                }
-                Err(error) => {
-                    if !self.shared.gate.is_open() {
-                        self.shared
-                            .step_down("the leadership could not be renewed in time");
-                    }
-                    Err(error)
-                }
+                AfterRenewal::StepDown(why) => self.shared.step_down(why),
+                AfterRenewal::Keep => {}
+            }
+            match (outcome, renewal) {
+                (Err(error), _) => Err(error),
+                (Ok(_), Renewal::Taken) => Ok(Duration::ZERO),
+                (Ok(_), _) => Ok(options.renew_every()),
             }
         } else {
             let sent = Instant::now();
             match self.campaign().await? {
                 Campaign::Won { epoch } => {
-                    let deadline = sent + options.ttl.saturating_sub(options.drift());
+                    let deadline = options.deadline(&self.shared.gate, sent);
                     self.take_over(epoch, deadline).await?;
                     Ok(options.renew_every())
                 }
@@ -502,7 +523,9 @@ impl Elector {
         let mut deadline = deadline;
         let engine = loop {
             let renew_at = tokio::time::Instant::from_std(
-                deadline.checked_sub(options.ttl / 2).unwrap_or(deadline),
+                deadline
+                    .checked_sub(options.timing().renew_while_loading_before())
+                    .unwrap_or(deadline),
             );
             tokio::select! {
                 opened = &mut opening => {
@@ -513,7 +536,7 @@ impl Elector {
                 () = tokio::time::sleep_until(renew_at) => {
                     let sent = Instant::now();
                     if let Ok(true) = self.renew(epoch).await {
-                        deadline = sent + options.ttl.saturating_sub(options.drift());
+                        deadline = options.deadline(&self.shared.gate, sent);
                     } else if Instant::now() >= deadline {
                         tracing::warn!("lost the leadership while loading the table");
                         opening.abort();
@@ -535,7 +558,7 @@ impl Elector {
         // The load may have taken a while: renew once more so the deadline is fresh.
         let sent = Instant::now();
         if let Ok(true) = self.renew(epoch).await {
-            deadline = sent + options.ttl.saturating_sub(options.drift());
+            deadline = options.deadline(&self.shared.gate, sent);
         }
         if Instant::now() >= deadline {
             tokio::task::spawn_blocking(move || drop(engine));

@@ -366,7 +366,7 @@ impl Engine {
     /// writes, as on the committer thread. Without `manual_commit` the committer thread does
     /// this on its own and this must not be called.
     pub fn commit_pending(&self) -> Result<usize, PersistError> {
-        let (changes, batch) = {
+        let (changes, events, batch) = {
             let mut shared = self.inner.lock();
             if let Some(reason) = &shared.failed {
                 return Err(PersistError(reason.clone()));
@@ -375,9 +375,10 @@ impl Engine {
                 return Ok(0);
             }
             let changes = shared.core.drain_changes();
+            let events = shared.core.drain_events();
             shared.dirty_since = None;
             shared.sealed += 1;
-            (changes, shared.sealed)
+            (changes, events, shared.sealed)
         };
         let outcome = match self.persister.lock() {
             Ok(mut persister) => persister.commit(&changes),
@@ -390,6 +391,8 @@ impl Engine {
                     .committed_changes
                     .fetch_add(changes.len() as u64, Ordering::Relaxed);
                 self.inner.durable.send_modify(|state| state.seq = batch);
+                // As the committer does: an event is published only once durable.
+                self.inner.events.publish(events);
                 Ok(changes.len())
             }
             Err(error) => {

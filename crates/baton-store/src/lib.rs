@@ -19,6 +19,7 @@ pub mod conformance;
 mod engine;
 pub mod events;
 mod keys;
+pub mod leadership;
 mod store;
 
 pub use clock::{Clock, ManualClock, SystemClock};
