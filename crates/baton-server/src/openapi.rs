@@ -326,6 +326,16 @@ fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bo
         }
     }
     if !path.starts_with("/v1/") {
+        // `/metrics` is outside `/v1` but, unlike the health checks, needs a key where the
+        // server has keys: it answers 401, 403 and 429 like every `/v1` route.
+        if !crate::auth::OPEN_PATHS.contains(&path) {
+            if let Some(responses) = operation
+                .get_mut("responses")
+                .and_then(Value::as_object_mut)
+            {
+                add_auth_responses(responses, method, path);
+            }
+        }
         return;
     }
     let has_body = operation.get("requestBody").is_some();
@@ -352,29 +362,7 @@ fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bo
         "unavailable (the store cannot commit) or limit_reached: try again later",
     );
     if path != "/v1/openapi.json" {
-        add(
-            responses,
-            "401",
-            "unauthorized: no valid API key (the server has keys; send Authorization: Bearer KEY)",
-        );
-        add(
-            responses,
-            "403",
-            "forbidden: the key does not grant this call; or host_not_allowed: a server without \
-             keys answers only an IP address, localhost or an --allowed-host name in Host",
-        );
-        add(
-            responses,
-            "429",
-            if QUOTA.contains(&(method, path)) {
-                "rate_limited: over the key's requests per second; try again after Retry-After. \
-                 Or quota_exceeded: the key already has as many leases, waiters, locks or jobs as \
-                 its quota allows (`quota` in the body names which, with its limit); other keys \
-                 are not affected, and no Retry-After: release, cancel or finish something first"
-            } else {
-                "rate_limited: over the key's requests per second; try again after Retry-After"
-            },
-        );
+        add_auth_responses(responses, method, path);
     }
     if has_path_parameter {
         add(
@@ -407,4 +395,36 @@ fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bo
             "unsupported_media_type: send the body as application/json",
         );
     }
+}
+
+/// The answers of a route that needs a key where the server has keys: 401, 403 and 429.
+fn add_auth_responses(responses: &mut Map<String, Value>, method: &str, path: &str) {
+    let add = |responses: &mut Map<String, Value>, status: &str, description: &str| {
+        responses
+            .entry(status)
+            .or_insert_with(|| error_response(description));
+    };
+    add(
+        responses,
+        "401",
+        "unauthorized: no valid API key (the server has keys; send Authorization: Bearer KEY)",
+    );
+    add(
+        responses,
+        "403",
+        "forbidden: the key does not grant this call; or host_not_allowed: a server without \
+         keys answers only an IP address, localhost or an --allowed-host name in Host",
+    );
+    add(
+        responses,
+        "429",
+        if QUOTA.contains(&(method, path)) {
+            "rate_limited: over the key's requests per second; try again after Retry-After. \
+             Or quota_exceeded: the key already has as many leases, waiters, locks or jobs as \
+             its quota allows (`quota` in the body names which, with its limit); other keys \
+             are not affected, and no Retry-After: release, cancel or finish something first"
+        } else {
+            "rate_limited: over the key's requests per second; try again after Retry-After"
+        },
+    );
 }
