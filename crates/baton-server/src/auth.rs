@@ -16,6 +16,8 @@
 //!   `read` (GET locks, history, jobs), `acquire` (also acquire, wait, renew, release, cancel,
 //!   fence, and create / wait on / heartbeat / finish jobs), `admin` (also revoke leases; with
 //!   the prefix `""`, manage keys and read the audit log).
+//! - Open without a key: [`OPEN_PATHS`], and the dashboard's files (they hold no data; the
+//!   page reads the API with the user's key).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -534,7 +536,9 @@ fn unauthorized(message: &str) -> ApiError {
     ApiError::new(ErrorCode::Unauthorized, message)
 }
 
-/// The middleware on every route: lets [`OPEN_PATHS`] through, then finds the key of
+/// The middleware on every route: lets [`OPEN_PATHS`] through, and the dashboard's files
+/// ([`crate::dashboard::is_page_path`]; under the Host rule on a server without keys), then
+/// finds the key of
 /// `Authorization: Bearer KEY` (401 without a valid one, when keys are in force), takes one
 /// request from its rate limit (429 with `Retry-After`), and hands the [`Caller`] on.
 pub async fn authenticate(
@@ -543,6 +547,19 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     if OPEN_PATHS.contains(&request.uri().path()) {
+        return next.run(request).await;
+    }
+    // The dashboard's files hold no data (the page reads the API with the user's key), so they
+    // need no key; a server without keys serves them only under the Host rule below, like
+    // everything it answers, so a rebinding name cannot even load the page.
+    if crate::dashboard::is_page_path(request.uri().path()) {
+        let host = request
+            .headers()
+            .get(header::HOST)
+            .and_then(|value| value.to_str().ok());
+        if !auth.enabled() && !auth.host_allowed(host) {
+            return host_not_allowed();
+        }
         return next.run(request).await;
     }
     let caller = if auth.enabled() {
@@ -584,13 +601,7 @@ pub async fn authenticate(
             .get(header::HOST)
             .and_then(|value| value.to_str().ok());
         if !auth.host_allowed(host) {
-            return ApiError::new(
-                ErrorCode::HostNotAllowed,
-                "this server has no API keys, so it answers only requests addressed to a \
-                 loopback or IP address or localhost; start it with --allowed-host NAME to \
-                 answer NAME too",
-            )
-            .into_response();
+            return host_not_allowed();
         }
         Caller { key: None }
     };
@@ -603,6 +614,15 @@ pub async fn authenticate(
             .insert(crate::telemetry::KeySeen(id));
     }
     response
+}
+
+fn host_not_allowed() -> Response {
+    ApiError::new(
+        ErrorCode::HostNotAllowed,
+        "this server has no API keys, so it answers only requests addressed to a loopback or \
+         IP address or localhost; start it with --allowed-host NAME to answer NAME too",
+    )
+    .into_response()
 }
 
 /// Whether a server without keys answers `Host: host`: an IP address (a page reached through a

@@ -7,11 +7,14 @@
 //!   tests pass a listener bound to `127.0.0.1:0`.
 //! - `routes` holds the handlers (wire → store → wire), `extract` the request extractors,
 //!   `error` the one mapping from failures to HTTP answers.
+//! - [`dashboard`] serves the web page at `/` (compiled in; it reads the keyed API in the
+//!   browser).
 //!
 //! **Architecture invariant:** no SQL and no domain rule here; outcomes come from the core
 //! through the store, and internal error text is logged, never sent.
 
 pub mod auth;
+pub mod dashboard;
 mod error;
 mod events;
 mod extract;

@@ -42,9 +42,9 @@ pub struct AppState {
     pub telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
-/// The `/v1` routes plus health, readiness and the OpenAPI document.
+/// The `/v1` routes plus health, readiness, the OpenAPI document and the dashboard.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    crate::dashboard::routes(Router::new())
         .route("/v1/locks", get(list_locks))
         .route("/v1/locks/{name}", get(get_lock))
         .route("/v1/locks/{name}/acquire", post(acquire))
