@@ -295,7 +295,9 @@
     const wasHidden = panel.hidden;
     panel.hidden = false;
     $('main').hidden = true;
-    $('key-error').textContent = refused ? 'The server refused that key (unknown or revoked).' : '';
+    // Only ever set here: the page's reads and its event stream may both be refused the same
+    // key, and the second must not wipe what the first said.
+    if (refused) $('key-error').textContent = 'The server refused that key (unknown or revoked).';
     setLive('bad', 'Needs an API key');
     showForgetButton();
     if (wasHidden) $('key-input').focus();
@@ -313,6 +315,7 @@
       return;
     }
     input.value = '';
+    $('key-error').textContent = '';
     $('key-panel').hidden = true;
     $('main').hidden = false;
     showForgetButton();
