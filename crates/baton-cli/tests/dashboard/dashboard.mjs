@@ -320,9 +320,16 @@ const scenarios = {
   async screenshots() {
     if (!screenshots) return;
     mkdirSync(screenshots, { recursive: true });
+    // A lock with a bit of everything: a holder, two waiters, an ended hold.
+    const prod = `${lockPath('deploy/prod')}/acquire`;
+    const first = await api('POST', prod, { owner: 'ci/build-41', ttl_ms: 600000 });
+    await api('POST', `/v1/leases/${first.json.lease.id}/release`);
+    await api('POST', prod, { owner: 'ci/build-42', ttl_ms: 600000 });
+    await api('POST', prod, { owner: 'ci/build-43', ttl_ms: 600000, queue: true, wait_ms: 0 });
+    await api('POST', prod, { owner: 'ops/alice', ttl_ms: 600000, queue: true, wait_ms: 0 });
     const shots = [
       ['locks', '#/locks', '#locks tr[data-lock]'],
-      ['lock', `#/locks/${encodeURIComponent('dash/queue')}`, '#history tr'],
+      ['lock', `#/locks/${encodeURIComponent('deploy/prod')}`, '#history tr'],
       ['jobs', '#/jobs', 'figure[data-name] rect.run'],
       ['server', '#/server', '[data-metric="store"]'],
     ];
