@@ -697,6 +697,10 @@ fn cases(t: &Tenants, v: &Victim) -> Vec<Case> {
         open("/v1/openapi.json"),
         open("/healthz"),
         open("/readyz"),
+        // The dashboard's files: open, not in the document, and holding none of team-b's
+        // data (the page reads the API with the user's key).
+        open("/"),
+        open("/dashboard/app.js"),
     ]
 }
 

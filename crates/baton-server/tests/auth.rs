@@ -755,6 +755,65 @@ async fn open_paths_need_no_key() {
     );
 }
 
+/// The dashboard's files are open on a server with keys (a browser cannot send a key for the
+/// page itself) and hold no data: what the page shows it reads from the keyed API. They are
+/// not in the OpenAPI document (not API), so the route table above does not cover them.
+#[tokio::test]
+async fn the_dashboard_is_open_holds_no_data_and_forbids_inline_code() {
+    let w = world().await;
+    let base = w.server.base.as_str();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    for (path, content_type) in [
+        ("/", "text/html"),
+        ("/dashboard/app.js", "text/javascript"),
+        ("/dashboard/style.css", "text/css"),
+        ("/dashboard/favicon.svg", "image/svg+xml"),
+    ] {
+        let response = client.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status().as_u16(), 200, "{path}");
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|value| value.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(header("content-type").starts_with(content_type), "{path}");
+        let policy = header("content-security-policy");
+        assert!(
+            policy.contains("default-src 'none'") && policy.contains("script-src 'self'"),
+            "{path}: {policy}"
+        );
+        assert!(!policy.contains("unsafe"), "{path}: {policy}");
+        assert_eq!(header("x-content-type-options"), "nosniff", "{path}");
+        let etag = header("etag");
+        let text = response.text().await.unwrap();
+        for secret in ["team-a/lock", "team-b/lock", &w.lease_id, &w.job_id] {
+            assert!(!text.contains(secret), "{path} carries {secret}");
+        }
+        // Revalidation: the same file again is a 304.
+        let again = client
+            .get(format!("{base}{path}"))
+            .header("if-none-match", &etag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(again.status().as_u16(), 304, "{path}");
+    }
+    // Only those paths: anything else under /dashboard/ needs a key like every other path.
+    let other = call(base, None, "GET", "/dashboard/other.js", None).await;
+    assert_eq!(other.status, 401, "{}", other.text);
+    // The document does not list them.
+    let document = ok(base, None, "GET", "/v1/openapi.json", None).await;
+    for path in ["/", "/dashboard/app.js"] {
+        assert!(
+            document["paths"].get(path).is_none(),
+            "{path} is documented"
+        );
+    }
+}
+
 #[tokio::test]
 async fn keys_from_a_file_authenticate_and_can_be_revoked() {
     let folder = tempfile::tempdir().unwrap();

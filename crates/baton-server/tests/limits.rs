@@ -432,4 +432,24 @@ content-length: {}\r\nconnection: close\r\n\r\n{body}",
         .await
         .unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The dashboard needs no key, but a keyless server serves it only under the same rule, so
+    // a rebinding name cannot even load the page that would read the API.
+    let page = |host: &str| format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n");
+    for (host, status) in [
+        ("attacker.example".to_owned(), "403"),
+        (format!("127.0.0.1:{port}"), "200"),
+        ("baton.internal".to_owned(), "200"),
+    ] {
+        let answer = raw_request(
+            server.address,
+            page(&host).as_bytes(),
+            Duration::from_secs(20),
+        )
+        .await
+        .unwrap();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "GET / with Host {host}: {answer}"
+        );
+    }
 }
