@@ -37,6 +37,7 @@ const SQLITE_SCENARIOS: &[&str] = &[
     "a_queued_waiter_shows_its_position",
     "the_timeline_draws_two_skip_runs_apart",
     "a_finished_jobs_page_shows_its_output",
+    "a_jobs_page_appends_output_events_for_its_job",
     "a_read_only_key_sees_no_other_teams_lock",
     "the_server_page_shows_the_store",
     "screenshots",

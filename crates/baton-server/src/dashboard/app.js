@@ -63,6 +63,9 @@
     streamAbort: null,
     /** Whether the stream is live (no polling needed). */
     live: false,
+    /** Counts the times the page lost track of the stream (a fresh subscription, `missed`,
+     *  `dropped`): a job's page then reads the output tail again before it appends events. */
+    streamEpoch: 0,
     refreshTimer: null,
     refreshing: false,
     refreshAgain: false,
@@ -380,7 +383,7 @@
         pause = RECONNECT_MS_MIN;
         setLive('ok', 'Live');
         // Whatever changed while nobody listened is read afresh (a resume misses nothing).
-        if (!resuming) scheduleRefresh();
+        if (!resuming) resync();
         try {
           await readEvents(response.body, dispatch);
         } catch {
@@ -389,6 +392,9 @@
         if (!current()) return;
         app.live = false;
         setLive('bad', 'Reconnecting…');
+      } else if (response && response.status === 400) {
+        // The server refuses the Last-Event-ID (another format, a stale id): start afresh.
+        app.lastEventId = null;
       } else if (response && response.status === 503) {
         app.live = false;
         const body = await response.json().catch(() => null);
@@ -460,17 +466,23 @@
       return;
     }
     if (type === 'missed') {
-      scheduleRefresh();
+      resync();
       return;
     }
     if (type === 'dropped') {
       // The server ends the stream after this; subscribe again from now, reading afresh.
       app.lastEventId = null;
-      scheduleRefresh();
+      resync();
       return;
     }
     const view = app.view;
     if (view && view.onEvent && view.onEvent(event) === false) return;
+    scheduleRefresh();
+  }
+
+  /** The stream may have missed events: read everything afresh, job output included. */
+  function resync() {
+    app.streamEpoch += 1;
     scheduleRefresh();
   }
 
@@ -734,6 +746,10 @@
     view.refresh = async () => {
       const answer = await api(`/v1/jobs?${jobsQuery(query)}`);
       if (app.view !== view) return;
+      // Unchanged finished jobs draw the same picture: keep it (and the pointer's place in it).
+      const drawn = JSON.stringify(answer.jobs);
+      if (drawn === view.drawn && answer.jobs.every((job) => FINAL_STATES.has(job.state))) return;
+      view.drawn = drawn;
       view.jobs = answer.jobs;
       const known = [...new Set(answer.jobs.map((job) => job.name))].sort();
       replaceChildren(names, known.map((value) => h('option', { value })));
@@ -868,7 +884,7 @@
   }
 
   function jobView(id) {
-    const view = { output: '', final: false };
+    const view = { output: '', final: false, outputEpoch: null };
     const facts = h('div', { id: 'job-facts' });
     const stages = h('div', { id: 'job-stages' });
     const output = h('pre', { class: 'output', id: 'job-output', tabindex: '0', 'aria-label': 'Output' });
@@ -885,6 +901,7 @@
       if (atBottom) output.scrollTop = output.scrollHeight;
     };
     view.refresh = async () => {
+      const epoch = app.streamEpoch;
       const { status, body } = await request(`/v1/jobs/${encodeURIComponent(id)}`);
       if (app.view !== view) return;
       if (status === 404) {
@@ -899,12 +916,12 @@
       const { job } = body;
       heading.textContent = `Job ${job.name}`;
       document.title = `Job ${job.name} · baton`;
-      const firstLoad = view.job === undefined;
       view.job = job;
-      // The tail the server keeps is the truth at load and once the job ended; in between,
-      // the page appends output events as they come.
-      if (firstLoad || FINAL_STATES.has(job.state)) {
+      // The tail the server keeps is the truth at load, after the stream lost track, and once
+      // the job ended; in between, the page appends output events as they come.
+      if (view.outputEpoch !== epoch || FINAL_STATES.has(job.state)) {
         view.output = body.output_tail || '';
+        view.outputEpoch = epoch;
         showOutput();
       }
       view.final = FINAL_STATES.has(job.state);
@@ -942,7 +959,11 @@
     view.onEvent = (event) => {
       if (!event.job || event.job.id !== id) return false;
       if (event.type === 'output') {
-        if (view.final || typeof event.text !== 'string') return false;
+        // Before the tail was read under the current subscription, a chunk may or may not be
+        // in it: the read that resync() asked for brings it.
+        if (view.final || view.outputEpoch !== app.streamEpoch || typeof event.text !== 'string') {
+          return false;
+        }
         view.output = (view.output + event.text).slice(-OUTPUT_CHARS_MAX);
         showOutput();
         return false;
