@@ -77,7 +77,7 @@ pub struct GlobalArgs {
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run a baton server.
+    /// Run a baton server: the API, and the dashboard at / (e.g. http://127.0.0.1:7878/).
     Server(ServerArgs),
     /// Acquire a lease on a lock; print its id (for `baton renew` / `baton release`).
     Acquire(AcquireArgs),

@@ -287,7 +287,8 @@ pub async fn open_store(config: &ServerConfig) -> anyhow::Result<Arc<dyn Store>>
 /// Refuses a non-loopback address when no API key is known (in the store or the keys file)
 /// unless `allow_unauthenticated`, and certificate or key files that cannot be used (a
 /// [`TlsSetupError`] in the error's chain). Prints `baton listening on http://ADDR`
-/// (`https://` under TLS) to standard error once it accepts connections.
+/// (`https://` under TLS), with the dashboard's address, to standard error once it accepts
+/// connections.
 pub async fn serve(
     config: ServerConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -316,8 +317,10 @@ pub async fn serve(
         StoreKind::Sqlite | StoreKind::Memory => config.data_dir.display().to_string(),
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
+    // One line, and the address first: scripts and tests read it from this line.
     eprintln!(
-        "baton listening on {scheme}://{address} (store: {}, data: {data})",
+        "baton listening on {scheme}://{address} (store: {}, data: {data}); the dashboard is at \
+         {scheme}://{address}/",
         store.kind()
     );
     run_with(listener, store, auth, &config, tls, shutdown).await
