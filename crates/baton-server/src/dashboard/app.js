@@ -576,7 +576,8 @@
 
   function locksView() {
     const filter = h('input', { id: 'lock-filter', type: 'search', placeholder: 'e.g. team-a/' });
-    const summary = h('p', { class: 'muted', 'aria-live': 'polite' });
+    // Not a live region: it changes with every lock event, too often to be read out.
+    const summary = h('p', { class: 'muted' });
     const list = h('div', { id: 'locks' });
     const view = { locks: [], jobsById: new Map() };
     const { error } = frame('Locks',
