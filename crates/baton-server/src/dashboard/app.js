@@ -784,17 +784,12 @@
   const TICK_STEPS = [1e3, 2e3, 5e3, 10e3, 15e3, 30e3, 60e3, 120e3, 300e3, 600e3, 900e3, 1800e3,
     3600e3, 7200e3, 10800e3, 21600e3, 43200e3, 86400e3, 172800e3, 604800e3];
 
-  /**
-   * One SVG per job name, all on one time axis: each run is a bar from its start to its end
-   * (or now), in the first lane where it overlaps no earlier run, so overlapping runs stack
-   * and show at a glance. Waiting before a run is a dashed line; a request that never ran
-   * (skipped, coalesced, cancelled while queued) is a diamond at its time.
-   */
-  function timelineFigures(jobs, containerWidth) {
-    if (jobs.length === 0) return h('p', { class: 'empty' }, 'No jobs to draw.');
-    const now = serverNow();
-    const startOf = (job) => millisOf(job.started_at);
-    const endOf = (job) => (job.finished_at ? millisOf(job.finished_at) : now);
+  /** The geometry of a timeline, in pixels. */
+  const TIMELINE = { margin: 10, laneHeight: 22, barHeight: 14, markRow: 18, axisHeight: 22 };
+
+  /** The one time axis every chart of a jobs page shares: from the first job's creation to
+   *  the last end (or now), padded, mapped onto `width` pixels. */
+  function timeScale(jobs, containerWidth, now) {
     let from = Infinity;
     let to = -Infinity;
     for (const job of jobs) {
@@ -805,83 +800,124 @@
     from -= span * 0.02;
     to = from + span * 1.04;
     const width = Math.max(320, Math.floor(containerWidth || 800));
-    const margin = 10;
-    const x = (ms) => margin + ((ms - from) / (to - from)) * (width - 2 * margin);
-    const laneHeight = 22;
-    const barHeight = 14;
-    const markRow = 18;
-    const axisHeight = 22;
-    const step = TICK_STEPS.find((candidate) => (to - from) / candidate <= Math.max(2, width / 110))
-      || TICK_STEPS[TICK_STEPS.length - 1];
-    const withDate = to - from > 86400e3 || new Date(from).toDateString() !== new Date(to).toDateString();
+    const { margin } = TIMELINE;
+    return {
+      from,
+      to,
+      width,
+      now,
+      x: (ms) => margin + ((ms - from) / (to - from)) * (width - 2 * margin),
+      // About one tick per 110 px.
+      step: TICK_STEPS.find((candidate) => (to - from) / candidate <= Math.max(2, width / 110))
+        || TICK_STEPS[TICK_STEPS.length - 1],
+      withDate: to - from > 86400e3 || new Date(from).toDateString() !== new Date(to).toDateString(),
+    };
+  }
+
+  /** Puts each run (sorted by start) on the first lane whose last run ended before it began:
+   *  runs that overlap land on different lanes. */
+  function placeRuns(runs, endOf) {
+    const laneEnds = [];
+    const placed = runs.map((job) => {
+      const start = millisOf(job.started_at);
+      let lane = laneEnds.findIndex((end) => end <= start);
+      if (lane < 0) lane = Math.min(laneEnds.length, TIMELINE_LANES_MAX - 1);
+      laneEnds[lane] = Math.max(laneEnds[lane] === undefined ? -Infinity : laneEnds[lane], endOf(job));
+      return { job, lane };
+    });
+    return { placed, lanes: Math.max(1, laneEnds.length) };
+  }
+
+  /** A run: a bar from start to end (a link to the job), after a dashed line while it waited. */
+  function runBar(job, lane, scale, endOf) {
+    const { laneHeight, barHeight } = TIMELINE;
+    const top = lane * laneHeight + (laneHeight - barHeight) / 2;
+    const start = millisOf(job.started_at);
+    const end = endOf(job);
+    const left = scale.x(start);
+    const label = `${job.name}: ${job.state}, ${clockText(start, scale.withDate)} to `
+      + `${job.finished_at ? clockText(end, scale.withDate) : 'now'} (${durationText(end - start)})`;
+    const middle = top + barHeight / 2;
+    const waited = job.waiting_at && millisOf(job.waiting_at) < start
+      ? s('line', { class: 'wait', x1: scale.x(millisOf(job.waiting_at)), x2: left, y1: middle, y2: middle })
+      : null;
+    return [waited, s('a', { href: jobRoute(job.id), 'aria-label': label, 'data-focus': jobRoute(job.id) },
+      s('rect', {
+        class: `run state-${job.state}`, x: left, y: top, width: Math.max(2, scale.x(end) - left),
+        height: barHeight, rx: 2, 'data-job': job.id, 'data-start': start, 'data-end': end, 'data-lane': lane,
+      }, s('title', {}, label)))];
+  }
+
+  /** A request that never ran: a diamond at its time (a link to the job); one still waiting
+   *  gets a dashed line up to now. */
+  function requestMark(job, top, scale) {
+    const at = millisOf(job.finished_at || job.created_at);
+    const cx = scale.x(at);
+    const cy = top + TIMELINE.markRow / 2;
+    const label = `${job.name}: ${job.state}${job.reason ? ` (${job.reason})` : ''} at ${clockText(at, scale.withDate)}`;
+    const waiting = !FINAL_STATES.has(job.state)
+      ? s('line', { class: 'wait', x1: scale.x(millisOf(job.waiting_at || job.created_at)), x2: scale.x(scale.now), y1: cy, y2: cy })
+      : null;
+    return [waiting, s('a', { href: jobRoute(job.id), 'aria-label': label, 'data-focus': jobRoute(job.id) },
+      s('path', {
+        class: `mark state-${job.state}`, d: `M${cx},${cy - 6}L${cx + 6},${cy}L${cx},${cy + 6}L${cx - 6},${cy}Z`,
+        'data-job': job.id,
+      }, s('title', {}, label)))];
+  }
+
+  /** Grid lines down to `axisTop` and a time under each. */
+  function axisTicks(scale, axisTop) {
+    const ticks = [];
+    for (let at = Math.ceil(scale.from / scale.step) * scale.step; at <= scale.to; at += scale.step) {
+      const text = clockText(at, scale.withDate);
+      ticks.push(s('g', {},
+        s('line', { x1: scale.x(at), x2: scale.x(at), y1: 0, y2: axisTop }),
+        s('text', { x: scale.x(at), y: axisTop + 15, 'text-anchor': 'middle' },
+          // Whole minutes need no seconds.
+          scale.step >= 60e3 ? text.slice(0, text.length - 3) : text)));
+    }
+    return s('g', { class: 'axis' }, ticks);
+  }
+
+  /** The chart of one job name. */
+  function nameFigure(name, jobs, scale) {
+    const endOf = (job) => (job.finished_at ? millisOf(job.finished_at) : scale.now);
+    const runs = jobs.filter((job) => job.started_at)
+      .sort((a, b) => millisOf(a.started_at) - millisOf(b.started_at));
+    const others = jobs.filter((job) => !job.started_at);
+    const { placed, lanes } = placeRuns(runs, endOf);
+    const marksTop = lanes * TIMELINE.laneHeight + 4;
+    const axisTop = marksTop + (others.length ? TIMELINE.markRow : 0) + 4;
+    const height = axisTop + TIMELINE.axisHeight;
+    const summary = ` · ${runs.length} run${runs.length === 1 ? '' : 's'}`
+      + `${others.length ? `, ${others.length} not run` : ''}`
+      + `${lanes > 1 ? `, up to ${lanes} at once` : ''}`;
+    return h('figure', { class: 'timeline', 'data-name': name },
+      h('h3', {}, link(`#/jobs?${new URLSearchParams({ name })}`, name), h('span', { class: 'muted' }, summary)),
+      s('svg', {
+        width: scale.width, height, viewBox: `0 0 ${scale.width} ${height}`, role: 'group',
+        'aria-label': `Runs of ${name} over time`,
+      },
+      axisTicks(scale, axisTop),
+      placed.map(({ job, lane }) => runBar(job, lane, scale, endOf)),
+      others.map((job) => requestMark(job, marksTop, scale))));
+  }
+
+  /**
+   * One SVG per job name, all on one time axis: each run is a bar from its start to its end
+   * (or now), in the first lane where it overlaps no earlier run, so overlapping runs stack
+   * and show at a glance. Waiting before a run is a dashed line; a request that never ran
+   * (skipped, coalesced, cancelled while queued) is a diamond at its time.
+   */
+  function timelineFigures(jobs, containerWidth) {
+    if (jobs.length === 0) return h('p', { class: 'empty' }, 'No jobs to draw.');
+    const scale = timeScale(jobs, containerWidth, serverNow());
     const byName = new Map();
     for (const job of jobs) {
       if (!byName.has(job.name)) byName.set(job.name, []);
       byName.get(job.name).push(job);
     }
-    const figures = [];
-    for (const name of [...byName.keys()].sort()) {
-      const runs = byName.get(name).filter((job) => job.started_at)
-        .sort((a, b) => startOf(a) - startOf(b));
-      const others = byName.get(name).filter((job) => !job.started_at);
-      const laneEnds = [];
-      const placed = runs.map((job) => {
-        let lane = laneEnds.findIndex((end) => end <= startOf(job));
-        if (lane < 0) lane = laneEnds.length < TIMELINE_LANES_MAX ? laneEnds.length : TIMELINE_LANES_MAX - 1;
-        laneEnds[lane] = Math.max(laneEnds[lane] || -Infinity, endOf(job));
-        return { job, lane };
-      });
-      const lanes = Math.max(1, laneEnds.length);
-      const marksTop = lanes * laneHeight + 4;
-      const axisTop = marksTop + (others.length ? markRow : 0) + 4;
-      const height = axisTop + axisHeight;
-      const bars = placed.map(({ job, lane }) => {
-        const top = lane * laneHeight + (laneHeight - barHeight) / 2;
-        const start = startOf(job);
-        const end = endOf(job);
-        const left = x(start);
-        const barWidth = Math.max(2, x(end) - left);
-        const label = `${name}: ${job.state}, ${clockText(start, withDate)} to `
-          + `${job.finished_at ? clockText(end, withDate) : 'now'} (${durationText(end - start)})`;
-        const waited = job.waiting_at && millisOf(job.waiting_at) < start
-          ? s('line', { class: 'wait', x1: x(millisOf(job.waiting_at)), x2: left, y1: top + barHeight / 2, y2: top + barHeight / 2 })
-          : null;
-        return [waited, s('a', { href: jobRoute(job.id), 'aria-label': label, 'data-focus': jobRoute(job.id) },
-          s('rect', {
-            class: `run state-${job.state}`, x: left, y: top, width: barWidth, height: barHeight, rx: 2,
-            'data-job': job.id, 'data-start': start, 'data-end': end, 'data-lane': lane,
-          }, s('title', {}, label)))];
-      });
-      const marks = others.map((job) => {
-        const at = millisOf(job.finished_at || job.created_at);
-        const cx = x(at);
-        const cy = marksTop + markRow / 2;
-        const label = `${name}: ${job.state}${job.reason ? ` (${job.reason})` : ''} at ${clockText(at, withDate)}`;
-        const waiting = !FINAL_STATES.has(job.state)
-          ? s('line', { class: 'wait', x1: x(millisOf(job.waiting_at || job.created_at)), x2: x(now), y1: cy, y2: cy })
-          : null;
-        return [waiting, s('a', { href: jobRoute(job.id), 'aria-label': label, 'data-focus': jobRoute(job.id) },
-          s('path', { class: `mark state-${job.state}`, d: `M${cx},${cy - 6}L${cx + 6},${cy}L${cx},${cy + 6}L${cx - 6},${cy}Z`, 'data-job': job.id },
-            s('title', {}, label)))];
-      });
-      const ticks = [];
-      for (let at = Math.ceil(from / step) * step; at <= to; at += step) {
-        ticks.push(s('g', {},
-          s('line', { x1: x(at), x2: x(at), y1: 0, y2: axisTop }),
-          s('text', { x: x(at), y: axisTop + 15, 'text-anchor': 'middle' },
-            step >= 60e3 ? clockText(at, withDate).slice(0, withDate ? 16 : 5) : clockText(at, withDate))));
-      }
-      figures.push(h('figure', { class: 'timeline', 'data-name': name },
-        h('h3', {}, link(`#/jobs?${new URLSearchParams({ name })}`, name),
-          h('span', { class: 'muted' }, ` · ${runs.length} run${runs.length === 1 ? '' : 's'}`
-            + `${others.length ? `, ${others.length} not run` : ''}`
-            + `${lanes > 1 ? `, up to ${lanes} at once` : ''}`)),
-        s('svg', {
-          width, height, viewBox: `0 0 ${width} ${height}`, role: 'group',
-          'aria-label': `Runs of ${name} over time`,
-        }, s('g', { class: 'axis' }, ticks), bars, marks)));
-    }
-    return figures;
+    return [...byName.keys()].sort().map((name) => nameFigure(name, byName.get(name), scale));
   }
 
   function jobView(id) {
