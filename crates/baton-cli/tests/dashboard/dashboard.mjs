@@ -72,8 +72,10 @@ const lockPath = (name) => `/v1/locks/${encodeURIComponent(name)}`;
 const browser = await chromium.launch({
   executablePath,
   headless: true,
-  // Root in a container: no user namespaces for the sandbox, and a small /dev/shm.
-  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu'],
+  // Root in a container: no user namespaces for the sandbox, and a small /dev/shm. The network
+  // is closed but for the server under test: no background connections, updates or sync.
+  args: ['--no-sandbox', '--disable-dev-shm-usage', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync'],
 });
 
 /** A fresh tab with its own storage (a new browser profile), watching for script errors and
