@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use baton_core::{Event, LeaseEnd};
+use baton_core::{Event, JobChange, LeaseEnd};
 use baton_proto::{self as proto, ErrorCode};
 use baton_store::{EventId, Published};
 use tokio::sync::{broadcast, mpsc};
@@ -285,6 +285,8 @@ fn notice(kind: proto::EventKind, reason: &str) -> String {
         position: None,
         reason: Some(reason.to_owned()),
         job: None,
+        text: None,
+        offset: None,
     })
 }
 
@@ -308,6 +310,8 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
         position: None,
         reason: None,
         job: None,
+        text: None,
+        offset: None,
     };
     match &published.event {
         Event::Granted { lease, .. } => {
@@ -341,19 +345,33 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.kind = proto::EventKind::Job;
             wire.owner = Some(job.owner.clone());
             wire.token = job.token;
-            wire.job = Some(proto::JobEvent {
-                id: job.id.to_string(),
-                name: job.name.clone(),
-                state: crate::jobs::state_wire(job.state),
-                reason: job.reason.clone(),
-                exit_code: job.exit_code,
-                host: job.host.clone(),
-                batch: job.batch.clone(),
-                created_at: timestamp(job.created_at),
-                started_at: job.started_at.map(timestamp),
-                finished_at: job.finished_at.map(timestamp),
-            });
+            wire.job = Some(job_event_wire(job));
+        }
+        Event::Output {
+            job, text, offset, ..
+        } => {
+            wire.kind = proto::EventKind::Output;
+            wire.owner = Some(job.owner.clone());
+            wire.token = job.token;
+            wire.job = Some(job_event_wire(job));
+            wire.text = Some(text.clone());
+            wire.offset = Some(*offset);
         }
     }
     wire
+}
+
+fn job_event_wire(job: &JobChange) -> proto::JobEvent {
+    proto::JobEvent {
+        id: job.id.to_string(),
+        name: job.name.clone(),
+        state: crate::jobs::state_wire(job.state),
+        reason: job.reason.clone(),
+        exit_code: job.exit_code,
+        host: job.host.clone(),
+        batch: job.batch.clone(),
+        created_at: timestamp(job.created_at),
+        started_at: job.started_at.map(timestamp),
+        finished_at: job.finished_at.map(timestamp),
+    }
 }

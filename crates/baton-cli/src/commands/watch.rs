@@ -98,6 +98,15 @@ pub fn human(event: &Event, now: Timestamp) -> String {
             }
             None => "job changed".to_owned(),
         },
+        EventKind::Output => {
+            let job = event
+                .job
+                .as_ref()
+                .map(|job| format!("job {} {}", job.name, job.id))
+                .unwrap_or_else(|| "job".to_owned());
+            let bytes = event.text.as_deref().map_or(0, str::len);
+            format!("{job} printed {bytes} bytes [{owner}]")
+        }
         EventKind::Missed | EventKind::Dropped => format!(
             "{}: {}",
             event.kind.as_str(),
@@ -131,6 +140,8 @@ mod tests {
             position: None,
             reason: None,
             job: None,
+            text: None,
+            offset: None,
         }
     }
 
