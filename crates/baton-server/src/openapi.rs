@@ -336,13 +336,12 @@ fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bo
     if !path.starts_with("/v1/") {
         // `/metrics` is outside `/v1` but, unlike the health checks, needs a key where the
         // server has keys: it answers 401, 403 and 429 like every `/v1` route.
-        if !crate::auth::OPEN_PATHS.contains(&path) {
-            if let Some(responses) = operation
+        if !crate::auth::OPEN_PATHS.contains(&path)
+            && let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
-            {
-                add_auth_responses(responses, method, path);
-            }
+        {
+            add_auth_responses(responses, method, path);
         }
         return;
     }

@@ -247,7 +247,7 @@ fn job(n: u8, lock: &str) -> Job {
         ticket: Some(TicketId([n + 2; 16])),
         coalesced_into: Some(JobId([n + 3; 16])),
         // Both stop reasons the text column holds.
-        stop: Some(if n % 2 == 0 {
+        stop: Some(if n.is_multiple_of(2) {
             StopReason::Replaced
         } else {
             StopReason::Cancelled
