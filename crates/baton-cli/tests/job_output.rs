@@ -8,6 +8,8 @@
 //! - `baton cancel` of a running `baton run` ends the child's whole tree (its grandchild too),
 //!   records `cancelled`, and `baton run` exits 83; it is audited;
 //! - `baton cancel` of a waiting job takes it out of the queue, and its `baton run` exits 83;
+//! - `baton cancel` of a job of a `baton parallel` batch stops it; the batch reports it
+//!   cancelled;
 //! - a key without `acquire` on the job's lock gets 403 (exit 77) and changes nothing;
 //! - appended output is in the job record: it survives a restart, on SQLite and PostgreSQL.
 //!
@@ -328,6 +330,75 @@ async fn cancel_of_a_waiting_job_takes_it_out_of_the_queue() {
             .await;
         assert_code(&stopping, 0, "baton cancel of the running holder");
         assert_code(&holder.wait(PATIENCE).await, 83, "the holder's baton run");
+    })
+    .await
+    .expect("the test took too long");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_job_of_a_parallel_batch_stops_and_is_reported_cancelled() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let server = Server::start(&[]).await;
+        let dir = workdir("baton-parallel-cancel-");
+        let parallel = server.spawn_baton(
+            &[
+                "parallel",
+                "--json",
+                "-j",
+                "2",
+                "--ttl",
+                "3s",
+                "--name",
+                "par",
+                "--",
+                "sh",
+                "-c",
+                "echo started $0; sleep $0",
+                "{}",
+                ":::",
+                "1000",
+                "0",
+            ],
+            Some(dir.path()),
+        );
+        let job = id_of(&job_in_state(&server, "par-1-1000", "running").await);
+        // Its output streams too.
+        eventually(
+            "the parallel job's output on the server",
+            PATIENCE,
+            async || {
+                let detail = job_detail(&server, &job).await;
+                detail["output_tail"]
+                    .as_str()
+                    .unwrap()
+                    .contains("started 1000")
+                    .then_some(())
+            },
+        )
+        .await;
+        let cancelled = server
+            .spawn_baton(&["cancel", &job], None)
+            .wait(PATIENCE)
+            .await;
+        assert_code(&cancelled, 0, "baton cancel of a parallel job");
+        let exited = parallel.wait(PATIENCE).await;
+        assert_code(&exited, 81, "a job of the batch did not succeed");
+        let results: Vec<Value> = serde_json::from_slice(&exited.stdout).unwrap();
+        let result = results
+            .iter()
+            .find(|result| result["job_id"] == job.as_str())
+            .unwrap_or_else(|| panic!("the cancelled job in {results:#?}"));
+        assert_eq!(result["state"], "cancelled", "{result}");
+        assert!(
+            result["reason"].as_str().unwrap().contains("baton cancel"),
+            "{result}"
+        );
+        let other = results
+            .iter()
+            .find(|result| result["job_id"] != job.as_str())
+            .unwrap();
+        assert_eq!(other["state"], "succeeded", "{other}");
+        assert_eq!(job_detail(&server, &job).await["job"]["state"], "cancelled");
     })
     .await
     .expect("the test took too long");
