@@ -46,7 +46,8 @@ pub enum JobState {
     Succeeded,
     /// The command exited non-zero (or could not start).
     Failed,
-    /// Stopped on request: a signal to the runner, a replacing run, or the runner gave up waiting.
+    /// Stopped on request: a signal to the runner, a replacing run, `POST /v1/jobs/{id}/cancel`,
+    /// or the runner gave up waiting.
     Cancelled,
     /// The lease was lost (expired, revoked, or could not be renewed in time); the command was
     /// stopped.
@@ -182,7 +183,8 @@ pub struct Job {
     /// The job it folded into (state `coalesced`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coalesced_into: Option<String>,
-    /// Set while running when the runner must stop (`replaced`).
+    /// Set while running when the runner must stop: `replaced` (a `replace` run waits) or
+    /// `cancelled` (`POST /v1/jobs/{id}/cancel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_requested: Option<String>,
     /// The command's exit code, once finished.
