@@ -12,10 +12,9 @@
 //! 4. heartbeat at a third of the TTL. The *local deadline* is (when the last successful
 //!    heartbeat or grant was **sent**) + the server's `expires_in_ms` − a drift margin. The tree
 //!    is stopped (TERM, grace, KILL) so that it is gone before that deadline whenever the lease
-//!    is lost, revoked, replaced, or cannot be renewed in time;
-//!    Meanwhile its output goes to the server as it comes ([`crate::commands::stream`]), and
-//!    a `baton cancel` heard at a heartbeat (or in an output append's answer) stops the tree
-//!    too;
+//!    is lost, revoked, replaced, cancelled (`baton cancel`, heard at a heartbeat or in an
+//!    output append's answer), or cannot be renewed in time. Meanwhile the command's output
+//!    goes to the server as it comes ([`crate::commands::stream`]);
 //! 5. record how it ended (state, exit code, output tail), run `--on-lost` if the lease was
 //!    lost, and exit with the command's own code or baton's documented one.
 //!

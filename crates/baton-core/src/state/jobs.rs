@@ -710,6 +710,8 @@ impl State {
         now: Millis,
     ) -> Result<OutputAppended, JobError> {
         let now = self.observe(now);
+        // The message's number is the limit's (a `&'static str` cannot be formatted).
+        const _: () = assert!(limits::OUTPUT_APPEND_BYTES_MAX == 16 * 1024);
         if text.len() > limits::OUTPUT_APPEND_BYTES_MAX {
             return Err(JobError::Invalid(
                 "an output append carries at most 16 KiB of text",
