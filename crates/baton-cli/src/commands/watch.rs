@@ -194,5 +194,16 @@ mod tests {
             "{}",
             human(&job, at(60))
         );
+        let output = Event {
+            kind: EventKind::Output,
+            text: Some("line 1\nline 2\n".into()),
+            offset: Some(0),
+            ..job
+        };
+        assert!(
+            human(&output, at(60)).ends_with("job nightly job_1 printed 14 bytes [ci]"),
+            "{}",
+            human(&output, at(60))
+        );
     }
 }
