@@ -99,8 +99,13 @@ pub enum Command {
     Run(RunArgs),
     /// List jobs, newest first: name, state, host, start, duration, exit code.
     Jobs(JobsArgs),
-    /// Show one job: every field and the tail of its output.
+    /// Show one job: every field and the tail of its output (while it runs too).
     Job(JobArgs),
+    /// Print a job's output; with -f, follow it as it runs until the job ends.
+    Logs(LogsArgs),
+    /// Cancel a job: a waiting one leaves the queue, a running one is stopped by its runner
+    /// (needs the acquire role on the job's lock; audited).
+    Cancel(JobArgs),
     /// Run many commands, N at a time (or under a fleet-wide --slots limit), as jobs of one
     /// batch: collated output, progress, a summary.
     Parallel(ParallelArgs),
@@ -236,6 +241,17 @@ pub struct JobsArgs {
 pub struct JobArgs {
     /// The job's id (`job_…`, as `baton jobs` shows it).
     pub id: String,
+}
+
+/// `baton logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The job's id (`job_…`, as `baton jobs` shows it).
+    pub id: String,
+
+    /// Follow the output as the job's runner sends it, until the job ends.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
 }
 
 fn parse_span(text: &str) -> Result<jiff::SignedDuration, String> {

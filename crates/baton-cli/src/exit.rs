@@ -47,6 +47,9 @@ pub const JOBS_FAILED: u8 = 81;
 /// key must release, cancel or finish something, or be given a larger quota. Outside
 /// `sysexits.h`.
 pub const QUOTA_EXCEEDED: u8 = 82;
+/// `baton run`: the job was cancelled (`baton cancel`): the command was stopped, or the job left
+/// the queue before it ran. Outside `sysexits.h`.
+pub const CANCELLED: u8 = 83;
 /// `baton run`: the command ran longer than `--timeout` and was stopped (as `timeout(1)`).
 pub const TIMED_OUT: u8 = 124;
 /// Interrupted (Ctrl-C, SIGINT) before finishing: the shell convention 128 + 2.
@@ -86,6 +89,7 @@ pub const TABLE: &[(u8, &str)] = &[
         QUOTA_EXCEEDED,
         "the API key is at its quota of leases, waiters, locks or jobs (429)",
     ),
+    (CANCELLED, "run: the job was cancelled (baton cancel)"),
     (TIMED_OUT, "run: the command ran longer than --timeout"),
     (INTERRUPTED, "interrupted"),
 ];

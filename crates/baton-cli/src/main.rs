@@ -171,6 +171,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Run(args) => commands::run::run(&context, args).await,
         Command::Jobs(args) => commands::jobs::jobs(&context, args).await,
         Command::Job(args) => commands::jobs::job(&context, args).await,
+        Command::Logs(args) => commands::logs::logs(&context, args).await,
+        Command::Cancel(args) => commands::jobs::cancel(&context, args).await,
         Command::Parallel(args) => commands::parallel::parallel(&context, args).await,
         Command::Keys(command) => commands::keys::keys(&context, command).await,
         Command::Audit(args) => commands::keys::audit(&context, args).await,

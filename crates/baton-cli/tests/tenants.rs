@@ -676,6 +676,22 @@ fn cases(t: &Tenants, v: &Victim) -> Vec<Case> {
         ),
         case(
             "POST",
+            "/v1/jobs/{id}/output",
+            format!("/v1/jobs/{}/output", v.job_id),
+            Some(json!({"lease_id": v.job_lease_id, "text": "forged\n"})),
+            404,
+            403,
+        ),
+        case(
+            "POST",
+            "/v1/jobs/{id}/cancel",
+            format!("/v1/jobs/{}/cancel", v.job_id),
+            None,
+            404,
+            403,
+        ),
+        case(
+            "POST",
             "/v1/keys",
             "/v1/keys".into(),
             Some(json!({"name": "sneaky", "grants": ["admin:team-b/"]})),

@@ -11,10 +11,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use baton_proto::{
-    AcquireRequest, CancelResponse, CreateJobRequest, CreateJobResponse, ErrorBody, ErrorCode,
-    FenceResponse, FinishJobRequest, Health, HeartbeatRequest, HeartbeatResponse, History, Job,
-    JobDetail, JobList, Lease, LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest,
-    RevokeResponse, Ticket, TicketResponse, TokenRequest, WaitRequest,
+    AcquireRequest, AppendOutputRequest, AppendOutputResponse, CancelJobResponse, CancelResponse,
+    CreateJobRequest, CreateJobResponse, ErrorBody, ErrorCode, FenceResponse, FinishJobRequest,
+    Health, HeartbeatRequest, HeartbeatResponse, History, Job, JobDetail, JobList, Lease,
+    LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest, RevokeResponse, Ticket,
+    TicketResponse, TokenRequest, WaitRequest,
 };
 use baton_proto::{AuditList, CreateKeyRequest, CreatedKey, KeyList, RevokeKeyResponse};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
@@ -491,6 +492,36 @@ impl Client {
             },
             stop,
         ))
+    }
+
+    /// `POST /v1/jobs/{id}/output`: appends a chunk of a running job's output (at most
+    /// `OUTPUT_APPEND_BYTES_MAX` bytes of text; `skipped_bytes` counts output left out before
+    /// it). The answer says whether the runner must stop, as a heartbeat's does. Sent once: a
+    /// retry could append the chunk twice, and the next append carries on anyway.
+    pub async fn append_job_output(
+        &self,
+        job_id: &str,
+        request: &AppendOutputRequest,
+    ) -> Result<AppendOutputResponse> {
+        let path = id_path("jobs", job_id, "/output")?;
+        self.send_decode(
+            Method::POST,
+            &path,
+            Some(to_json(request)?),
+            RetryPolicy::NONE,
+        )
+        .await
+    }
+
+    /// `POST /v1/jobs/{id}/cancel`: cancels a job. A waiting job leaves the queue at once
+    /// (`outcome: cancelled`); a running one is stopped by its runner at its next heartbeat
+    /// (`outcome: stopping`). A job that already ended otherwise is
+    /// [`Error::Rejected`](crate::Error::Rejected) with code
+    /// `job_state_conflict`. Safe to retry.
+    pub async fn cancel_job(&self, job_id: &str) -> Result<CancelJobResponse> {
+        let path = id_path("jobs", job_id, "/cancel")?;
+        self.send_decode(Method::POST, &path, None, self.inner.retry)
+            .await
     }
 
     /// `POST /v1/jobs/{id}/finish`: records how the job ended (state, exit code, output tail)

@@ -59,6 +59,17 @@ impl EventStream {
         self.last_event_id.as_deref()
     }
 
+    /// Connects now, unless connected: once this returns, every event the server publishes
+    /// from then on is delivered by [`EventStream::next`] (the server subscribes before it
+    /// answers). For a follower that reads the state after subscribing, so that nothing
+    /// falls between the read and the stream (`baton logs -f`).
+    pub async fn subscribe(&mut self) -> Result<()> {
+        if self.response.is_none() {
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
     /// The next event. Reconnects (with `Last-Event-ID`) when the connection drops or the
     /// server dropped this subscriber for falling behind, retrying as the client's retry
     /// policy says; an error is returned once that gives up, or for an answer no retry can

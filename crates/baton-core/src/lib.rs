@@ -26,6 +26,7 @@ pub use state::{
     TokenError, WaiterLeft, key_default_of,
 };
 pub use state::{
-    CreateJob, Event, FinishJob, Job, JobCapability, JobChange, JobCreated, JobError, JobFilter,
-    JobState, OnceSlotKey, Policy, QueueExit, StopReason, once_slot,
+    CancelOutcome, CreateJob, Event, FinishJob, Job, JobCapability, JobChange, JobCreated,
+    JobError, JobFilter, JobState, OnceSlotKey, OutputAppended, Policy, QueueExit, StopReason,
+    append_tail, once_slot,
 };

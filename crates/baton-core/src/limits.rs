@@ -19,6 +19,10 @@ pub const COMMAND_ARGS_MAX: usize = 1_024;
 pub const COMMAND_BYTES_MAX: usize = 64 * 1024;
 /// Most bytes of output kept per job (the end of it).
 pub const OUTPUT_TAIL_BYTES_MAX: usize = 64 * 1024;
+/// Most bytes of output one append of a running job's output carries: a runner sends at most
+/// a few appends a second, so this bounds the output each job streams, and what an `output`
+/// event holds in the event window and a subscriber's buffer.
+pub const OUTPUT_APPEND_BYTES_MAX: usize = 16 * 1024;
 /// Longest host label, in bytes.
 pub const HOST_BYTES_MAX: usize = 255;
 /// Longest batch label, in bytes.

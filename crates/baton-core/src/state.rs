@@ -21,8 +21,8 @@ mod quota;
 pub use events::{Event, JobChange, QueueExit};
 
 pub use jobs::{
-    CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter, JobState,
-    OnceSlotKey, Policy, StopReason, once_slot,
+    CancelOutcome, CreateJob, FinishJob, Job, JobCapability, JobCreated, JobError, JobFilter,
+    JobState, OnceSlotKey, OutputAppended, Policy, StopReason, append_tail, once_slot,
 };
 pub use quota::{KeyQuota, KeyUsage, Quota};
 

@@ -11,9 +11,10 @@
 mod common;
 
 use baton_core::{
-    Acquire, AcquireError, Acquired, Config, CreateJob, FinishJob, Job, JobCapability, JobCreated,
-    JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId, LockName, Policy,
-    QueuedTicket, State, StopReason, TicketError, TicketId, TicketStatus, limits, once_slot,
+    Acquire, AcquireError, Acquired, CancelOutcome, Config, CreateJob, Event, FinishJob, Job,
+    JobCapability, JobCreated, JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError,
+    LeaseId, LockName, OutputAppended, Policy, QueuedTicket, State, StopReason, TicketError,
+    TicketId, TicketStatus, limits, once_slot,
 };
 use common::Disk;
 
@@ -1727,4 +1728,258 @@ fn a_request_id_reused_for_another_job_is_a_conflict() {
         state.create_job(other, 1_010),
         Err(JobError::Acquire(AcquireError::RequestIdConflict { .. }))
     ));
+}
+
+// --- output while running, and cancel ---------------------------------------------------------
+
+impl Table {
+    #[track_caller]
+    fn append(&mut self, id: JobId, lease: LeaseId, text: &str, now: u64) -> OutputAppended {
+        let appended = self
+            .state
+            .append_job_output(id, lease, text, 0, now)
+            .unwrap();
+        self.check();
+        appended
+    }
+
+    #[track_caller]
+    fn cancel(&mut self, id: JobId, now: u64) -> (Job, CancelOutcome) {
+        let answer = self.state.cancel_job(id, now).unwrap();
+        self.check();
+        answer
+    }
+
+    fn output_events(&mut self) -> Vec<(String, u64)> {
+        self.state
+            .drain_events()
+            .into_iter()
+            .filter_map(|event| match event {
+                Event::Output { text, offset, .. } => Some((text, offset)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn appended_output_is_kept_as_a_bounded_tail_and_told_with_its_offset() {
+    let mut t = Table::new();
+    let a = running(&t.create(cmd("build", Policy::Wait, 1), T0));
+    t.state.drain_events();
+    let appended = t.append(jid(1), a.id, "line 1\n", T0 + 10);
+    assert_eq!(appended.output_total_bytes, 7);
+    assert_eq!(appended.stop, None);
+    t.append(jid(1), a.id, "line 2\n", T0 + 20);
+    assert_eq!(t.job(jid(1)).output_tail, "line 1\nline 2\n");
+    assert_eq!(
+        t.output_events(),
+        [("line 1\n".to_owned(), 0), ("line 2\n".to_owned(), 7)]
+    );
+    // Past the bound the tail keeps the end, cut at a character boundary, and the total goes on.
+    let chunk = "é".repeat(limits::OUTPUT_APPEND_BYTES_MAX / 2);
+    let mut total = 14;
+    for step in 0..6 {
+        total += chunk.len() as u64;
+        let appended = t.append(jid(1), a.id, &chunk, T0 + 100 + step);
+        assert_eq!(appended.output_total_bytes, total);
+    }
+    let job = t.job(jid(1));
+    assert_eq!(job.output_tail.len(), limits::OUTPUT_TAIL_BYTES_MAX);
+    assert!(job.output_tail.chars().all(|c| c == 'é'));
+    assert_eq!(job.output_total_bytes, total);
+    // Bytes the runner skipped count in the offsets.
+    t.state.drain_events();
+    t.state
+        .append_job_output(jid(1), a.id, "end\n", 100, T0 + 200)
+        .unwrap();
+    t.check();
+    assert_eq!(t.output_events(), [("end\n".to_owned(), total + 100)]);
+    assert_eq!(t.job(jid(1)).output_total_bytes, total + 104);
+    assert!(t.job(jid(1)).output_tail.ends_with("éend\n"));
+}
+
+#[test]
+fn a_running_jobs_output_survives_a_restart_and_its_total_counts_from_the_tail() {
+    let mut t = Table::new();
+    let a = running(&t.create(cmd("build", Policy::Wait, 1), T0));
+    t.append(jid(1), a.id, "compiling\n", T0 + 10);
+    t.restart(T0 + 20);
+    let job = t.job(jid(1));
+    assert_eq!(job.state, JobState::Running);
+    assert_eq!(job.output_tail, "compiling\n");
+    assert_eq!(job.output_total_bytes, 10);
+    t.append(jid(1), a.id, "linking\n", T0 + 30);
+    assert_eq!(t.job(jid(1)).output_tail, "compiling\nlinking\n");
+}
+
+#[test]
+fn an_append_that_is_not_the_running_jobs_is_refused_and_changes_nothing() {
+    let mut t = Table::new();
+    let a = running(&t.create(cmd("build", Policy::Wait, 1), T0));
+    let b = waiting(&t.create(cmd("build", Policy::Wait, 2), T0 + 1));
+    t.state.drain_events();
+    let before = (t.job(jid(1)), t.job(jid(2)));
+    let refusals = [
+        (jid(1), LeaseId([9; 16]), "x", JobError::WrongCapability),
+        (jid(9), a.id, "x", JobError::NotFound),
+        (
+            jid(1),
+            a.id,
+            &*"x".repeat(limits::OUTPUT_APPEND_BYTES_MAX + 1),
+            JobError::Invalid("an output append carries at most 16 KiB of text"),
+        ),
+    ];
+    for (id, lease, text, error) in refusals {
+        assert_eq!(
+            t.state.append_job_output(id, lease, text, 0, T0 + 2),
+            Err(error)
+        );
+    }
+    // A waiting job has no lease to append with.
+    assert_eq!(
+        t.state
+            .append_job_output(jid(2), LeaseId([2; 16]), "x", 0, T0 + 2),
+        Err(JobError::WrongCapability)
+    );
+    let _ = b;
+    t.check();
+    assert_eq!((t.job(jid(1)), t.job(jid(2))), before);
+    assert!(t.output_events().is_empty());
+    // A job that ended takes no more output.
+    t.finish(
+        jid(1),
+        JobCapability::Lease(a.id),
+        report(JobState::Succeeded, Some(0), "done\n"),
+        T0 + 3,
+    );
+    assert_eq!(
+        t.state.append_job_output(jid(1), a.id, "late\n", 0, T0 + 4),
+        Err(JobError::AlreadyEnded(JobState::Succeeded))
+    );
+}
+
+#[test]
+fn cancel_of_a_waiting_job_takes_its_ticket_out_of_the_queue() {
+    let mut t = Table::new();
+    let a = running(&t.create(cmd("etl", Policy::Wait, 1), T0));
+    let b = waiting(&t.create(cmd("etl", Policy::Wait, 2), T0 + 1));
+    let c = waiting(&t.create(cmd("etl", Policy::Wait, 3), T0 + 2));
+    t.state.drain_events();
+    let (job, outcome) = t.cancel(jid(2), T0 + 3);
+    assert_eq!(outcome, CancelOutcome::Cancelled);
+    assert_eq!(
+        (job.state, job.finished_at, job.started_at),
+        (JobState::Cancelled, Some(T0 + 3), None)
+    );
+    assert_eq!(
+        job.reason.as_deref(),
+        Some("cancelled on request before it ran")
+    );
+    assert_eq!(t.waiters("etl"), [c.ticket.id], "its ticket left the queue");
+    // Its waiter hears that the ticket was cancelled.
+    assert_eq!(
+        t.state.wait_ticket(b.ticket.id, None, T0 + 4),
+        Err(TicketError::Cancelled)
+    );
+    let events = t.state.drain_events();
+    assert!(events.iter().any(|event| matches!(
+        event,
+        Event::Job { job, .. } if job.id == jid(2) && job.state == JobState::Cancelled
+    )));
+    // Asking again answers the same, and changes nothing.
+    assert_eq!(t.cancel(jid(2), T0 + 5).1, CancelOutcome::Cancelled);
+    assert_eq!(t.job(jid(2)), job);
+    // The queue goes on past it.
+    t.finish(
+        jid(1),
+        JobCapability::Lease(a.id),
+        report(JobState::Succeeded, Some(0), ""),
+        T0 + 6,
+    );
+    assert_eq!(t.job(jid(2)).state, JobState::Cancelled, "never granted");
+    assert_eq!(t.job(jid(3)).state, JobState::Running);
+}
+
+#[test]
+fn cancel_of_a_pending_coalesce_run_lets_the_next_request_be_pending() {
+    let mut t = Table::new();
+    running(&t.create(cmd("report", Policy::Coalesce, 1), T0));
+    waiting(&t.create(cmd("report", Policy::Coalesce, 2), T0 + 1));
+    t.cancel(jid(2), T0 + 2);
+    waiting(&t.create(cmd("report", Policy::Coalesce, 3), T0 + 3));
+}
+
+#[test]
+fn cancel_of_a_running_job_asks_its_runner_to_stop_and_keeps_the_lease_until_it_has() {
+    let mut t = Table::new();
+    let a = running(&t.create(cmd("deploy", Policy::Wait, 1), T0));
+    let b = waiting(&t.create(cmd("deploy", Policy::Replace, 2), T0 + 1));
+    assert_eq!(t.job(jid(1)).stop, Some(StopReason::Replaced));
+    let (job, outcome) = t.cancel(jid(1), T0 + 2);
+    assert_eq!(outcome, CancelOutcome::Stopping);
+    assert_eq!(job.state, JobState::Running, "asked, not stopped");
+    assert_eq!(
+        job.stop,
+        Some(StopReason::Cancelled),
+        "cancel overrides replace"
+    );
+    // The lock is not handed on while the command may still run.
+    assert_eq!(t.holders("deploy"), [a.id]);
+    assert_eq!(
+        t.heartbeat(jid(1), a.id, T0 + 3),
+        Some(StopReason::Cancelled)
+    );
+    assert_eq!(
+        t.append(jid(1), a.id, "stopping\n", T0 + 4).stop,
+        Some(StopReason::Cancelled),
+        "an output append tells the runner too"
+    );
+    assert_eq!(t.cancel(jid(1), T0 + 5).1, CancelOutcome::Stopping);
+    let stopped = t.finish(
+        jid(1),
+        JobCapability::Lease(a.id),
+        FinishJob {
+            reason: Some("cancelled on request".into()),
+            ..report(JobState::Cancelled, Some(143), "stopping\n")
+        },
+        T0 + 6,
+    );
+    assert_eq!((stopped.state, stopped.stop), (JobState::Cancelled, None));
+    assert_eq!(t.job(jid(2)).state, JobState::Running);
+    assert_eq!(t.holders("deploy"), [t.job(jid(2)).lease.unwrap()]);
+    let _ = b;
+}
+
+#[test]
+fn cancel_of_a_job_that_ended_otherwise_is_refused_and_changes_nothing() {
+    let mut t = Table::new();
+    let a = running(&t.create(cmd("backup", Policy::Wait, 1), T0));
+    t.finish(
+        jid(1),
+        JobCapability::Lease(a.id),
+        report(JobState::Succeeded, Some(0), "ok\n"),
+        T0 + 1,
+    );
+    let skipped_lock = running(&t.create(cmd("nightly", Policy::Wait, 2), T0 + 2));
+    t.create(cmd("nightly", Policy::Skip, 3), T0 + 3);
+    // A lease past its deadline: the job is lost, even before the timer ran.
+    let lost = running(&t.create(cmd("hourly", Policy::Wait, 4), T0 + 4));
+    for (id, now, state) in [
+        (jid(1), T0 + 5, JobState::Succeeded),
+        (jid(3), T0 + 5, JobState::Skipped),
+        (jid(4), T0 + 4 + TTL, JobState::Lost),
+    ] {
+        let before = t.state.job(id).cloned();
+        assert_eq!(
+            t.state.cancel_job(id, now),
+            Err(JobError::AlreadyEnded(state))
+        );
+        t.check();
+        if state != JobState::Lost {
+            assert_eq!(t.state.job(id).cloned(), before);
+        }
+    }
+    assert_eq!(t.state.cancel_job(jid(9), T0 + 6), Err(JobError::NotFound));
+    let _ = (skipped_lock, lost);
 }

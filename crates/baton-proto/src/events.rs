@@ -31,6 +31,9 @@ pub enum EventKind {
     LeftQueue,
     /// A job was created or changed state (`job`).
     Job,
+    /// A running job's runner appended output (`job`, `text`: the chunk, `offset`: how many
+    /// bytes of the job's output came before it).
+    Output,
     /// Sent first, alone, when the stream was resumed after an event the server no longer
     /// keeps (older than its window, or from before a restart or a change of active server):
     /// events in between are lost to this subscriber; read the state afresh.
@@ -51,6 +54,7 @@ impl EventKind {
             EventKind::Queued => "queued",
             EventKind::LeftQueue => "left_queue",
             EventKind::Job => "job",
+            EventKind::Output => "output",
             EventKind::Missed => "missed",
             EventKind::Dropped => "dropped",
         }
@@ -130,7 +134,16 @@ pub struct Event {
     /// sentence).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// The job (`job`).
+    /// The job (`job`, `output`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<JobEvent>,
+    /// The output appended (`output`): UTF-8, invalid bytes replaced by U+FFFD; at most
+    /// 16 KiB per event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    /// How many bytes of the job's output came before `text` (`output`), counting bytes the
+    /// runner skipped: a follower that has the output up to byte N skips what ends at or
+    /// before N. Counted from the tail's start again after a restart of the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
 }

@@ -46,7 +46,8 @@ pub enum JobState {
     Succeeded,
     /// The command exited non-zero (or could not start).
     Failed,
-    /// Stopped on request: a signal to the runner, a replacing run, or the runner gave up waiting.
+    /// Stopped on request: a signal to the runner, a replacing run, `POST /v1/jobs/{id}/cancel`,
+    /// or the runner gave up waiting.
     Cancelled,
     /// The lease was lost (expired, revoked, or could not be renewed in time); the command was
     /// stopped.
@@ -182,7 +183,8 @@ pub struct Job {
     /// The job it folded into (state `coalesced`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub coalesced_into: Option<String>,
-    /// Set while running when the runner must stop (`replaced`).
+    /// Set while running when the runner must stop: `replaced` (a `replace` run waits) or
+    /// `cancelled` (`POST /v1/jobs/{id}/cancel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop_requested: Option<String>,
     /// The command's exit code, once finished.
@@ -207,6 +209,10 @@ pub struct Job {
     pub duration_ms: Option<u64>,
     /// Bytes of output kept (the tail).
     pub output_bytes: u64,
+    /// Bytes of output appended in all while it ran (the tail is the last `output_bytes` of
+    /// them); the `offset` of `output` events counts in the same bytes.
+    #[serde(default)]
+    pub output_total_bytes: u64,
 }
 
 /// Answer of `POST /v1/jobs`: the job, and its lease (200, running) or ticket (202, waiting);
@@ -242,9 +248,63 @@ pub struct HeartbeatRequest {
 pub struct HeartbeatResponse {
     /// The renewed lease.
     pub lease: Lease,
-    /// `replaced` when a run with policy `replace` asked this one to stop.
+    /// Set when the runner must stop the command: `replaced` (a run with policy `replace`
+    /// waits for this one) or `cancelled` (`POST /v1/jobs/{id}/cancel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stop: Option<String>,
+}
+
+/// Most bytes of text one `POST /v1/jobs/{id}/output` carries (the server's
+/// `limits::OUTPUT_APPEND_BYTES_MAX`, which it checks equals this).
+pub const OUTPUT_APPEND_BYTES_MAX: usize = 16 * 1024;
+
+/// Body of `POST /v1/jobs/{id}/output`: a chunk of a running job's output, sent by its runner
+/// as the command prints.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AppendOutputRequest {
+    /// The job's lease id (the runner's capability).
+    pub lease_id: String,
+    /// The output, at most 16 KiB (UTF-8; a runner replaces invalid bytes with U+FFFD).
+    pub text: String,
+    /// Bytes of output the runner skipped before `text` (it sends a bounded amount per call,
+    /// the end of what it has), so offsets stay true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_bytes: Option<u64>,
+}
+
+/// Answer of `POST /v1/jobs/{id}/output`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct AppendOutputResponse {
+    /// Bytes of output appended to the job so far (its tail is the last `output_bytes`).
+    pub output_total_bytes: u64,
+    /// Set when the runner must stop, as in a heartbeat's answer (`replaced`, `cancelled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop: Option<String>,
+}
+
+/// What `POST /v1/jobs/{id}/cancel` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CancelOutcome {
+    /// The job had not started: it left the queue and is recorded `cancelled`.
+    Cancelled,
+    /// The job runs: its runner learns at its next heartbeat (or output append), stops the
+    /// command's process tree and records `cancelled`.
+    Stopping,
+}
+
+/// Answer of `POST /v1/jobs/{id}/cancel`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct CancelJobResponse {
+    /// What the cancel did.
+    pub outcome: CancelOutcome,
+    /// The job as it is now (`cancelled`, or `running` with `stop_requested: cancelled`).
+    pub job: Job,
 }
 
 /// Body of `POST /v1/jobs/{id}/finish`.

@@ -17,8 +17,9 @@ mod keys;
 pub use events::{Event, EventKind, JobEvent};
 
 pub use jobs::{
-    CreateJobRequest, CreateJobResponse, FinishJobRequest, HeartbeatRequest, HeartbeatResponse,
-    Job, JobDetail, JobList, JobState, Policy,
+    AppendOutputRequest, AppendOutputResponse, CancelJobResponse, CancelOutcome, CreateJobRequest,
+    CreateJobResponse, FinishJobRequest, HeartbeatRequest, HeartbeatResponse, Job, JobDetail,
+    JobList, JobState, OUTPUT_APPEND_BYTES_MAX, Policy,
 };
 
 pub use keys::{

@@ -3,7 +3,8 @@
 //! Each subscriber gets a pump task that reads the store's feed ([`baton_store::EventHub`]:
 //! events published once durable, in order), keeps the events the caller's key may read (and
 //! that match `?prefix=`), and puts them, formatted, into a bounded buffer that the response
-//! body drains. The pump never waits for the subscriber: when the buffer is full (the client
+//! body drains ([`SUBSCRIBER_BUFFER`] events, at most [`SUBSCRIBER_BUFFER_BYTES_MAX`] bytes:
+//! `output` events are large). The pump never waits for the subscriber: when the buffer is full (the client
 //! reads too slowly, or not at all) the subscriber is dropped: the pump stops, the body sends
 //! what the buffer held, then a final `dropped` event, and ends. So a slow subscriber costs a
 //! bounded buffer and never slows the engine or other subscribers.
@@ -16,14 +17,14 @@
 //! standby answers `503 not_active` naming the active (the feed lives in the active's engine).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
-use baton_core::{Event, LeaseEnd};
+use baton_core::{Event, JobChange, LeaseEnd};
 use baton_proto::{self as proto, ErrorCode};
 use baton_store::{EventId, Published};
 use tokio::sync::{broadcast, mpsc};
@@ -39,6 +40,10 @@ pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
 const KEY_CHECK: Duration = Duration::from_secs(1);
 /// How many events may wait for a subscriber before it is dropped.
 pub const SUBSCRIBER_BUFFER: usize = 1_024;
+/// How many bytes of formatted events may wait for a subscriber before it is dropped: `output`
+/// events carry up to 16 KiB of a job's output each, so a count alone would let a slow
+/// subscriber hold far more memory than its buffer of small events does.
+pub const SUBSCRIBER_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
 
 /// Subscribers connected now, and dropped since start (for `/metrics`).
 pub static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
@@ -86,6 +91,7 @@ pub async fn events(
     drop(hub);
     let (sender, receiver) = mpsc::channel(SUBSCRIBER_BUFFER);
     let dropped = Arc::new(AtomicBool::new(false));
+    let buffered_bytes = Arc::new(AtomicUsize::new(0));
     let pump = Pump {
         key_id: caller.key_id(),
         checked: std::sync::Mutex::new(None),
@@ -95,26 +101,30 @@ pub async fn events(
         stream: subscription.stream.clone(),
         sender,
         dropped: Arc::clone(&dropped),
+        buffered_bytes: Arc::clone(&buffered_bytes),
     };
     SUBSCRIBERS.fetch_add(1, Ordering::Relaxed);
     tokio::spawn(pump.run(subscription.missed, subscription.backlog, subscription.live));
     let body = futures_util::stream::unfold(
-        (receiver, dropped, false),
-        |(mut receiver, dropped, done)| async move {
+        (receiver, dropped, buffered_bytes, false),
+        |(mut receiver, dropped, buffered_bytes, done)| async move {
             if done {
                 return None;
             }
             match receiver.recv().await {
-                Some(frame) => Some((
-                    Ok::<_, std::convert::Infallible>(frame),
-                    (receiver, dropped, false),
-                )),
+                Some(frame) => {
+                    buffered_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+                    Some((
+                        Ok::<_, std::convert::Infallible>(frame),
+                        (receiver, dropped, buffered_bytes, false),
+                    ))
+                }
                 None if dropped.load(Ordering::Acquire) => Some((
                     Ok(notice(
                         proto::EventKind::Dropped,
                         "this subscriber fell too far behind; read the state afresh, then subscribe again",
                     )),
-                    (receiver, dropped, true),
+                    (receiver, dropped, buffered_bytes, true),
                 )),
                 None => None,
             }
@@ -143,6 +153,8 @@ struct Pump {
     stream: String,
     sender: mpsc::Sender<String>,
     dropped: Arc<AtomicBool>,
+    /// Bytes of frames in `sender`'s buffer (the body subtracts what it takes).
+    buffered_bytes: Arc<AtomicUsize>,
 }
 
 /// Why a pump stops.
@@ -247,7 +259,17 @@ impl Pump {
     }
 
     fn offer(&self, frame: String) -> Result<(), Stop> {
-        match self.sender.try_send(frame) {
+        let bytes = frame.len();
+        if self.buffered_bytes.load(Ordering::Acquire) + bytes > SUBSCRIBER_BUFFER_BYTES_MAX {
+            return Err(Stop::Dropped);
+        }
+        // Counted before the send, so the body never subtracts a frame not yet counted.
+        self.buffered_bytes.fetch_add(bytes, Ordering::AcqRel);
+        let sent = self.sender.try_send(frame);
+        if sent.is_err() {
+            self.buffered_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        }
+        match sent {
             Ok(()) => Ok(()),
             Err(mpsc::error::TrySendError::Full(_)) => Err(Stop::Dropped),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(Stop::Ended),
@@ -285,6 +307,8 @@ fn notice(kind: proto::EventKind, reason: &str) -> String {
         position: None,
         reason: Some(reason.to_owned()),
         job: None,
+        text: None,
+        offset: None,
     })
 }
 
@@ -308,6 +332,8 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
         position: None,
         reason: None,
         job: None,
+        text: None,
+        offset: None,
     };
     match &published.event {
         Event::Granted { lease, .. } => {
@@ -341,19 +367,33 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.kind = proto::EventKind::Job;
             wire.owner = Some(job.owner.clone());
             wire.token = job.token;
-            wire.job = Some(proto::JobEvent {
-                id: job.id.to_string(),
-                name: job.name.clone(),
-                state: crate::jobs::state_wire(job.state),
-                reason: job.reason.clone(),
-                exit_code: job.exit_code,
-                host: job.host.clone(),
-                batch: job.batch.clone(),
-                created_at: timestamp(job.created_at),
-                started_at: job.started_at.map(timestamp),
-                finished_at: job.finished_at.map(timestamp),
-            });
+            wire.job = Some(job_event_wire(job));
+        }
+        Event::Output {
+            job, text, offset, ..
+        } => {
+            wire.kind = proto::EventKind::Output;
+            wire.owner = Some(job.owner.clone());
+            wire.token = job.token;
+            wire.job = Some(job_event_wire(job));
+            wire.text = Some(text.clone());
+            wire.offset = Some(*offset);
         }
     }
     wire
+}
+
+fn job_event_wire(job: &JobChange) -> proto::JobEvent {
+    proto::JobEvent {
+        id: job.id.to_string(),
+        name: job.name.clone(),
+        state: crate::jobs::state_wire(job.state),
+        reason: job.reason.clone(),
+        exit_code: job.exit_code,
+        host: job.host.clone(),
+        batch: job.batch.clone(),
+        created_at: timestamp(job.created_at),
+        started_at: job.started_at.map(timestamp),
+        finished_at: job.finished_at.map(timestamp),
+    }
 }

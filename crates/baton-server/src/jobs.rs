@@ -6,12 +6,12 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use baton_core::{
-    FinishJob, Job, JobCapability, JobCreated, JobFilter, JobState, LeaseId, LockName, Policy,
-    StopReason, TicketId, TicketStatus, limits,
+    CancelOutcome, FinishJob, Job, JobCapability, JobCreated, JobFilter, JobState, LeaseId,
+    LockName, Policy, TicketId, TicketStatus, limits,
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
-use baton_store::{CreateJobArgs, Role};
+use baton_store::{AuditEntry, CreateJobArgs, Role};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -25,6 +25,11 @@ use crate::routes::{
 pub const FINISH_BODY_BYTES_MAX: usize = limits::OUTPUT_TAIL_BYTES_MAX * 2 + 16 * 1024;
 /// The largest create body: the command line plus room for the rest.
 pub const CREATE_BODY_BYTES_MAX: usize = limits::COMMAND_BYTES_MAX * 2 + 16 * 1024;
+/// The largest output append body: the text (escaped JSON may double it) plus room for the rest.
+pub const OUTPUT_BODY_BYTES_MAX: usize = limits::OUTPUT_APPEND_BYTES_MAX * 6 + 4 * 1024;
+// The wire's bound (what clients size their appends by) is the core's.
+const _: () = assert!(proto::OUTPUT_APPEND_BYTES_MAX == limits::OUTPUT_APPEND_BYTES_MAX);
+
 /// Most jobs one `GET /v1/jobs` returns.
 pub const JOB_LIST_LIMIT_MAX: usize = 10_000;
 
@@ -92,7 +97,7 @@ pub(crate) fn job_wire(job: &Job) -> proto::Job {
         reason: job.reason.clone(),
         token: job.token,
         coalesced_into: job.coalesced_into.map(|id| id.to_string()),
-        stop_requested: job.stop.map(|StopReason::Replaced| "replaced".to_owned()),
+        stop_requested: job.stop.map(|stop| stop.as_str().to_owned()),
         exit_code: job.exit_code,
         batch: job.batch.clone(),
         created_at: timestamp(job.created_at),
@@ -104,6 +109,7 @@ pub(crate) fn job_wire(job: &Job) -> proto::Job {
             _ => None,
         },
         output_bytes: job.output_tail.len() as u64,
+        output_total_bytes: job.output_total_bytes,
     }
 }
 
@@ -310,7 +316,96 @@ pub(crate) async fn heartbeat(
     let (lease, stop) = state.store.job_heartbeat(id, lease, request.ttl_ms).await?;
     Ok(Json(proto::HeartbeatResponse {
         lease: lease_wire(lease, state.store.now_ms()),
-        stop: stop.map(|StopReason::Replaced| "replaced".to_owned()),
+        stop: stop.map(|stop| stop.as_str().to_owned()),
+    }))
+}
+
+/// Append a chunk of a running job's output.
+#[utoipa::path(post, path = "/v1/jobs/{id}/output", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    request_body = proto::AppendOutputRequest,
+    responses(
+        (status = 200, description = "Appended (the job keeps the end of its output); `stop` says whether to stop", body = proto::AppendOutputResponse),
+        (status = 400, description = "invalid_job (more than 16 KiB of text) or invalid_id", body = proto::ErrorBody),
+        (status = 404, description = "job_not_found, or lease_not_found: the lease is not the job's", body = proto::ErrorBody),
+        (status = 409, description = "job_state_conflict: the job is not running (it ended, or was marked lost)", body = proto::ErrorBody),
+        (status = 410, description = "lease_lost or revoked: stop now", body = proto::ErrorBody),
+    ))]
+pub(crate) async fn append_output(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobPath(id): JobPath,
+    JsonBody(request): JsonBody<proto::AppendOutputRequest, OUTPUT_BODY_BYTES_MAX>,
+) -> Result<Json<proto::AppendOutputResponse>, ApiError> {
+    let lease = LeaseId::parse(&request.lease_id).ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::InvalidId,
+            "a lease id is `lease_` followed by 32 hex digits",
+        )
+    })?;
+    if request.text.len() > limits::OUTPUT_APPEND_BYTES_MAX {
+        return Err(ApiError::new(
+            ErrorCode::InvalidJob,
+            format!(
+                "an output append carries at most {} bytes of text",
+                limits::OUTPUT_APPEND_BYTES_MAX
+            ),
+        ));
+    }
+    authorize_job(&state, &caller, id, Role::Acquire).await?;
+    let appended = state
+        .store
+        .append_job_output(id, lease, request.text, request.skipped_bytes.unwrap_or(0))
+        .await?;
+    Ok(Json(proto::AppendOutputResponse {
+        output_total_bytes: appended.output_total_bytes,
+        stop: appended.stop.map(|stop| stop.as_str().to_owned()),
+    }))
+}
+
+/// Cancel a job: a waiting one leaves the queue, a running one is stopped by its runner.
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "`cancelled` (it had not started; it left the queue) or `stopping` (its runner stops the command at its next heartbeat and records `cancelled`)", body = proto::CancelJobResponse),
+        (status = 404, description = "job_not_found", body = proto::ErrorBody),
+        (status = 409, description = "job_state_conflict: the job already ended (the message says how)", body = proto::ErrorBody),
+    ))]
+pub(crate) async fn cancel(
+    State(state): State<AppState>,
+    caller: Caller,
+    JobPath(id): JobPath,
+) -> Result<Json<proto::CancelJobResponse>, ApiError> {
+    authorize_job(&state, &caller, id, Role::Acquire).await?;
+    let (job, outcome) = state.store.cancel_job(id).await?;
+    tracing::info!(job = %job.id, lock = %job.lock, actor = caller.actor(), "job cancelled");
+    let outcome = match outcome {
+        CancelOutcome::Cancelled => proto::CancelOutcome::Cancelled,
+        CancelOutcome::Stopping => proto::CancelOutcome::Stopping,
+    };
+    // The cancel stands even if the log cannot be written; the caller hears of it.
+    state
+        .store
+        .append_audit(AuditEntry {
+            seq: 0,
+            at: state.store.now_ms(),
+            actor: caller.actor().to_owned(),
+            action: "job.cancel".to_owned(),
+            target: job.lock.to_string(),
+            detail: Some(format!(
+                "job {} ({}) {}",
+                job.id,
+                job.name,
+                match outcome {
+                    proto::CancelOutcome::Cancelled => "left the queue",
+                    proto::CancelOutcome::Stopping => "asked to stop",
+                }
+            )),
+        })
+        .await?;
+    Ok(Json(proto::CancelJobResponse {
+        outcome,
+        job: job_wire(&job),
     }))
 }
 

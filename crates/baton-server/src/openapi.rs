@@ -150,6 +150,13 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
             "state",
             json!({"enum": ["succeeded", "failed", "cancelled", "lost", "timed_out"]}),
         ),
+        ("AppendOutputRequest", "lease_id", id_schema("lease_")),
+        // The server counts bytes, the document characters (as for the labels).
+        (
+            "AppendOutputRequest",
+            "text",
+            json!({"maxLength": limits::OUTPUT_APPEND_BYTES_MAX}),
+        ),
         ("JobWaitRequest", "ticket_id", id_schema("ticket_")),
         ("JobWaitRequest", "wait_ms", wait_schema()),
         // The server counts bytes, the document characters (as for the other labels).
@@ -291,7 +298,7 @@ pub(crate) const QUOTA: [(&str, &str); 2] =
 
 /// Operations that can answer 410: a retried request whose lease or ticket ended, a lapsed or
 /// cancelled ticket, a lost or revoked lease.
-const GONE: [&str; 7] = [
+const GONE: [&str; 8] = [
     "/v1/locks/{name}/acquire",
     "/v1/tickets/{id}/wait",
     "/v1/leases/{id}/renew",
@@ -299,6 +306,7 @@ const GONE: [&str; 7] = [
     "/v1/jobs/{id}/wait",
     "/v1/jobs/{id}/heartbeat",
     "/v1/jobs/{id}/finish",
+    "/v1/jobs/{id}/output",
 ];
 
 fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bodies: &[String]) {

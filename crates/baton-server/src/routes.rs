@@ -60,6 +60,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/jobs/{id}/wait", post(crate::jobs::wait))
         .route("/v1/jobs/{id}/heartbeat", post(crate::jobs::heartbeat))
         .route("/v1/jobs/{id}/finish", post(crate::jobs::finish))
+        .route("/v1/jobs/{id}/output", post(crate::jobs::append_output))
+        .route("/v1/jobs/{id}/cancel", post(crate::jobs::cancel))
         .route("/v1/keys", post(crate::keys::create).get(crate::keys::list))
         .route("/v1/keys/{id}", delete(crate::keys::revoke))
         .route("/v1/audit", get(crate::keys::audit))
@@ -767,6 +769,8 @@ async fn openapi() -> Response {
         crate::jobs::wait,
         crate::jobs::heartbeat,
         crate::jobs::finish,
+        crate::jobs::append_output,
+        crate::jobs::cancel,
         crate::keys::create,
         crate::keys::list,
         crate::keys::revoke,

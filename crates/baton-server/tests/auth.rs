@@ -373,6 +373,22 @@ fn routes(w: &World) -> Vec<Route> {
         ),
         route(
             "POST",
+            "/v1/jobs/{id}/output",
+            format!("/v1/jobs/{}/output", w.job_id),
+            Some(json!({"lease_id": w.job_lease_id, "text": "sneaky\n"})),
+            404,
+            403,
+        ),
+        route(
+            "POST",
+            "/v1/jobs/{id}/cancel",
+            format!("/v1/jobs/{}/cancel", w.job_id),
+            None,
+            404,
+            403,
+        ),
+        route(
+            "POST",
             "/v1/keys",
             "/v1/keys".into(),
             Some(json!({"name": "sneaky", "grants": ["admin:"]})),

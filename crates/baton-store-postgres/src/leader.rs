@@ -45,8 +45,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use baton_core::{
-    Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobFilter, JobId, Lease,
-    LeaseId, LockName, LockView, Millis, Released, StopReason, TicketId, TicketStatus,
+    CancelOutcome, Cancelled, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobFilter,
+    JobId, Lease, LeaseId, LockName, LockView, Millis, OutputAppended, Released, StopReason,
+    TicketId, TicketStatus,
 };
 use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
 use baton_store::{
@@ -821,6 +822,26 @@ impl Store for HaStore {
         ttl_ms: Option<u64>,
     ) -> Result<(Lease, Option<StopReason>), StoreError> {
         self.on_active(|engine| async move { engine.job_heartbeat(id, lease, ttl_ms).await })
+            .await
+    }
+
+    async fn append_job_output(
+        &self,
+        id: JobId,
+        lease: LeaseId,
+        text: String,
+        skipped_bytes: u64,
+    ) -> Result<OutputAppended, StoreError> {
+        self.on_active(|engine| async move {
+            engine
+                .append_job_output(id, lease, text, skipped_bytes)
+                .await
+        })
+        .await
+    }
+
+    async fn cancel_job(&self, id: JobId) -> Result<(Job, CancelOutcome), StoreError> {
+        self.on_active(|engine| async move { engine.cancel_job(id).await })
             .await
     }
 

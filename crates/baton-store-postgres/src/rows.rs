@@ -469,8 +469,7 @@ impl JobRows {
         self.ticket_id.push(job.ticket.map(|id| id.0.to_vec()));
         self.coalesced_into
             .push(job.coalesced_into.map(|id| id.0.to_vec()));
-        self.stop
-            .push(job.stop.map(|StopReason::Replaced| "replaced"));
+        self.stop.push(job.stop.map(StopReason::as_str));
         self.exit_code.push(job.exit_code);
         self.batch.push(job.batch.clone());
         self.request_id.push(job.request_id.clone());
@@ -546,8 +545,9 @@ pub(crate) fn job_of(row: &Row) -> Result<Job, PersistError> {
         coalesced_into: opt_id16(get(row, 12, what)?, "job id")?.map(JobId),
         stop: match stop {
             None => None,
-            Some("replaced") => Some(StopReason::Replaced),
-            Some(other) => return Err(corrupt("stop reason", other)),
+            Some(text) => {
+                Some(StopReason::parse(text).ok_or_else(|| corrupt("stop reason", text))?)
+            }
         },
         exit_code: get(row, 14, what)?,
         batch: get(row, 15, what)?,
@@ -560,6 +560,8 @@ pub(crate) fn job_of(row: &Row) -> Result<Job, PersistError> {
         release_at: opt_u64(get(row, 22, what)?, "time")?,
         once_slot: opt_u64(get(row, 23, what)?, "slot")?,
         output_tail: get(row, 24, what)?,
+        // Not stored: the core counts a restored job's output from its tail.
+        output_total_bytes: 0,
         once_per_ms: opt_u64(get(row, 25, what)?, "period")?,
         api_key: get(row, 26, what)?,
     })

@@ -246,7 +246,12 @@ fn job(n: u8, lock: &str) -> Job {
         lease: Some(LeaseId([n + 1; 16])),
         ticket: Some(TicketId([n + 2; 16])),
         coalesced_into: Some(JobId([n + 3; 16])),
-        stop: Some(StopReason::Replaced),
+        // Both stop reasons the text column holds.
+        stop: Some(if n.is_multiple_of(2) {
+            StopReason::Replaced
+        } else {
+            StopReason::Cancelled
+        }),
         exit_code: Some(-3),
         batch: Some("nightly".into()),
         request_id: Some("job-request".into()),
@@ -259,6 +264,8 @@ fn job(n: u8, lock: &str) -> Job {
         once_slot: Some(12),
         once_per_ms: Some(3_600_000),
         output_tail: "last lines\n".into(),
+        // Not stored: loaded as 0, the core counts it from the tail on restore.
+        output_total_bytes: 0,
     }
 }
 

@@ -791,7 +791,7 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         job.lease.map(|id| id.0.to_vec()),
         job.ticket.map(|id| id.0.to_vec()),
         job.coalesced_into.map(|id| id.0.to_vec()),
-        job.stop.map(|StopReason::Replaced| "replaced"),
+        job.stop.map(StopReason::as_str),
         job.exit_code,
         job.batch,
         job.request_id,
@@ -849,12 +849,9 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
             coalesced_into: id16(row.get(12).map_err(get)?, "job id")?.map(JobId),
             stop: match stop.as_deref() {
                 None => None,
-                Some("replaced") => Some(StopReason::Replaced),
-                Some(other) => {
-                    return Err(PersistError(format!(
-                        "a stored stop reason is unknown: {other}"
-                    )));
-                }
+                Some(text) => Some(StopReason::parse(text).ok_or_else(|| {
+                    PersistError(format!("a stored stop reason is unknown: {text}"))
+                })?),
             },
             exit_code: row.get(14).map_err(get)?,
             batch: row.get(15).map_err(get)?,
@@ -867,6 +864,8 @@ fn load_jobs(c: &Connection) -> Result<Vec<Job>, PersistError> {
             release_at: optional_time(row.get(22).map_err(get)?, "time")?,
             once_slot: optional_time(row.get(23).map_err(get)?, "slot")?,
             output_tail: row.get(24).map_err(get)?,
+            // Not stored: the core counts a restored job's output from its tail.
+            output_total_bytes: 0,
             once_per_ms: optional_time(row.get(25).map_err(get)?, "period")?,
             api_key: row.get(26).map_err(get)?,
         });

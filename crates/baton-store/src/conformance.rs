@@ -38,10 +38,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use baton_core::{
-    AcquireError, Cancelled, Config, FinishJob, HistoryRecord, Job, JobCapability, JobCreated,
-    JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId, LockName, LockView,
-    Millis, Policy, QueuedTicket, Released, StopReason, TicketEnd, TicketError, TicketId,
-    TicketStatus, TokenError, limits,
+    AcquireError, CancelOutcome, Cancelled, Config, FinishJob, HistoryRecord, Job, JobCapability,
+    JobCreated, JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId,
+    LockName, LockView, Millis, Policy, QueuedTicket, Released, StopReason, TicketEnd, TicketError,
+    TicketId, TicketStatus, TokenError, limits,
 };
 use tokio::time::Instant;
 
@@ -138,6 +138,7 @@ macro_rules! __conformance_each_case {
             job_skip_on_busy
             job_coalesce
             job_replace
+            job_output_and_cancel
             restart_keeps_jobs
             keys_put_replace_list
             audit_log_order_and_paging
@@ -3056,6 +3057,113 @@ pub async fn job_replace(backend: &dyn Backend) {
         (JobState::Running, Some(granted.token))
     );
     assert_eq!(job.stop, None);
+}
+
+/// A running job's appended output is kept (its end, at most the limit) and read back while it
+/// runs; a cancel of a waiting job takes its ticket out of the queue at once (its parked waiter
+/// hears `cancelled`) and records it; a cancel of a running job marks it, the heartbeat and the
+/// next append say so, the lock stays held until the runner finishes, and a job that ended
+/// otherwise is refused unchanged. A durable store keeps the output and the mark over a
+/// restart.
+pub async fn job_output_and_cancel(backend: &dyn Backend) {
+    let c = Case::open(backend, "job-output-cancel").await;
+    let (running, lease) = c.run_job(job_req("build", "runner", Policy::Wait)).await;
+    for text in ["compiling\n", "linking ✓\n"] {
+        let appended = c
+            .store
+            .append_job_output(running.id, lease.id, text.to_owned(), 0)
+            .await
+            .expect("append");
+        assert_eq!(appended.stop, None);
+    }
+    let job = c.job(running.id).await;
+    assert_eq!(job.output_tail, "compiling\nlinking ✓\n");
+    assert_eq!(job.output_total_bytes, job.output_tail.len() as u64);
+    let big = "x".repeat(limits::OUTPUT_APPEND_BYTES_MAX);
+    for _ in 0..(limits::OUTPUT_TAIL_BYTES_MAX / big.len() + 1) {
+        c.store
+            .append_job_output(running.id, lease.id, big.clone(), 0)
+            .await
+            .expect("append");
+    }
+    let job = c.job(running.id).await;
+    assert_eq!(job.output_tail.len(), limits::OUTPUT_TAIL_BYTES_MAX);
+    assert!(
+        matches!(
+            c.store
+                .append_job_output(running.id, LeaseId([7; 16]), "x".into(), 0)
+                .await,
+            Err(StoreError::Job(JobError::WrongCapability))
+        ),
+        "another lease may not append"
+    );
+
+    let (waiting, ticket) = c.queue_job(job_req("build", "waiter", Policy::Wait)).await;
+    let ticket = ticket.ticket.id;
+    let store = Arc::clone(&c.store);
+    let parked = Spawned::new(async move { store.wait_ticket(ticket, LONG_WAIT).await });
+    c.let_park("build", ticket).await;
+    let (cancelled, outcome) = c.store.cancel_job(waiting.id).await.expect("cancel");
+    assert_eq!(
+        (cancelled.state, outcome),
+        (JobState::Cancelled, CancelOutcome::Cancelled)
+    );
+    assert!(
+        matches!(
+            parked.join("the parked waiter of a cancelled job").await,
+            Err(StoreError::Ticket(TicketError::Cancelled))
+        ),
+        "its waiter hears that its ticket was cancelled"
+    );
+    assert!(c.view("build").await.waiters.is_empty());
+
+    let (marked, outcome) = c.store.cancel_job(running.id).await.expect("cancel");
+    assert_eq!(
+        (marked.state, marked.stop, outcome),
+        (
+            JobState::Running,
+            Some(StopReason::Cancelled),
+            CancelOutcome::Stopping
+        )
+    );
+    let c = if backend.durable() {
+        let c = c.reopen(backend).await;
+        let job = c.job(running.id).await;
+        assert_eq!(job.output_tail.len(), limits::OUTPUT_TAIL_BYTES_MAX);
+        assert_eq!(job.stop, Some(StopReason::Cancelled), "the mark survives");
+        assert_eq!(c.job(waiting.id).await.state, JobState::Cancelled);
+        c
+    } else {
+        c
+    };
+    let (_, stop) = c
+        .store
+        .job_heartbeat(running.id, lease.id, None)
+        .await
+        .expect("heartbeat");
+    assert_eq!(stop, Some(StopReason::Cancelled));
+    assert_eq!(tokens(&c.view("build").await.holders), [lease.token]);
+    let stopped = c
+        .finish_job(
+            running.id,
+            &lease,
+            done(JobState::Cancelled, Some(143), "stopped\n"),
+        )
+        .await;
+    assert_eq!(stopped.state, JobState::Cancelled);
+    assert!(c.view("build").await.holders.is_empty());
+    let (done_job, done_lease) = c.run_job(job_req("built", "runner", Policy::Wait)).await;
+    c.finish_job(
+        done_job.id,
+        &done_lease,
+        done(JobState::Succeeded, Some(0), ""),
+    )
+    .await;
+    assert!(matches!(
+        c.store.cancel_job(done_job.id).await,
+        Err(StoreError::Job(JobError::AlreadyEnded(JobState::Succeeded)))
+    ));
+    assert_eq!(c.job(done_job.id).await.state, JobState::Succeeded);
 }
 
 /// A restart keeps jobs: a running job with its lease (it still heartbeats and finishes), a

@@ -23,9 +23,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_core::JobError;
 use baton_core::{
-    Acquire, Acquired, Cancelled, Change, Config, CreateJob, FinishJob, HistoryRecord, Job,
-    JobCapability, JobCreated, JobFilter, JobId, Lease, LeaseId, LockName, LockView, Millis,
-    Released, Snapshot, State, StopReason, TicketId, TicketStatus,
+    Acquire, Acquired, CancelOutcome, Cancelled, Change, Config, CreateJob, FinishJob,
+    HistoryRecord, Job, JobCapability, JobCreated, JobFilter, JobId, Lease, LeaseId, LockName,
+    LockView, Millis, OutputAppended, Released, Snapshot, State, StopReason, TicketId,
+    TicketStatus,
 };
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
@@ -1059,6 +1060,22 @@ impl Store for Engine {
         Ok(self
             .run(|core, now| core.job_heartbeat(id, lease, ttl_ms, now))
             .await??)
+    }
+
+    async fn append_job_output(
+        &self,
+        id: JobId,
+        lease: LeaseId,
+        text: String,
+        skipped_bytes: u64,
+    ) -> Result<OutputAppended, StoreError> {
+        Ok(self
+            .run(move |core, now| core.append_job_output(id, lease, &text, skipped_bytes, now))
+            .await??)
+    }
+
+    async fn cancel_job(&self, id: JobId) -> Result<(Job, CancelOutcome), StoreError> {
+        Ok(self.run(|core, now| core.cancel_job(id, now)).await??)
     }
 
     async fn finish_job(

@@ -22,6 +22,10 @@ use tokio::sync::broadcast;
 
 /// How many of the newest events a feed keeps for subscribers that resume.
 pub const EVENT_WINDOW: usize = 10_000;
+/// Most bytes of job output (`output` events' text) the window keeps: output events are the
+/// only large ones ([`baton_core::limits::OUTPUT_APPEND_BYTES_MAX`] each), so the window drops
+/// its oldest events sooner when they carry much output, and its memory stays bounded.
+pub const EVENT_WINDOW_OUTPUT_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// How far a subscriber's reader may lag behind the feed before it is told it lagged.
 const BROADCAST_CAPACITY: usize = 4_096;
 
@@ -80,6 +84,8 @@ pub struct Subscription {
 
 struct Window {
     kept: VecDeque<Arc<Published>>,
+    /// Bytes of output text in `kept`.
+    output_bytes: usize,
     /// The number the next event gets.
     next_seq: u64,
 }
@@ -104,6 +110,8 @@ pub struct EventCounts {
     /// Jobs that entered each state (created, or changed to it), in the order of
     /// [`JobState::ALL`].
     pub jobs: [u64; JobState::ALL.len()],
+    /// Appends of running jobs' output.
+    pub output: u64,
 }
 
 /// The ways a ticket leaves a queue without a grant, in the order of
@@ -120,6 +128,7 @@ struct Counters {
     queued: AtomicU64,
     left_queue: [AtomicU64; 3],
     jobs: [AtomicU64; JobState::ALL.len()],
+    output: AtomicU64,
 }
 
 impl Counters {
@@ -142,6 +151,7 @@ impl Counters {
                     None => return,
                 }
             }
+            Event::Output { .. } => &self.output,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -156,7 +166,16 @@ impl Counters {
             queued: load(&self.queued),
             left_queue: std::array::from_fn(|index| load(&self.left_queue[index])),
             jobs: std::array::from_fn(|index| load(&self.jobs[index])),
+            output: load(&self.output),
         }
+    }
+}
+
+/// The bytes of output text an event carries.
+fn output_bytes(event: &Event) -> usize {
+    match event {
+        Event::Output { text, .. } => text.len(),
+        _ => 0,
     }
 }
 
@@ -185,6 +204,7 @@ impl EventHub {
             window_max: window_max.max(1),
             window: Mutex::new(Window {
                 kept: VecDeque::new(),
+                output_bytes: 0,
                 next_seq: 1,
             }),
             sender: broadcast::channel(BROADCAST_CAPACITY).0,
@@ -223,9 +243,14 @@ impl EventHub {
                 event,
             });
             window.next_seq += 1;
+            window.output_bytes += output_bytes(&published.event);
             window.kept.push_back(Arc::clone(&published));
-            if window.kept.len() > self.window_max {
-                window.kept.pop_front();
+            while window.kept.len() > self.window_max
+                || (window.output_bytes > EVENT_WINDOW_OUTPUT_BYTES_MAX && window.kept.len() > 1)
+            {
+                if let Some(oldest) = window.kept.pop_front() {
+                    window.output_bytes -= output_bytes(&oldest.event);
+                }
             }
             // No receiver is not an error: nobody listens.
             let _ = self.sender.send(published);
@@ -323,6 +348,41 @@ mod tests {
         assert_eq!(subscription.backlog.len(), 1);
         let next = subscription.live.try_recv().map(|p| p.seq);
         assert_eq!(next, Ok(2));
+    }
+
+    #[test]
+    fn the_window_drops_old_events_when_they_hold_too_much_output() {
+        let hub = EventHub::new("s1".into(), 10_000);
+        let output = |n: usize| Event::Output {
+            job: baton_core::JobChange {
+                id: baton_core::JobId([0; 16]),
+                name: "j".into(),
+                lock: LockName::new("a").unwrap_or_else(|_| unreachable!()),
+                state: JobState::Running,
+                owner: "o".into(),
+                host: None,
+                token: Some(1),
+                reason: None,
+                exit_code: None,
+                batch: None,
+                created_at: 0,
+                started_at: Some(0),
+                finished_at: None,
+            },
+            text: "x".repeat(n),
+            offset: 0,
+            at: 1,
+        };
+        let chunk = baton_core::limits::OUTPUT_APPEND_BYTES_MAX;
+        let fits = EVENT_WINDOW_OUTPUT_BYTES_MAX / chunk;
+        hub.publish((0..fits + 10).map(|_| output(chunk)).collect());
+        let kept = hub.subscribe(Some(&id("s1", 0)));
+        // Event 1 is gone, so resuming after "0" misses; the window holds what fits.
+        assert!(kept.missed);
+        let window = hub.window.lock().unwrap_or_else(|p| p.into_inner());
+        assert_eq!(window.kept.len(), fits);
+        assert!(window.output_bytes <= EVENT_WINDOW_OUTPUT_BYTES_MAX);
+        assert_eq!(hub.counts().output, (fits + 10) as u64);
     }
 
     #[test]

@@ -8,9 +8,10 @@ use crate::events::{EventCounts, EventHub};
 use crate::keys::{ApiKey, AuditEntry};
 use async_trait::async_trait;
 use baton_core::{
-    AcquireError, Cancelled, FinishJob, Gauges, HistoryRecord, Job, JobCapability, JobCreated,
-    JobError, JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName, LockView, Millis,
-    Policy, QueuedTicket, Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
+    AcquireError, CancelOutcome, Cancelled, FinishJob, Gauges, HistoryRecord, Job, JobCapability,
+    JobCreated, JobError, JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName,
+    LockView, Millis, OutputAppended, Policy, QueuedTicket, Released, StopReason, TicketError,
+    TicketId, TicketStatus, TokenError,
 };
 
 /// An acquire as the server passes it on (validated; ids are the store's to choose).
@@ -266,6 +267,20 @@ pub trait Store: Send + Sync + 'static {
         lease: LeaseId,
         ttl_ms: Option<u64>,
     ) -> Result<(Lease, Option<StopReason>), StoreError>;
+
+    /// Appends a chunk of a running job's output (the core keeps the tail); says whether its
+    /// runner must stop. `lease` is the job's lease, the runner's capability.
+    async fn append_job_output(
+        &self,
+        id: JobId,
+        lease: LeaseId,
+        text: String,
+        skipped_bytes: u64,
+    ) -> Result<OutputAppended, StoreError>;
+
+    /// Cancels a job on request: a waiting one leaves the queue, a running one's runner is
+    /// told to stop (`State::cancel_job` says what happens in each state).
+    async fn cancel_job(&self, id: JobId) -> Result<(Job, CancelOutcome), StoreError>;
 
     /// Records how a job ended and lets its lock go.
     async fn finish_job(

@@ -2,7 +2,7 @@
 //! and output.
 
 use baton_client::JobQuery;
-use baton_client::proto::{Job, JobState};
+use baton_client::proto::{CancelOutcome, Job, JobState};
 use jiff::Timestamp;
 
 use crate::args::{JobArgs, JobsArgs};
@@ -139,12 +139,39 @@ pub async fn job(context: &Context, args: JobArgs) -> anyhow::Result<u8> {
     }
     output::print_line(&lines.join("\n"))?;
     if !detail.output_tail.is_empty() {
+        let running = if job.state == JobState::Running {
+            ", so far"
+        } else {
+            ""
+        };
         output::print_line(&format!(
-            "\noutput (last {} bytes):",
-            detail.output_tail.len()
+            "\noutput (last {} bytes of {}{running}):",
+            detail.output_tail.len(),
+            job.output_total_bytes.max(detail.output_tail.len() as u64)
         ))?;
         output::print_line(detail.output_tail.trim_end_matches('\n'))?;
     }
+    Ok(exit::SUCCESS)
+}
+
+/// `baton cancel JOB`: a waiting job leaves the queue (recorded `cancelled`); a running job's
+/// runner is told to stop at its next heartbeat, stops the command's tree and records
+/// `cancelled`. A job that already ended otherwise is refused (409 `job_state_conflict`,
+/// exit 65).
+pub async fn cancel(context: &Context, args: JobArgs) -> anyhow::Result<u8> {
+    let answer = context.client.cancel_job(&args.id).await?;
+    if context.json {
+        output::print_json(&answer)?;
+        return Ok(exit::SUCCESS);
+    }
+    let job = &answer.job;
+    let what = match answer.outcome {
+        CancelOutcome::Cancelled => "cancelled (it had not started; it left the queue)",
+        CancelOutcome::Stopping => {
+            "stopping: its runner stops the command at its next heartbeat and records it              cancelled"
+        }
+    };
+    output::print_line(&format!("job {} ({}): {what}", job.id, job.name))?;
     Ok(exit::SUCCESS)
 }
 

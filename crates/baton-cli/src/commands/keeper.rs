@@ -124,6 +124,19 @@ pub enum KeeperStop {
     Deadline,
     /// A `--replace` run asked this one to stop.
     Replaced,
+    /// `baton cancel` (`POST /v1/jobs/{id}/cancel`) asked this one to stop.
+    Cancelled,
+}
+
+impl KeeperStop {
+    /// The stop a server's `stop` field asks for: `cancelled`, or `replaced` (also for a reason
+    /// this version does not know: stopping is what every stop request asks).
+    pub fn of_stop_request(reason: &str) -> KeeperStop {
+        match reason {
+            "cancelled" => KeeperStop::Cancelled,
+            _ => KeeperStop::Replaced,
+        }
+    }
 }
 
 /// Renews the job's lease until the task is aborted, or stops the tree through `control` and
@@ -158,8 +171,8 @@ pub async fn keep_lease(
                 deadline = timing.deadline_of(&renewed);
                 control.set_deadline(deadline.into_std());
                 renew_at = renewed.sent_at + timing.heartbeat;
-                if replaced.is_some() {
-                    stop(KeeperStop::Replaced, grace);
+                if let Some(reason) = replaced {
+                    stop(KeeperStop::of_stop_request(&reason), grace);
                     return;
                 }
             }

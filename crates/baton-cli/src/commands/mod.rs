@@ -9,9 +9,11 @@ pub mod jobs;
 pub mod keeper;
 pub mod keys;
 pub mod lease;
+pub mod logs;
 pub mod parallel;
 pub mod run;
 pub mod server;
+pub mod stream;
 pub mod watch;
 
 use baton_client::Client;

@@ -38,6 +38,7 @@ use crate::commands::Context;
 use crate::commands::keeper::{
     KeeperStop, LeaseTiming, Signals, keep_lease, millis, renew_after_wait,
 };
+use crate::commands::stream::{OutputFeed, OutputStreamer};
 use crate::exit;
 use crate::output;
 use crate::supervise::{self, Control, End, Spec, Supervisor};
@@ -112,6 +113,7 @@ enum Cause {
     LeaseLost { revoked: bool },
     Deadline,
     Replaced,
+    Cancelled,
     TimedOut,
     Interrupted(i32),
     Halted,
@@ -710,12 +712,21 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
     let prefix = shared.line_buffer.then(|| format!("{}: ", task.name));
     let stdout = Capture::new(&shared.printer, prefix.as_deref(), false, keep);
     let stderr = Capture::new(&shared.printer, prefix.as_deref(), true, keep);
+    // The output also goes to the server as it comes (`baton logs -f`), for jobs with a record.
+    let feed = OutputFeed::new();
+    let sink = |capture: &Capture| -> Box<dyn std::io::Write + Send> {
+        if lease.is_some() {
+            feed.tee(Box::new(capture.clone()))
+        } else {
+            Box::new(capture.clone())
+        }
+    };
     let mut spec = Spec {
         grace: shared.timing.grace,
         tail_bytes: shared.output_max,
         forward_signals: false,
-        stdout: Box::new(stdout.clone()),
-        stderr: Box::new(stderr.clone()),
+        stdout: sink(&stdout),
+        stderr: sink(&stderr),
         inherit_output: shared.sync,
         ..Spec::new(task.argv.iter().map(OsString::from))
     }
@@ -762,17 +773,20 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
             granted.clone(),
             shared.timing,
             control.clone(),
-            move |why| {
-                set_cause(
-                    &cause,
-                    match why {
-                        KeeperStop::LeaseLost { revoked } => Cause::LeaseLost { revoked },
-                        KeeperStop::Deadline => Cause::Deadline,
-                        KeeperStop::Replaced => Cause::Replaced,
-                    },
-                );
-            },
+            move |why| set_cause(&cause, Cause::of(why)),
         ))
+    });
+    let streamer = lease.as_ref().map(|(client, job_id, granted, _)| {
+        let cause = Arc::clone(&cause);
+        OutputStreamer::start(
+            client.clone(),
+            job_id.clone(),
+            granted.lease.id.clone(),
+            feed.clone(),
+            control.clone(),
+            shared.timing.grace,
+            move |why| set_cause(&cause, Cause::of(why)),
+        )
     });
     let outcome = match shared.timeout {
         Some(limit) => {
@@ -788,6 +802,9 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
     };
     if let Some(heartbeat) = heartbeat {
         heartbeat.abort();
+    }
+    if let Some(streamer) = streamer {
+        streamer.finish().await;
     }
     if let Ok(mut running) = shared.running.lock() {
         running.remove(&task.index);
@@ -823,6 +840,10 @@ async fn run_attempt(shared: &Shared, task: &Task) -> (JobResult, Vec<u8>, Vec<u
         (Some(Cause::Replaced), _) => (
             JobState::Cancelled,
             "replaced by a newer run; the command was stopped".to_owned(),
+        ),
+        (Some(Cause::Cancelled), _) => (
+            JobState::Cancelled,
+            "cancelled on request (baton cancel); the command was stopped".to_owned(),
         ),
         (Some(Cause::TimedOut), _) => (
             JobState::TimedOut,
@@ -935,7 +956,17 @@ async fn take_slot(
         };
         waited = true;
         tokio::select! {
-            answer = client.wait_job(&job_id, &ticket.id, LONG_POLL) => start = answer?,
+            answer = client.wait_job(&job_id, &ticket.id, LONG_POLL) => match answer {
+                Ok(answer) => start = answer,
+                // `baton cancel` took the job out of the queue: its ticket is cancelled.
+                Err(error) => match client.job(&job_id).await {
+                    Ok(detail) if detail.job.state == JobState::Cancelled => {
+                        let reason = detail.job.reason.unwrap_or_default();
+                        return Ok(Slot::Ended(Some(job_id), JobState::Cancelled, reason));
+                    }
+                    _ => return Err(error),
+                },
+            },
             () = async { drop(give_up.wait_for(|stop| *stop).await); } => {
                 let reason = gave_up_reason(shared.give_up_cause());
                 let report = FinishJobRequest {
@@ -1205,6 +1236,17 @@ fn file_safe(name: &str) -> String {
     name.chars()
         .map(|c| if c == '/' || c == '\0' { '_' } else { c })
         .collect()
+}
+
+impl Cause {
+    fn of(why: KeeperStop) -> Cause {
+        match why {
+            KeeperStop::LeaseLost { revoked } => Cause::LeaseLost { revoked },
+            KeeperStop::Deadline => Cause::Deadline,
+            KeeperStop::Replaced => Cause::Replaced,
+            KeeperStop::Cancelled => Cause::Cancelled,
+        }
+    }
 }
 
 fn set_cause(cause: &Mutex<Option<Cause>>, value: Cause) {

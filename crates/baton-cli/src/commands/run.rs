@@ -12,7 +12,9 @@
 //! 4. heartbeat at a third of the TTL. The *local deadline* is (when the last successful
 //!    heartbeat or grant was **sent**) + the server's `expires_in_ms` − a drift margin. The tree
 //!    is stopped (TERM, grace, KILL) so that it is gone before that deadline whenever the lease
-//!    is lost, revoked, replaced, or cannot be renewed in time;
+//!    is lost, revoked, replaced, cancelled (`baton cancel`, heard at a heartbeat or in an
+//!    output append's answer), or cannot be renewed in time. Meanwhile the command's output
+//!    goes to the server as it comes ([`crate::commands::stream`]);
 //! 5. record how it ended (state, exit code, output tail), run `--on-lost` if the lease was
 //!    lost, and exit with the command's own code or baton's documented one.
 //!
@@ -34,6 +36,7 @@ use crate::commands::Context;
 use crate::commands::keeper::{
     KeeperStop, LeaseTiming, Signals, keep_lease, millis, renew_after_wait,
 };
+use crate::commands::stream::{OutputFeed, OutputStreamer};
 use crate::supervise::{self, End, Spec, Supervisor};
 use crate::{exit, output};
 
@@ -49,6 +52,8 @@ enum StopCause {
     Deadline,
     /// A `--replace` run asked this one to stop.
     Replaced,
+    /// `baton cancel` asked this one to stop.
+    Cancelled,
     /// `--timeout` ran out.
     TimedOut,
 }
@@ -198,7 +203,18 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
         waited = true;
         tokio::select! {
             answer = context.client.wait_job(&job_id, &ticket.id, remaining.min(LONG_POLL)) => {
-                start = answer?;
+                match answer {
+                    Ok(answer) => start = answer,
+                    // `baton cancel` took the job out of the queue: its ticket is cancelled.
+                    Err(error) => match context.client.job(&job_id).await {
+                        Ok(detail) if detail.job.state == JobState::Cancelled => {
+                            let reason = detail.job.reason.unwrap_or_default();
+                            eprintln!("baton run: {} cancelled: {reason} (job {job_id})", args.name);
+                            return Ok(exit::CANCELLED);
+                        }
+                        _ => return Err(error.into()),
+                    },
+                }
             }
             signal = signals.next() => {
                 give_up(context, &job_id, &ticket.id, &format!("signal {signal} while waiting")).await;
@@ -245,6 +261,16 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
         // stdout carries the job's record alone.
         spec.stdout = Box::new(std::io::stderr());
     }
+    // The output also goes to the server as it comes (`baton logs -f`, `baton job ID`).
+    let feed = OutputFeed::new();
+    spec.stdout = feed.tee(std::mem::replace(
+        &mut spec.stdout,
+        Box::new(std::io::sink()),
+    ));
+    spec.stderr = feed.tee(std::mem::replace(
+        &mut spec.stderr,
+        Box::new(std::io::sink()),
+    ));
     let mut supervisor = match Supervisor::spawn(spec) {
         Ok(supervisor) => supervisor,
         Err(error) => {
@@ -257,6 +283,18 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
     // The lease keeper: renews, and stops the tree in time when it cannot.
     let control = supervisor.control();
     let cause: Arc<Mutex<Option<StopCause>>> = Arc::new(Mutex::new(None));
+    let streamer = {
+        let cause = Arc::clone(&cause);
+        OutputStreamer::start(
+            context.client.clone(),
+            job_id.clone(),
+            lease.id.clone(),
+            feed,
+            control.clone(),
+            grace,
+            move |why| set_cause(&cause, StopCause::of(why)),
+        )
+    };
     let heartbeat = {
         let cause = Arc::clone(&cause);
         tokio::spawn(keep_lease(
@@ -265,16 +303,7 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
             granted.clone(),
             timing,
             control.clone(),
-            move |why| {
-                set_cause(
-                    &cause,
-                    match why {
-                        KeeperStop::LeaseLost { revoked } => StopCause::LeaseLost { revoked },
-                        KeeperStop::Deadline => StopCause::Deadline,
-                        KeeperStop::Replaced => StopCause::Replaced,
-                    },
-                );
-            },
+            move |why| set_cause(&cause, StopCause::of(why)),
         ))
     };
 
@@ -292,6 +321,8 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
         None => supervisor.wait().await,
     };
     heartbeat.abort();
+    // The last of the output, for followers; the finish report carries the tail anyway.
+    streamer.finish().await;
     let outcome = outcome?;
     if outcome.deadline_passed {
         // The guardian stopped the tree: `baton run` could not renew in time (it was paused).
@@ -321,6 +352,11 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
             JobState::Cancelled,
             "replaced by a newer run; the command was stopped".to_owned(),
             exit::REPLACED,
+        ),
+        (Some(StopCause::Cancelled), _) => (
+            JobState::Cancelled,
+            "cancelled on request (baton cancel); the command was stopped".to_owned(),
+            exit::CANCELLED,
         ),
         (Some(StopCause::TimedOut), _) => (
             JobState::TimedOut,
@@ -484,6 +520,17 @@ async fn run_hook(hook: &str, job_id: &str, lock: &str, reason: &str) {
         Ok(Ok(status)) => eprintln!("baton run: the --on-lost hook failed ({status})"),
         Ok(Err(error)) => eprintln!("baton run: cannot run the --on-lost hook: {error}"),
         Err(_) => eprintln!("baton run: the --on-lost hook ran over a minute and was stopped"),
+    }
+}
+
+impl StopCause {
+    fn of(why: KeeperStop) -> StopCause {
+        match why {
+            KeeperStop::LeaseLost { revoked } => StopCause::LeaseLost { revoked },
+            KeeperStop::Deadline => StopCause::Deadline,
+            KeeperStop::Replaced => StopCause::Replaced,
+            KeeperStop::Cancelled => StopCause::Cancelled,
+        }
     }
 }
 

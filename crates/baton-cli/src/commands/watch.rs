@@ -98,6 +98,15 @@ pub fn human(event: &Event, now: Timestamp) -> String {
             }
             None => "job changed".to_owned(),
         },
+        EventKind::Output => {
+            let job = event
+                .job
+                .as_ref()
+                .map(|job| format!("job {} {}", job.name, job.id))
+                .unwrap_or_else(|| "job".to_owned());
+            let bytes = event.text.as_deref().map_or(0, str::len);
+            format!("{job} printed {bytes} bytes [{owner}]")
+        }
         EventKind::Missed | EventKind::Dropped => format!(
             "{}: {}",
             event.kind.as_str(),
@@ -131,6 +140,8 @@ mod tests {
             position: None,
             reason: None,
             job: None,
+            text: None,
+            offset: None,
         }
     }
 
@@ -182,6 +193,17 @@ mod tests {
             human(&job, at(60)).ends_with("job nightly job_1 timed_out (exit 124) [ci]"),
             "{}",
             human(&job, at(60))
+        );
+        let output = Event {
+            kind: EventKind::Output,
+            text: Some("line 1\nline 2\n".into()),
+            offset: Some(0),
+            ..job
+        };
+        assert!(
+            human(&output, at(60)).ends_with("job nightly job_1 printed 14 bytes [ci]"),
+            "{}",
+            human(&output, at(60))
         );
     }
 }

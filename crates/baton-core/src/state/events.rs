@@ -61,7 +61,7 @@ pub struct JobChange {
 }
 
 impl JobChange {
-    fn of(job: &Job) -> JobChange {
+    pub(super) fn of(job: &Job) -> JobChange {
         JobChange {
             id: job.id,
             name: job.name.clone(),
@@ -115,6 +115,18 @@ pub enum Event {
         /// When it happened.
         at: Millis,
     },
+    /// A running job's runner appended output ([`State::append_job_output`]).
+    Output {
+        /// The job (its state is `running`).
+        job: JobChange,
+        /// The chunk appended.
+        text: String,
+        /// How many bytes of the job's output came before this chunk
+        /// ([`super::Job::output_total_bytes`] before it, plus any bytes the runner skipped).
+        offset: u64,
+        /// When it happened.
+        at: Millis,
+    },
 }
 
 impl Event {
@@ -125,7 +137,7 @@ impl Event {
             Event::Ended(record) => &record.lock,
             Event::Queued { queued, .. } => &queued.ticket.lock,
             Event::LeftQueue { ticket, .. } => &ticket.lock,
-            Event::Job { job, .. } => &job.lock,
+            Event::Job { job, .. } | Event::Output { job, .. } => &job.lock,
         }
     }
 
@@ -136,7 +148,8 @@ impl Event {
             Event::Granted { at, .. }
             | Event::Queued { at, .. }
             | Event::LeftQueue { at, .. }
-            | Event::Job { at, .. } => *at,
+            | Event::Job { at, .. }
+            | Event::Output { at, .. } => *at,
         }
     }
 }

@@ -9,9 +9,10 @@
 use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
 
+use super::events::JobChange;
 use super::{
-    Acquire, AcquireError, Acquired, Change, Deadline, KeyQuota, Lease, LeaseEnd, LeaseError,
-    QueuedTicket, Quota, State, TicketEnd,
+    Acquire, AcquireError, Acquired, Change, Deadline, Event, KeyQuota, Lease, LeaseEnd,
+    LeaseError, QueuedTicket, Quota, State, TicketEnd,
 };
 
 /// What to do when the lock is busy.
@@ -144,6 +145,44 @@ impl Policy {
 pub enum StopReason {
     /// A run with policy `replace` is waiting for this one.
     Replaced,
+    /// Someone cancelled it ([`State::cancel_job`]).
+    Cancelled,
+}
+
+impl StopReason {
+    /// The stable text form stores keep and the wire shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StopReason::Replaced => "replaced",
+            StopReason::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`StopReason::as_str`].
+    pub fn parse(text: &str) -> Option<StopReason> {
+        [StopReason::Replaced, StopReason::Cancelled]
+            .into_iter()
+            .find(|reason| reason.as_str() == text)
+    }
+}
+
+/// What [`State::cancel_job`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The job had not started: it left the queue and is recorded `cancelled`.
+    Cancelled,
+    /// The job runs: its runner is told to stop (at its next heartbeat or output append); it
+    /// stops the command and records `cancelled` itself. Asking again answers the same.
+    Stopping,
+}
+
+/// What [`State::append_job_output`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputAppended {
+    /// The job's [`Job::output_total_bytes`] after the append.
+    pub output_total_bytes: u64,
+    /// Set when the runner must stop (as a heartbeat's answer says).
+    pub stop: Option<StopReason>,
 }
 
 /// A job record.
@@ -203,6 +242,11 @@ pub struct Job {
     pub once_per_ms: Option<u64>,
     /// The end of its output, at most [`limits::OUTPUT_TAIL_BYTES_MAX`] bytes.
     pub output_tail: String,
+    /// How many bytes of output were appended in all ([`State::append_job_output`], including
+    /// bytes its runner said it skipped): `output_tail` is the last of them. Followers use it
+    /// as an offset to tell what they already have. Not stored: a restored job counts from its
+    /// tail's length (a follower hears `missed` across a restart anyway and reads afresh).
+    pub output_total_bytes: u64,
     /// The API key whose request created it (`None` on a server without keys): the record
     /// counts against that key's job quota while it is kept.
     pub api_key: Option<String>,
@@ -322,6 +366,18 @@ pub enum JobError {
     /// A field is out of bounds.
     #[error("{0}")]
     Invalid(&'static str),
+}
+
+/// `kept` followed by `appended`, cut to its last `max` bytes at a character boundary: the
+/// rule for a running job's output tail.
+pub fn append_tail(kept: &str, appended: &str, max: usize) -> String {
+    if appended.len() >= max {
+        return tail(appended, max);
+    }
+    let keep = max - appended.len();
+    let mut joined = tail(kept, keep);
+    joined.push_str(appended);
+    joined
 }
 
 /// Keeps the end of `text`, at most `max` bytes, cut at a character boundary.
@@ -473,6 +529,7 @@ impl State {
             once_slot: None,
             once_per_ms: None,
             output_tail: String::new(),
+            output_total_bytes: 0,
             api_key: command.api_key.clone(),
         };
         if let Some(period) = command.once_per_ms {
@@ -637,6 +694,130 @@ impl State {
         Ok((renewed, stop))
     }
 
+    /// Appends a chunk of a running job's output, as its runner sends it while the command
+    /// runs: the job keeps the last [`limits::OUTPUT_TAIL_BYTES_MAX`] bytes (the same bound a
+    /// finished job's tail has), and subscribers hear of the chunk ([`Event::Output`]).
+    /// `skipped_bytes` counts output the runner produced but did not send (it sends a bounded
+    /// amount per call and keeps the end), so offsets stay true. The answer says whether the
+    /// runner must stop, as a heartbeat's does, so a runner that prints learns of a cancel
+    /// sooner.
+    pub fn append_job_output(
+        &mut self,
+        id: JobId,
+        lease: LeaseId,
+        text: &str,
+        skipped_bytes: u64,
+        now: Millis,
+    ) -> Result<OutputAppended, JobError> {
+        let now = self.observe(now);
+        // The message's number is the limit's (a `&'static str` cannot be formatted).
+        const _: () = assert!(limits::OUTPUT_APPEND_BYTES_MAX == 16 * 1024);
+        if text.len() > limits::OUTPUT_APPEND_BYTES_MAX {
+            return Err(JobError::Invalid(
+                "an output append carries at most 16 KiB of text",
+            ));
+        }
+        if self
+            .jobs
+            .get(&id)
+            .is_some_and(|job| job.lease == Some(lease))
+        {
+            // As for a heartbeat: a lease past its deadline has expired, and its job is lost.
+            self.expire_if_due(lease, now);
+        }
+        let job = self.jobs.get(&id).ok_or(JobError::NotFound)?;
+        if job.lease != Some(lease) {
+            return Err(JobError::WrongCapability);
+        }
+        if job.state != JobState::Running {
+            return Err(JobError::AlreadyEnded(job.state));
+        }
+        if text.is_empty() && skipped_bytes == 0 {
+            return Ok(OutputAppended {
+                output_total_bytes: job.output_total_bytes,
+                stop: job.stop,
+            });
+        }
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return Err(JobError::NotFound);
+        };
+        let offset = job.output_total_bytes.saturating_add(skipped_bytes);
+        let kept = append_tail(&job.output_tail, text, limits::OUTPUT_TAIL_BYTES_MAX);
+        self.job_output_bytes =
+            self.job_output_bytes.saturating_sub(job.output_tail.len()) + kept.len();
+        job.output_tail = kept;
+        job.output_total_bytes = offset.saturating_add(text.len() as u64);
+        let appended = OutputAppended {
+            output_total_bytes: job.output_total_bytes,
+            stop: job.stop,
+        };
+        let job = job.clone();
+        self.changes.push(Change::JobPut(job.clone()));
+        self.events.push(Event::Output {
+            job: JobChange::of(&job),
+            text: text.to_owned(),
+            offset,
+            at: now,
+        });
+        Ok(appended)
+    }
+
+    /// Cancels a job on request (`baton cancel`): what it does depends on where the job is.
+    ///
+    /// | state | effect |
+    /// | --- | --- |
+    /// | `queued`, `waiting` | its ticket leaves the queue (its waiter hears `ticket_cancelled`); the job is `cancelled` now |
+    /// | `running` | marked to stop ([`StopReason::Cancelled`], overriding `replaced`); its lease is kept until its runner has stopped the command and records `cancelled` (or the lease expires and the job is `lost`), so the lock is never handed on while the command may still run |
+    /// | `cancelled` | nothing: answered as cancelled (a retried cancel hears what the first did) |
+    /// | any other final state | refused: [`JobError::AlreadyEnded`] |
+    pub fn cancel_job(&mut self, id: JobId, now: Millis) -> Result<(Job, CancelOutcome), JobError> {
+        let now = self.observe(now);
+        if let Some(lease) = self.jobs.get(&id).and_then(|job| job.lease) {
+            // A job whose lease is past its deadline is lost, not cancellable.
+            self.expire_if_due(lease, now);
+        }
+        let job = self.jobs.get(&id).ok_or(JobError::NotFound)?;
+        match job.state {
+            JobState::Running => {
+                let Some(job) = self.jobs.get_mut(&id) else {
+                    return Err(JobError::NotFound);
+                };
+                if job.stop != Some(StopReason::Cancelled) {
+                    job.stop = Some(StopReason::Cancelled);
+                    self.changes.push(Change::JobPut(job.clone()));
+                }
+                Ok((job.clone(), CancelOutcome::Stopping))
+            }
+            JobState::Queued | JobState::Waiting => {
+                let ticket = job.ticket;
+                self.forget_pending(id);
+                if let Some(ticket) = ticket {
+                    // The job's own record says why; the ticket's end must not overwrite it.
+                    self.ticket_jobs.remove(&ticket);
+                }
+                if let Some(job) = self.jobs.get_mut(&id) {
+                    job.state = JobState::Cancelled;
+                    job.reason = Some("cancelled on request before it ran".into());
+                    job.finished_at = Some(now);
+                    job.stop = None;
+                }
+                if let Some(ticket) = ticket
+                    && self.tickets.contains_key(&ticket)
+                {
+                    self.cancel_ticket(ticket, false, now)
+                        .map_err(|_| JobError::NotFound)?;
+                }
+                let job = self.jobs.get(&id).cloned().ok_or(JobError::NotFound)?;
+                self.changes.push(Change::JobPut(job.clone()));
+                State::job_event(&mut self.events, &job, now);
+                Ok((job, CancelOutcome::Cancelled))
+            }
+            // Asking again (a retry) answers the same.
+            JobState::Cancelled => Ok((job.clone(), CancelOutcome::Cancelled)),
+            state => Err(JobError::AlreadyEnded(state)),
+        }
+    }
+
     /// Records how a job ended and lets its lock go (at once, or when its min-hold ends).
     pub fn finish_job(
         &mut self,
@@ -684,6 +865,7 @@ impl State {
                 self.job_output_bytes =
                     self.job_output_bytes.saturating_sub(job.output_tail.len()) + output.len();
                 job.exit_code = report.exit_code.or(job.exit_code);
+                job.output_total_bytes = job.output_total_bytes.max(output.len() as u64);
                 job.output_tail = output;
                 let job = job.clone();
                 self.changes.push(Change::JobPut(job.clone()));
@@ -704,6 +886,7 @@ impl State {
             job.state = report.state;
             job.exit_code = report.exit_code;
             job.reason = report.reason;
+            job.output_total_bytes = job.output_total_bytes.max(output.len() as u64);
             job.output_tail = output;
             job.finished_at = Some(now);
             job.stop = None;
@@ -1014,6 +1197,7 @@ impl State {
             self.jobs_order.insert((job.created_at, job.id));
             self.count_job_for_key(job.api_key.as_deref(), job.created_at, job.id);
             self.job_output_bytes += job.output_tail.len();
+            job.output_total_bytes = job.output_total_bytes.max(job.output_tail.len() as u64);
             self.jobs.insert(job.id, job);
         }
     }
