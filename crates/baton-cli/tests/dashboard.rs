@@ -38,16 +38,11 @@ const SQLITE_SCENARIOS: &[&str] = &[
     "the_timeline_draws_two_skip_runs_apart",
     "a_finished_jobs_page_shows_its_output",
     "a_jobs_page_appends_output_events_for_its_job",
+    "a_running_jobs_output_appears_while_it_runs",
     "a_read_only_key_sees_no_other_teams_lock",
     "the_server_page_shows_the_store",
     "screenshots",
 ];
-
-/// Written, not yet run by default: a running job's output on its page needs `baton run` to
-/// send output while the child runs (the `output` events of issue 12, part 2). Until that is
-/// merged it runs only with `BATON_DASHBOARD_LIVE_OUTPUT=1`; then move it into
-/// [`SQLITE_SCENARIOS`].
-const LIVE_OUTPUT_SCENARIO: &str = "a_running_jobs_output_appears_while_it_runs";
 
 /// The scenarios run against a PostgreSQL-backed server (without keys): the live ones.
 const POSTGRES_SCENARIOS: &[&str] = &[
@@ -300,11 +295,7 @@ async fn the_dashboard_works_in_a_real_browser_sqlite() {
     let admin = create_key(&server, None, "admin", "admin:").await;
     let reader = create_key(&server, Some(&admin), "team-a reader", "read:team-a/").await;
     fixtures(&server, Some(&admin)).await;
-    let mut scenarios = SQLITE_SCENARIOS.to_vec();
-    if std::env::var("BATON_DASHBOARD_LIVE_OUTPUT").as_deref() == Ok("1") {
-        scenarios.push(LIVE_OUTPUT_SCENARIO);
-    }
-    browse(&server, Some(&admin), Some(&reader), &scenarios).await;
+    browse(&server, Some(&admin), Some(&reader), SQLITE_SCENARIOS).await;
 }
 
 /// Cheap with the live scenarios only: the page is the same, the event stream and the
