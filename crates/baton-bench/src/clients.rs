@@ -17,16 +17,8 @@ use anyhow::{Context, Result, bail};
 use baton_proto::{AcquireRequest, WaitRequest};
 use serde::Deserialize;
 
+use crate::held::{Held, LEASE_TTL_MS};
 use crate::pg::PgLock;
-
-/// What a client holds between acquire and release.
-#[derive(Debug, Clone)]
-pub struct Held {
-    /// Lease id (HTTP), key (Redis), lock key (etcd) or lock name (PostgreSQL).
-    pub key: String,
-    /// The value to compare on release (Redis; the fencing token for the pg-sql lease table).
-    pub token: String,
-}
 
 /// A client of one target.
 pub enum LockClient {
@@ -100,8 +92,6 @@ impl LockClient {
     }
 }
 
-/// Time-to-live of every lease the bench takes: far longer than a hold, so nothing expires.
-pub const LEASE_TTL_MS: u64 = 30_000;
 /// Long-poll the contended workload asks for.
 const LONG_POLL_MS: u64 = 30_000;
 

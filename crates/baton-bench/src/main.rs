@@ -20,6 +20,7 @@
 
 mod clients;
 mod failover;
+mod held;
 mod metrics;
 mod minimal;
 mod pg;

@@ -21,7 +21,7 @@ use anyhow::{Context, Result, bail};
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use tokio_postgres::NoTls;
 
-use crate::clients::{Held, LEASE_TTL_MS};
+use crate::held::{Held, LEASE_TTL_MS};
 
 /// The database used when neither `--database-url` nor `BATON_BENCH_DATABASE_URL` says.
 pub const DEFAULT_URL: &str = "postgres://postgres@127.0.0.1:5432/test";

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap};
 use baton_core::{LeaseId, LockName, Millis, TicketId};
 
 use crate::history::{Event, EventKind, Via};
-use crate::sim::{LOCKS, config};
+use crate::setup::{LOCKS, config};
 
 /// One broken guarantee.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,6 +17,7 @@ pub mod check;
 pub mod disk;
 pub mod history;
 mod rng;
+pub mod setup;
 pub mod sim;
 pub mod trace;
 

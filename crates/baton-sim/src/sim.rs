@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use baton_core::{
-    Cancelled, Config, FinishJob, Job, JobCapability, JobCreated, JobId, JobState, Lease, LeaseId,
+    Cancelled, FinishJob, Job, JobCapability, JobCreated, JobId, JobState, Lease, LeaseId,
     LockName, Millis, Policy, Released, StopReason, TicketId, TicketStatus, TokenError,
 };
 use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
@@ -36,12 +36,7 @@ use crate::check::{self, Violation};
 use crate::disk::{Disk, DiskState, SimPersister};
 use crate::history::{Event, EventKind, Via};
 use crate::rng::{Rng, mix};
-
-/// The server's clock at the start of every run.
-pub const START_MS: Millis = 1_700_000_000_000;
-
-/// The locks clients use, with their capacities: two mutexes and two semaphores.
-pub const LOCKS: [(&str, u32); 4] = [("sim-a", 1), ("sim-b", 1), ("sim-c", 2), ("sim-d", 3)];
+use crate::setup::{LOCKS, START_MS, config};
 
 /// How one run goes.
 #[derive(Debug, Clone)]
@@ -130,20 +125,6 @@ pub struct Outcome {
     pub digest: u64,
     /// The number of events recorded.
     pub events: usize,
-}
-
-/// The table's configuration in the simulation: short periods, so lapses, lock-delays,
-/// forgotten locks and pruning all happen within a run.
-pub fn config() -> Config {
-    Config {
-        lock_delay_ms: 400,
-        ticket_lapse_ms: 2_000,
-        history_retention_ms: 120_000,
-        ended_retention_ms: 120_000,
-        idle_lock_retention_ms: 20_000,
-        job_retention_ms: 30_000,
-        ..Config::default()
-    }
 }
 
 /// What a request answered.

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 
 use crate::history::{Event, EventKind};
+use crate::setup::START_MS;
 
 /// One event as a line: `step t=+ms gen client: what`.
 pub fn line(event: &Event) -> String {
@@ -11,7 +12,7 @@ pub fn line(event: &Event) -> String {
     } else {
         format!("client-{}", event.client)
     };
-    let at = event.at.saturating_sub(crate::sim::START_MS);
+    let at = event.at.saturating_sub(START_MS);
     format!(
         "{:>7} t=+{at:<8} g{} {who:<10} {}",
         event.step,
@@ -181,7 +182,7 @@ pub fn describe(kind: &EventKind) -> String {
 }
 
 fn rel(at: baton_core::Millis) -> u64 {
-    at.saturating_sub(crate::sim::START_MS)
+    at.saturating_sub(START_MS)
 }
 
 /// A hash of an event (FNV-1a over its description), for the run's digest.
