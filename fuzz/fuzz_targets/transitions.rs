@@ -60,6 +60,8 @@ impl Setup {
             job_retention_ms: 1_000 + u64::from(self.retention) * 100,
             jobs_max: if small { 3 } else { 50 },
             job_output_bytes_max: if small { 64 } else { 64 * 1024 },
+            // The per-key defaults: the clients carry quotas of their own (`quota_of`).
+            ..Config::default()
         }
     }
 }
@@ -273,6 +275,7 @@ impl Harness {
                     quota: quota_of(client),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
+                    value: key.then(|| format!("10.0.0.{client}:7000")),
                 };
                 match self.state.acquire(command, self.now) {
                     Ok(Acquired::Granted(lease)) => self.remember_lease(lease.id, lease.token),
@@ -369,6 +372,7 @@ impl Harness {
                     quota: quota_of(client),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
+                    value: None,
                 };
                 if let Ok(created) = self.state.create_job(command, self.now) {
                     self.jobs.push(created.job.id);

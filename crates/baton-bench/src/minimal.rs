@@ -131,6 +131,7 @@ impl Table {
         });
         let now = jiff::Timestamp::now();
         Lease {
+            value: None,
             id: format!("l{id}"),
             lock: name.to_owned(),
             owner: owner.to_owned(),

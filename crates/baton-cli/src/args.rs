@@ -528,6 +528,11 @@ pub struct AcquireArgs {
     /// What to print on stdout (ignored with --json).
     #[arg(long, value_enum, default_value_t = PrintArg::Id, value_name = "WHAT")]
     pub print: PrintArg,
+
+    /// A small value to publish with the lease (at most 1024 bytes: an address, a version),
+    /// shown by `baton locks`, `baton status`, `baton history` and `baton leader`.
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
 }
 
 /// What `baton acquire` prints on stdout.
@@ -550,6 +555,10 @@ pub struct RenewArgs {
     /// A new time-to-live [default: the lease's current one].
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub ttl: Option<Duration>,
+
+    /// Replace the lease's published value [default: keep it].
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
 }
 
 /// `baton release`.
@@ -750,6 +759,11 @@ pub struct RunArgs {
     /// How many bytes of output (the end of it) to keep in the job record (at most 65536).
     #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     pub output_max: u32,
+
+    /// A small value to publish with the lease while the command runs (at most 1024 bytes:
+    /// an address, a version), shown in listings and `granted` events.
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
 }
 
 impl RunArgs {

@@ -266,6 +266,9 @@ pub struct LockOptions {
     pub request_id: Option<String>,
     /// The longest single long-poll; capped at [`LONG_POLL_MAX`].
     pub poll: Duration,
+    /// A small value to publish with the lease (at most 1024 bytes: an address, a version),
+    /// shown in listings, history and `granted` events.
+    pub value: Option<String>,
 }
 
 impl Default for LockOptions {
@@ -278,6 +281,7 @@ impl Default for LockOptions {
             wait: None,
             request_id: None,
             poll: LONG_POLL_MAX,
+            value: None,
         }
     }
 }
@@ -602,19 +606,34 @@ impl Client {
     /// `POST /v1/leases/{id}/renew`: extends the lease to now + `ttl` (its current ttl when
     /// `None`). Fails with [`Error::LeaseLost`] when it already ended.
     pub async fn renew(&self, lease_id: &str, ttl: Option<Duration>) -> Result<Granted> {
-        self.renew_with(lease_id, ttl, self.inner.retry).await
+        self.renew_with(lease_id, ttl, None, self.inner.retry).await
     }
 
-    /// [`Client::renew`] with the given retry policy (the guard retries on its own clock).
+    /// [`Client::renew`], replacing the lease's published value with `value` (the lease keeps
+    /// its value when `None`).
+    pub async fn renew_with_value(
+        &self,
+        lease_id: &str,
+        ttl: Option<Duration>,
+        value: Option<String>,
+    ) -> Result<Granted> {
+        self.renew_with(lease_id, ttl, value, self.inner.retry)
+            .await
+    }
+
+    /// [`Client::renew`] with a value and the given retry policy (the guard retries on its own
+    /// clock).
     pub(crate) async fn renew_with(
         &self,
         lease_id: &str,
         ttl: Option<Duration>,
+        value: Option<String>,
         retry: RetryPolicy,
     ) -> Result<Granted> {
         let path = id_path("leases", lease_id, "/renew")?;
         let request = RenewRequest {
             ttl_ms: ttl.map(millis),
+            value,
         };
         let answer = self
             .send(Call {
@@ -712,6 +731,7 @@ impl Client {
                 }),
                 queue: Some(!try_once),
                 request_id: Some(request_id.clone()),
+                value: options.value.clone(),
             };
             let mut ticket = match self.acquire(name, &request).await? {
                 Acquired::Granted(granted) => return self.confirm_grant(granted).await.map(Ok),

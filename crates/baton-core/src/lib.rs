@@ -16,8 +16,8 @@ pub mod sim_bugs;
 pub mod state;
 
 pub use ids::{
-    JobId, LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId,
-    validate_owner, validate_request_id,
+    JobId, LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId, ValueError,
+    validate_lease_value, validate_owner, validate_request_id,
 };
 pub use state::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, Gauges, HistoryRecord, KeyQuota,

@@ -26,7 +26,7 @@ pub use jobs::{
 };
 pub use quota::{KeyQuota, KeyUsage, Quota};
 
-use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
+use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId, ValueError, validate_lease_value};
 use crate::limits;
 
 /// Tunables of the lock table. Every bound here keeps memory finite.
@@ -143,6 +143,10 @@ pub struct Lease {
     /// The API key whose request acquired it (directly or through a ticket); `None` on a server
     /// without keys. It counts against that key's lease quota.
     pub api_key: Option<String>,
+    /// A small value its holder published with it (at most [`limits::LEASE_VALUE_BYTES_MAX`]
+    /// bytes): set at acquire, replaced by a renewal that carries one, shown in listings,
+    /// history and `granted` events. Leader election publishes the leader's address here.
+    pub value: Option<String>,
 }
 
 /// A queued ticket.
@@ -177,6 +181,8 @@ pub struct Ticket {
     /// The API key whose request queued it (`None` on a server without keys): revoking the
     /// key cancels it ([`State::cancel_tickets_of_key`]).
     pub api_key: Option<String>,
+    /// The value the lease it becomes will carry ([`Lease::value`]).
+    pub value: Option<String>,
 }
 
 /// A ticket with its place in the queue.
@@ -249,6 +255,8 @@ pub struct HistoryRecord {
     pub ended_at: Millis,
     /// How it ended.
     pub end: LeaseEnd,
+    /// The lease's value when it ended ([`Lease::value`]).
+    pub value: Option<String>,
 }
 
 /// A lock's public description.
@@ -379,6 +387,8 @@ pub struct Acquire {
     pub lease_id: LeaseId,
     /// The id of the ticket, if one is queued (fresh 128 random bits from the caller).
     pub ticket_id: TicketId,
+    /// The value the lease will carry ([`Lease::value`]).
+    pub value: Option<String>,
 }
 
 /// What an acquire did.
@@ -419,6 +429,9 @@ pub enum AcquireError {
     /// A retry of a request whose ticket has already ended without a live lease.
     #[error("the ticket this request was given has already ended ({0:?})")]
     TicketEnded(TicketEnd),
+    /// The lease's value is too long or malformed.
+    #[error(transparent)]
+    InvalidValue(#[from] ValueError),
     /// A limit on locks, leases or waiters is reached.
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
@@ -495,6 +508,9 @@ pub enum LeaseError {
     /// The new ttl is out of bounds.
     #[error("ttl_ms must be between {min} and {max}", min = limits::TTL_MS_MIN, max = limits::TTL_MS_MAX)]
     InvalidTtl,
+    /// The new value is too long or malformed.
+    #[error(transparent)]
+    InvalidValue(#[from] ValueError),
 }
 
 /// What a release did.
@@ -910,6 +926,9 @@ impl State {
         {
             return Err(AcquireError::InvalidCapacity);
         }
+        if let Some(value) = &command.value {
+            validate_lease_value(value)?;
+        }
         #[cfg(feature = "sim-bugs")]
         let forget = crate::sim_bugs::active(crate::sim_bugs::Bug::ForgetRequestId);
         #[cfg(not(feature = "sim-bugs"))]
@@ -1036,6 +1055,7 @@ impl State {
                 command.ttl_ms,
                 command.request_id.clone(),
                 command.api_key,
+                command.value,
                 now,
             );
             if let Some(request_id) = command.request_id {
@@ -1071,6 +1091,7 @@ impl State {
             seq: self.next_ticket_seq,
             waiter_gone: false,
             api_key: command.api_key,
+            value: command.value,
         };
         self.next_ticket_seq += 1;
         self.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
@@ -1152,6 +1173,7 @@ impl State {
         ttl_ms: u64,
         request_id: Option<String>,
         api_key: Option<String>,
+        value: Option<String>,
         now: Millis,
     ) -> Lease {
         let token = self.next_grant_token();
@@ -1167,6 +1189,7 @@ impl State {
             request_id,
             ticket,
             api_key,
+            value,
         };
         if let Some(entry) = self.locks.get_mut(name) {
             assert!(
@@ -1243,6 +1266,7 @@ impl State {
                 ticket.ttl_ms,
                 ticket.request_id.clone(),
                 ticket.api_key.clone(),
+                ticket.value.clone(),
                 now,
             );
             if let Some(request_id) = ticket.request_id {
@@ -1325,6 +1349,7 @@ impl State {
             granted_at: lease.granted_at,
             ended_at: now,
             end,
+            value: lease.value.clone(),
         };
         self.changes.push(Change::HistoryAppend(record.clone()));
         self.events.push(Event::Ended(record.clone()));
@@ -1531,11 +1556,24 @@ impl State {
         }
     }
 
-    /// Renews a live lease until now + ttl (the new ttl, if given).
+    /// Renews a live lease until now + ttl (the new ttl, if given), keeping its value.
     pub fn renew(
         &mut self,
         id: LeaseId,
         ttl_ms: Option<u64>,
+        now: Millis,
+    ) -> Result<Lease, LeaseError> {
+        self.renew_with_value(id, ttl_ms, None, now)
+    }
+
+    /// Renews a live lease until now + ttl (the new ttl, if given), and replaces its value with
+    /// `value` when one is given. A changed value is recorded (a [`Change::LeasePut`]), so it
+    /// survives a restart like the value given at acquire.
+    pub fn renew_with_value(
+        &mut self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
         now: Millis,
     ) -> Result<Lease, LeaseError> {
         let now = self.observe(now);
@@ -1543,6 +1581,9 @@ impl State {
             && !(limits::TTL_MS_MIN..=limits::TTL_MS_MAX).contains(&ttl)
         {
             return Err(LeaseError::InvalidTtl);
+        }
+        if let Some(value) = &value {
+            validate_lease_value(value)?;
         }
         self.expire_if_due(id, now);
         let Some(lease) = self.leases.get_mut(&id) else {
@@ -1553,11 +1594,15 @@ impl State {
         };
         let old_expiry = lease.expires_at;
         let ttl_changed = ttl_ms.is_some_and(|ttl| ttl != lease.ttl_ms);
+        let value_changed = value.is_some() && value != lease.value;
         lease.ttl_ms = ttl_ms.unwrap_or(lease.ttl_ms);
+        if value_changed {
+            lease.value = value;
+        }
         // A renewal never shortens the deadline a holder was already promised.
         lease.expires_at = (now + lease.ttl_ms).max(old_expiry);
         let lease = lease.clone();
-        if ttl_changed {
+        if ttl_changed || value_changed {
             self.changes.push(Change::LeasePut(lease.clone()));
         }
         if lease.expires_at != old_expiry {

@@ -1,7 +1,7 @@
 //! Property tests of the lock table ([`State`]) against a small reference model.
 //!
 //! Random interleavings of acquire (try and queue, with and without owner keys and request ids,
-//! retries), waits, waiters that go away (with and without a grant they collected), cancels, renewals, releases, revocations, fence checks, the passing of time
+//! retries, values), waits, waiters that go away (with and without a grant they collected), cancels, renewals (with and without a new value), releases, revocations, fence checks, the passing of time
 //! (by a random amount, or exactly to the next deadline, then a `tick`; sometimes with one
 //! request arriving before the late tick) and restarts (from a "disk" fed only by the recorded
 //! `Change`s) are applied to both the real table and the model, over 3 locks of capacity 1 to 3
@@ -35,11 +35,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use baton_core::limits::{CAPACITY_MAX, TTL_MS_MAX, TTL_MS_MIN};
+use baton_core::limits::{CAPACITY_MAX, LEASE_VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN};
 use baton_core::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
     LeaseError, LeaseId, LockName, LockView, QueuedTicket, Released, State, Ticket, TicketEnd,
-    TicketError, TicketId, TicketStatus, TokenError, WaiterLeft,
+    TicketError, TicketId, TicketStatus, TokenError, ValueError, WaiterLeft,
 };
 use common::Disk;
 use proptest::prelude::*;
@@ -219,6 +219,15 @@ impl Model {
         {
             return Err(AcquireError::InvalidCapacity);
         }
+        if command
+            .value
+            .as_ref()
+            .is_some_and(|value| value.len() > LEASE_VALUE_BYTES_MAX)
+        {
+            return Err(AcquireError::InvalidValue(ValueError::TooLong {
+                max: LEASE_VALUE_BYTES_MAX,
+            }));
+        }
         if let Some(request_id) = &command.request_id
             && let Some((lock, target)) = self.requests.get(request_id).cloned()
         {
@@ -296,6 +305,7 @@ impl Model {
                 command.ttl_ms,
                 command.request_id.clone(),
                 None,
+                command.value.clone(),
                 now,
             );
             self.remember(command, Target::Lease(lease.id));
@@ -323,6 +333,7 @@ impl Model {
             lapse_at: now + self.config.ticket_lapse_ms,
             seq: self.next_seq,
             waiter_gone: false,
+            value: command.value.clone(),
         };
         self.next_seq += 1;
         let lock = self.locks.get_mut(&command.lock).unwrap();
@@ -349,6 +360,7 @@ impl Model {
         ttl_ms: u64,
         request_id: Option<String>,
         ticket: Option<TicketId>,
+        value: Option<String>,
         now: u64,
     ) -> Lease {
         let token = self.next_token;
@@ -365,6 +377,7 @@ impl Model {
             expires_at: now + ttl_ms,
             request_id,
             ticket,
+            value,
         };
         let lock = self.locks.get_mut(name).unwrap();
         assert!(lock.holders.len() < lock.capacity as usize);
@@ -405,6 +418,7 @@ impl Model {
                 ticket.ttl_ms,
                 ticket.request_id.clone(),
                 Some(ticket.id),
+                ticket.value.clone(),
                 now,
             );
             if let Some(request_id) = ticket.request_id
@@ -458,6 +472,7 @@ impl Model {
                 granted_at: lease.granted_at,
                 ended_at: now,
                 end,
+                value: lease.value.clone(),
             });
         Some(lease)
     }
@@ -551,9 +566,23 @@ impl Model {
         }
     }
 
-    fn renew(&mut self, id: LeaseId, ttl: Option<u64>, now: u64) -> Result<Lease, LeaseError> {
+    fn renew(
+        &mut self,
+        id: LeaseId,
+        ttl: Option<u64>,
+        value: Option<String>,
+        now: u64,
+    ) -> Result<Lease, LeaseError> {
         if ttl.is_some_and(|ttl| !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl)) {
             return Err(LeaseError::InvalidTtl);
+        }
+        if value
+            .as_ref()
+            .is_some_and(|value| value.len() > LEASE_VALUE_BYTES_MAX)
+        {
+            return Err(LeaseError::InvalidValue(ValueError::TooLong {
+                max: LEASE_VALUE_BYTES_MAX,
+            }));
         }
         self.expire_if_due(id, now);
         let lease = self
@@ -569,6 +598,9 @@ impl Model {
         };
         lease.ttl_ms = ttl.unwrap_or(lease.ttl_ms);
         lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+        if value.is_some() {
+            lease.value = value;
+        }
         Ok(lease.clone())
     }
 
@@ -769,6 +801,35 @@ enum Cap {
     Other(u32),
 }
 
+/// The value an acquire or renewal carries.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    /// None (a renewal keeps the lease's).
+    Keep,
+    /// A short one, numbered.
+    Short(u8),
+    /// One a byte over the bound: refused.
+    TooLong,
+}
+
+impl Value {
+    fn text(self) -> Option<String> {
+        match self {
+            Value::Keep => None,
+            Value::Short(n) => Some(format!("10.0.0.{n}:7000")),
+            Value::TooLong => Some("v".repeat(LEASE_VALUE_BYTES_MAX + 1)),
+        }
+    }
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => Just(Value::Keep),
+        4 => (0u8..4).prop_map(Value::Short),
+        1 => Just(Value::TooLong),
+    ]
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Acquire {
@@ -779,6 +840,7 @@ enum Op {
         request: bool,
         cap: Cap,
         ttl: u64,
+        value: Value,
     },
     /// Resend an earlier acquire that had a request id (with fresh ids), possibly for the wrong
     /// lock.
@@ -803,6 +865,7 @@ enum Op {
     Renew {
         pick: Pick,
         ttl: Option<u64>,
+        value: Value,
     },
     Release {
         pick: Pick,
@@ -859,9 +922,9 @@ fn basic_op() -> impl Strategy<Value = Op> {
         1 => (0u32..=3).prop_map(Cap::Other),
     ];
     prop_oneof![
-        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl)
-            .prop_map(|(lock, client, queue, key, request, cap, ttl)| Op::Acquire {
-                lock, client, queue, key, request, cap, ttl
+        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl, value())
+            .prop_map(|(lock, client, queue, key, request, cap, ttl, value)| Op::Acquire {
+                lock, client, queue, key, request, cap, ttl, value
             }),
         6 => (any::<Index>(), prop::bool::weighted(0.1))
             .prop_map(|(pick, other_lock)| Op::Retry { pick, other_lock }),
@@ -870,8 +933,8 @@ fn basic_op() -> impl Strategy<Value = Op> {
         5 => (pick(), any::<bool>()).prop_map(|(pick, forget)| Op::Cancel { pick, forget }),
         4 => (pick(), prop::bool::weighted(0.3))
             .prop_map(|(pick, collected)| Op::Leave { pick, collected }),
-        14 => (pick(), prop::option::weighted(0.3, prop_oneof![500u64..=2000, Just(100)]))
-            .prop_map(|(pick, ttl)| Op::Renew { pick, ttl }),
+        14 => (pick(), prop::option::weighted(0.3, prop_oneof![500u64..=2000, Just(100)]), value())
+            .prop_map(|(pick, ttl, value)| Op::Renew { pick, ttl, value }),
         10 => pick().prop_map(|pick| Op::Release { pick }),
         4 => (0..3usize, any::<Index>(), prop::bool::weighted(0.8))
             .prop_map(|(lock, pick, holder)| Op::Revoke { lock, pick, holder }),
@@ -1032,6 +1095,7 @@ impl Harness {
                 request,
                 cap,
                 ttl,
+                value,
             } => {
                 let name = self.names[*lock].clone();
                 let command = Acquire {
@@ -1050,6 +1114,7 @@ impl Harness {
                     request_id: request.then(|| format!("req-{}", self.step)),
                     lease_id: LeaseId(self.fresh_id()),
                     ticket_id: TicketId(self.fresh_id()),
+                    value: value.text(),
                 };
                 self.acquire(command, false, &before)
             }
@@ -1114,10 +1179,12 @@ impl Harness {
                 }
                 effects
             }
-            Op::Renew { pick, ttl } => {
+            Op::Renew { pick, ttl, value } => {
                 let id = self.pick_lease(pick);
-                let real = self.state.renew(id, *ttl, self.now);
-                let model = self.model.renew(id, *ttl, self.now);
+                let real = self
+                    .state
+                    .renew_with_value(id, *ttl, value.text(), self.now);
+                let model = self.model.renew(id, *ttl, value.text(), self.now);
                 self.agree("renew", &real, &model);
                 if let Ok(lease) = &real {
                     let old = before
@@ -1371,6 +1438,10 @@ impl Harness {
         // G7: the owner key of a holder gets that holder's lease back.
         if retried.is_none()
             && (TTL_MS_MIN..=TTL_MS_MAX).contains(&command.ttl_ms)
+            && command
+                .value
+                .as_ref()
+                .is_none_or(|value| value.len() <= LEASE_VALUE_BYTES_MAX)
             && let Some(key) = &command.owner_key
             && let Some(pre) = pre
             && command.capacity.is_none_or(|c| c == pre.capacity)

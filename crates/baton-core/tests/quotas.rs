@@ -42,6 +42,7 @@ fn ids(n: u64) -> [u8; 16] {
 
 fn acquire(lock: &str, key: Option<&str>, queue: bool, n: u64) -> Acquire {
     Acquire {
+        value: None,
         lock: name(lock),
         owner: format!("owner-{n}"),
         owner_key: None,
@@ -58,6 +59,7 @@ fn acquire(lock: &str, key: Option<&str>, queue: bool, n: u64) -> Acquire {
 
 fn job(lock: &str, key: Option<&str>, policy: Policy, n: u64) -> CreateJob {
     CreateJob {
+        value: None,
         job_id: JobId(ids(n + 2_000_000)),
         name: format!("job-{lock}"),
         lock: name(lock),

@@ -35,6 +35,7 @@ fn name(text: &str) -> LockName {
 /// A try-acquire of `lock` by `owner`, ttl 1 s, with ids derived from `n` (distinct per call).
 fn req(lock: &str, owner: &str, n: u8) -> Acquire {
     Acquire {
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: name(lock),
@@ -1105,6 +1106,7 @@ fn a_lease_limit_refuses_without_keeping_the_new_lock() {
 
 fn stored_lease(lock: &str, token: u64, ttl_ms: u64, expires_at: u64) -> Lease {
     Lease {
+        value: None,
         api_key: None,
         id: LeaseId([token as u8; 16]),
         lock: name(lock),

@@ -150,6 +150,10 @@ pub struct CreateJobRequest {
     /// Groups jobs started together (e.g. by one `baton parallel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
+    /// A small value published with the job's lease while it runs (at most 1024 bytes of text
+    /// without NUL), as `value` of an acquire: `baton elect` publishes the leader's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A job record.

@@ -64,6 +64,11 @@ pub struct AcquireRequest {
     /// ticket (guarantee G7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A small value published with the lease (at most 1024 bytes of text without NUL: an
+    /// address, a version), shown to everyone who may read the lock: in listings, history and
+    /// `granted` events. Leader election publishes the leader's address here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A granted lease, as its holder sees it. Only the holder's own requests return this.
@@ -91,6 +96,9 @@ pub struct Lease {
     /// deadline as (when it sent the request) + `expires_in_ms`, which is never later than the
     /// server's, whatever the two clocks say.
     pub expires_in_ms: u64,
+    /// The value published with the lease, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A place in a lock's FIFO queue, as its waiter sees it.
@@ -158,6 +166,10 @@ pub struct RenewRequest {
     /// A new time-to-live; the lease's current one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// A new value for the lease (at most 1024 bytes of text without NUL); the lease keeps its
+    /// value when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Answer of `POST /v1/leases/{id}/release`.
@@ -186,6 +198,9 @@ pub struct Holder {
     /// The job it runs, when it is a `baton run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The value its holder published with the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// A queued waiter, as listings show it (no ticket id).
@@ -288,6 +303,9 @@ pub struct HistoryEntry {
     pub held_ms: u64,
     /// How it ended.
     pub end: HoldEnd,
+    /// The lease's value when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Answer of `GET /v1/locks/{name}/history`.
@@ -413,6 +431,8 @@ error_codes! {
     InvalidWait = ("invalid_wait", 400),
     /// `capacity` is 0 or above the server's bound.
     InvalidCapacity = ("invalid_capacity", 400),
+    /// A lease's `value` is longer than 1024 bytes or contains a NUL character.
+    InvalidValue = ("invalid_value", 400),
     /// `request_id` is empty, too long or has a character outside `A-Z a-z 0-9 . _ : -`.
     InvalidRequestId = ("invalid_request_id", 400),
     /// A query parameter is malformed or out of range.
@@ -522,6 +542,7 @@ mod tests {
             since: Timestamp::UNIX_EPOCH,
             expires_at: Timestamp::UNIX_EPOCH,
             job: None,
+            value: None,
         };
         let text = serde_json::to_string(&holder).unwrap_or_default();
         assert!(!text.contains("\"id\""));

@@ -285,6 +285,7 @@ fn notice(kind: proto::EventKind, reason: &str) -> String {
         position: None,
         reason: Some(reason.to_owned()),
         job: None,
+        value: None,
     })
 }
 
@@ -308,6 +309,7 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
         position: None,
         reason: None,
         job: None,
+        value: None,
     };
     match &published.event {
         Event::Granted { lease, .. } => {
@@ -316,6 +318,7 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.granted_at = Some(timestamp(lease.granted_at));
             wire.expires_at = Some(timestamp(lease.expires_at));
             wire.from_queue = Some(lease.ticket.is_some());
+            wire.value = lease.value.clone();
         }
         Event::Ended(record) => {
             wire.kind = match record.end {

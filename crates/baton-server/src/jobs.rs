@@ -164,6 +164,7 @@ pub(crate) async fn create(
         request.request_id.as_deref(),
         request.capacity,
     )?;
+    crate::routes::validate_value(request.value.as_deref())?;
     optional_label(request.host.as_ref(), "host", limits::HOST_BYTES_MAX)?;
     optional_label(request.batch.as_ref(), "batch", limits::BATCH_BYTES_MAX)?;
     let args = CreateJobArgs {
@@ -182,6 +183,7 @@ pub(crate) async fn create(
         batch: request.batch,
         api_key: caller.key_id(),
         quota: caller.quota(),
+        value: request.value,
     };
     let lock = args.lock.clone();
     let created = state

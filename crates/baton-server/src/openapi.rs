@@ -72,6 +72,12 @@ fn id_schema(prefix: &str) -> Value {
     json!({"pattern": format!("^{prefix}[0-9a-f]{{32}}$")})
 }
 
+/// A lease's value: at most [`limits::LEASE_VALUE_BYTES_MAX`] bytes without NUL. (The document
+/// counts characters, the server bytes: a long non-ASCII value can still be refused, with 400.)
+fn value_schema() -> Value {
+    json!({"pattern": "^[^\\x00]*$", "maxLength": limits::LEASE_VALUE_BYTES_MAX})
+}
+
 fn range(minimum: u64, maximum: u64) -> Value {
     json!({"minimum": minimum, "maximum": maximum})
 }
@@ -105,6 +111,9 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
         ("AcquireRequest", "capacity", capacity_schema()),
         ("AcquireRequest", "wait_ms", wait_schema()),
         ("AcquireRequest", "request_id", request_id_schema()),
+        ("AcquireRequest", "value", value_schema()),
+        ("RenewRequest", "value", value_schema()),
+        ("CreateJobRequest", "value", value_schema()),
         ("WaitRequest", "wait_ms", wait_schema()),
         ("RenewRequest", "ttl_ms", ttl_schema()),
         ("CreateJobRequest", "name", name.clone()),
@@ -328,13 +337,12 @@ fn refine_operation(path: &str, method: &str, operation: &mut Value, optional_bo
     if !path.starts_with("/v1/") {
         // `/metrics` is outside `/v1` but, unlike the health checks, needs a key where the
         // server has keys: it answers 401, 403 and 429 like every `/v1` route.
-        if !crate::auth::OPEN_PATHS.contains(&path) {
-            if let Some(responses) = operation
+        if !crate::auth::OPEN_PATHS.contains(&path)
+            && let Some(responses) = operation
                 .get_mut("responses")
                 .and_then(Value::as_object_mut)
-            {
-                add_auth_responses(responses, method, path);
-            }
+        {
+            add_auth_responses(responses, method, path);
         }
         return;
     }

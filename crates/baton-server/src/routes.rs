@@ -11,7 +11,7 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use baton_core::{
     Cancelled, HistoryRecord, Lease, LeaseEnd, LockName, LockView, Millis, QueuedTicket, Released,
-    TicketEnd, TicketStatus, limits, validate_owner, validate_request_id,
+    TicketEnd, TicketStatus, limits, validate_lease_value, validate_owner, validate_request_id,
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
@@ -116,6 +116,7 @@ pub(crate) fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
         granted_at: timestamp(lease.granted_at),
         expires_at: timestamp(lease.expires_at),
         expires_in_ms: lease.expires_at.saturating_sub(now),
+        value: lease.value,
     }
 }
 
@@ -137,6 +138,7 @@ pub(crate) fn holder_wire(lease: &Lease) -> proto::Holder {
         since: timestamp(lease.granted_at),
         expires_at: timestamp(lease.expires_at),
         job: None,
+        value: lease.value.clone(),
     }
 }
 
@@ -182,6 +184,7 @@ fn history_wire(record: HistoryRecord) -> proto::HistoryEntry {
             LeaseEnd::Expired => proto::HoldEnd::Expired,
             LeaseEnd::Revoked => proto::HoldEnd::Revoked,
         },
+        value: record.value,
     }
 }
 
@@ -265,6 +268,15 @@ pub(crate) fn validate_requester(
     Ok(())
 }
 
+/// Checks a lease's value before the store sees it (the core checks it again: one rule, in
+/// `baton_core::validate_lease_value`).
+pub(crate) fn validate_value(value: Option<&str>) -> Result<(), ApiError> {
+    match value.map(validate_lease_value) {
+        Some(Err(error)) => Err(ApiError::new(ErrorCode::InvalidValue, error.to_string())),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
     match wait_ms {
         Some(ms) if ms > WAIT_MS_MAX => Err(ApiError::new(
@@ -326,6 +338,7 @@ async fn acquire(
             ApiError::new(ErrorCode::InvalidOwner, format!("owner_key {error}"))
         })?;
     }
+    validate_value(request.value.as_deref())?;
     let args = AcquireArgs {
         lock,
         owner: request.owner,
@@ -337,6 +350,7 @@ async fn acquire(
         request_id: caller.scoped_request_id(request.request_id),
         api_key: caller.key_id(),
         quota: caller.quota(),
+        value: request.value,
     };
     let outcome = state
         .store
@@ -449,7 +463,7 @@ async fn cancel_ticket(
     }))
 }
 
-/// Renew a lease.
+/// Renew a lease, and replace its value when the body carries one.
 #[utoipa::path(post, path = "/v1/leases/{id}/renew", tag = "leases",
     params(("id" = String, Path, description = "The lease's id")),
     request_body = proto::RenewRequest,
@@ -471,7 +485,8 @@ async fn renew(
     if let Some(ttl_ms) = request.ttl_ms {
         ttl(Some(ttl_ms), state.default_ttl_ms)?;
     }
-    let lease = state.store.renew(id, request.ttl_ms).await?;
+    validate_value(request.value.as_deref())?;
+    let lease = state.store.renew(id, request.ttl_ms, request.value).await?;
     Ok(granted(lease, state.store.now_ms()))
 }
 

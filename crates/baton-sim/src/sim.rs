@@ -1367,7 +1367,9 @@ impl Sim {
                     let ttl = client.rng.chance(150).then_some(ttl_ms);
                     Some((
                         Request::Renew { lease },
-                        Box::pin(async move { Answer::Renew(engine.renew(lease, ttl).await) }),
+                        Box::pin(
+                            async move { Answer::Renew(engine.renew(lease, ttl, None).await) },
+                        ),
                     ))
                 }
                 45..75 => Some((
@@ -1387,6 +1389,7 @@ impl Sim {
                 83..90 if client.owner_key.is_some() => {
                     client.requests += 1;
                     let args = AcquireArgs {
+                        value: None,
                         lock: held.lock.clone(),
                         owner: client.owner.clone(),
                         owner_key: client.owner_key.clone(),
@@ -1447,6 +1450,7 @@ impl Sim {
                     _ => (Duration::ZERO, true),
                 };
                 let args = AcquireArgs {
+                    value: None,
                     lock,
                     owner: client.owner.clone(),
                     owner_key: client.owner_key.clone(),
@@ -1471,6 +1475,7 @@ impl Sim {
                     Policy::Coalesce,
                 ])?;
                 let args = CreateJobArgs {
+                    value: None,
                     name: format!("job-{}", lock.as_str()),
                     lock,
                     capacity: Some(capacity),

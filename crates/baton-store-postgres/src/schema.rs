@@ -216,6 +216,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN leases_max bigint, ADD COLUMN waiters_max bigint,
         ADD COLUMN locks_max bigint, ADD COLUMN jobs_max bigint;
     ",
+    // Version 7: the small value a holder publishes with its lease (a leader's address),
+    // carried by its ticket until the grant and kept in history. Rows written before have none.
+    "
+    ALTER TABLE leases ADD COLUMN value text;
+    ALTER TABLE tickets ADD COLUMN value text;
+    ALTER TABLE history ADD COLUMN value text;
+    ",
 ];
 
 /// Checks a schema name: it is spliced into SQL, so only plain lower-case identifiers.

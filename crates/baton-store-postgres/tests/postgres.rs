@@ -106,6 +106,7 @@ fn key_value(url: &str) -> String {
 
 fn args(lock: &str, owner: &str, ttl_ms: u64, wait: Duration) -> AcquireArgs {
     AcquireArgs {
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: LockName::new(lock).unwrap(),
@@ -185,6 +186,7 @@ fn name(text: &str) -> LockName {
 
 fn lease(n: u8, lock: &str, token: u64) -> Lease {
     Lease {
+        value: None,
         id: LeaseId([n; 16]),
         lock: name(lock),
         owner: format!("owner-{n}"),
@@ -202,6 +204,7 @@ fn lease(n: u8, lock: &str, token: u64) -> Lease {
 
 fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
     Ticket {
+        value: None,
         id: TicketId([n; 16]),
         lock: name(lock),
         owner: format!("waiter-{n}"),
@@ -219,6 +222,7 @@ fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
 
 fn record(n: u8, lock: &str, ended_at: u64) -> HistoryRecord {
     HistoryRecord {
+        value: None,
         lease_id: LeaseId([n; 16]),
         request_id: n.is_multiple_of(2).then(|| format!("request-{n}")),
         lock: name(lock),
@@ -532,7 +536,7 @@ async fn a_restart_recovers_the_table() {
     assert_eq!(view.holders.len(), 1, "{view:?}");
     assert_eq!(view.holders[0].token, held.token);
     assert_eq!(view.waiters.len(), 1, "{view:?}");
-    let renewed = store.renew(held.id, None).await.unwrap();
+    let renewed = store.renew(held.id, None, None).await.unwrap();
     assert_eq!(renewed.token, held.token);
     let history = store.history(name("restart-other"), 10).await.unwrap();
     assert_eq!(history.len(), 1, "{history:?}");

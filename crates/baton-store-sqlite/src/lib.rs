@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -144,6 +144,13 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN waiters_max INTEGER;
     ALTER TABLE api_keys ADD COLUMN locks_max INTEGER;
     ALTER TABLE api_keys ADD COLUMN jobs_max INTEGER;
+    ",
+    // Version 7: the small value a holder publishes with its lease (a leader's address),
+    // carried by its ticket until the grant and kept in history. Rows written before have none.
+    "
+    ALTER TABLE leases ADD COLUMN value TEXT;
+    ALTER TABLE tickets ADD COLUMN value TEXT;
+    ALTER TABLE history ADD COLUMN value TEXT;
     ",
 ];
 
@@ -516,7 +523,7 @@ impl Persister for SqlitePersister {
         let mut statement = c
             .prepare(
                 "SELECT id, lock, owner, owner_key, token, ttl_ms, granted_at, expires_at, \
-                 request_id, ticket, api_key FROM leases",
+                 request_id, ticket, api_key, value FROM leases",
             )
             .map_err(sql_error("cannot read leases"))?;
         let rows = statement
@@ -533,12 +540,25 @@ impl Persister for SqlitePersister {
                     row.get::<_, Option<String>>(8)?,
                     row.get::<_, Option<Vec<u8>>>(9)?,
                     row.get::<_, Option<String>>(10)?,
+                    row.get::<_, Option<String>>(11)?,
                 ))
             })
             .map_err(sql_error("cannot read leases"))?;
         for row in rows {
-            let (id, lock, owner, owner_key, token, ttl, granted, expires, request_id, ticket, key) =
-                row.map_err(sql_error("cannot read a lease"))?;
+            let (
+                id,
+                lock,
+                owner,
+                owner_key,
+                token,
+                ttl,
+                granted,
+                expires,
+                request_id,
+                ticket,
+                key,
+                value,
+            ) = row.map_err(sql_error("cannot read a lease"))?;
             snapshot.leases.push(Lease {
                 id: LeaseId(bytes16(id, "lease id")?),
                 lock: name(lock)?,
@@ -553,13 +573,14 @@ impl Persister for SqlitePersister {
                     .map(|t| bytes16(t, "ticket id").map(TicketId))
                     .transpose()?,
                 api_key: key,
+                value,
             });
         }
 
         let mut statement = c
             .prepare(
                 "SELECT id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, \
-                 lapse_at, seq, api_key FROM tickets",
+                 lapse_at, seq, api_key, value FROM tickets",
             )
             .map_err(sql_error("cannot read tickets"))?;
         let rows = statement
@@ -576,12 +597,25 @@ impl Persister for SqlitePersister {
                     row.get::<_, i64>(8)?,
                     row.get::<_, i64>(9)?,
                     row.get::<_, Option<String>>(10)?,
+                    row.get::<_, Option<String>>(11)?,
                 ))
             })
             .map_err(sql_error("cannot read tickets"))?;
         for row in rows {
-            let (id, lock, owner, owner_key, ttl, request_id, lease_id, queued, lapse, seq, key) =
-                row.map_err(sql_error("cannot read a ticket"))?;
+            let (
+                id,
+                lock,
+                owner,
+                owner_key,
+                ttl,
+                request_id,
+                lease_id,
+                queued,
+                lapse,
+                seq,
+                key,
+                value,
+            ) = row.map_err(sql_error("cannot read a ticket"))?;
             snapshot.tickets.push(Ticket {
                 id: TicketId(bytes16(id, "ticket id")?),
                 lock: name(lock)?,
@@ -595,13 +629,14 @@ impl Persister for SqlitePersister {
                 seq: unsigned(seq, "sequence")?,
                 waiter_gone: false,
                 api_key: key,
+                value,
             });
         }
 
         let mut statement = c
             .prepare(
                 "SELECT lock, owner, token, granted_at, ended_at, end_reason, lease_id, \
-                 request_id FROM history ORDER BY ended_at",
+                 request_id, value FROM history ORDER BY ended_at",
             )
             .map_err(sql_error("cannot read history"))?;
         let rows = statement
@@ -615,11 +650,12 @@ impl Persister for SqlitePersister {
                     row.get::<_, String>(5)?,
                     row.get::<_, Option<Vec<u8>>>(6)?,
                     row.get::<_, Option<String>>(7)?,
+                    row.get::<_, Option<String>>(8)?,
                 ))
             })
             .map_err(sql_error("cannot read history"))?;
         for row in rows {
-            let (lock, owner, token, granted, ended, end, lease_id, request_id) =
+            let (lock, owner, token, granted, ended, end, lease_id, request_id, value) =
                 row.map_err(sql_error("cannot read a history record"))?;
             snapshot.history.push(HistoryRecord {
                 // Records written before version 2 have no lease id: an all-zero id matches
@@ -639,6 +675,7 @@ impl Persister for SqlitePersister {
                 end: LeaseEnd::parse(&end).ok_or_else(|| {
                     PersistError(format!("a stored end reason is unknown: {end}"))
                 })?,
+                value,
             });
         }
         snapshot.jobs = load_jobs(c)?;
@@ -686,8 +723,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::LeasePut(lease) => c
             .prepare_cached(
                 "INSERT OR REPLACE INTO leases (id, lock, owner, owner_key, token, ttl_ms, \
-                 granted_at, expires_at, request_id, ticket, api_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 granted_at, expires_at, request_id, ticket, api_key, value) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -702,6 +739,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     lease.request_id,
                     lease.ticket.map(|t| t.0.to_vec()),
                     lease.api_key,
+                    lease.value,
                 ])
             }),
         Change::LeaseDelete(id) => c
@@ -710,8 +748,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::TicketPut(ticket) => c
             .prepare_cached(
                 "INSERT OR REPLACE INTO tickets (id, lock, owner, owner_key, ttl_ms, request_id, \
-                 lease_id, queued_at, lapse_at, seq, api_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 lease_id, queued_at, lapse_at, seq, api_key, value) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -726,6 +764,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(ticket.lapse_at),
                     to_i64(ticket.seq),
                     ticket.api_key,
+                    ticket.value,
                 ])
             }),
         Change::TicketDelete(id) => c
@@ -740,7 +779,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::HistoryAppend(record) => c
             .prepare_cached(
                 "INSERT INTO history (lock, owner, token, granted_at, ended_at, end_reason, \
-                 lease_id, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 lease_id, request_id, value) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -752,6 +791,7 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     record.end.as_str(),
                     &record.lease_id.0[..],
                     record.request_id,
+                    record.value,
                 ])
             }),
         Change::JobPut(job) => put_job(c, job),

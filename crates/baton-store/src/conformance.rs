@@ -106,6 +106,7 @@ macro_rules! __conformance_each_case {
         $($callback)*! {
             $($args)*
             grant_renew_release
+            lease_values
             unknown_ids_and_bad_input
             mutex_excludes
             semaphore_capacity
@@ -229,6 +230,7 @@ fn name(text: &str) -> LockName {
 /// A try: no wait, no queue, the suite's ttl.
 fn req(lock: &str, owner: &str) -> AcquireArgs {
     AcquireArgs {
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: name(lock),
@@ -537,7 +539,11 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
     assert!(view.waiters.is_empty());
 
     c.advance(5_000);
-    let renewed = c.store.renew(a.id, None).await.expect("renew a live lease");
+    let renewed = c
+        .store
+        .renew(a.id, None, None)
+        .await
+        .expect("renew a live lease");
     assert_eq!(
         renewed.expires_at,
         c.now() + TTL,
@@ -566,7 +572,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
 
     let longer = c
         .store
-        .renew(a.id, Some(2 * TTL))
+        .renew(a.id, Some(2 * TTL), None)
         .await
         .expect("renew with a new ttl");
     assert_eq!(longer.ttl_ms, 2 * TTL);
@@ -577,7 +583,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
     );
     let shorter = c
         .store
-        .renew(a.id, Some(limits::TTL_MS_MIN))
+        .renew(a.id, Some(limits::TTL_MS_MIN), None)
         .await
         .expect("renew shorter");
     assert!(
@@ -585,7 +591,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
         "a renewal never shortens a deadline already promised"
     );
     assert_eq!(
-        c.store.renew(a.id, Some(1)).await,
+        c.store.renew(a.id, Some(1), None).await,
         Err(StoreError::Lease(LeaseError::InvalidTtl)),
         "renew with a ttl out of bounds"
     );
@@ -606,7 +612,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
         "a clean release starts no lock-delay"
     );
     assert_eq!(
-        c.store.renew(a.id, None).await,
+        c.store.renew(a.id, None, None).await,
         Err(StoreError::Lease(LeaseError::Ended(LeaseEnd::Released))),
         "renew after release"
     );
@@ -637,7 +643,7 @@ pub async fn unknown_ids_and_bad_input(backend: &dyn Backend) {
         Err(StoreError::Token(TokenError::Unknown))
     );
     assert_eq!(
-        c.store.renew(lease, None).await,
+        c.store.renew(lease, None, None).await,
         Err(StoreError::Lease(LeaseError::NotFound))
     );
     assert_eq!(
@@ -1262,7 +1268,7 @@ pub async fn expiry_and_lock_delay(backend: &dyn Backend) {
         "ended at its expiry"
     );
     assert_eq!(
-        c.store.renew(a.id, None).await,
+        c.store.renew(a.id, None, None).await,
         Err(StoreError::Lease(LeaseError::Ended(LeaseEnd::Expired)))
     );
     assert_eq!(
@@ -1773,7 +1779,7 @@ pub async fn cancel_ticket(backend: &dyn Backend) {
         other => panic!("cancel of a collected ticket: got {other:?}"),
     }
     assert_eq!(tokens(&c.view("cancel").await.holders), [lease.token]);
-    assert!(c.store.renew(lease.id, None).await.is_ok());
+    assert!(c.store.renew(lease.id, None, None).await.is_ok());
 }
 
 /// G7: a retried request id returns the same lease or ticket (also eight racing at once); the
@@ -2013,7 +2019,7 @@ pub async fn revoke(backend: &dyn Backend) {
         (a.id, a.token, "alice")
     );
     assert_eq!(
-        c.store.renew(a.id, None).await,
+        c.store.renew(a.id, None, None).await,
         Err(StoreError::Lease(LeaseError::Ended(LeaseEnd::Revoked))),
         "the holder learns it at its next renewal"
     );
@@ -2073,7 +2079,7 @@ pub async fn revoke(backend: &dyn Backend) {
         .expect("revoke one holder");
     assert_eq!(tokens(&c.view("revoke-sem").await.holders), [s2.token]);
     assert!(
-        c.store.renew(s2.id, None).await.is_ok(),
+        c.store.renew(s2.id, None, None).await.is_ok(),
         "the other holder is untouched"
     );
 }
@@ -2241,6 +2247,73 @@ pub async fn listings(backend: &dyn Backend) {
     );
 }
 
+/// A lease's value: set at acquire (directly, or carried by a ticket to its grant), replaced by
+/// a renewal that carries one and kept by one that does not, shown in listings and history, and
+/// (on a durable store) the same after a restart, the renewed value included: a store that
+/// persisted only the value given at acquire, or dropped the ticket's, fails here. A value over
+/// the bound is refused and changes nothing.
+pub async fn lease_values(backend: &dyn Backend) {
+    let c = Case::open(backend, "values").await;
+    let with = |owner: &str, value: &str| AcquireArgs {
+        value: Some(value.to_owned()),
+        ..req("values", owner)
+    };
+    let a = c.grant(with("alice", "10.0.0.1:7000")).await;
+    assert_eq!(a.value.as_deref(), Some("10.0.0.1:7000"));
+    let w = c.enqueue(with("bob", "10.0.0.2:7000")).await;
+    assert_eq!(w.ticket.value.as_deref(), Some("10.0.0.2:7000"));
+    let too_long = "x".repeat(limits::LEASE_VALUE_BYTES_MAX + 1);
+    assert!(
+        matches!(
+            c.acquire(with("carol", &too_long)).await,
+            Err(StoreError::Acquire(AcquireError::InvalidValue(_)))
+        ),
+        "a value over the bound is refused"
+    );
+    assert!(matches!(
+        c.store.renew(a.id, None, Some(too_long)).await,
+        Err(StoreError::Lease(LeaseError::InvalidValue(_)))
+    ));
+    let kept = c.store.renew(a.id, None, None).await.expect("renew");
+    assert_eq!(
+        kept.value.as_deref(),
+        Some("10.0.0.1:7000"),
+        "a renewal without a value keeps it"
+    );
+    let renewed = c
+        .store
+        .renew(a.id, None, Some("10.0.0.1:7001".into()))
+        .await
+        .expect("renew with a value");
+    assert_eq!(renewed.value.as_deref(), Some("10.0.0.1:7001"));
+    let c = if backend.durable() {
+        c.reopen(backend).await
+    } else {
+        c
+    };
+    let view = c.view("values").await;
+    assert_eq!(
+        view.holders[0].value.as_deref(),
+        Some("10.0.0.1:7001"),
+        "the listing shows the renewed value (after a restart on a durable store)"
+    );
+    assert_eq!(view.waiters[0].value.as_deref(), Some("10.0.0.2:7000"));
+    c.release(&renewed).await;
+    let b = c.granted(w.ticket.id).await;
+    assert_eq!(
+        b.value.as_deref(),
+        Some("10.0.0.2:7000"),
+        "the ticket's value goes to its lease"
+    );
+    let history = c.store.history(name("values"), 10).await.expect("history");
+    assert_eq!(history[0].owner, "alice");
+    assert_eq!(
+        history[0].value.as_deref(),
+        Some("10.0.0.1:7001"),
+        "history keeps the value"
+    );
+}
+
 /// G2/G3/G7 across a restart (durable backends only): held leases stay live with a deadline not
 /// earlier than before, queues keep their order, request ids their answers, fences their newest
 /// token; a ticket granted just before the restart returns its lease; a released lock stays
@@ -2282,7 +2355,7 @@ pub async fn restart_keeps_state(backend: &dyn Backend) {
     c.advance(1_000);
     let a = c
         .store
-        .renew(a.id, None)
+        .renew(a.id, None, None)
         .await
         .expect("renew before the restart");
     assert_eq!(
@@ -2393,7 +2466,7 @@ pub async fn restart_keeps_state(backend: &dyn Backend) {
     );
 
     assert!(
-        c.store.renew(a.id, None).await.is_ok(),
+        c.store.renew(a.id, None, None).await.is_ok(),
         "a surviving lease renews"
     );
     c.release(&a).await;
@@ -2597,6 +2670,7 @@ pub async fn concurrent_tries(backend: &dyn Backend) {
 /// A job named `job` (also its lock), no wait, the suite's ttl.
 fn job_req(job: &str, owner: &str, policy: Policy) -> CreateJobArgs {
     CreateJobArgs {
+        value: None,
         quota: Default::default(),
         api_key: None,
         name: job.to_owned(),

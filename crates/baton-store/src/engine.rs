@@ -867,6 +867,7 @@ impl Store for Engine {
             quota: args.quota,
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
+            value: args.value,
         };
         let (acquired, required) =
             self.transact(|shared, now| shared.core.acquire(command, now))?;
@@ -949,8 +950,15 @@ impl Store for Engine {
             .await
     }
 
-    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError> {
-        Ok(self.run(|core, now| core.renew(id, ttl_ms, now)).await??)
+    async fn renew(
+        &self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
+    ) -> Result<Lease, StoreError> {
+        Ok(self
+            .run(|core, now| core.renew_with_value(id, ttl_ms, value, now))
+            .await??)
     }
 
     async fn release(&self, id: LeaseId) -> Result<Released, StoreError> {
@@ -1026,6 +1034,7 @@ impl Store for Engine {
             quota: args.quota,
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
+            value: args.value,
         };
         let (created, required) =
             self.transact(|shared, now| shared.core.create_job(command, now))?;

@@ -38,6 +38,8 @@ pub struct AcquireArgs {
     pub api_key: Option<String>,
     /// That key's own quotas ([`ApiKey::quota`]); the core's defaults fill the ones it lacks.
     pub quota: KeyQuota,
+    /// The value the lease carries ([`Lease::value`], validated by the core).
+    pub value: Option<String>,
 }
 
 /// What an acquire ended with.
@@ -85,6 +87,8 @@ pub struct CreateJobArgs {
     pub api_key: Option<String>,
     /// That key's own quotas, as for [`AcquireArgs::quota`].
     pub quota: KeyQuota,
+    /// The value the job's lease carries, as for [`AcquireArgs::value`].
+    pub value: Option<String>,
 }
 
 /// Why a store operation failed.
@@ -203,8 +207,14 @@ pub trait Store: Send + Sync + 'static {
     /// many were cancelled.
     async fn cancel_tickets_of_key(&self, key_id: &str) -> Result<usize, StoreError>;
 
-    /// Renews a lease.
-    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError>;
+    /// Renews a lease, replacing its value when `value` is given (the change is durable
+    /// before the answer, as for every change of a lease's record).
+    async fn renew(
+        &self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
+    ) -> Result<Lease, StoreError>;
 
     /// Releases a lease, handing the lock on at once.
     async fn release(&self, id: LeaseId) -> Result<Released, StoreError>;

@@ -98,15 +98,25 @@ fn render_lock(info: &LockInfo, now: Timestamp) -> String {
     if info.holders.is_empty() {
         text.push_str("  none\n");
     } else {
-        let mut table = Table::new(&["TOKEN", "OWNER", "SINCE", "EXPIRES", "JOB"]);
+        // The VALUE column only when some holder published one: most locks carry none.
+        let values = info.holders.iter().any(|holder| holder.value.is_some());
+        let mut headers = vec!["TOKEN", "OWNER", "SINCE", "EXPIRES", "JOB"];
+        if values {
+            headers.push("VALUE");
+        }
+        let mut table = Table::new(&headers);
         for holder in &info.holders {
-            table.row(vec![
+            let mut row = vec![
                 holder.token.to_string(),
                 holder.owner.clone(),
                 relative(holder.since, now),
                 relative(holder.expires_at, now),
                 holder.job.clone().unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if values {
+                row.push(holder.value.clone().unwrap_or_else(|| "-".into()));
+            }
+            table.row(row);
         }
         text.push_str(&indent(&table.render()));
     }
@@ -208,6 +218,7 @@ mod tests {
             name: "deploy".into(),
             capacity: 2,
             holders: vec![Holder {
+                value: None,
                 owner: "h/u/1".into(),
                 token: 41,
                 since: at(940),

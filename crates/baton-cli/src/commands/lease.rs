@@ -38,6 +38,7 @@ pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8>
             args.wait
         },
         request_id: args.request_id,
+        value: args.value,
         ..LockOptions::default()
     };
     // Listening from before the first request: a signal while queued gives the place up
@@ -93,7 +94,10 @@ fn printed(lease: &Lease, print: PrintArg) -> String {
 
 /// `baton renew`.
 pub async fn renew(context: &Context, args: RenewArgs) -> anyhow::Result<u8> {
-    let granted = context.client.renew(&args.lease_id, args.ttl).await?;
+    let granted = context
+        .client
+        .renew_with_value(&args.lease_id, args.ttl, args.value)
+        .await?;
     let lease = granted.lease;
     eprintln!(
         "renewed {}: token {}, expires in {}",
@@ -144,6 +148,7 @@ mod tests {
 
     fn lease() -> Lease {
         Lease {
+            value: None,
             id: "L1".into(),
             lock: "team-a/deploy".into(),
             owner: "o".into(),

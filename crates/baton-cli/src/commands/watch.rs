@@ -118,6 +118,7 @@ mod tests {
 
     fn event(kind: EventKind) -> Event {
         Event {
+            value: None,
             id: "s-1".into(),
             seq: 1,
             kind,

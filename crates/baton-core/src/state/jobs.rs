@@ -246,6 +246,8 @@ pub struct CreateJob {
     pub lease_id: LeaseId,
     /// The ticket id, if one is queued.
     pub ticket_id: TicketId,
+    /// The value the job's lease carries ([`Lease::value`]): a leader's address.
+    pub value: Option<String>,
 }
 
 /// What creating a job did.
@@ -374,6 +376,9 @@ fn validate(command: &CreateJob) -> Result<(), JobError> {
         return Err(JobError::Invalid(
             "once_per_ms must be between a second and a year",
         ));
+    }
+    if let Some(value) = &command.value {
+        crate::ids::validate_lease_value(value).map_err(AcquireError::from)?;
     }
     Ok(())
 }
@@ -526,6 +531,7 @@ impl State {
                 quota: command.quota,
                 lease_id: command.lease_id,
                 ticket_id: command.ticket_id,
+                value: command.value.clone(),
             },
             now,
         )?;
