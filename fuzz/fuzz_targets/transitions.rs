@@ -19,7 +19,7 @@
 use arbitrary::Arbitrary;
 use baton_core::{
     Acquire, Acquired, Config, CreateJob, FinishJob, JobCapability, JobId, JobState, LeaseId,
-    LockName, Policy, State, TicketId, TicketStatus,
+    LockName, Mode, Policy, State, TicketId, TicketStatus,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -276,6 +276,12 @@ impl Harness {
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
                     value: key.then(|| format!("10.0.0.{client}:7000")),
+                    // Readers among writers, also on semaphores (refused as a mode conflict).
+                    mode: if client % 3 == 0 {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive
+                    },
                 };
                 match self.state.acquire(command, self.now) {
                     Ok(Acquired::Granted(lease)) => self.remember_lease(lease.id, lease.token),
@@ -373,6 +379,7 @@ impl Harness {
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
                     value: None,
+                    mode: Mode::Exclusive,
                 };
                 if let Ok(created) = self.state.create_job(command, self.now) {
                     self.jobs.push(created.job.id);

@@ -533,6 +533,12 @@ pub struct AcquireArgs {
     /// shown by `baton locks`, `baton status`, `baton history` and `baton leader`.
     #[arg(long, value_name = "VALUE")]
     pub value: Option<String>,
+
+    /// Take the lock shared, as a reader: any number of shared holders hold it together, never
+    /// with an exclusive one, in one FIFO order (a waiting writer is never overtaken). Only on a
+    /// lock of capacity 1; on a semaphore it is refused (exit 65).
+    #[arg(long)]
+    pub shared: bool,
 }
 
 /// What `baton acquire` prints on stdout.
@@ -764,6 +770,12 @@ pub struct RunArgs {
     /// an address, a version), shown in listings and `granted` events.
     #[arg(long, value_name = "VALUE")]
     pub value: Option<String>,
+
+    /// Take the lock shared, as a reader: any number of shared holders hold it together, never
+    /// with an exclusive one, in one FIFO order (a waiting writer is never overtaken). Only on a
+    /// lock of capacity 1; on a semaphore it is refused (exit 65).
+    #[arg(long)]
+    pub shared: bool,
 }
 
 impl RunArgs {

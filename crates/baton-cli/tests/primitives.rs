@@ -1,5 +1,5 @@
 //! The coordination primitives end to end, with the real binary against a real server: a value
-//! published with a lease.
+//! published with a lease; read-write locks (16 readers and 4 writers on one lock).
 //!
 //! Every wait is bounded; no assertion is about how long something took.
 
@@ -9,7 +9,7 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Server, assert_code, eventually, lock_view, workdir};
+use harness::{Server, assert_code, eventually, lock_view, millis, workdir};
 
 /// The bound on one `baton` command finishing, or one condition becoming true.
 const PATIENCE: Duration = Duration::from_secs(30);
@@ -90,4 +90,114 @@ async fn a_lease_value_is_published_renewed_and_kept_in_history() {
     std::fs::write(&stop, b"").expect("stop the command");
     let exited = run.wait(PATIENCE).await;
     assert_code(&exited, 0, "baton run --value");
+}
+
+/// One hold of a lock, as the server's history tells it.
+#[derive(Debug)]
+struct Hold {
+    owner: String,
+    shared: bool,
+    granted: i64,
+    ended: i64,
+}
+
+/// 16 readers and 4 writers run `baton run --lock rw` (readers with `--shared`), arriving
+/// interleaved. By the server's own history: no writer's hold overlaps any other hold, readers'
+/// holds overlap each other, and by the job records no writer waits behind a reader that
+/// arrived after it (FIFO across modes). Each run holds the lock 300 ms: a few seconds in all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_share_a_lock_writers_hold_it_alone_in_arrival_order() {
+    let server = Server::start(&[]).await;
+    let hold = ["sh", "-c", "sleep 0.3"];
+    let mut runs = Vec::new();
+    for index in 0..20 {
+        // Every fifth arrival is a writer: readers on both sides of each writer.
+        let writer = index % 5 == 2;
+        let (name, owner) = if writer {
+            ("rw-write", format!("writer-{index}"))
+        } else {
+            ("rw-read", format!("reader-{index}"))
+        };
+        let mut args = vec!["run", name, "--lock", "rw", "--owner", owner.as_str()];
+        if !writer {
+            args.push("--shared");
+        }
+        args.push("--");
+        args.extend_from_slice(&hold);
+        runs.push(server.spawn_baton(&args, None));
+        // Arrivals in a known order (each is queued before the next starts).
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    for run in runs {
+        let exited = run.wait(Duration::from_secs(120)).await;
+        assert_code(&exited, 0, "a baton run on the read-write lock");
+    }
+
+    let (status, history) = server.get("/v1/locks/rw/history?limit=100").await;
+    assert_eq!(status, 200, "{history}");
+    let holds: Vec<Hold> = history["entries"]
+        .as_array()
+        .expect("entries")
+        .iter()
+        .map(|entry| Hold {
+            owner: entry["owner"].as_str().unwrap_or_default().to_owned(),
+            shared: entry["mode"] == "shared",
+            granted: millis(&entry["granted_at"]),
+            ended: millis(&entry["ended_at"]),
+        })
+        .collect();
+    assert_eq!(holds.len(), 20, "{history}");
+    for hold in &holds {
+        assert_eq!(
+            hold.shared,
+            hold.owner.starts_with("reader-"),
+            "history records each hold's mode: {hold:?}"
+        );
+    }
+    assert_eq!(holds.iter().filter(|hold| !hold.shared).count(), 4);
+    let overlap = |a: &Hold, b: &Hold| a.granted < b.ended && b.granted < a.ended;
+    let mut readers_overlapped = false;
+    for (i, a) in holds.iter().enumerate() {
+        for b in &holds[i + 1..] {
+            if overlap(a, b) {
+                assert!(
+                    a.shared && b.shared,
+                    "a writer overlapped another holder: {a:?} and {b:?}"
+                );
+                readers_overlapped = true;
+            }
+        }
+    }
+    assert!(
+        readers_overlapped,
+        "no two readers held the lock together: {holds:?}"
+    );
+
+    // FIFO across modes, by the job records: a reader created after a writer never started
+    // before it.
+    let jobs = |name: &'static str| {
+        let server = &server;
+        async move {
+            let (status, body) = server.get(&format!("/v1/jobs?name={name}&limit=100")).await;
+            assert_eq!(status, 200, "{body}");
+            body["jobs"]
+                .as_array()
+                .expect("jobs")
+                .iter()
+                .map(|job| (millis(&job["created_at"]), millis(&job["started_at"])))
+                .collect::<Vec<(i64, i64)>>()
+        }
+    };
+    let writers = jobs("rw-write").await;
+    let readers = jobs("rw-read").await;
+    assert_eq!((writers.len(), readers.len()), (4, 16));
+    for (writer_created, writer_started) in &writers {
+        for (reader_created, reader_started) in &readers {
+            assert!(
+                reader_created <= writer_created || reader_started >= writer_started,
+                "a reader that arrived after a writer (at {reader_created} > {writer_created}) \
+                 started first ({reader_started} < {writer_started})"
+            );
+        }
+    }
 }

@@ -16,7 +16,7 @@ use baton_proto::{
     JobDetail, JobList, Lease, LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest,
     RevokeResponse, Ticket, TicketResponse, TokenRequest, WaitRequest,
 };
-use baton_proto::{AuditList, CreateKeyRequest, CreatedKey, KeyList, RevokeKeyResponse};
+use baton_proto::{AuditList, CreateKeyRequest, CreatedKey, KeyList, LockMode, RevokeKeyResponse};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -269,6 +269,8 @@ pub struct LockOptions {
     /// A small value to publish with the lease (at most 1024 bytes: an address, a version),
     /// shown in listings, history and `granted` events.
     pub value: Option<String>,
+    /// `Exclusive` (the default) or `Shared`: a reader of a read-write lock (capacity 1).
+    pub mode: LockMode,
 }
 
 impl Default for LockOptions {
@@ -282,6 +284,7 @@ impl Default for LockOptions {
             request_id: None,
             poll: LONG_POLL_MAX,
             value: None,
+            mode: LockMode::Exclusive,
         }
     }
 }
@@ -732,6 +735,8 @@ impl Client {
                 queue: Some(!try_once),
                 request_id: Some(request_id.clone()),
                 value: options.value.clone(),
+                // Only a reader says so: an exclusive acquire reads as it always did.
+                mode: (options.mode == LockMode::Shared).then_some(LockMode::Shared),
             };
             let mut ticket = match self.acquire(name, &request).await? {
                 Acquired::Granted(granted) => return self.confirm_grant(granted).await.map(Ok),

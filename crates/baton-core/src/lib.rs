@@ -21,9 +21,9 @@ pub use ids::{
 };
 pub use state::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, Gauges, HistoryRecord, KeyQuota,
-    KeyUsage, Lease, LeaseEnd, LeaseError, LockRecord, LockView, QueuedTicket, Quota, Released,
-    RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus,
-    TokenError, WaiterLeft, key_default_of,
+    KeyUsage, Lease, LeaseEnd, LeaseError, LockRecord, LockView, Mode, QueuedTicket, Quota,
+    Released, RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError,
+    TicketStatus, TokenError, WaiterLeft, key_default_of,
 };
 pub use state::{
     CreateJob, Event, FinishJob, Job, JobCapability, JobChange, JobCreated, JobError, JobFilter,

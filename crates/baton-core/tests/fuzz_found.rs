@@ -19,6 +19,7 @@ fn name(text: &str) -> LockName {
 
 fn acquire(lock: &str, n: u8) -> Acquire {
     Acquire {
+        mode: Default::default(),
         value: None,
         quota: Default::default(),
         api_key: None,
@@ -56,6 +57,7 @@ fn a_lock_made_by_a_refused_acquire_is_forgotten_without_a_change() {
         "the lease limit refuses a second lease"
     );
     let job = CreateJob {
+        mode: Default::default(),
         value: None,
         quota: Default::default(),
         api_key: None,

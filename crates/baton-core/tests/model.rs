@@ -38,8 +38,8 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use baton_core::limits::{CAPACITY_MAX, LEASE_VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN};
 use baton_core::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
-    LeaseError, LeaseId, LockName, LockView, QueuedTicket, Released, State, Ticket, TicketEnd,
-    TicketError, TicketId, TicketStatus, TokenError, ValueError, WaiterLeft,
+    LeaseError, LeaseId, LockName, LockView, Mode, QueuedTicket, Released, State, Ticket,
+    TicketEnd, TicketError, TicketId, TicketStatus, TokenError, ValueError, WaiterLeft,
 };
 use common::Disk;
 use proptest::prelude::*;
@@ -142,13 +142,22 @@ impl ModelLock {
         self.delayed_until.is_some_and(|until| until > now)
     }
 
-    fn has_room(&self, now: u64) -> bool {
+    /// Exclusive: a slot not held (by anyone) nor delayed. Shared: a read-write lock
+    /// (capacity 1) with no exclusive holder and no lock-delay in force.
+    fn has_room(&self, mode: Mode, now: u64) -> bool {
         let held_back = if self.delayed(now) {
             self.delayed_slots as usize
         } else {
             0
         };
-        self.holders.len() + held_back < self.capacity as usize
+        match mode {
+            Mode::Exclusive => self.holders.len() + held_back < self.capacity as usize,
+            Mode::Shared => {
+                self.capacity == 1
+                    && held_back == 0
+                    && self.holders.iter().all(|lease| lease.mode == Mode::Shared)
+            }
+        }
     }
 }
 
@@ -255,6 +264,15 @@ impl Model {
                 },
             };
         }
+        if command.mode == Mode::Shared {
+            let capacity = command
+                .capacity
+                .or_else(|| self.locks.get(&command.lock).map(|lock| lock.capacity))
+                .unwrap_or(1);
+            if capacity > 1 {
+                return Err(AcquireError::ModeConflict { capacity });
+            }
+        }
         if !self.locks.contains_key(&command.lock) && self.locks.len() >= self.config.locks_max {
             return Err(AcquireError::LimitReached("too many locks"));
         }
@@ -296,7 +314,7 @@ impl Model {
                 return Ok(Acquired::Queued(queued));
             }
         }
-        if lock.has_room(now) && lock.queue.is_empty() {
+        if lock.has_room(command.mode, now) && lock.queue.is_empty() {
             let lease = self.grant(
                 &command.lock,
                 command.lease_id,
@@ -306,6 +324,7 @@ impl Model {
                 command.request_id.clone(),
                 None,
                 command.value.clone(),
+                command.mode,
                 now,
             );
             self.remember(command, Target::Lease(lease.id));
@@ -321,6 +340,7 @@ impl Model {
             return Err(AcquireError::LimitReached("too many waiters"));
         }
         let ticket = Ticket {
+            mode: command.mode,
             api_key: None,
             id: command.ticket_id,
             lock: command.lock.clone(),
@@ -361,11 +381,13 @@ impl Model {
         request_id: Option<String>,
         ticket: Option<TicketId>,
         value: Option<String>,
+        mode: Mode,
         now: u64,
     ) -> Lease {
         let token = self.next_token;
         self.next_token += 1;
         let lease = Lease {
+            mode,
             api_key: None,
             id,
             lock: name.clone(),
@@ -380,7 +402,7 @@ impl Model {
             value,
         };
         let lock = self.locks.get_mut(name).unwrap();
-        assert!(lock.holders.len() < lock.capacity as usize);
+        assert!(lock.has_room(mode, now));
         lock.holders.push(lease.clone());
         lock.newest_granted = token;
         lock.newest_token = lock.newest_token.max(token);
@@ -393,7 +415,10 @@ impl Model {
             let Some(lock) = self.locks.get_mut(name) else {
                 return;
             };
-            if !lock.has_room(now) {
+            let Some(head) = lock.queue.front() else {
+                break;
+            };
+            if !lock.has_room(head.mode, now) {
                 break;
             }
             let Some(ticket) = lock.queue.pop_front() else {
@@ -419,6 +444,7 @@ impl Model {
                 ticket.request_id.clone(),
                 Some(ticket.id),
                 ticket.value.clone(),
+                ticket.mode,
                 now,
             );
             if let Some(request_id) = ticket.request_id
@@ -464,6 +490,7 @@ impl Model {
             .entry(name.clone())
             .or_default()
             .push(HistoryRecord {
+                mode: lease.mode,
                 lease_id: lease.id,
                 request_id: lease.request_id.clone(),
                 lock: name.clone(),
@@ -841,6 +868,7 @@ enum Op {
         cap: Cap,
         ttl: u64,
         value: Value,
+        shared: bool,
     },
     /// Resend an earlier acquire that had a request id (with fresh ids), possibly for the wrong
     /// lock.
@@ -922,9 +950,9 @@ fn basic_op() -> impl Strategy<Value = Op> {
         1 => (0u32..=3).prop_map(Cap::Other),
     ];
     prop_oneof![
-        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl, value())
-            .prop_map(|(lock, client, queue, key, request, cap, ttl, value)| Op::Acquire {
-                lock, client, queue, key, request, cap, ttl, value
+        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl, (value(), prop::bool::weighted(0.4)))
+            .prop_map(|(lock, client, queue, key, request, cap, ttl, (value, shared))| Op::Acquire {
+                lock, client, queue, key, request, cap, ttl, value, shared
             }),
         6 => (any::<Index>(), prop::bool::weighted(0.1))
             .prop_map(|(pick, other_lock)| Op::Retry { pick, other_lock }),
@@ -1096,9 +1124,15 @@ impl Harness {
                 cap,
                 ttl,
                 value,
+                shared,
             } => {
                 let name = self.names[*lock].clone();
                 let command = Acquire {
+                    mode: if *shared {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive
+                    },
                     quota: Default::default(),
                     api_key: None,
                     lock: name,
@@ -1445,6 +1479,7 @@ impl Harness {
             && let Some(key) = &command.owner_key
             && let Some(pre) = pre
             && command.capacity.is_none_or(|c| c == pre.capacity)
+            && (command.mode == Mode::Exclusive || pre.capacity == 1)
             && let Some(held) = pre
                 .holders
                 .iter()
@@ -1498,9 +1533,15 @@ impl Harness {
         else {
             return;
         };
-        // Tickets whose waiter went away are skipped: the first live one is served.
+        // Tickets whose waiter went away are skipped: the first live one is served, when the
+        // holders left leave room for its mode (a writer waits for every reader to go).
+        let left: Vec<&Lease> = view.holders.iter().filter(|l| l.id != id).collect();
         if let Some(head) = view.waiters.iter().find(|t| !t.waiter_gone)
             && view.delayed_until.is_none_or(|until| until <= self.now)
+            && match head.mode {
+                Mode::Exclusive => left.len() < view.capacity as usize,
+                Mode::Shared => left.iter().all(|l| l.mode == Mode::Shared),
+            }
         {
             assert!(
                 effects.fresh.iter().any(|l| l.ticket == Some(head.id)),
@@ -1599,8 +1640,17 @@ impl Harness {
                         ends.iter().filter(|until| **until > self.now).count()
                     });
                     let view = self.state.lock(&lease.lock).unwrap();
+                    let shared = lease.mode == Mode::Shared;
                     assert!(
-                        view.holders.len() + in_force <= view.capacity as usize,
+                        !shared
+                            || (in_force == 0
+                                && view.holders.iter().all(|l| l.mode == Mode::Shared)),
+                        "G5: {} granted shared at {} beside a writer or in a lock-delay",
+                        lease.lock,
+                        self.now
+                    );
+                    assert!(
+                        shared || view.holders.len() + in_force <= view.capacity as usize,
                         "G5: {} granted at {} into a slot in its lock-delay ({} holders, \
                          {in_force} slots delayed, capacity {})",
                         lease.lock,
@@ -1660,16 +1710,27 @@ impl Harness {
             "G3: next_token not above every token granted"
         );
         for view in views.values() {
-            // G1.
+            // G1 for modes: at most `capacity` exclusive holders, or shared holders only (on a
+            // lock of capacity 1), never both.
+            let shared = view
+                .holders
+                .iter()
+                .filter(|l| l.mode == Mode::Shared)
+                .count();
+            let exclusive = view.holders.len() - shared;
             assert!(
-                view.holders.len() <= view.capacity as usize,
-                "G1: {} has {} holders, capacity {}",
+                exclusive <= view.capacity as usize
+                    && (shared == 0 || (exclusive == 0 && view.capacity == 1)),
+                "G1: {} has {exclusive} exclusive and {shared} shared holders, capacity {}",
                 view.name,
-                view.holders.len(),
                 view.capacity
             );
-            // G5: room and waiters only during a lock-delay.
-            if view.holders.len() < view.capacity as usize && !view.waiters.is_empty() {
+            // G5: room for the head of the queue only during a lock-delay.
+            let head_has_room = view.waiters.first().is_some_and(|head| match head.mode {
+                Mode::Exclusive => view.holders.len() < view.capacity as usize,
+                Mode::Shared => view.capacity == 1 && exclusive == 0,
+            });
+            if head_has_room {
                 assert!(
                     view.delayed_until.is_some_and(|until| until > self.now),
                     "G5: {} has room and waiters, but no lock-delay",

@@ -138,4 +138,8 @@ pub struct Event {
     /// election's observers read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// The lease's mode (`granted`, `released`, `expired`, `revoked`; `queued`: the mode asked
+    /// for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::LockMode>,
 }

@@ -125,6 +125,9 @@ impl From<StoreError> for ApiError {
                 AcquireError::InvalidValue(_) => {
                     ApiError::new(ErrorCode::InvalidValue, error.to_string())
                 }
+                AcquireError::ModeConflict { .. } => {
+                    ApiError::new(ErrorCode::ModeConflict, error.to_string())
+                }
                 AcquireError::CapacityConflict { .. } => {
                     ApiError::new(ErrorCode::CapacityConflict, error.to_string())
                 }

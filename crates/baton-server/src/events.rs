@@ -286,6 +286,7 @@ fn notice(kind: proto::EventKind, reason: &str) -> String {
         reason: Some(reason.to_owned()),
         job: None,
         value: None,
+        mode: None,
     })
 }
 
@@ -310,6 +311,7 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
         reason: None,
         job: None,
         value: None,
+        mode: None,
     };
     match &published.event {
         Event::Granted { lease, .. } => {
@@ -319,6 +321,7 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.expires_at = Some(timestamp(lease.expires_at));
             wire.from_queue = Some(lease.ticket.is_some());
             wire.value = lease.value.clone();
+            wire.mode = Some(crate::routes::mode_wire(lease.mode));
         }
         Event::Ended(record) => {
             wire.kind = match record.end {
@@ -329,11 +332,13 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.owner = Some(record.owner.clone());
             wire.token = Some(record.token);
             wire.granted_at = Some(timestamp(record.granted_at));
+            wire.mode = Some(crate::routes::mode_wire(record.mode));
         }
         Event::Queued { queued, .. } => {
             wire.kind = proto::EventKind::Queued;
             wire.owner = Some(queued.ticket.owner.clone());
             wire.position = Some(queued.position);
+            wire.mode = Some(crate::routes::mode_wire(queued.ticket.mode));
         }
         Event::LeftQueue { ticket, why, .. } => {
             wire.kind = proto::EventKind::LeftQueue;

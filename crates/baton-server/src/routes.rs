@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use baton_core::{
-    Cancelled, HistoryRecord, Lease, LeaseEnd, LockName, LockView, Millis, QueuedTicket, Released,
-    TicketEnd, TicketStatus, limits, validate_lease_value, validate_owner, validate_request_id,
+    Cancelled, HistoryRecord, Lease, LeaseEnd, LockName, LockView, Millis, Mode, QueuedTicket,
+    Released, TicketEnd, TicketStatus, limits, validate_lease_value, validate_owner,
+    validate_request_id,
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
@@ -105,6 +106,22 @@ pub(crate) fn timestamp(ms: Millis) -> Timestamp {
     Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or(Timestamp::MAX)
 }
 
+/// A core mode on the wire.
+pub(crate) fn mode_wire(mode: Mode) -> proto::LockMode {
+    match mode {
+        Mode::Exclusive => proto::LockMode::Exclusive,
+        Mode::Shared => proto::LockMode::Shared,
+    }
+}
+
+/// A wire mode in the core (absent: exclusive).
+pub(crate) fn mode_core(mode: Option<proto::LockMode>) -> Mode {
+    match mode {
+        None | Some(proto::LockMode::Exclusive) => Mode::Exclusive,
+        Some(proto::LockMode::Shared) => Mode::Shared,
+    }
+}
+
 pub(crate) fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
     proto::Lease {
         id: lease.id.to_string(),
@@ -117,6 +134,7 @@ pub(crate) fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
         expires_at: timestamp(lease.expires_at),
         expires_in_ms: lease.expires_at.saturating_sub(now),
         value: lease.value,
+        mode: mode_wire(lease.mode),
     }
 }
 
@@ -139,6 +157,7 @@ pub(crate) fn holder_wire(lease: &Lease) -> proto::Holder {
         expires_at: timestamp(lease.expires_at),
         job: None,
         value: lease.value.clone(),
+        mode: mode_wire(lease.mode),
     }
 }
 
@@ -165,6 +184,7 @@ pub(crate) fn lock_wire(view: LockView) -> proto::LockInfo {
                 owner: ticket.owner.clone(),
                 since: timestamp(ticket.queued_at),
                 job: job.map(|job| job.to_string()),
+                mode: mode_wire(ticket.mode),
             })
             .collect(),
         delayed_until: view.delayed_until.map(timestamp),
@@ -185,6 +205,7 @@ fn history_wire(record: HistoryRecord) -> proto::HistoryEntry {
             LeaseEnd::Revoked => proto::HoldEnd::Revoked,
         },
         value: record.value,
+        mode: mode_wire(record.mode),
     }
 }
 
@@ -318,7 +339,7 @@ pub(crate) fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiEr
     responses(
         (status = 200, description = "Granted", body = proto::LeaseResponse),
         (status = 202, description = "Still queued after wait_ms (queue: true)", body = proto::TicketResponse),
-        (status = 409, description = "busy, capacity_conflict or request_id_conflict", body = proto::ErrorBody),
+        (status = 409, description = "busy, capacity_conflict, mode_conflict or request_id_conflict", body = proto::ErrorBody),
         (status = 400, description = "Invalid input", body = proto::ErrorBody),
     ))]
 async fn acquire(
@@ -351,6 +372,7 @@ async fn acquire(
         api_key: caller.key_id(),
         quota: caller.quota(),
         value: request.value,
+        mode: mode_core(request.mode),
     };
     let outcome = state
         .store

@@ -1389,6 +1389,7 @@ impl Sim {
                 83..90 if client.owner_key.is_some() => {
                     client.requests += 1;
                     let args = AcquireArgs {
+                        mode: baton_core::Mode::Exclusive,
                         value: None,
                         lock: held.lock.clone(),
                         owner: client.owner.clone(),
@@ -1450,6 +1451,7 @@ impl Sim {
                     _ => (Duration::ZERO, true),
                 };
                 let args = AcquireArgs {
+                    mode: baton_core::Mode::Exclusive,
                     value: None,
                     lock,
                     owner: client.owner.clone(),
@@ -1475,6 +1477,7 @@ impl Sim {
                     Policy::Coalesce,
                 ])?;
                 let args = CreateJobArgs {
+                    mode: baton_core::Mode::Exclusive,
                     value: None,
                     name: format!("job-{}", lock.as_str()),
                     lock,

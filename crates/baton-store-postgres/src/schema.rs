@@ -217,11 +217,13 @@ const MIGRATIONS: &[&str] = &[
         ADD COLUMN locks_max bigint, ADD COLUMN jobs_max bigint;
     ",
     // Version 7: the small value a holder publishes with its lease (a leader's address),
-    // carried by its ticket until the grant and kept in history. Rows written before have none.
+    // carried by its ticket until the grant and kept in history; and the mode of each lease,
+    // ticket and ended hold (`exclusive` or `shared`, read-write locks). Rows written before
+    // have no value and are exclusive, as every lease was.
     "
-    ALTER TABLE leases ADD COLUMN value text;
-    ALTER TABLE tickets ADD COLUMN value text;
-    ALTER TABLE history ADD COLUMN value text;
+    ALTER TABLE leases ADD COLUMN value text, ADD COLUMN mode text NOT NULL DEFAULT 'exclusive';
+    ALTER TABLE tickets ADD COLUMN value text, ADD COLUMN mode text NOT NULL DEFAULT 'exclusive';
+    ALTER TABLE history ADD COLUMN value text, ADD COLUMN mode text NOT NULL DEFAULT 'exclusive';
     ",
 ];
 

@@ -106,6 +106,7 @@ fn key_value(url: &str) -> String {
 
 fn args(lock: &str, owner: &str, ttl_ms: u64, wait: Duration) -> AcquireArgs {
     AcquireArgs {
+        mode: baton_core::Mode::Exclusive,
         value: None,
         quota: Default::default(),
         api_key: None,
@@ -186,6 +187,7 @@ fn name(text: &str) -> LockName {
 
 fn lease(n: u8, lock: &str, token: u64) -> Lease {
     Lease {
+        mode: baton_core::Mode::Exclusive,
         value: None,
         id: LeaseId([n; 16]),
         lock: name(lock),
@@ -204,6 +206,7 @@ fn lease(n: u8, lock: &str, token: u64) -> Lease {
 
 fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
     Ticket {
+        mode: baton_core::Mode::Exclusive,
         value: None,
         id: TicketId([n; 16]),
         lock: name(lock),
@@ -222,6 +225,7 @@ fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
 
 fn record(n: u8, lock: &str, ended_at: u64) -> HistoryRecord {
     HistoryRecord {
+        mode: baton_core::Mode::Exclusive,
         value: None,
         lease_id: LeaseId([n; 16]),
         request_id: n.is_multiple_of(2).then(|| format!("request-{n}")),

@@ -72,8 +72,8 @@ fn a_newer_schema_is_refused() {
     assert!(error.to_string().contains("newer"), "{error}");
 }
 
-/// A database of schema version 6 (before lease values) keeps its leases on open, with no
-/// value, and gains the value columns: a lease, ticket and history record written after the
+/// A database of schema version 6 (before lease values and modes) keeps its leases on open,
+/// exclusive with no value, and gains the value and mode columns: a lease, ticket and history record written after the
 /// migration keep theirs across a reopen.
 #[tokio::test]
 async fn a_version_6_database_gains_lease_values() {
@@ -82,6 +82,7 @@ async fn a_version_6_database_gains_lease_values() {
     let root = tempfile::tempdir().expect("a temporary folder");
     let lock = LockName::new("leader").expect("a name");
     let lease = |n: u8, value: Option<&str>| Lease {
+        mode: baton_core::Mode::Exclusive,
         value: value.map(str::to_owned),
         id: LeaseId([n; 16]),
         lock: lock.clone(),
@@ -107,7 +108,8 @@ async fn a_version_6_database_gains_lease_values() {
     connection
         .execute_batch(
             "ALTER TABLE leases DROP COLUMN value; ALTER TABLE tickets DROP COLUMN value;
-             ALTER TABLE history DROP COLUMN value; PRAGMA user_version = 6;",
+             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN mode;
+             ALTER TABLE tickets DROP COLUMN mode; ALTER TABLE history DROP COLUMN mode; PRAGMA user_version = 6;",
         )
         .expect("go back to version 6");
     drop(connection);
@@ -116,6 +118,7 @@ async fn a_version_6_database_gains_lease_values() {
         .commit(&[
             Change::LeasePut(lease(2, Some("10.0.0.2:7000"))),
             Change::HistoryAppend(HistoryRecord {
+                mode: baton_core::Mode::Exclusive,
                 lease_id: LeaseId([3; 16]),
                 request_id: None,
                 lock: lock.clone(),
@@ -156,7 +159,8 @@ async fn a_version_3_database_gains_keys_and_audit() {
     connection
         .execute_batch(
             "ALTER TABLE leases DROP COLUMN value; ALTER TABLE tickets DROP COLUMN value;
-             ALTER TABLE history DROP COLUMN value; DROP TABLE api_keys; DROP TABLE audit_log; ALTER TABLE jobs DROP COLUMN once_per_ms;
+             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN mode;
+             ALTER TABLE tickets DROP COLUMN mode; ALTER TABLE history DROP COLUMN mode; DROP TABLE api_keys; DROP TABLE audit_log; ALTER TABLE jobs DROP COLUMN once_per_ms;
              ALTER TABLE tickets DROP COLUMN api_key; ALTER TABLE leases DROP COLUMN api_key;
              ALTER TABLE locks DROP COLUMN api_key; ALTER TABLE jobs DROP COLUMN api_key;
              PRAGMA user_version = 3;",
@@ -217,7 +221,8 @@ async fn a_version_5_database_gains_per_key_quotas() {
     connection
         .execute_batch(
             "ALTER TABLE leases DROP COLUMN value; ALTER TABLE tickets DROP COLUMN value;
-             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN api_key; ALTER TABLE locks DROP COLUMN api_key;
+             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN mode;
+             ALTER TABLE tickets DROP COLUMN mode; ALTER TABLE history DROP COLUMN mode; ALTER TABLE leases DROP COLUMN api_key; ALTER TABLE locks DROP COLUMN api_key;
              ALTER TABLE jobs DROP COLUMN api_key; ALTER TABLE api_keys DROP COLUMN leases_max;
              ALTER TABLE api_keys DROP COLUMN waiters_max; ALTER TABLE api_keys DROP COLUMN locks_max;
              ALTER TABLE api_keys DROP COLUMN jobs_max; PRAGMA user_version = 5;",
@@ -250,6 +255,7 @@ async fn a_version_5_database_gains_per_key_quotas() {
                 api_key: Some(key.id.clone()),
             }),
             Change::LeasePut(Lease {
+                mode: baton_core::Mode::Exclusive,
                 value: None,
                 id: LeaseId([3; 16]),
                 lock: lock.clone(),
@@ -285,6 +291,7 @@ async fn a_key_at_its_quota_is_still_at_it_after_a_restart() {
     use baton_store::{AcquireArgs, AcquireOutcome, StoreError};
     let root = tempfile::tempdir().expect("a temporary folder");
     let args = |lock: &str, key: &str| AcquireArgs {
+        mode: baton_core::Mode::Exclusive,
         value: None,
         lock: LockName::new(lock).expect("a name"),
         owner: "o".into(),

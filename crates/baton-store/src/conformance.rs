@@ -40,7 +40,7 @@ use async_trait::async_trait;
 use baton_core::{
     AcquireError, Cancelled, Config, FinishJob, HistoryRecord, Job, JobCapability, JobCreated,
     JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId, LockName, LockView,
-    Millis, Policy, QueuedTicket, Released, StopReason, TicketEnd, TicketError, TicketId,
+    Millis, Mode, Policy, QueuedTicket, Released, StopReason, TicketEnd, TicketError, TicketId,
     TicketStatus, TokenError, limits,
 };
 use tokio::time::Instant;
@@ -107,6 +107,7 @@ macro_rules! __conformance_each_case {
             $($args)*
             grant_renew_release
             lease_values
+            read_write_locks
             unknown_ids_and_bad_input
             mutex_excludes
             semaphore_capacity
@@ -230,6 +231,7 @@ fn name(text: &str) -> LockName {
 /// A try: no wait, no queue, the suite's ttl.
 fn req(lock: &str, owner: &str) -> AcquireArgs {
     AcquireArgs {
+        mode: Mode::Exclusive,
         value: None,
         quota: Default::default(),
         api_key: None,
@@ -2314,6 +2316,91 @@ pub async fn lease_values(backend: &dyn Backend) {
     );
 }
 
+/// Read-write locks: shared leases hold a lock of capacity 1 together; a queued writer waits
+/// for every reader and holds back the readers queued after it (and a shared try); readers in
+/// a row at the head are granted together when the writer releases; every grant has a greater
+/// token; modes survive a restart (durable stores); history records them; a shared acquire on a
+/// semaphore is a mode conflict. A store that lost a lease's mode in its rows would restore
+/// readers as exclusive holders and fail here.
+pub async fn read_write_locks(backend: &dyn Backend) {
+    let c = Case::open(backend, "rw").await;
+    let read = |owner: &str| AcquireArgs {
+        mode: Mode::Shared,
+        ..req("rw", owner)
+    };
+    let r1 = c.grant(read("r1")).await;
+    let r2 = c.grant(read("r2")).await;
+    assert_eq!((r1.mode, r2.mode), (Mode::Shared, Mode::Shared));
+    assert_increasing("readers", &[r1.token, r2.token]);
+    let w = c.enqueue(req("rw", "w")).await;
+    assert_eq!(
+        c.busy(read("late")).await.len(),
+        2,
+        "a shared try never jumps the queue"
+    );
+    let r3 = c.enqueue(read("r3")).await;
+    let r4 = c.enqueue(read("r4")).await;
+    let c = if backend.durable() {
+        c.reopen(backend).await
+    } else {
+        c
+    };
+    let view = c.view("rw").await;
+    assert_eq!(holder_owners(&view), ["r1", "r2"]);
+    assert!(view.holders.iter().all(|lease| lease.mode == Mode::Shared));
+    assert_eq!(waiter_owners(&view), ["w", "r3", "r4"]);
+    assert_eq!(
+        view.waiters.iter().map(|t| t.mode).collect::<Vec<_>>(),
+        [Mode::Exclusive, Mode::Shared, Mode::Shared]
+    );
+    c.release(&r1).await;
+    assert_eq!(
+        c.position(w.ticket.id).await,
+        1,
+        "the writer waits for the last reader"
+    );
+    c.release(&r2).await;
+    let writer = c.granted(w.ticket.id).await;
+    assert_eq!(writer.mode, Mode::Exclusive);
+    assert_eq!(holder_owners(&c.view("rw").await), ["w"]);
+    c.release(&writer).await;
+    let g3 = c.granted(r3.ticket.id).await;
+    let g4 = c.granted(r4.ticket.id).await;
+    assert_increasing("grants", &[r2.token, writer.token, g3.token, g4.token]);
+    assert_eq!(holder_owners(&c.view("rw").await), ["r3", "r4"]);
+    let history = c.store.history(name("rw"), 10).await.expect("history");
+    let modes: Vec<(&str, Mode)> = history
+        .iter()
+        .map(|record| (record.owner.as_str(), record.mode))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("w", Mode::Exclusive),
+            ("r2", Mode::Shared),
+            ("r1", Mode::Shared)
+        ]
+    );
+    c.grant(AcquireArgs {
+        capacity: Some(2),
+        ..req("rw-sem", "a")
+    })
+    .await;
+    assert!(
+        matches!(
+            c.acquire(AcquireArgs {
+                mode: Mode::Shared,
+                ..req("rw-sem", "b")
+            })
+            .await,
+            Err(StoreError::Acquire(AcquireError::ModeConflict {
+                capacity: 2
+            }))
+        ),
+        "shared mode on a semaphore is a mode conflict"
+    );
+}
+
 /// G2/G3/G7 across a restart (durable backends only): held leases stay live with a deadline not
 /// earlier than before, queues keep their order, request ids their answers, fences their newest
 /// token; a ticket granted just before the restart returns its lease; a released lock stays
@@ -2670,6 +2757,7 @@ pub async fn concurrent_tries(backend: &dyn Backend) {
 /// A job named `job` (also its lock), no wait, the suite's ttl.
 fn job_req(job: &str, owner: &str, policy: Policy) -> CreateJobArgs {
     CreateJobArgs {
+        mode: Mode::Exclusive,
         value: None,
         quota: Default::default(),
         api_key: None,

@@ -868,6 +868,7 @@ impl Store for Engine {
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
             value: args.value,
+            mode: args.mode,
         };
         let (acquired, required) =
             self.transact(|shared, now| shared.core.acquire(command, now))?;
@@ -1035,6 +1036,7 @@ impl Store for Engine {
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
             value: args.value,
+            mode: args.mode,
         };
         let (created, required) =
             self.transact(|shared, now| shared.core.create_job(command, now))?;

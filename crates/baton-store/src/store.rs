@@ -10,7 +10,8 @@ use async_trait::async_trait;
 use baton_core::{
     AcquireError, Cancelled, FinishJob, Gauges, HistoryRecord, Job, JobCapability, JobCreated,
     JobError, JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName, LockView, Millis,
-    Policy, QueuedTicket, Released, StopReason, TicketError, TicketId, TicketStatus, TokenError,
+    Mode, Policy, QueuedTicket, Released, StopReason, TicketError, TicketId, TicketStatus,
+    TokenError,
 };
 
 /// An acquire as the server passes it on (validated; ids are the store's to choose).
@@ -40,6 +41,8 @@ pub struct AcquireArgs {
     pub quota: KeyQuota,
     /// The value the lease carries ([`Lease::value`], validated by the core).
     pub value: Option<String>,
+    /// How the lease holds the lock (shared only on a lock of capacity 1).
+    pub mode: Mode,
 }
 
 /// What an acquire ended with.
@@ -89,6 +92,8 @@ pub struct CreateJobArgs {
     pub quota: KeyQuota,
     /// The value the job's lease carries, as for [`AcquireArgs::value`].
     pub value: Option<String>,
+    /// How the job's lease holds the lock, as for [`AcquireArgs::mode`].
+    pub mode: Mode,
 }
 
 /// Why a store operation failed.

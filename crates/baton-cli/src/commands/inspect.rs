@@ -1,6 +1,6 @@
 //! `baton status`, `baton locks` and `baton history`: read-only views of the server's state.
 
-use baton_proto::{HoldEnd, LockInfo};
+use baton_proto::{HoldEnd, LockInfo, LockMode};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -98,9 +98,17 @@ fn render_lock(info: &LockInfo, now: Timestamp) -> String {
     if info.holders.is_empty() {
         text.push_str("  none\n");
     } else {
-        // The VALUE column only when some holder published one: most locks carry none.
+        // The MODE and VALUE columns only when some holder is shared or published a value:
+        // most locks have neither.
+        let modes = info
+            .holders
+            .iter()
+            .any(|holder| holder.mode == LockMode::Shared);
         let values = info.holders.iter().any(|holder| holder.value.is_some());
         let mut headers = vec!["TOKEN", "OWNER", "SINCE", "EXPIRES", "JOB"];
+        if modes {
+            headers.push("MODE");
+        }
         if values {
             headers.push("VALUE");
         }
@@ -113,6 +121,9 @@ fn render_lock(info: &LockInfo, now: Timestamp) -> String {
                 relative(holder.expires_at, now),
                 holder.job.clone().unwrap_or_else(|| "-".into()),
             ];
+            if modes {
+                row.push(holder.mode.as_str().to_owned());
+            }
             if values {
                 row.push(holder.value.clone().unwrap_or_else(|| "-".into()));
             }
@@ -218,6 +229,7 @@ mod tests {
             name: "deploy".into(),
             capacity: 2,
             holders: vec![Holder {
+                mode: baton_proto::LockMode::Exclusive,
                 value: None,
                 owner: "h/u/1".into(),
                 token: 41,
@@ -226,6 +238,7 @@ mod tests {
                 job: None,
             }],
             waiters: vec![Waiter {
+                mode: baton_proto::LockMode::Exclusive,
                 position: 1,
                 owner: "h/u/2".into(),
                 since: at(990),

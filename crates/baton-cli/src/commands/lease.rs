@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use baton_client::{LockOptions, owner_label};
-use baton_proto::Lease;
+use baton_proto::{Lease, LockMode};
 
 use super::Context;
 use super::keeper::Signals;
@@ -39,6 +39,11 @@ pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8>
         },
         request_id: args.request_id,
         value: args.value,
+        mode: if args.shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        },
         ..LockOptions::default()
     };
     // Listening from before the first request: a signal while queued gives the place up
@@ -148,6 +153,7 @@ mod tests {
 
     fn lease() -> Lease {
         Lease {
+            mode: LockMode::Exclusive,
             value: None,
             id: "L1".into(),
             lock: "team-a/deploy".into(),

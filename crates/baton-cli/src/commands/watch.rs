@@ -118,6 +118,7 @@ mod tests {
 
     fn event(kind: EventKind) -> Event {
         Event {
+            mode: None,
             value: None,
             id: "s-1".into(),
             seq: 1,

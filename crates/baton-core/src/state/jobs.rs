@@ -10,7 +10,7 @@ use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
 use crate::limits;
 
 use super::{
-    Acquire, AcquireError, Acquired, Change, Deadline, KeyQuota, Lease, LeaseEnd, LeaseError,
+    Acquire, AcquireError, Acquired, Change, Deadline, KeyQuota, Lease, LeaseEnd, LeaseError, Mode,
     QueuedTicket, Quota, State, TicketEnd,
 };
 
@@ -248,6 +248,8 @@ pub struct CreateJob {
     pub ticket_id: TicketId,
     /// The value the job's lease carries ([`Lease::value`]): a leader's address.
     pub value: Option<String>,
+    /// How the job's lease holds the lock.
+    pub mode: Mode,
 }
 
 /// What creating a job did.
@@ -500,7 +502,7 @@ impl State {
             job.once_slot = Some(slot);
             job.once_per_ms = Some(period);
         }
-        let free = self.lock_free(&command.lock, now);
+        let free = self.lock_free(&command.lock, command.mode, now);
         if !free && command.policy == Policy::Coalesce {
             let pending = self
                 .pending_coalesce
@@ -532,6 +534,7 @@ impl State {
                 lease_id: command.lease_id,
                 ticket_id: command.ticket_id,
                 value: command.value.clone(),
+                mode: command.mode,
             },
             now,
         )?;
@@ -570,10 +573,10 @@ impl State {
         Ok(self.record_job(job))
     }
 
-    fn lock_free(&self, name: &LockName, now: Millis) -> bool {
+    fn lock_free(&self, name: &LockName, mode: Mode, now: Millis) -> bool {
         self.locks
             .get(name)
-            .is_none_or(|entry| entry.has_room(now) && entry.queue.is_empty())
+            .is_none_or(|entry| entry.has_room(mode, now) && entry.queue.is_empty())
     }
 
     fn request_stop_of_holders(&mut self, name: &LockName) {
