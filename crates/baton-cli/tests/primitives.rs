@@ -1,5 +1,6 @@
 //! The coordination primitives end to end, with the real binary against a real server: a value
-//! published with a lease; read-write locks (16 readers and 4 writers on one lock).
+//! published with a lease; read-write locks (16 readers and 4 writers on one lock); leader
+//! election (three `baton elect` candidates, the leader killed, watchers following).
 //!
 //! Every wait is bounded; no assertion is about how long something took.
 
@@ -200,4 +201,181 @@ async fn readers_share_a_lock_writers_hold_it_alone_in_arrival_order() {
             );
         }
     }
+}
+
+/// Three `baton elect` candidates and three `baton leader --watch` observers. The leader is
+/// killed with SIGKILL (no release: its lease must expire): exactly one other candidate becomes
+/// the leader, and every observer prints it, with its published value and token, soon after
+/// the grant (a generous bound: the machine is shared).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_leader_is_replaced_and_every_watcher_sees_it() {
+    let server = Server::start(&[]).await;
+    let mut candidates = Vec::new();
+    for index in 0..3 {
+        let value = format!("10.0.0.{index}:5432");
+        let owner = format!("candidate-{index}");
+        let args = [
+            "elect", "db", "--value", &value, "--ttl", "2s", "--grace", "500ms", "--owner", &owner,
+            "--", "sleep", "600",
+        ];
+        candidates.push((owner.clone(), server.spawn_baton(&args, None)));
+        // Queued in this order.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first = eventually("a leader and two candidates queued", PATIENCE, async || {
+        let (_, view) = server.get("/v1/locks/db").await;
+        let queued = view["waiters"].as_array().map_or(0, Vec::len);
+        (queued == 2).then(|| view["holders"][0].clone())
+    })
+    .await;
+    let mut watchers: Vec<_> = (0..3)
+        .map(|_| server.spawn_baton(&["leader", "db", "--watch", "--json"], None))
+        .collect();
+    for watcher in &watchers {
+        let old_token = first["token"].to_string();
+        eventually("a watcher printing the leader", PATIENCE, async || {
+            watcher
+                .stdout_text()
+                .contains(&format!("\"token\":{old_token}"))
+                .then_some(())
+        })
+        .await;
+    }
+    let one_shot = server
+        .spawn_baton(&["leader", "db"], None)
+        .wait(PATIENCE)
+        .await;
+    assert_code(&one_shot, 0, "baton leader");
+    let text = String::from_utf8_lossy(&one_shot.stdout).into_owned();
+    assert!(
+        text.contains(first["value"].as_str().unwrap_or("?")),
+        "{text}"
+    );
+
+    let leader_owner = first["owner"].as_str().expect("owner").to_owned();
+    let index = candidates
+        .iter()
+        .position(|(owner, _)| *owner == leader_owner)
+        .expect("the leader is a candidate");
+    let (_, leader) = candidates.remove(index);
+    leader.signal(nix::sys::signal::Signal::SIGKILL);
+
+    let next = eventually("a new leader", Duration::from_secs(60), async || {
+        let (_, view) = server.get("/v1/locks/db").await;
+        let holders = view["holders"].as_array()?;
+        let holder = holders.first()?;
+        (holder["owner"] != first["owner"]).then(|| {
+            assert_eq!(holders.len(), 1, "one leader at a time: {view}");
+            holder.clone()
+        })
+    })
+    .await;
+    let seen_at = tokio::time::Instant::now();
+    let expected = format!(
+        "\"leader\":{{\"value\":{},\"owner\":{},\"token\":{}}}",
+        next["value"], next["owner"], next["token"]
+    );
+    for watcher in &mut watchers {
+        eventually(
+            "every watcher printing the new leader",
+            Duration::from_secs(10),
+            async || watcher.stdout_text().contains(&expected).then_some(()),
+        )
+        .await;
+        assert!(!watcher.has_exited(), "a watcher keeps watching");
+    }
+    // Generous: the machine is shared; the stream delivers the grant as it is committed.
+    assert!(seen_at.elapsed() < Duration::from_secs(10));
+    let lines: Vec<String> = watchers[0]
+        .stdout_text()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert!(
+        lines.iter().any(|line| line.contains("\"leader\":null")),
+        "the watcher saw the old leader's lease end: {lines:?}"
+    );
+}
+
+/// Makes an API key with `grants` (through `admin`'s key, or none on a keyless server, which
+/// turns keys on) and returns its secret.
+async fn create_key(server: &Server, admin: Option<&str>, name: &str, grants: &[&str]) -> String {
+    let mut request = server
+        .http()
+        .post(format!("{}/v1/keys", server.base))
+        .header("content-type", "application/json")
+        .body(serde_json::json!({"name": name, "grants": grants}).to_string());
+    if let Some(admin) = admin {
+        request = request.header("authorization", format!("Bearer {admin}"));
+    }
+    let response = request.send().await.expect("POST /v1/keys");
+    assert_eq!(response.status().as_u16(), 200);
+    let body: serde_json::Value = response.json().await.expect("a JSON answer");
+    body["secret"].as_str().expect("a secret").to_owned()
+}
+
+/// Observers need only the `read` role: with a key that may read `db` and nothing else,
+/// `baton leader db` prints the leader and `--watch` follows it, while the same key cannot
+/// acquire (exit 77).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_observer_needs_only_the_read_role() {
+    let server = Server::start(&[]).await;
+    let admin = create_key(&server, None, "admin", &["admin:"]).await;
+    let reader = create_key(&server, Some(&admin), "observer", &["read:db"]).await;
+    let acquired = server
+        .spawn_baton(
+            &[
+                "--api-key",
+                &admin,
+                "acquire",
+                "db",
+                "--value",
+                "10.0.0.9:5432",
+            ],
+            None,
+        )
+        .wait(PATIENCE)
+        .await;
+    assert_code(&acquired, 0, "baton acquire with the admin key");
+    let lease_id = String::from_utf8_lossy(&acquired.stdout).trim().to_owned();
+    let shown = server
+        .spawn_baton(&["--api-key", &reader, "leader", "db", "--json"], None)
+        .wait(PATIENCE)
+        .await;
+    assert_code(&shown, 0, "baton leader with a read key");
+    let answer: serde_json::Value = serde_json::from_slice(&shown.stdout).expect("JSON");
+    assert_eq!(answer["leader"]["value"], "10.0.0.9:5432", "{answer}");
+    let watcher = server.spawn_baton(
+        &["--api-key", &reader, "leader", "db", "--watch", "--json"],
+        None,
+    );
+    eventually("the watcher printing the leader", PATIENCE, async || {
+        watcher
+            .stdout_text()
+            .contains("10.0.0.9:5432")
+            .then_some(())
+    })
+    .await;
+    let released = server
+        .spawn_baton(&["--api-key", &admin, "release", &lease_id], None)
+        .wait(PATIENCE)
+        .await;
+    assert_code(&released, 0, "baton release");
+    eventually("the watcher seeing no leader", PATIENCE, async || {
+        watcher
+            .stdout_text()
+            .contains("\"leader\":null")
+            .then_some(())
+    })
+    .await;
+    let refused = server
+        .spawn_baton(&["--api-key", &reader, "acquire", "db", "--no-wait"], None)
+        .wait(PATIENCE)
+        .await;
+    assert_code(&refused, 77, "a read key cannot acquire");
+    let none = server
+        .spawn_baton(&["--api-key", &reader, "leader", "db"], None)
+        .wait(PATIENCE)
+        .await;
+    assert_code(&none, 66, "no leader");
 }
