@@ -379,3 +379,27 @@ async fn an_observer_needs_only_the_read_role() {
         .await;
     assert_code(&none, 66, "no leader");
 }
+
+/// A lock is either a semaphore or a read-write lock: `--shared` on a semaphore is refused with
+/// `mode_conflict`, exit 65, and takes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_on_a_semaphore_exits_65() {
+    let server = Server::start(&[]).await;
+    let held = server
+        .spawn_baton(&["acquire", "pool", "--capacity", "2"], None)
+        .wait(PATIENCE)
+        .await;
+    assert_code(&held, 0, "a semaphore's holder");
+    let refused = server
+        .spawn_baton(
+            &["acquire", "pool", "--shared", "--no-wait", "--json"],
+            None,
+        )
+        .wait(PATIENCE)
+        .await;
+    assert_code(&refused, 65, "--shared on a semaphore");
+    let text = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(text.contains("mode_conflict"), "{text}");
+    let view = lock_view(&server, "pool").await;
+    assert_eq!(view["holders"].as_array().map(Vec::len), Some(1), "{view}");
+}
