@@ -19,7 +19,7 @@
 use arbitrary::Arbitrary;
 use baton_core::{
     Acquire, Acquired, Config, CreateJob, FinishJob, JobCapability, JobId, JobState, LeaseId,
-    LockName, Policy, State, TicketId, TicketStatus,
+    LockName, Mode, Policy, State, TicketId, TicketStatus,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -60,6 +60,8 @@ impl Setup {
             job_retention_ms: 1_000 + u64::from(self.retention) * 100,
             jobs_max: if small { 3 } else { 50 },
             job_output_bytes_max: if small { 64 } else { 64 * 1024 },
+            // The per-key defaults: the clients carry quotas of their own (`quota_of`).
+            ..Config::default()
         }
     }
 }
@@ -273,6 +275,13 @@ impl Harness {
                     quota: quota_of(client),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
+                    value: key.then(|| format!("10.0.0.{client}:7000")),
+                    // Readers among writers, also on semaphores (refused as a mode conflict).
+                    mode: if client % 3 == 0 {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive
+                    },
                 };
                 match self.state.acquire(command, self.now) {
                     Ok(Acquired::Granted(lease)) => self.remember_lease(lease.id, lease.token),
@@ -369,6 +378,8 @@ impl Harness {
                     quota: quota_of(client),
                     lease_id: LeaseId(self.fresh()),
                     ticket_id: TicketId(self.fresh()),
+                    value: None,
+                    mode: Mode::Exclusive,
                 };
                 if let Ok(created) = self.state.create_job(command, self.now) {
                     self.jobs.push(created.job.id);

@@ -131,6 +131,8 @@ impl Table {
         });
         let now = jiff::Timestamp::now();
         Lease {
+            mode: baton_proto::LockMode::Exclusive,
+            value: None,
             id: format!("l{id}"),
             lock: name.to_owned(),
             owner: owner.to_owned(),

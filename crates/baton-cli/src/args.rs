@@ -117,6 +117,11 @@ pub enum Command {
     /// Print each change of a lock's holders and queue as it happens (or of every lock under
     /// --prefix, jobs included), one line per event, until interrupted.
     Watch(WatchArgs),
+    /// Run a command while this host is the leader of NAME, publishing VALUE (its address):
+    /// `baton run NAME --wait --value VALUE`.
+    Elect(ElectArgs),
+    /// Print the leader of NAME (its value, owner and token); with --watch, each change.
+    Leader(LeaderArgs),
     /// Print a shell completion script on stdout: `baton completions bash > /etc/bash_completion.d/baton`.
     Completions(CompletionsArgs),
     /// Write man pages into DIR: baton.1 and one baton-SUBCOMMAND.1 per subcommand (packaging).
@@ -544,6 +549,17 @@ pub struct AcquireArgs {
     /// What to print on stdout (ignored with --json).
     #[arg(long, value_enum, default_value_t = PrintArg::Id, value_name = "WHAT")]
     pub print: PrintArg,
+
+    /// A small value to publish with the lease (at most 1024 bytes: an address, a version),
+    /// shown by `baton locks`, `baton status`, `baton history` and `baton leader`.
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
+
+    /// Take the lock shared, as a reader: any number of shared holders hold it together, never
+    /// with an exclusive one, in one FIFO order (a waiting writer is never overtaken). Only on a
+    /// lock of capacity 1; on a semaphore it is refused (exit 65).
+    #[arg(long)]
+    pub shared: bool,
 }
 
 /// What `baton acquire` prints on stdout.
@@ -566,6 +582,10 @@ pub struct RenewArgs {
     /// A new time-to-live [default: the lease's current one].
     #[arg(long, value_parser = parse_duration, value_name = "DUR")]
     pub ttl: Option<Duration>,
+
+    /// Replace the lease's published value [default: keep it].
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
 }
 
 /// `baton release`.
@@ -694,6 +714,55 @@ mod tests {
     }
 }
 
+/// `baton elect`.
+#[derive(Debug, Args)]
+pub struct ElectArgs {
+    /// The election's name: the lock the leader holds.
+    pub name: String,
+
+    /// The command the leader runs, after `--`. It runs without a shell.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+
+    /// What this candidate publishes while it leads (at most 1024 bytes), typically the
+    /// address clients should use: `baton leader NAME` prints it.
+    #[arg(long, value_name = "VALUE")]
+    pub value: String,
+
+    /// The lease's time-to-live: a dead leader is replaced after at most this (plus the
+    /// lock-delay); renewed every third of it.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub ttl: std::time::Duration,
+
+    /// Between SIGTERM and SIGKILL when the command must stop (at most a quarter of the ttl).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: std::time::Duration,
+
+    /// A shell command to run (through sh -c) when leadership is lost and the command stopped.
+    #[arg(long, value_name = "CMD")]
+    pub on_lost: Option<String>,
+
+    /// The owner label [default: HOST/USER/PID].
+    #[arg(long, env = "BATON_OWNER", value_name = "OWNER")]
+    pub owner: Option<String>,
+
+    /// How many bytes of output (the end of it) to keep in the job record (at most 65536).
+    #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(0..=65_536))]
+    pub output_max: u32,
+}
+
+/// `baton leader`.
+#[derive(Debug, Args)]
+pub struct LeaderArgs {
+    /// The election's name (the lock).
+    pub name: String,
+
+    /// Keep running and print each change of leader as it happens (from the event stream),
+    /// until interrupted.
+    #[arg(long)]
+    pub watch: bool,
+}
+
 /// `baton run`.
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("policy").args(["wait", "skip", "fail", "replace", "coalesce"])))]
@@ -766,6 +835,17 @@ pub struct RunArgs {
     /// How many bytes of output (the end of it) to keep in the job record (at most 65536).
     #[arg(long, value_name = "BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u32).range(0..=65_536))]
     pub output_max: u32,
+
+    /// A small value to publish with the lease while the command runs (at most 1024 bytes:
+    /// an address, a version), shown in listings and `granted` events.
+    #[arg(long, value_name = "VALUE")]
+    pub value: Option<String>,
+
+    /// Take the lock shared, as a reader: any number of shared holders hold it together, never
+    /// with an exclusive one, in one FIFO order (a waiting writer is never overtaken). Only on a
+    /// lock of capacity 1; on a semaphore it is refused (exit 65).
+    #[arg(long)]
+    pub shared: bool,
 }
 
 impl RunArgs {

@@ -16,7 +16,7 @@ pub const REFUSED: u8 = 1;
 /// (`EX_USAGE`).
 pub const USAGE: u8 = 64;
 /// The server (or the client, before sending) rejected the request as invalid: bad lock name,
-/// ttl, capacity, a capacity conflict (`EX_DATAERR`).
+/// ttl, capacity, value, a capacity or mode conflict (`EX_DATAERR`).
 pub const DATA_ERROR: u8 = 65;
 /// The lease, ticket, lock or holder does not exist (`EX_NOINPUT`). For `renew`, it also means
 /// the lease is not held (any more).

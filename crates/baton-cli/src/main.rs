@@ -177,6 +177,8 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
         Command::Keys(command) => commands::keys::keys(&context, command).await,
         Command::Audit(args) => commands::keys::audit(&context, args).await,
         Command::Watch(args) => commands::watch::watch(&context, args).await,
+        Command::Elect(args) => commands::elect::elect(&context, args).await,
+        Command::Leader(args) => commands::elect::leader(&context, args).await,
         Command::Server(args) => commands::server::run(args).await,
         Command::Completions(args) => commands::generate::completions(&args),
         Command::Man(args) => commands::generate::man(&args),

@@ -214,6 +214,17 @@ impl Client {
         self.run(|client| async move { client.renew(&lease_id, ttl).await })
     }
 
+    /// See [`crate::Client::renew_with_value`].
+    pub fn renew_with_value(
+        &self,
+        lease_id: &str,
+        ttl: Option<Duration>,
+        value: Option<String>,
+    ) -> Result<Granted> {
+        let lease_id = lease_id.to_owned();
+        self.run(|client| async move { client.renew_with_value(&lease_id, ttl, value).await })
+    }
+
     /// See [`crate::Client::release`].
     pub fn release(&self, lease_id: &str) -> Result<ReleaseResponse> {
         let lease_id = lease_id.to_owned();

@@ -17,7 +17,7 @@ use baton_proto::{
     LeaseResponse, LockInfo, LockList, ReleaseResponse, RenewRequest, RevokeResponse, Ticket,
     TicketResponse, TokenRequest, WaitRequest,
 };
-use baton_proto::{AuditList, CreateKeyRequest, CreatedKey, KeyList, RevokeKeyResponse};
+use baton_proto::{AuditList, CreateKeyRequest, CreatedKey, KeyList, LockMode, RevokeKeyResponse};
 use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
@@ -267,6 +267,11 @@ pub struct LockOptions {
     pub request_id: Option<String>,
     /// The longest single long-poll; capped at [`LONG_POLL_MAX`].
     pub poll: Duration,
+    /// A small value to publish with the lease (at most 1024 bytes: an address, a version),
+    /// shown in listings, history and `granted` events.
+    pub value: Option<String>,
+    /// `Exclusive` (the default) or `Shared`: a reader of a read-write lock (capacity 1).
+    pub mode: LockMode,
 }
 
 impl Default for LockOptions {
@@ -279,6 +284,8 @@ impl Default for LockOptions {
             wait: None,
             request_id: None,
             poll: LONG_POLL_MAX,
+            value: None,
+            mode: LockMode::Exclusive,
         }
     }
 }
@@ -633,19 +640,34 @@ impl Client {
     /// `POST /v1/leases/{id}/renew`: extends the lease to now + `ttl` (its current ttl when
     /// `None`). Fails with [`Error::LeaseLost`] when it already ended.
     pub async fn renew(&self, lease_id: &str, ttl: Option<Duration>) -> Result<Granted> {
-        self.renew_with(lease_id, ttl, self.inner.retry).await
+        self.renew_with(lease_id, ttl, None, self.inner.retry).await
     }
 
-    /// [`Client::renew`] with the given retry policy (the guard retries on its own clock).
+    /// [`Client::renew`], replacing the lease's published value with `value` (the lease keeps
+    /// its value when `None`).
+    pub async fn renew_with_value(
+        &self,
+        lease_id: &str,
+        ttl: Option<Duration>,
+        value: Option<String>,
+    ) -> Result<Granted> {
+        self.renew_with(lease_id, ttl, value, self.inner.retry)
+            .await
+    }
+
+    /// [`Client::renew`] with a value and the given retry policy (the guard retries on its own
+    /// clock).
     pub(crate) async fn renew_with(
         &self,
         lease_id: &str,
         ttl: Option<Duration>,
+        value: Option<String>,
         retry: RetryPolicy,
     ) -> Result<Granted> {
         let path = id_path("leases", lease_id, "/renew")?;
         let request = RenewRequest {
             ttl_ms: ttl.map(millis),
+            value,
         };
         let answer = self
             .send(Call {
@@ -743,6 +765,9 @@ impl Client {
                 }),
                 queue: Some(!try_once),
                 request_id: Some(request_id.clone()),
+                value: options.value.clone(),
+                // Only a reader says so: an exclusive acquire reads as it always did.
+                mode: (options.mode == LockMode::Shared).then_some(LockMode::Shared),
             };
             let mut ticket = match self.acquire(name, &request).await? {
                 Acquired::Granted(granted) => return self.confirm_grant(granted).await.map(Ok),

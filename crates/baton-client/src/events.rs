@@ -54,6 +54,17 @@ impl Client {
 }
 
 impl EventStream {
+    /// Connects now, if not connected yet, instead of at the first [`EventStream::next`]: every
+    /// event after this returns is delivered. A caller that reads the state and then follows
+    /// its changes (a leader's observer) connects first, then reads, so no change falls in
+    /// between.
+    pub async fn connected(&mut self) -> Result<()> {
+        if self.response.is_none() {
+            self.connect().await?;
+        }
+        Ok(())
+    }
+
     /// The id of the newest event returned (or the one given to resume after).
     pub fn last_event_id(&self) -> Option<&str> {
         self.last_event_id.as_deref()

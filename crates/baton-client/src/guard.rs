@@ -306,7 +306,7 @@ async fn renew_loop(
                 lose(LostReason::DeadlineExceeded);
                 return;
             }
-            outcome = client.renew_with(&lease_id, None, RetryPolicy::NONE) => outcome,
+            outcome = client.renew_with(&lease_id, None, None, RetryPolicy::NONE) => outcome,
         };
         match outcome {
             Ok(renewed) => {

@@ -113,6 +113,35 @@ pub enum OwnerError {
     ControlCharacter,
 }
 
+/// Validates a lease's value: at most [`limits::LEASE_VALUE_BYTES_MAX`] bytes of text with no
+/// NUL character (PostgreSQL text cannot hold one, and a value must read back as it was
+/// written on every store). Empty is allowed.
+pub fn validate_lease_value(value: &str) -> Result<(), ValueError> {
+    if value.len() > limits::LEASE_VALUE_BYTES_MAX {
+        return Err(ValueError::TooLong {
+            max: limits::LEASE_VALUE_BYTES_MAX,
+        });
+    }
+    if value.contains('\0') {
+        return Err(ValueError::Nul);
+    }
+    Ok(())
+}
+
+/// Why a lease's value was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Too long.
+    #[error("a lease's value must be at most {max} bytes")]
+    TooLong {
+        /// The limit.
+        max: usize,
+    },
+    /// Has a NUL character.
+    #[error("a lease's value must not contain a NUL character")]
+    Nul,
+}
+
 /// Validates a request id: 1 to [`limits::REQUEST_ID_BYTES_MAX`] characters of
 /// `A-Z a-z 0-9 . _ : -`.
 pub fn validate_request_id(id: &str) -> Result<(), RequestIdError> {

@@ -16,14 +16,14 @@ pub mod sim_bugs;
 pub mod state;
 
 pub use ids::{
-    JobId, LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId,
-    validate_owner, validate_request_id,
+    JobId, LeaseId, LockName, Millis, NameError, OwnerError, RequestIdError, TicketId, ValueError,
+    validate_lease_value, validate_owner, validate_request_id,
 };
 pub use state::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, Gauges, HistoryRecord, KeyQuota,
-    KeyUsage, Lease, LeaseEnd, LeaseError, LockRecord, LockView, QueuedTicket, Quota, Released,
-    RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError, TicketStatus,
-    TokenError, WaiterLeft, key_default_of,
+    KeyUsage, Lease, LeaseEnd, LeaseError, LockRecord, LockView, Mode, QueuedTicket, Quota,
+    Released, RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError,
+    TicketStatus, TokenError, WaiterLeft, key_default_of,
 };
 pub use state::{
     CancelOutcome, CreateJob, Event, FinishJob, Job, JobCapability, JobChange, JobCreated,

@@ -7,6 +7,9 @@ pub const LOCK_NAME_BYTES_MAX: usize = 255;
 pub const OWNER_BYTES_MAX: usize = 255;
 /// Longest request id, in bytes.
 pub const REQUEST_ID_BYTES_MAX: usize = 128;
+/// Longest value a holder may attach to its lease, in bytes: room for an address, a version
+/// or a small JSON document, not a data store (every listing and `granted` event carries it).
+pub const LEASE_VALUE_BYTES_MAX: usize = 1024;
 /// Largest capacity of a semaphore.
 pub const CAPACITY_MAX: u32 = 10_000;
 /// Shortest lease time-to-live: shorter ones cannot be renewed reliably over a network.

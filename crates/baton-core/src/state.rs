@@ -6,8 +6,18 @@
 //! Nothing here blocks, reads a clock, draws a random number or performs I/O, so a transition
 //! is a pure function of (state, command, now), and a test can replay any history exactly.
 //!
+//! A lock of capacity 1 is also a read-write lock: a lease is taken [`Mode::Exclusive`] (the
+//! default) or [`Mode::Shared`]. Any number of shared leases, or exclusive leases up to the
+//! capacity, hold a lock at once, never both. The queue is one FIFO across modes: the head is
+//! granted when its mode has room, so consecutive shared tickets at the head are granted
+//! together, and a queued exclusive ticket holds back every ticket behind it (a writer is never
+//! starved by readers that arrive after it). A lock is either a semaphore or a read-write lock:
+//! a shared acquire on a lock of capacity above 1 (or asking for one) is refused
+//! ([`AcquireError::ModeConflict`]), and a capacity cannot change while the lock is in use.
+//!
 //! Invariants, checked by [`State::check_invariants`] in tests:
-//! - a lock never has more live leases than its capacity (G1);
+//! - a lock never has more live exclusive leases than its capacity, and never shared and
+//!   exclusive leases at once; shared leases only on a lock of capacity 1 (G1, for modes);
 //! - every token granted is greater than every token granted before (G3);
 //! - the queue of a lock is served strictly in arrival order, and a request that does not queue
 //!   is never granted while the queue is non-empty (G4).
@@ -26,7 +36,7 @@ pub use jobs::{
 };
 pub use quota::{KeyQuota, KeyUsage, Quota};
 
-use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId};
+use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId, ValueError, validate_lease_value};
 use crate::limits;
 
 /// Tunables of the lock table. Every bound here keeps memory finite.
@@ -116,6 +126,34 @@ impl Default for Config {
 /// How often housekeeping (pruning remembered ends, history and request ids) runs at least.
 pub const HOUSEKEEPING_INTERVAL_MS: u64 = 10_000;
 
+/// How a lease holds its lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Mode {
+    /// Alone (or with the other holders of a semaphore): a writer. The default.
+    #[default]
+    Exclusive,
+    /// With any number of other shared holders and no exclusive one: a reader. Only on a lock
+    /// of capacity 1.
+    Shared,
+}
+
+impl Mode {
+    /// The stable text form stores keep and the wire carries.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exclusive => "exclusive",
+            Mode::Shared => "shared",
+        }
+    }
+
+    /// Parses [`Mode::as_str`].
+    pub fn parse(text: &str) -> Option<Mode> {
+        [Mode::Exclusive, Mode::Shared]
+            .into_iter()
+            .find(|mode| mode.as_str() == text)
+    }
+}
+
 /// A live lease.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -143,6 +181,12 @@ pub struct Lease {
     /// The API key whose request acquired it (directly or through a ticket); `None` on a server
     /// without keys. It counts against that key's lease quota.
     pub api_key: Option<String>,
+    /// A small value its holder published with it (at most [`limits::LEASE_VALUE_BYTES_MAX`]
+    /// bytes): set at acquire, replaced by a renewal that carries one, shown in listings,
+    /// history and `granted` events. Leader election publishes the leader's address here.
+    pub value: Option<String>,
+    /// How it holds its lock.
+    pub mode: Mode,
 }
 
 /// A queued ticket.
@@ -177,6 +221,10 @@ pub struct Ticket {
     /// The API key whose request queued it (`None` on a server without keys): revoking the
     /// key cancels it ([`State::cancel_tickets_of_key`]).
     pub api_key: Option<String>,
+    /// The value the lease it becomes will carry ([`Lease::value`]).
+    pub value: Option<String>,
+    /// The mode of the lease it becomes.
+    pub mode: Mode,
 }
 
 /// A ticket with its place in the queue.
@@ -249,6 +297,10 @@ pub struct HistoryRecord {
     pub ended_at: Millis,
     /// How it ended.
     pub end: LeaseEnd,
+    /// The lease's value when it ended ([`Lease::value`]).
+    pub value: Option<String>,
+    /// How the lease held its lock.
+    pub mode: Mode,
 }
 
 /// A lock's public description.
@@ -379,6 +431,10 @@ pub struct Acquire {
     pub lease_id: LeaseId,
     /// The id of the ticket, if one is queued (fresh 128 random bits from the caller).
     pub ticket_id: TicketId,
+    /// The value the lease will carry ([`Lease::value`]).
+    pub value: Option<String>,
+    /// How the lease will hold the lock.
+    pub mode: Mode,
 }
 
 /// What an acquire did.
@@ -407,6 +463,16 @@ pub enum AcquireError {
         /// The lock's capacity.
         current: u32,
     },
+    /// A shared acquire on a semaphore: shared mode is for locks of capacity 1 (read-write
+    /// locks), and a lock is either a semaphore or a read-write lock.
+    #[error(
+        "shared mode needs a lock of capacity 1 (a read-write lock), and this lock's capacity \
+         is {capacity}; acquire it exclusive, or use another lock"
+    )]
+    ModeConflict {
+        /// The capacity the lock has (or the request asked for).
+        capacity: u32,
+    },
     /// The request id was used for an acquire on another lock.
     #[error("this request id was already used for lock {lock}")]
     RequestIdConflict {
@@ -419,6 +485,9 @@ pub enum AcquireError {
     /// A retry of a request whose ticket has already ended without a live lease.
     #[error("the ticket this request was given has already ended ({0:?})")]
     TicketEnded(TicketEnd),
+    /// The lease's value is too long or malformed.
+    #[error(transparent)]
+    InvalidValue(#[from] ValueError),
     /// A limit on locks, leases or waiters is reached.
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
@@ -495,6 +564,9 @@ pub enum LeaseError {
     /// The new ttl is out of bounds.
     #[error("ttl_ms must be between {min} and {max}", min = limits::TTL_MS_MIN, max = limits::TTL_MS_MAX)]
     InvalidTtl,
+    /// The new value is too long or malformed.
+    #[error(transparent)]
+    InvalidValue(#[from] ValueError),
 }
 
 /// What a release did.
@@ -536,6 +608,8 @@ struct LockEntry {
     capacity: u32,
     /// Live leases in grant order.
     holders: Vec<LeaseId>,
+    /// How many of `holders` are shared (the rest are exclusive).
+    shared_holders: usize,
     /// Queued tickets in arrival order.
     queue: VecDeque<TicketId>,
     delayed_until: Option<Millis>,
@@ -559,6 +633,7 @@ impl LockEntry {
         LockEntry {
             capacity,
             holders: Vec::new(),
+            shared_holders: 0,
             queue: VecDeque::new(),
             delayed_until: None,
             delayed_slots: 0,
@@ -574,22 +649,45 @@ impl LockEntry {
         self.holders.is_empty() && self.queue.is_empty()
     }
 
+    /// G1 for modes: at most `capacity` exclusive holders, or any number of shared ones on a
+    /// lock of capacity 1, never both.
+    fn holders_fit(&self) -> bool {
+        let exclusive = self.holders.len() - self.shared_holders;
+        if self.shared_holders > 0 {
+            exclusive == 0 && self.capacity == 1
+        } else {
+            exclusive <= self.capacity as usize
+        }
+    }
+
     fn delayed(&self, now: Millis) -> bool {
         self.delayed_until.is_some_and(|until| until > now)
     }
 
-    /// True when a slot is free: not held, and not held back by a lock-delay.
-    fn has_room(&self, now: Millis) -> bool {
+    /// True when a lease of `mode` could be granted now (queue order aside). Exclusive: a slot
+    /// is free, not held (by any holder, shared ones included) and not held back by a
+    /// lock-delay. Shared: the lock is a read-write lock (capacity 1), no exclusive lease holds
+    /// it, and no lock-delay is in force (after an unclean end the lock grants nothing until the
+    /// delay ends, whoever ended: conservative, and simple to state).
+    fn has_room(&self, mode: Mode, now: Millis) -> bool {
         #[cfg(feature = "sim-bugs")]
         if crate::sim_bugs::active(crate::sim_bugs::Bug::GrantDuringLockDelay) {
-            return self.holders.len() < self.capacity as usize;
+            return match mode {
+                Mode::Exclusive => self.holders.len() < self.capacity as usize,
+                Mode::Shared => self.capacity == 1 && self.holders.len() == self.shared_holders,
+            };
         }
         let held_back = if self.delayed(now) {
             self.delayed_slots as usize
         } else {
             0
         };
-        self.holders.len() + held_back < self.capacity as usize
+        match mode {
+            Mode::Exclusive => self.holders.len() + held_back < self.capacity as usize,
+            Mode::Shared => {
+                self.capacity == 1 && self.holders.len() == self.shared_holders && held_back == 0
+            }
+        }
     }
 }
 
@@ -782,6 +880,9 @@ impl State {
                 .entry(lease.lock.clone())
                 .or_insert_with(|| LockEntry::new(1, now));
             entry.holders.push(lease.id);
+            if lease.mode == Mode::Shared {
+                entry.shared_holders += 1;
+            }
             entry.newest_granted = entry.newest_granted.max(lease.token);
             entry.newest_token = entry.newest_token.max(lease.token);
             if let Some(request_id) = &lease.request_id {
@@ -868,11 +969,12 @@ impl State {
         let names: Vec<LockName> = state.locks.keys().cloned().collect();
         for name in names {
             if let Some(entry) = state.locks.get(&name)
-                && entry.holders.len() > entry.capacity as usize
+                && !entry.holders_fit()
             {
                 return Err(RestoreError(format!(
-                    "lock {name} has {} holders but capacity {}",
+                    "lock {name} has {} holders ({} shared) but capacity {}",
                     entry.holders.len(),
+                    entry.shared_holders,
                     entry.capacity
                 )));
             }
@@ -910,6 +1012,9 @@ impl State {
         {
             return Err(AcquireError::InvalidCapacity);
         }
+        if let Some(value) = &command.value {
+            validate_lease_value(value)?;
+        }
         #[cfg(feature = "sim-bugs")]
         let forget = crate::sim_bugs::active(crate::sim_bugs::Bug::ForgetRequestId);
         #[cfg(not(feature = "sim-bugs"))]
@@ -937,6 +1042,15 @@ impl State {
             };
         }
 
+        if command.mode == Mode::Shared {
+            let capacity = command
+                .capacity
+                .or_else(|| self.locks.get(&command.lock).map(|entry| entry.capacity))
+                .unwrap_or(1);
+            if capacity > 1 {
+                return Err(AcquireError::ModeConflict { capacity });
+            }
+        }
         let created = !self.locks.contains_key(&command.lock);
         if created {
             // The key's own quota first: when both are reached, the caller's own share is the
@@ -1008,7 +1122,9 @@ impl State {
             && entry.holders.len() < entry.capacity as usize;
         #[cfg(not(feature = "sim-bugs"))]
         let jumps = false;
-        if (entry.has_room(now) && entry.queue.is_empty()) || jumps {
+        // A request of either mode is granted at once only when nobody is queued: a shared try
+        // never overtakes a queued writer (or anyone else), G4.
+        if (entry.has_room(command.mode, now) && entry.queue.is_empty()) || jumps {
             let refused = self
                 .check_quota(command.api_key.as_deref(), &command.quota, Quota::Leases)
                 .err()
@@ -1036,6 +1152,8 @@ impl State {
                 command.ttl_ms,
                 command.request_id.clone(),
                 command.api_key,
+                command.value,
+                command.mode,
                 now,
             );
             if let Some(request_id) = command.request_id {
@@ -1071,6 +1189,8 @@ impl State {
             seq: self.next_ticket_seq,
             waiter_gone: false,
             api_key: command.api_key,
+            value: command.value,
+            mode: command.mode,
         };
         self.next_ticket_seq += 1;
         self.schedule(ticket.lapse_at, Deadline::TicketLapse(ticket.id), None);
@@ -1152,6 +1272,8 @@ impl State {
         ttl_ms: u64,
         request_id: Option<String>,
         api_key: Option<String>,
+        value: Option<String>,
+        mode: Mode,
         now: Millis,
     ) -> Lease {
         let token = self.next_grant_token();
@@ -1167,13 +1289,21 @@ impl State {
             request_id,
             ticket,
             api_key,
+            value,
+            mode,
         };
         if let Some(entry) = self.locks.get_mut(name) {
-            assert!(
-                entry.holders.len() < entry.capacity as usize,
-                "grant beyond capacity on {name}"
-            );
             entry.holders.push(id);
+            if mode == Mode::Shared {
+                entry.shared_holders += 1;
+            }
+            assert!(
+                entry.holders_fit(),
+                "grant beyond capacity on {name}: {} holders ({} shared), capacity {}",
+                entry.holders.len(),
+                entry.shared_holders,
+                entry.capacity
+            );
             entry.newest_granted = token;
             entry.newest_token = entry.newest_token.max(token);
         }
@@ -1202,12 +1332,19 @@ impl State {
             let Some(entry) = self.locks.get(name) else {
                 return;
             };
-            if !entry.has_room(now) {
-                break;
-            }
             let Some(ticket_id) = entry.queue.front().copied() else {
                 break;
             };
+            // The head is served when its mode has room; nobody behind it is, so a queued
+            // writer holds back the readers after it, and readers in a row at the head are
+            // granted together, one turn of this loop each.
+            let head_mode = self
+                .tickets
+                .get(&ticket_id)
+                .map_or(Mode::Exclusive, |t| t.mode);
+            if !entry.has_room(head_mode, now) {
+                break;
+            }
             if let Some(entry) = self.locks.get_mut(name) {
                 entry.queue.pop_front();
             }
@@ -1243,6 +1380,8 @@ impl State {
                 ticket.ttl_ms,
                 ticket.request_id.clone(),
                 ticket.api_key.clone(),
+                ticket.value.clone(),
+                ticket.mode,
                 now,
             );
             if let Some(request_id) = ticket.request_id {
@@ -1295,6 +1434,9 @@ impl State {
         let lock_delay_ms = self.config.lock_delay_ms;
         if let Some(entry) = self.locks.get_mut(&lease.lock) {
             entry.holders.retain(|holder| *holder != id);
+            if lease.mode == Mode::Shared {
+                entry.shared_holders -= 1;
+            }
             if end != LeaseEnd::Released && lock_delay_ms > 0 {
                 // Only the slot of the holder that ended uncleanly waits. Slots delayed by
                 // earlier ends that overlap wait until the latest delay ends (conservative).
@@ -1325,6 +1467,8 @@ impl State {
             granted_at: lease.granted_at,
             ended_at: now,
             end,
+            value: lease.value.clone(),
+            mode: lease.mode,
         };
         self.changes.push(Change::HistoryAppend(record.clone()));
         self.events.push(Event::Ended(record.clone()));
@@ -1531,11 +1675,24 @@ impl State {
         }
     }
 
-    /// Renews a live lease until now + ttl (the new ttl, if given).
+    /// Renews a live lease until now + ttl (the new ttl, if given), keeping its value.
     pub fn renew(
         &mut self,
         id: LeaseId,
         ttl_ms: Option<u64>,
+        now: Millis,
+    ) -> Result<Lease, LeaseError> {
+        self.renew_with_value(id, ttl_ms, None, now)
+    }
+
+    /// Renews a live lease until now + ttl (the new ttl, if given), and replaces its value with
+    /// `value` when one is given. A changed value is recorded (a [`Change::LeasePut`]), so it
+    /// survives a restart like the value given at acquire.
+    pub fn renew_with_value(
+        &mut self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
         now: Millis,
     ) -> Result<Lease, LeaseError> {
         let now = self.observe(now);
@@ -1543,6 +1700,9 @@ impl State {
             && !(limits::TTL_MS_MIN..=limits::TTL_MS_MAX).contains(&ttl)
         {
             return Err(LeaseError::InvalidTtl);
+        }
+        if let Some(value) = &value {
+            validate_lease_value(value)?;
         }
         self.expire_if_due(id, now);
         let Some(lease) = self.leases.get_mut(&id) else {
@@ -1553,11 +1713,15 @@ impl State {
         };
         let old_expiry = lease.expires_at;
         let ttl_changed = ttl_ms.is_some_and(|ttl| ttl != lease.ttl_ms);
+        let value_changed = value.is_some() && value != lease.value;
         lease.ttl_ms = ttl_ms.unwrap_or(lease.ttl_ms);
+        if value_changed {
+            lease.value = value;
+        }
         // A renewal never shortens the deadline a holder was already promised.
         lease.expires_at = (now + lease.ttl_ms).max(old_expiry);
         let lease = lease.clone();
-        if ttl_changed {
+        if ttl_changed || value_changed {
             self.changes.push(Change::LeasePut(lease.clone()));
         }
         if lease.expires_at != old_expiry {
@@ -2005,9 +2169,10 @@ impl State {
         let mut waiters_seen = 0;
         for (name, entry) in &self.locks {
             assert!(
-                entry.holders.len() <= entry.capacity as usize,
-                "G1: {name} has {} holders, capacity {}",
+                entry.holders_fit(),
+                "G1: {name} has {} holders ({} shared), capacity {}",
                 entry.holders.len(),
+                entry.shared_holders,
                 entry.capacity
             );
             assert!(
@@ -2027,6 +2192,15 @@ impl State {
                 );
                 last_token = lease.token;
             }
+            let shared = entry
+                .holders
+                .iter()
+                .filter(|id| self.leases.get(id).is_some_and(|l| l.mode == Mode::Shared))
+                .count();
+            assert_eq!(
+                shared, entry.shared_holders,
+                "{name}: shared holders miscounted"
+            );
             let mut last_seq = 0;
             for id in &entry.queue {
                 let ticket = self
@@ -2040,10 +2214,11 @@ impl State {
                 );
                 last_seq = ticket.seq;
             }
-            if !entry.queue.is_empty() {
+            if let Some(head) = entry.queue.front().and_then(|id| self.tickets.get(id)) {
                 assert!(
-                    !entry.has_room(self.now),
-                    "G5: {name} has room and waiters but granted nothing"
+                    !entry.has_room(head.mode, self.now),
+                    "G5: {name} has room for its head ({:?}) but granted nothing",
+                    head.mode
                 );
             }
             holders_seen += entry.holders.len();

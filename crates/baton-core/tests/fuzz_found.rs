@@ -19,6 +19,8 @@ fn name(text: &str) -> LockName {
 
 fn acquire(lock: &str, n: u8) -> Acquire {
     Acquire {
+        mode: Default::default(),
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: name(lock),
@@ -55,6 +57,8 @@ fn a_lock_made_by_a_refused_acquire_is_forgotten_without_a_change() {
         "the lease limit refuses a second lease"
     );
     let job = CreateJob {
+        mode: Default::default(),
+        value: None,
         quota: Default::default(),
         api_key: None,
         job_id: JobId([3; 16]),

@@ -42,6 +42,8 @@ fn jid(n: u8) -> JobId {
 /// A job named `job` (also its lock) with ids derived from `n`, distinct per call.
 fn cmd(job: &str, policy: Policy, n: u8) -> CreateJob {
     CreateJob {
+        mode: Default::default(),
+        value: None,
         quota: Default::default(),
         api_key: None,
         job_id: jid(n),
@@ -366,6 +368,8 @@ fn a_job_waiting_behind_a_plain_lease_runs_when_it_is_released() {
     let mut t = Table::new();
     let plain = match t.state.acquire(
         Acquire {
+            mode: Default::default(),
+            value: None,
             quota: Default::default(),
             api_key: None,
             lock: name("deploy"),

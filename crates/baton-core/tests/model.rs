@@ -1,7 +1,7 @@
 //! Property tests of the lock table ([`State`]) against a small reference model.
 //!
 //! Random interleavings of acquire (try and queue, with and without owner keys and request ids,
-//! retries), waits, waiters that go away (with and without a grant they collected), cancels, renewals, releases, revocations, fence checks, the passing of time
+//! retries, values), waits, waiters that go away (with and without a grant they collected), cancels, renewals (with and without a new value), releases, revocations, fence checks, the passing of time
 //! (by a random amount, or exactly to the next deadline, then a `tick`; sometimes with one
 //! request arriving before the late tick) and restarts (from a "disk" fed only by the recorded
 //! `Change`s) are applied to both the real table and the model, over 3 locks of capacity 1 to 3
@@ -35,11 +35,11 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 
-use baton_core::limits::{CAPACITY_MAX, TTL_MS_MAX, TTL_MS_MIN};
+use baton_core::limits::{CAPACITY_MAX, LEASE_VALUE_BYTES_MAX, TTL_MS_MAX, TTL_MS_MIN};
 use baton_core::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, HistoryRecord, Lease, LeaseEnd,
-    LeaseError, LeaseId, LockName, LockView, QueuedTicket, Released, State, Ticket, TicketEnd,
-    TicketError, TicketId, TicketStatus, TokenError, WaiterLeft,
+    LeaseError, LeaseId, LockName, LockView, Mode, QueuedTicket, Released, State, Ticket,
+    TicketEnd, TicketError, TicketId, TicketStatus, TokenError, ValueError, WaiterLeft,
 };
 use common::Disk;
 use proptest::prelude::*;
@@ -142,13 +142,22 @@ impl ModelLock {
         self.delayed_until.is_some_and(|until| until > now)
     }
 
-    fn has_room(&self, now: u64) -> bool {
+    /// Exclusive: a slot not held (by anyone) nor delayed. Shared: a read-write lock
+    /// (capacity 1) with no exclusive holder and no lock-delay in force.
+    fn has_room(&self, mode: Mode, now: u64) -> bool {
         let held_back = if self.delayed(now) {
             self.delayed_slots as usize
         } else {
             0
         };
-        self.holders.len() + held_back < self.capacity as usize
+        match mode {
+            Mode::Exclusive => self.holders.len() + held_back < self.capacity as usize,
+            Mode::Shared => {
+                self.capacity == 1
+                    && held_back == 0
+                    && self.holders.iter().all(|lease| lease.mode == Mode::Shared)
+            }
+        }
     }
 }
 
@@ -219,6 +228,15 @@ impl Model {
         {
             return Err(AcquireError::InvalidCapacity);
         }
+        if command
+            .value
+            .as_ref()
+            .is_some_and(|value| value.len() > LEASE_VALUE_BYTES_MAX)
+        {
+            return Err(AcquireError::InvalidValue(ValueError::TooLong {
+                max: LEASE_VALUE_BYTES_MAX,
+            }));
+        }
         if let Some(request_id) = &command.request_id
             && let Some((lock, target)) = self.requests.get(request_id).cloned()
         {
@@ -245,6 +263,15 @@ impl Model {
                     )),
                 },
             };
+        }
+        if command.mode == Mode::Shared {
+            let capacity = command
+                .capacity
+                .or_else(|| self.locks.get(&command.lock).map(|lock| lock.capacity))
+                .unwrap_or(1);
+            if capacity > 1 {
+                return Err(AcquireError::ModeConflict { capacity });
+            }
         }
         if !self.locks.contains_key(&command.lock) && self.locks.len() >= self.config.locks_max {
             return Err(AcquireError::LimitReached("too many locks"));
@@ -287,7 +314,7 @@ impl Model {
                 return Ok(Acquired::Queued(queued));
             }
         }
-        if lock.has_room(now) && lock.queue.is_empty() {
+        if lock.has_room(command.mode, now) && lock.queue.is_empty() {
             let lease = self.grant(
                 &command.lock,
                 command.lease_id,
@@ -296,6 +323,8 @@ impl Model {
                 command.ttl_ms,
                 command.request_id.clone(),
                 None,
+                command.value.clone(),
+                command.mode,
                 now,
             );
             self.remember(command, Target::Lease(lease.id));
@@ -311,6 +340,7 @@ impl Model {
             return Err(AcquireError::LimitReached("too many waiters"));
         }
         let ticket = Ticket {
+            mode: command.mode,
             api_key: None,
             id: command.ticket_id,
             lock: command.lock.clone(),
@@ -323,6 +353,7 @@ impl Model {
             lapse_at: now + self.config.ticket_lapse_ms,
             seq: self.next_seq,
             waiter_gone: false,
+            value: command.value.clone(),
         };
         self.next_seq += 1;
         let lock = self.locks.get_mut(&command.lock).unwrap();
@@ -349,11 +380,14 @@ impl Model {
         ttl_ms: u64,
         request_id: Option<String>,
         ticket: Option<TicketId>,
+        value: Option<String>,
+        mode: Mode,
         now: u64,
     ) -> Lease {
         let token = self.next_token;
         self.next_token += 1;
         let lease = Lease {
+            mode,
             api_key: None,
             id,
             lock: name.clone(),
@@ -365,9 +399,10 @@ impl Model {
             expires_at: now + ttl_ms,
             request_id,
             ticket,
+            value,
         };
         let lock = self.locks.get_mut(name).unwrap();
-        assert!(lock.holders.len() < lock.capacity as usize);
+        assert!(lock.has_room(mode, now));
         lock.holders.push(lease.clone());
         lock.newest_granted = token;
         lock.newest_token = lock.newest_token.max(token);
@@ -380,7 +415,10 @@ impl Model {
             let Some(lock) = self.locks.get_mut(name) else {
                 return;
             };
-            if !lock.has_room(now) {
+            let Some(head) = lock.queue.front() else {
+                break;
+            };
+            if !lock.has_room(head.mode, now) {
                 break;
             }
             let Some(ticket) = lock.queue.pop_front() else {
@@ -405,6 +443,8 @@ impl Model {
                 ticket.ttl_ms,
                 ticket.request_id.clone(),
                 Some(ticket.id),
+                ticket.value.clone(),
+                ticket.mode,
                 now,
             );
             if let Some(request_id) = ticket.request_id
@@ -450,6 +490,7 @@ impl Model {
             .entry(name.clone())
             .or_default()
             .push(HistoryRecord {
+                mode: lease.mode,
                 lease_id: lease.id,
                 request_id: lease.request_id.clone(),
                 lock: name.clone(),
@@ -458,6 +499,7 @@ impl Model {
                 granted_at: lease.granted_at,
                 ended_at: now,
                 end,
+                value: lease.value.clone(),
             });
         Some(lease)
     }
@@ -551,9 +593,23 @@ impl Model {
         }
     }
 
-    fn renew(&mut self, id: LeaseId, ttl: Option<u64>, now: u64) -> Result<Lease, LeaseError> {
+    fn renew(
+        &mut self,
+        id: LeaseId,
+        ttl: Option<u64>,
+        value: Option<String>,
+        now: u64,
+    ) -> Result<Lease, LeaseError> {
         if ttl.is_some_and(|ttl| !(TTL_MS_MIN..=TTL_MS_MAX).contains(&ttl)) {
             return Err(LeaseError::InvalidTtl);
+        }
+        if value
+            .as_ref()
+            .is_some_and(|value| value.len() > LEASE_VALUE_BYTES_MAX)
+        {
+            return Err(LeaseError::InvalidValue(ValueError::TooLong {
+                max: LEASE_VALUE_BYTES_MAX,
+            }));
         }
         self.expire_if_due(id, now);
         let lease = self
@@ -569,6 +625,9 @@ impl Model {
         };
         lease.ttl_ms = ttl.unwrap_or(lease.ttl_ms);
         lease.expires_at = lease.expires_at.max(now + lease.ttl_ms);
+        if value.is_some() {
+            lease.value = value;
+        }
         Ok(lease.clone())
     }
 
@@ -769,6 +828,35 @@ enum Cap {
     Other(u32),
 }
 
+/// The value an acquire or renewal carries.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    /// None (a renewal keeps the lease's).
+    Keep,
+    /// A short one, numbered.
+    Short(u8),
+    /// One a byte over the bound: refused.
+    TooLong,
+}
+
+impl Value {
+    fn text(self) -> Option<String> {
+        match self {
+            Value::Keep => None,
+            Value::Short(n) => Some(format!("10.0.0.{n}:7000")),
+            Value::TooLong => Some("v".repeat(LEASE_VALUE_BYTES_MAX + 1)),
+        }
+    }
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => Just(Value::Keep),
+        4 => (0u8..4).prop_map(Value::Short),
+        1 => Just(Value::TooLong),
+    ]
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Acquire {
@@ -779,6 +867,8 @@ enum Op {
         request: bool,
         cap: Cap,
         ttl: u64,
+        value: Value,
+        shared: bool,
     },
     /// Resend an earlier acquire that had a request id (with fresh ids), possibly for the wrong
     /// lock.
@@ -803,6 +893,7 @@ enum Op {
     Renew {
         pick: Pick,
         ttl: Option<u64>,
+        value: Value,
     },
     Release {
         pick: Pick,
@@ -859,9 +950,9 @@ fn basic_op() -> impl Strategy<Value = Op> {
         1 => (0u32..=3).prop_map(Cap::Other),
     ];
     prop_oneof![
-        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl)
-            .prop_map(|(lock, client, queue, key, request, cap, ttl)| Op::Acquire {
-                lock, client, queue, key, request, cap, ttl
+        30 => (0..3usize, 0..6usize, any::<bool>(), any::<bool>(), prop::bool::weighted(0.6), cap, ttl, (value(), prop::bool::weighted(0.4)))
+            .prop_map(|(lock, client, queue, key, request, cap, ttl, (value, shared))| Op::Acquire {
+                lock, client, queue, key, request, cap, ttl, value, shared
             }),
         6 => (any::<Index>(), prop::bool::weighted(0.1))
             .prop_map(|(pick, other_lock)| Op::Retry { pick, other_lock }),
@@ -870,8 +961,8 @@ fn basic_op() -> impl Strategy<Value = Op> {
         5 => (pick(), any::<bool>()).prop_map(|(pick, forget)| Op::Cancel { pick, forget }),
         4 => (pick(), prop::bool::weighted(0.3))
             .prop_map(|(pick, collected)| Op::Leave { pick, collected }),
-        14 => (pick(), prop::option::weighted(0.3, prop_oneof![500u64..=2000, Just(100)]))
-            .prop_map(|(pick, ttl)| Op::Renew { pick, ttl }),
+        14 => (pick(), prop::option::weighted(0.3, prop_oneof![500u64..=2000, Just(100)]), value())
+            .prop_map(|(pick, ttl, value)| Op::Renew { pick, ttl, value }),
         10 => pick().prop_map(|pick| Op::Release { pick }),
         4 => (0..3usize, any::<Index>(), prop::bool::weighted(0.8))
             .prop_map(|(lock, pick, holder)| Op::Revoke { lock, pick, holder }),
@@ -1032,9 +1123,16 @@ impl Harness {
                 request,
                 cap,
                 ttl,
+                value,
+                shared,
             } => {
                 let name = self.names[*lock].clone();
                 let command = Acquire {
+                    mode: if *shared {
+                        Mode::Shared
+                    } else {
+                        Mode::Exclusive
+                    },
                     quota: Default::default(),
                     api_key: None,
                     lock: name,
@@ -1050,6 +1148,7 @@ impl Harness {
                     request_id: request.then(|| format!("req-{}", self.step)),
                     lease_id: LeaseId(self.fresh_id()),
                     ticket_id: TicketId(self.fresh_id()),
+                    value: value.text(),
                 };
                 self.acquire(command, false, &before)
             }
@@ -1114,10 +1213,12 @@ impl Harness {
                 }
                 effects
             }
-            Op::Renew { pick, ttl } => {
+            Op::Renew { pick, ttl, value } => {
                 let id = self.pick_lease(pick);
-                let real = self.state.renew(id, *ttl, self.now);
-                let model = self.model.renew(id, *ttl, self.now);
+                let real = self
+                    .state
+                    .renew_with_value(id, *ttl, value.text(), self.now);
+                let model = self.model.renew(id, *ttl, value.text(), self.now);
                 self.agree("renew", &real, &model);
                 if let Ok(lease) = &real {
                     let old = before
@@ -1371,9 +1472,14 @@ impl Harness {
         // G7: the owner key of a holder gets that holder's lease back.
         if retried.is_none()
             && (TTL_MS_MIN..=TTL_MS_MAX).contains(&command.ttl_ms)
+            && command
+                .value
+                .as_ref()
+                .is_none_or(|value| value.len() <= LEASE_VALUE_BYTES_MAX)
             && let Some(key) = &command.owner_key
             && let Some(pre) = pre
             && command.capacity.is_none_or(|c| c == pre.capacity)
+            && (command.mode == Mode::Exclusive || pre.capacity == 1)
             && let Some(held) = pre
                 .holders
                 .iter()
@@ -1427,9 +1533,15 @@ impl Harness {
         else {
             return;
         };
-        // Tickets whose waiter went away are skipped: the first live one is served.
+        // Tickets whose waiter went away are skipped: the first live one is served, when the
+        // holders left leave room for its mode (a writer waits for every reader to go).
+        let left: Vec<&Lease> = view.holders.iter().filter(|l| l.id != id).collect();
         if let Some(head) = view.waiters.iter().find(|t| !t.waiter_gone)
             && view.delayed_until.is_none_or(|until| until <= self.now)
+            && match head.mode {
+                Mode::Exclusive => left.len() < view.capacity as usize,
+                Mode::Shared => left.iter().all(|l| l.mode == Mode::Shared),
+            }
         {
             assert!(
                 effects.fresh.iter().any(|l| l.ticket == Some(head.id)),
@@ -1528,8 +1640,17 @@ impl Harness {
                         ends.iter().filter(|until| **until > self.now).count()
                     });
                     let view = self.state.lock(&lease.lock).unwrap();
+                    let shared = lease.mode == Mode::Shared;
                     assert!(
-                        view.holders.len() + in_force <= view.capacity as usize,
+                        !shared
+                            || (in_force == 0
+                                && view.holders.iter().all(|l| l.mode == Mode::Shared)),
+                        "G5: {} granted shared at {} beside a writer or in a lock-delay",
+                        lease.lock,
+                        self.now
+                    );
+                    assert!(
+                        shared || view.holders.len() + in_force <= view.capacity as usize,
                         "G5: {} granted at {} into a slot in its lock-delay ({} holders, \
                          {in_force} slots delayed, capacity {})",
                         lease.lock,
@@ -1589,16 +1710,27 @@ impl Harness {
             "G3: next_token not above every token granted"
         );
         for view in views.values() {
-            // G1.
+            // G1 for modes: at most `capacity` exclusive holders, or shared holders only (on a
+            // lock of capacity 1), never both.
+            let shared = view
+                .holders
+                .iter()
+                .filter(|l| l.mode == Mode::Shared)
+                .count();
+            let exclusive = view.holders.len() - shared;
             assert!(
-                view.holders.len() <= view.capacity as usize,
-                "G1: {} has {} holders, capacity {}",
+                exclusive <= view.capacity as usize
+                    && (shared == 0 || (exclusive == 0 && view.capacity == 1)),
+                "G1: {} has {exclusive} exclusive and {shared} shared holders, capacity {}",
                 view.name,
-                view.holders.len(),
                 view.capacity
             );
-            // G5: room and waiters only during a lock-delay.
-            if view.holders.len() < view.capacity as usize && !view.waiters.is_empty() {
+            // G5: room for the head of the queue only during a lock-delay.
+            let head_has_room = view.waiters.first().is_some_and(|head| match head.mode {
+                Mode::Exclusive => view.holders.len() < view.capacity as usize,
+                Mode::Shared => view.capacity == 1 && exclusive == 0,
+            });
+            if head_has_room {
                 assert!(
                     view.delayed_until.is_some_and(|until| until > self.now),
                     "G5: {} has room and waiters, but no lock-delay",

@@ -42,6 +42,8 @@ fn ids(n: u64) -> [u8; 16] {
 
 fn acquire(lock: &str, key: Option<&str>, queue: bool, n: u64) -> Acquire {
     Acquire {
+        mode: Default::default(),
+        value: None,
         lock: name(lock),
         owner: format!("owner-{n}"),
         owner_key: None,
@@ -58,6 +60,8 @@ fn acquire(lock: &str, key: Option<&str>, queue: bool, n: u64) -> Acquire {
 
 fn job(lock: &str, key: Option<&str>, policy: Policy, n: u64) -> CreateJob {
     CreateJob {
+        mode: Default::default(),
+        value: None,
         job_id: JobId(ids(n + 2_000_000)),
         name: format!("job-{lock}"),
         lock: name(lock),

@@ -9,8 +9,8 @@ mod common;
 
 use baton_core::{
     Acquire, AcquireError, Acquired, Cancelled, Change, Config, Lease, LeaseEnd, LeaseError,
-    LeaseId, LockName, LockRecord, QueuedTicket, Released, Snapshot, State, TicketEnd, TicketError,
-    TicketId, TicketStatus, TokenError, WaiterLeft,
+    LeaseId, LockName, LockRecord, Mode, QueuedTicket, Released, Snapshot, State, TicketEnd,
+    TicketError, TicketId, TicketStatus, TokenError, WaiterLeft,
 };
 use common::Disk;
 
@@ -35,6 +35,8 @@ fn name(text: &str) -> LockName {
 /// A try-acquire of `lock` by `owner`, ttl 1 s, with ids derived from `n` (distinct per call).
 fn req(lock: &str, owner: &str, n: u8) -> Acquire {
     Acquire {
+        mode: Default::default(),
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: name(lock),
@@ -1105,6 +1107,8 @@ fn a_lease_limit_refuses_without_keeping_the_new_lock() {
 
 fn stored_lease(lock: &str, token: u64, ttl_ms: u64, expires_at: u64) -> Lease {
     Lease {
+        mode: Default::default(),
+        value: None,
         api_key: None,
         id: LeaseId([token as u8; 16]),
         lock: name(lock),
@@ -1383,4 +1387,114 @@ fn retry_after_a_restart_of_an_ended_request_hears_that_it_ended() {
         Err(LeaseError::Ended(LeaseEnd::Released))
     );
     assert!(holders(&state, "m").is_empty(), "no second lease");
+}
+
+fn shared(acquire: Acquire) -> Acquire {
+    Acquire {
+        mode: Mode::Shared,
+        ..acquire
+    }
+}
+
+/// Read-write locks: readers share the lock; a queued writer holds back the readers that arrive
+/// after it (no starvation), and when it is done the readers queued behind it are granted
+/// together; a shared try never jumps the queue; every grant has its own, greater token.
+#[test]
+fn readers_share_and_a_queued_writer_is_never_overtaken() {
+    let mut state = State::new(config(), T0);
+    let r1 = granted(state.acquire(shared(req("rw", "r1", 1)), T0));
+    let r2 = granted(state.acquire(shared(req("rw", "r2", 2)), T0));
+    assert_eq!(r1.mode, Mode::Shared);
+    assert!(r2.token > r1.token);
+    let writer = queued(state.acquire(queue("rw", "w", 3), T0));
+    // A reader arriving after the writer waits behind it, tried or queued.
+    assert_eq!(
+        busy(state.acquire(shared(req("rw", "late", 4)), T0)).len(),
+        2
+    );
+    let r3 = queued(state.acquire(shared(queue("rw", "r3", 5)), T0));
+    let r4 = queued(state.acquire(shared(queue("rw", "r4", 6)), T0));
+    let w2 = queued(state.acquire(queue("rw", "w2", 7), T0));
+    state.release(r1.id, T0 + 1).unwrap();
+    assert_eq!(
+        position_of(state.wait_ticket(writer.ticket.id, None, T0 + 1)),
+        1,
+        "the writer waits for the last reader"
+    );
+    state.release(r2.id, T0 + 2).unwrap();
+    let w = lease_of(state.wait_ticket(writer.ticket.id, None, T0 + 2));
+    assert_eq!(holders(&state, "rw"), vec![w.token]);
+    state.release(w.id, T0 + 3).unwrap();
+    // Both readers at the head are granted together; the writer behind them waits.
+    let g3 = lease_of(state.wait_ticket(r3.ticket.id, None, T0 + 3));
+    let g4 = lease_of(state.wait_ticket(r4.ticket.id, None, T0 + 3));
+    assert_eq!(holders(&state, "rw"), vec![g3.token, g4.token]);
+    assert!(g3.token > w.token && g4.token > g3.token);
+    assert_eq!(
+        position_of(state.wait_ticket(w2.ticket.id, None, T0 + 3)),
+        1
+    );
+    state.check_invariants();
+    let view = state.lock(&name("rw")).unwrap();
+    assert!(view.holders.iter().all(|lease| lease.mode == Mode::Shared));
+    state.release(g3.id, T0 + 4).unwrap();
+    state.release(g4.id, T0 + 4).unwrap();
+    let history = state.history(&name("rw"), 10, T0 + 4);
+    assert!(history.iter().any(|record| record.mode == Mode::Exclusive));
+    assert!(history.iter().any(|record| record.mode == Mode::Shared));
+}
+
+/// A lock is either a semaphore or a read-write lock: a shared acquire on a lock of capacity
+/// above 1, or asking for one, is refused and changes nothing.
+#[test]
+fn shared_mode_on_a_semaphore_is_a_mode_conflict() {
+    let mut state = State::new(config(), T0);
+    let asking = Acquire {
+        capacity: Some(2),
+        ..shared(req("sem", "r", 1))
+    };
+    assert_eq!(
+        state.acquire(asking, T0),
+        Err(AcquireError::ModeConflict { capacity: 2 })
+    );
+    assert!(state.lock(&name("sem")).is_none(), "nothing was created");
+    granted(state.acquire(
+        Acquire {
+            capacity: Some(3),
+            ..req("sem", "a", 2)
+        },
+        T0,
+    ));
+    assert_eq!(
+        state.acquire(shared(req("sem", "r", 3)), T0),
+        Err(AcquireError::ModeConflict { capacity: 3 })
+    );
+    // Readers on a read-write lock cannot turn it into a semaphore while they hold it.
+    granted(state.acquire(shared(req("rw", "r", 4)), T0));
+    assert_eq!(
+        state.acquire(
+            Acquire {
+                capacity: Some(2),
+                ..req("rw", "a", 5)
+            },
+            T0
+        ),
+        Err(AcquireError::CapacityConflict { current: 1 })
+    );
+    state.check_invariants();
+}
+
+/// After a reader's lease expires, the lock grants nobody until the lock-delay ends (the
+/// expired reader may still be reading); then the queue is served in order.
+#[test]
+fn an_expired_reader_delays_the_next_grant() {
+    let mut state = State::new(config(), T0);
+    let r = granted(state.acquire(shared(req("rw", "r", 1)), T0));
+    state.tick(r.expires_at);
+    let at = r.expires_at;
+    assert_eq!(busy(state.acquire(shared(req("rw", "r2", 2)), at)).len(), 0);
+    let w = queued(state.acquire(queue("rw", "w", 3), at));
+    state.tick(at + DELAY);
+    lease_of(state.wait_ticket(w.ticket.id, None, at + DELAY));
+    state.check_invariants();
 }

@@ -16,7 +16,8 @@ use crate::JobState;
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum EventKind {
-    /// A lease was granted (`owner`, `token`, `expires_at`; `from_queue` when a waiter got it).
+    /// A lease was granted (`owner`, `token`, `expires_at`, `value`; `from_queue` when a waiter
+    /// got it).
     Granted,
     /// A holder released its lease.
     Released,
@@ -146,4 +147,12 @@ pub struct Event {
     /// before N. Counted from the tail's start again after a restart of the server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
+    /// The value the holder published with the lease (`granted`), if any: what a leader
+    /// election's observers read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The lease's mode (`granted`, `released`, `expired`, `revoked`; `queued`: the mode asked
+    /// for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::LockMode>,
 }

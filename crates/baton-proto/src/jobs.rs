@@ -151,6 +151,14 @@ pub struct CreateJobRequest {
     /// Groups jobs started together (e.g. by one `baton parallel`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<String>,
+    /// A small value published with the job's lease while it runs (at most 1024 bytes of text
+    /// without NUL), as `value` of an acquire: `baton elect` publishes the leader's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// The mode of the job's lease, as `mode` of an acquire: `shared` runs beside other shared
+    /// runs on a read-write lock (capacity 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<crate::LockMode>,
 }
 
 /// A job record.

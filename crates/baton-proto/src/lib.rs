@@ -35,6 +35,29 @@ use utoipa::ToSchema;
 /// The version prefix of every API path.
 pub const API_PREFIX: &str = "/v1";
 
+/// How a lease holds its lock.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum LockMode {
+    /// Alone (a writer), or within a semaphore's capacity. The default.
+    #[default]
+    Exclusive,
+    /// With any number of other shared holders and no exclusive one (a reader). Only on a lock
+    /// of capacity 1: a lock is either a semaphore or a read-write lock.
+    Shared,
+}
+
+impl LockMode {
+    /// The text form on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Exclusive => "exclusive",
+            LockMode::Shared => "shared",
+        }
+    }
+}
+
 /// Body of `POST /v1/locks/{name}/acquire`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
@@ -65,6 +88,17 @@ pub struct AcquireRequest {
     /// ticket (guarantee G7).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// A small value published with the lease (at most 1024 bytes of text without NUL: an
+    /// address, a version), shown to everyone who may read the lock: in listings, history and
+    /// `granted` events. Leader election publishes the leader's address here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `exclusive` (the default) or `shared`: any number of shared holders or one exclusive
+    /// holder, granted in one FIFO order across modes (a queued writer holds back the readers
+    /// that arrive after it). Shared mode needs a lock of capacity 1; on a semaphore it is a
+    /// `mode_conflict`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
 }
 
 /// A granted lease, as its holder sees it. Only the holder's own requests return this.
@@ -92,6 +126,13 @@ pub struct Lease {
     /// deadline as (when it sent the request) + `expires_in_ms`, which is never later than the
     /// server's, whatever the two clocks say.
     pub expires_in_ms: u64,
+    /// The value published with the lease, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// How the lease holds the lock: `exclusive` (alone, or within a semaphore's capacity) or
+    /// `shared` (with other shared holders, on a read-write lock).
+    #[serde(default)]
+    pub mode: LockMode,
 }
 
 /// A place in a lock's FIFO queue, as its waiter sees it.
@@ -159,6 +200,10 @@ pub struct RenewRequest {
     /// A new time-to-live; the lease's current one when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
+    /// A new value for the lease (at most 1024 bytes of text without NUL); the lease keeps its
+    /// value when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
 }
 
 /// Answer of `POST /v1/leases/{id}/release`.
@@ -187,6 +232,13 @@ pub struct Holder {
     /// The job it runs, when it is a `baton run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The value its holder published with the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// How the lease holds the lock: `exclusive` (alone, or within a semaphore's capacity) or
+    /// `shared` (with other shared holders, on a read-write lock).
+    #[serde(default)]
+    pub mode: LockMode,
 }
 
 /// A queued waiter, as listings show it (no ticket id).
@@ -202,6 +254,9 @@ pub struct Waiter {
     /// The job waiting, when it is a `baton run`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
+    /// The mode the waiter asked for.
+    #[serde(default)]
+    pub mode: LockMode,
 }
 
 /// One lock: `GET /v1/locks/{name}` and the items of `GET /v1/locks`.
@@ -289,6 +344,13 @@ pub struct HistoryEntry {
     pub held_ms: u64,
     /// How it ended.
     pub end: HoldEnd,
+    /// The lease's value when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// How the lease holds the lock: `exclusive` (alone, or within a semaphore's capacity) or
+    /// `shared` (with other shared holders, on a read-write lock).
+    #[serde(default)]
+    pub mode: LockMode,
 }
 
 /// Answer of `GET /v1/locks/{name}/history`.
@@ -414,6 +476,8 @@ error_codes! {
     InvalidWait = ("invalid_wait", 400),
     /// `capacity` is 0 or above the server's bound.
     InvalidCapacity = ("invalid_capacity", 400),
+    /// A lease's `value` is longer than 1024 bytes or contains a NUL character.
+    InvalidValue = ("invalid_value", 400),
     /// `request_id` is empty, too long or has a character outside `A-Z a-z 0-9 . _ : -`.
     InvalidRequestId = ("invalid_request_id", 400),
     /// A query parameter is malformed or out of range.
@@ -426,6 +490,9 @@ error_codes! {
     Busy = ("busy", 409),
     /// The request asked for a capacity other than the lock's while the lock is in use.
     CapacityConflict = ("capacity_conflict", 409),
+    /// A `shared` acquire on a semaphore (a lock of capacity above 1, or asking for one): a lock
+    /// is either a semaphore or a read-write lock. Acquire it exclusive, or use another lock.
+    ModeConflict = ("mode_conflict", 409),
     /// The request id was used before for a different request.
     RequestIdConflict = ("request_id_conflict", 409),
     /// A fence check with a token older than one already seen for the lock.
@@ -523,6 +590,8 @@ mod tests {
             since: Timestamp::UNIX_EPOCH,
             expires_at: Timestamp::UNIX_EPOCH,
             job: None,
+            value: None,
+            mode: LockMode::Shared,
         };
         let text = serde_json::to_string(&holder).unwrap_or_default();
         assert!(!text.contains("\"id\""));

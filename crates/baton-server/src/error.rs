@@ -122,6 +122,12 @@ impl From<StoreError> for ApiError {
                 AcquireError::InvalidCapacity => {
                     ApiError::new(ErrorCode::InvalidCapacity, error.to_string())
                 }
+                AcquireError::InvalidValue(_) => {
+                    ApiError::new(ErrorCode::InvalidValue, error.to_string())
+                }
+                AcquireError::ModeConflict { .. } => {
+                    ApiError::new(ErrorCode::ModeConflict, error.to_string())
+                }
                 AcquireError::CapacityConflict { .. } => {
                     ApiError::new(ErrorCode::CapacityConflict, error.to_string())
                 }
@@ -169,6 +175,9 @@ impl From<StoreError> for ApiError {
                 ),
                 LeaseError::Ended(end) => lease_end(end),
                 LeaseError::InvalidTtl => ApiError::new(ErrorCode::InvalidTtl, error.to_string()),
+                LeaseError::InvalidValue(_) => {
+                    ApiError::new(ErrorCode::InvalidValue, error.to_string())
+                }
             },
             StoreError::Token(error) => match error {
                 TokenError::Stale { newest } => ApiError {

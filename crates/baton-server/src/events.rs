@@ -309,6 +309,8 @@ fn notice(kind: proto::EventKind, reason: &str) -> String {
         job: None,
         text: None,
         offset: None,
+        value: None,
+        mode: None,
     })
 }
 
@@ -334,6 +336,8 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
         job: None,
         text: None,
         offset: None,
+        value: None,
+        mode: None,
     };
     match &published.event {
         Event::Granted { lease, .. } => {
@@ -342,6 +346,8 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.granted_at = Some(timestamp(lease.granted_at));
             wire.expires_at = Some(timestamp(lease.expires_at));
             wire.from_queue = Some(lease.ticket.is_some());
+            wire.value = lease.value.clone();
+            wire.mode = Some(crate::routes::mode_wire(lease.mode));
         }
         Event::Ended(record) => {
             wire.kind = match record.end {
@@ -352,11 +358,13 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.owner = Some(record.owner.clone());
             wire.token = Some(record.token);
             wire.granted_at = Some(timestamp(record.granted_at));
+            wire.mode = Some(crate::routes::mode_wire(record.mode));
         }
         Event::Queued { queued, .. } => {
             wire.kind = proto::EventKind::Queued;
             wire.owner = Some(queued.ticket.owner.clone());
             wire.position = Some(queued.position);
+            wire.mode = Some(crate::routes::mode_wire(queued.ticket.mode));
         }
         Event::LeftQueue { ticket, why, .. } => {
             wire.kind = proto::EventKind::LeftQueue;

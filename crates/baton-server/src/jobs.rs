@@ -146,7 +146,7 @@ fn optional_label(value: Option<&String>, what: &str, max: usize) -> Result<(), 
         (status = 200, description = "Running (with its lease), skipped or coalesced", body = proto::CreateJobResponse),
         (status = 202, description = "Waiting in the lock's queue (with its ticket)", body = proto::CreateJobResponse),
         (status = 400, description = "Invalid input", body = proto::ErrorBody),
-        (status = 409, description = "busy (policy `fail` on a busy lock: the job is recorded `skipped` and the answer lists the holders, as an acquire's does) or capacity_conflict", body = proto::ErrorBody),
+        (status = 409, description = "busy (policy `fail` on a busy lock: the job is recorded `skipped` and the answer lists the holders, as an acquire's does), capacity_conflict or mode_conflict", body = proto::ErrorBody),
     ))]
 pub(crate) async fn create(
     State(state): State<AppState>,
@@ -170,6 +170,7 @@ pub(crate) async fn create(
         request.request_id.as_deref(),
         request.capacity,
     )?;
+    crate::routes::validate_value(request.value.as_deref())?;
     optional_label(request.host.as_ref(), "host", limits::HOST_BYTES_MAX)?;
     optional_label(request.batch.as_ref(), "batch", limits::BATCH_BYTES_MAX)?;
     let args = CreateJobArgs {
@@ -188,6 +189,8 @@ pub(crate) async fn create(
         batch: request.batch,
         api_key: caller.key_id(),
         quota: caller.quota(),
+        value: request.value,
+        mode: crate::routes::mode_core(request.mode),
     };
     let lock = args.lock.clone();
     let created = state

@@ -72,6 +72,12 @@ fn id_schema(prefix: &str) -> Value {
     json!({"pattern": format!("^{prefix}[0-9a-f]{{32}}$")})
 }
 
+/// A lease's value: at most [`limits::LEASE_VALUE_BYTES_MAX`] bytes without NUL. (The document
+/// counts characters, the server bytes: a long non-ASCII value can still be refused, with 400.)
+fn value_schema() -> Value {
+    json!({"pattern": "^[^\\x00]*$", "maxLength": limits::LEASE_VALUE_BYTES_MAX})
+}
+
 fn range(minimum: u64, maximum: u64) -> Value {
     json!({"minimum": minimum, "maximum": maximum})
 }
@@ -105,6 +111,9 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
         ("AcquireRequest", "capacity", capacity_schema()),
         ("AcquireRequest", "wait_ms", wait_schema()),
         ("AcquireRequest", "request_id", request_id_schema()),
+        ("AcquireRequest", "value", value_schema()),
+        ("RenewRequest", "value", value_schema()),
+        ("CreateJobRequest", "value", value_schema()),
         ("WaitRequest", "wait_ms", wait_schema()),
         ("RenewRequest", "ttl_ms", ttl_schema()),
         ("CreateJobRequest", "name", name.clone()),

@@ -10,8 +10,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use baton_core::{
-    Cancelled, HistoryRecord, Lease, LeaseEnd, LockName, LockView, Millis, QueuedTicket, Released,
-    TicketEnd, TicketStatus, limits, validate_owner, validate_request_id,
+    Cancelled, HistoryRecord, Lease, LeaseEnd, LockName, LockView, Millis, Mode, QueuedTicket,
+    Released, TicketEnd, TicketStatus, limits, validate_lease_value, validate_owner,
+    validate_request_id,
 };
 use baton_proto as proto;
 use baton_proto::ErrorCode;
@@ -107,6 +108,22 @@ pub(crate) fn timestamp(ms: Millis) -> Timestamp {
     Timestamp::from_millisecond(i64::try_from(ms).unwrap_or(i64::MAX)).unwrap_or(Timestamp::MAX)
 }
 
+/// A core mode on the wire.
+pub(crate) fn mode_wire(mode: Mode) -> proto::LockMode {
+    match mode {
+        Mode::Exclusive => proto::LockMode::Exclusive,
+        Mode::Shared => proto::LockMode::Shared,
+    }
+}
+
+/// A wire mode in the core (absent: exclusive).
+pub(crate) fn mode_core(mode: Option<proto::LockMode>) -> Mode {
+    match mode {
+        None | Some(proto::LockMode::Exclusive) => Mode::Exclusive,
+        Some(proto::LockMode::Shared) => Mode::Shared,
+    }
+}
+
 pub(crate) fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
     proto::Lease {
         id: lease.id.to_string(),
@@ -118,6 +135,8 @@ pub(crate) fn lease_wire(lease: Lease, now: Millis) -> proto::Lease {
         granted_at: timestamp(lease.granted_at),
         expires_at: timestamp(lease.expires_at),
         expires_in_ms: lease.expires_at.saturating_sub(now),
+        value: lease.value,
+        mode: mode_wire(lease.mode),
     }
 }
 
@@ -139,6 +158,8 @@ pub(crate) fn holder_wire(lease: &Lease) -> proto::Holder {
         since: timestamp(lease.granted_at),
         expires_at: timestamp(lease.expires_at),
         job: None,
+        value: lease.value.clone(),
+        mode: mode_wire(lease.mode),
     }
 }
 
@@ -165,6 +186,7 @@ pub(crate) fn lock_wire(view: LockView) -> proto::LockInfo {
                 owner: ticket.owner.clone(),
                 since: timestamp(ticket.queued_at),
                 job: job.map(|job| job.to_string()),
+                mode: mode_wire(ticket.mode),
             })
             .collect(),
         delayed_until: view.delayed_until.map(timestamp),
@@ -184,6 +206,8 @@ fn history_wire(record: HistoryRecord) -> proto::HistoryEntry {
             LeaseEnd::Expired => proto::HoldEnd::Expired,
             LeaseEnd::Revoked => proto::HoldEnd::Revoked,
         },
+        value: record.value,
+        mode: mode_wire(record.mode),
     }
 }
 
@@ -267,6 +291,15 @@ pub(crate) fn validate_requester(
     Ok(())
 }
 
+/// Checks a lease's value before the store sees it (the core checks it again: one rule, in
+/// `baton_core::validate_lease_value`).
+pub(crate) fn validate_value(value: Option<&str>) -> Result<(), ApiError> {
+    match value.map(validate_lease_value) {
+        Some(Err(error)) => Err(ApiError::new(ErrorCode::InvalidValue, error.to_string())),
+        _ => Ok(()),
+    }
+}
+
 pub(crate) fn wait_duration(wait_ms: Option<u64>) -> Result<Duration, ApiError> {
     match wait_ms {
         Some(ms) if ms > WAIT_MS_MAX => Err(ApiError::new(
@@ -308,7 +341,7 @@ pub(crate) fn ttl(ttl_ms: Option<u64>, default_ttl_ms: u64) -> Result<u64, ApiEr
     responses(
         (status = 200, description = "Granted", body = proto::LeaseResponse),
         (status = 202, description = "Still queued after wait_ms (queue: true)", body = proto::TicketResponse),
-        (status = 409, description = "busy, capacity_conflict or request_id_conflict", body = proto::ErrorBody),
+        (status = 409, description = "busy, capacity_conflict, mode_conflict or request_id_conflict", body = proto::ErrorBody),
         (status = 400, description = "Invalid input", body = proto::ErrorBody),
     ))]
 async fn acquire(
@@ -328,6 +361,7 @@ async fn acquire(
             ApiError::new(ErrorCode::InvalidOwner, format!("owner_key {error}"))
         })?;
     }
+    validate_value(request.value.as_deref())?;
     let args = AcquireArgs {
         lock,
         owner: request.owner,
@@ -339,6 +373,8 @@ async fn acquire(
         request_id: caller.scoped_request_id(request.request_id),
         api_key: caller.key_id(),
         quota: caller.quota(),
+        value: request.value,
+        mode: mode_core(request.mode),
     };
     let outcome = state
         .store
@@ -451,7 +487,7 @@ async fn cancel_ticket(
     }))
 }
 
-/// Renew a lease.
+/// Renew a lease, and replace its value when the body carries one.
 #[utoipa::path(post, path = "/v1/leases/{id}/renew", tag = "leases",
     params(("id" = String, Path, description = "The lease's id")),
     request_body = proto::RenewRequest,
@@ -473,7 +509,8 @@ async fn renew(
     if let Some(ttl_ms) = request.ttl_ms {
         ttl(Some(ttl_ms), state.default_ttl_ms)?;
     }
-    let lease = state.store.renew(id, request.ttl_ms).await?;
+    validate_value(request.value.as_deref())?;
+    let lease = state.store.renew(id, request.ttl_ms, request.value).await?;
     Ok(granted(lease, state.store.now_ms()))
 }
 

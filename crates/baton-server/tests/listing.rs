@@ -49,6 +49,8 @@ async fn call(base: &str, key: &str, path: &str, body: Option<Value>) -> (u16, V
 async fn hold(store: &Arc<dyn Store>, name: &str) {
     store
         .acquire(AcquireArgs {
+            mode: baton_core::Mode::Exclusive,
+            value: None,
             quota: Default::default(),
             api_key: None,
             lock: LockName::new(name).unwrap(),

@@ -1348,7 +1348,9 @@ impl Sim {
                     let ttl = client.rng.chance(150).then_some(ttl_ms);
                     Some((
                         Request::Renew { lease },
-                        Box::pin(async move { Answer::Renew(engine.renew(lease, ttl).await) }),
+                        Box::pin(
+                            async move { Answer::Renew(engine.renew(lease, ttl, None).await) },
+                        ),
                     ))
                 }
                 45..75 => Some((
@@ -1368,6 +1370,8 @@ impl Sim {
                 83..90 if client.owner_key.is_some() => {
                     client.requests += 1;
                     let args = AcquireArgs {
+                        mode: baton_core::Mode::Exclusive,
+                        value: None,
                         lock: held.lock.clone(),
                         owner: client.owner.clone(),
                         owner_key: client.owner_key.clone(),
@@ -1428,6 +1432,8 @@ impl Sim {
                     _ => (Duration::ZERO, true),
                 };
                 let args = AcquireArgs {
+                    mode: baton_core::Mode::Exclusive,
+                    value: None,
                     lock,
                     owner: client.owner.clone(),
                     owner_key: client.owner_key.clone(),
@@ -1452,6 +1458,8 @@ impl Sim {
                     Policy::Coalesce,
                 ])?;
                 let args = CreateJobArgs {
+                    mode: baton_core::Mode::Exclusive,
+                    value: None,
                     name: format!("job-{}", lock.as_str()),
                     lock,
                     capacity: Some(capacity),

@@ -754,8 +754,13 @@ impl Store for HaStore {
             .await
     }
 
-    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError> {
-        self.on_active(|engine| async move { engine.renew(id, ttl_ms).await })
+    async fn renew(
+        &self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
+    ) -> Result<Lease, StoreError> {
+        self.on_active(|engine| async move { engine.renew(id, ttl_ms, value).await })
             .await
     }
 

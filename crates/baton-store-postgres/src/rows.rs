@@ -7,7 +7,7 @@
 
 use baton_core::{
     HistoryRecord, Job, JobId, JobState, KeyQuota, Lease, LeaseEnd, LeaseId, LockName, LockRecord,
-    Millis, Policy, StopReason, Ticket, TicketId,
+    Millis, Mode, Policy, StopReason, Ticket, TicketId,
 };
 use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError};
 use tokio_postgres::Row;
@@ -64,6 +64,10 @@ fn opt_usize(value: Option<i64>, what: &str) -> Result<Option<usize>, PersistErr
     value
         .map(|value| usize::try_from(value).map_err(|error| corrupt(what, error)))
         .transpose()
+}
+
+fn mode_of(text: &str) -> Result<Mode, PersistError> {
+    Mode::parse(text).ok_or_else(|| corrupt("lease mode", text))
 }
 
 fn lock_name(text: &str) -> Result<LockName, PersistError> {
@@ -149,16 +153,18 @@ pub(crate) fn lock_of(row: &Row) -> Result<LockRecord, PersistError> {
 // ---- leases ----
 
 pub(crate) const LEASE_SELECT: &str = "SELECT id, lock, owner, owner_key, token, ttl_ms, \
-     granted_at, expires_at, request_id, ticket, api_key FROM leases";
+     granted_at, expires_at, request_id, ticket, api_key, value, mode FROM leases";
 
 pub(crate) const LEASE_UPSERT: &str = "INSERT INTO leases (id, lock, owner, owner_key, token, \
-     ttl_ms, granted_at, expires_at, request_id, ticket, api_key) \
+     ttl_ms, granted_at, expires_at, request_id, ticket, api_key, value, mode) \
      SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bytea[], $11::text[]) \
+     $6::bigint[], $7::bigint[], $8::bigint[], $9::text[], $10::bytea[], $11::text[], \
+     $12::text[], $13::text[]) \
      ON CONFLICT (id) DO UPDATE SET lock = EXCLUDED.lock, owner = EXCLUDED.owner, \
      owner_key = EXCLUDED.owner_key, token = EXCLUDED.token, ttl_ms = EXCLUDED.ttl_ms, \
      granted_at = EXCLUDED.granted_at, expires_at = EXCLUDED.expires_at, \
-     request_id = EXCLUDED.request_id, ticket = EXCLUDED.ticket, api_key = EXCLUDED.api_key";
+     request_id = EXCLUDED.request_id, ticket = EXCLUDED.ticket, api_key = EXCLUDED.api_key, \
+     value = EXCLUDED.value, mode = EXCLUDED.mode";
 
 pub(crate) const LEASE_DELETE: &str = "DELETE FROM leases WHERE id = ANY($1::bytea[])";
 
@@ -175,6 +181,8 @@ pub(crate) struct LeaseRows {
     request_id: Vec<Option<String>>,
     ticket: Vec<Option<Vec<u8>>>,
     api_key: Vec<Option<String>>,
+    value: Vec<Option<String>>,
+    mode: Vec<&'static str>,
 }
 
 impl LeaseRows {
@@ -190,6 +198,8 @@ impl LeaseRows {
         self.request_id.push(lease.request_id.clone());
         self.ticket.push(lease.ticket.map(|id| id.0.to_vec()));
         self.api_key.push(lease.api_key.clone());
+        self.value.push(lease.value.clone());
+        self.mode.push(lease.mode.as_str());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -209,6 +219,8 @@ impl LeaseRows {
             &self.request_id,
             &self.ticket,
             &self.api_key,
+            &self.value,
+            &self.mode,
         ]
     }
 }
@@ -227,24 +239,27 @@ pub(crate) fn lease_of(row: &Row) -> Result<Lease, PersistError> {
         request_id: get(row, 8, what)?,
         ticket: opt_id16(get(row, 9, what)?, "ticket id")?.map(TicketId),
         api_key: get(row, 10, what)?,
+        value: get(row, 11, what)?,
+        mode: mode_of(get(row, 12, what)?)?,
     })
 }
 
 // ---- tickets ----
 
 pub(crate) const TICKET_SELECT: &str = "SELECT id, lock, owner, owner_key, ttl_ms, request_id, \
-     lease_id, queued_at, lapse_at, seq, waiter_gone, api_key FROM tickets";
+     lease_id, queued_at, lapse_at, seq, waiter_gone, api_key, value, mode FROM tickets";
 
 pub(crate) const TICKET_UPSERT: &str = "INSERT INTO tickets (id, lock, owner, owner_key, ttl_ms, \
-     request_id, lease_id, queued_at, lapse_at, seq, waiter_gone, api_key) \
+     request_id, lease_id, queued_at, lapse_at, seq, waiter_gone, api_key, value, mode) \
      SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
      $6::text[], $7::bytea[], $8::bigint[], $9::bigint[], $10::bigint[], $11::boolean[], \
-     $12::text[]) \
+     $12::text[], $13::text[], $14::text[]) \
      ON CONFLICT (id) DO UPDATE SET lock = EXCLUDED.lock, owner = EXCLUDED.owner, \
      owner_key = EXCLUDED.owner_key, ttl_ms = EXCLUDED.ttl_ms, \
      request_id = EXCLUDED.request_id, lease_id = EXCLUDED.lease_id, \
      queued_at = EXCLUDED.queued_at, lapse_at = EXCLUDED.lapse_at, seq = EXCLUDED.seq, \
-     waiter_gone = EXCLUDED.waiter_gone, api_key = EXCLUDED.api_key";
+     waiter_gone = EXCLUDED.waiter_gone, api_key = EXCLUDED.api_key, value = EXCLUDED.value, \
+     mode = EXCLUDED.mode";
 
 pub(crate) const TICKET_DELETE: &str = "DELETE FROM tickets WHERE id = ANY($1::bytea[])";
 
@@ -262,6 +277,8 @@ pub(crate) struct TicketRows {
     seq: Vec<i64>,
     waiter_gone: Vec<bool>,
     api_key: Vec<Option<String>>,
+    value: Vec<Option<String>>,
+    mode: Vec<&'static str>,
 }
 
 impl TicketRows {
@@ -278,6 +295,8 @@ impl TicketRows {
         self.seq.push(i64_of(ticket.seq));
         self.waiter_gone.push(ticket.waiter_gone);
         self.api_key.push(ticket.api_key.clone());
+        self.value.push(ticket.value.clone());
+        self.mode.push(ticket.mode.as_str());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -298,6 +317,8 @@ impl TicketRows {
             &self.seq,
             &self.waiter_gone,
             &self.api_key,
+            &self.value,
+            &self.mode,
         ]
     }
 }
@@ -317,18 +338,20 @@ pub(crate) fn ticket_of(row: &Row) -> Result<Ticket, PersistError> {
         seq: u64_of(get(row, 9, what)?, "sequence")?,
         waiter_gone: get(row, 10, what)?,
         api_key: get(row, 11, what)?,
+        value: get(row, 12, what)?,
+        mode: mode_of(get(row, 13, what)?)?,
     })
 }
 
 // ---- history ----
 
 pub(crate) const HISTORY_SELECT: &str = "SELECT lease_id, request_id, lock, owner, token, \
-     granted_at, ended_at, end_kind FROM history ORDER BY ended_at, id";
+     granted_at, ended_at, end_kind, value, mode FROM history ORDER BY ended_at, id";
 
 pub(crate) const HISTORY_INSERT: &str = "INSERT INTO history (lease_id, request_id, lock, owner, \
-     token, granted_at, ended_at, end_kind) \
+     token, granted_at, ended_at, end_kind, value, mode) \
      SELECT * FROM UNNEST($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], \
-     $6::bigint[], $7::bigint[], $8::text[])";
+     $6::bigint[], $7::bigint[], $8::text[], $9::text[], $10::text[])";
 
 pub(crate) const HISTORY_PRUNE: &str = "DELETE FROM history WHERE ended_at < $1";
 
@@ -342,6 +365,8 @@ pub(crate) struct HistoryRows {
     granted_at: Vec<i64>,
     ended_at: Vec<i64>,
     end_kind: Vec<&'static str>,
+    value: Vec<Option<String>>,
+    mode: Vec<&'static str>,
 }
 
 impl HistoryRows {
@@ -354,6 +379,8 @@ impl HistoryRows {
         self.granted_at.push(i64_of(record.granted_at));
         self.ended_at.push(i64_of(record.ended_at));
         self.end_kind.push(record.end.as_str());
+        self.value.push(record.value.clone());
+        self.mode.push(record.mode.as_str());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -370,6 +397,8 @@ impl HistoryRows {
             &self.granted_at,
             &self.ended_at,
             &self.end_kind,
+            &self.value,
+            &self.mode,
         ]
     }
 }
@@ -386,6 +415,8 @@ pub(crate) fn history_of(row: &Row) -> Result<HistoryRecord, PersistError> {
         granted_at: u64_of(get(row, 5, what)?, "time")?,
         ended_at: u64_of(get(row, 6, what)?, "time")?,
         end: LeaseEnd::parse(end).ok_or_else(|| corrupt("lease end", end))?,
+        value: get(row, 8, what)?,
+        mode: mode_of(get(row, 9, what)?)?,
     })
 }
 

@@ -216,6 +216,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN leases_max bigint, ADD COLUMN waiters_max bigint,
         ADD COLUMN locks_max bigint, ADD COLUMN jobs_max bigint;
     ",
+    // Version 7: the small value a holder publishes with its lease (a leader's address),
+    // carried by its ticket until the grant and kept in history; and the mode of each lease,
+    // ticket and ended hold (`exclusive` or `shared`, read-write locks). Rows written before
+    // have no value and are exclusive, as every lease was.
+    "
+    ALTER TABLE leases ADD COLUMN value text, ADD COLUMN mode text NOT NULL DEFAULT 'exclusive';
+    ALTER TABLE tickets ADD COLUMN value text, ADD COLUMN mode text NOT NULL DEFAULT 'exclusive';
+    ALTER TABLE history ADD COLUMN value text, ADD COLUMN mode text NOT NULL DEFAULT 'exclusive';
+    ",
 ];
 
 /// Checks a schema name: it is spliced into SQL, so only plain lower-case identifiers.

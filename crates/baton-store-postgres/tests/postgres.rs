@@ -106,6 +106,8 @@ fn key_value(url: &str) -> String {
 
 fn args(lock: &str, owner: &str, ttl_ms: u64, wait: Duration) -> AcquireArgs {
     AcquireArgs {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: LockName::new(lock).unwrap(),
@@ -185,6 +187,8 @@ fn name(text: &str) -> LockName {
 
 fn lease(n: u8, lock: &str, token: u64) -> Lease {
     Lease {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         id: LeaseId([n; 16]),
         lock: name(lock),
         owner: format!("owner-{n}"),
@@ -202,6 +206,8 @@ fn lease(n: u8, lock: &str, token: u64) -> Lease {
 
 fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
     Ticket {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         id: TicketId([n; 16]),
         lock: name(lock),
         owner: format!("waiter-{n}"),
@@ -219,6 +225,8 @@ fn ticket(n: u8, lock: &str, seq: u64) -> Ticket {
 
 fn record(n: u8, lock: &str, ended_at: u64) -> HistoryRecord {
     HistoryRecord {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         lease_id: LeaseId([n; 16]),
         request_id: n.is_multiple_of(2).then(|| format!("request-{n}")),
         lock: name(lock),
@@ -539,7 +547,7 @@ async fn a_restart_recovers_the_table() {
     assert_eq!(view.holders.len(), 1, "{view:?}");
     assert_eq!(view.holders[0].token, held.token);
     assert_eq!(view.waiters.len(), 1, "{view:?}");
-    let renewed = store.renew(held.id, None).await.unwrap();
+    let renewed = store.renew(held.id, None, None).await.unwrap();
     assert_eq!(renewed.token, held.token);
     let history = store.history(name("restart-other"), 10).await.unwrap();
     assert_eq!(history.len(), 1, "{history:?}");
@@ -604,6 +612,71 @@ async fn a_database_of_schema_version_4_upgrades() {
     assert_eq!(view.holders[0].token, 41);
     let fresh = grant(&store, "new", "after").await;
     assert_eq!(fresh.token, 42, "tokens continue from the old sequence");
+}
+
+/// A database of schema version 6 (before lease values and modes) upgrades: its live lease is
+/// recovered exclusive with no value, and a shared lease with a value written after the upgrade
+/// keeps both across a reopen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_schema_version_6_gains_values_and_modes() {
+    let Some(url) =
+        testing::available("postgres a_database_of_schema_version_6_gains_values_and_modes").await
+    else {
+        return;
+    };
+    let schema = Schema::new(&url, "upgrade_v7");
+    {
+        let (mut client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        let driver = tokio::spawn(connection);
+        schema::migrate_to(&mut client, &schema.name, 6)
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    schema
+        .sql(&format!(
+            "INSERT INTO meta (key, value) VALUES ('next_token', 8)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+             INSERT INTO locks (name, capacity, newest_token, newest_granted, delayed_until,
+                                delayed_slots)
+                 VALUES ('old', 1, 7, 7, NULL, 0);
+             INSERT INTO leases (id, lock, owner, owner_key, token, ttl_ms, granted_at,
+                                 expires_at, request_id, ticket)
+                 VALUES ('\\x01010101010101010101010101010101'::bytea, 'old', 'before', NULL,
+                         7, 30000, {now}, {now} + 30000, NULL, NULL);"
+        ))
+        .await;
+    let store = schema.open().await;
+    let view = store.lock(name("old")).await.unwrap().unwrap();
+    assert_eq!(view.holders.len(), 1, "{view:?}");
+    assert_eq!(view.holders[0].mode, baton_core::Mode::Exclusive);
+    assert_eq!(view.holders[0].value, None);
+    let reader = match store
+        .acquire(AcquireArgs {
+            value: Some("10.0.0.1:5432".into()),
+            mode: baton_core::Mode::Shared,
+            ..args("readers", "reader", 30_000, Duration::ZERO)
+        })
+        .await
+        .unwrap()
+    {
+        AcquireOutcome::Granted(lease) => lease,
+        other => panic!("expected a grant, got {other:?}"),
+    };
+    drop(store);
+    let store = schema.open().await;
+    let view = store.lock(name("readers")).await.unwrap().unwrap();
+    assert_eq!(view.holders.len(), 1, "{view:?}");
+    assert_eq!(view.holders[0].id, reader.id);
+    assert_eq!(view.holders[0].mode, baton_core::Mode::Shared);
+    assert_eq!(view.holders[0].value.as_deref(), Some("10.0.0.1:5432"));
 }
 
 /// The persister's connection is cut (as a database restart or a network drop would): the commit

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use baton_core::{
     Change, HistoryRecord, Job, JobId, JobState, KeyQuota, Lease, LeaseEnd, LeaseId, LockName,
-    LockRecord, Policy, Snapshot, StopReason, Ticket, TicketId,
+    LockRecord, Mode, Policy, Snapshot, StopReason, Ticket, TicketId,
 };
 use baton_store::{ApiKey, AuditEntry, KeyGrant, PersistError, Persister};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -22,7 +22,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 pub const DATABASE_FILE: &str = "baton.sqlite3";
 
 /// The schema version this build writes. Migrations run in order from the stored version.
-const SCHEMA_VERSION: i64 = 6;
+const SCHEMA_VERSION: i64 = 7;
 
 const MIGRATIONS: &[&str] = &[
     // Version 1: the lock table.
@@ -144,6 +144,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE api_keys ADD COLUMN waiters_max INTEGER;
     ALTER TABLE api_keys ADD COLUMN locks_max INTEGER;
     ALTER TABLE api_keys ADD COLUMN jobs_max INTEGER;
+    ",
+    // Version 7: the small value a holder publishes with its lease (a leader's address),
+    // carried by its ticket until the grant and kept in history; and the mode of each lease,
+    // ticket and ended hold (`exclusive` or `shared`, read-write locks). Rows written before
+    // have no value and are exclusive, as every lease was.
+    "
+    ALTER TABLE leases ADD COLUMN value TEXT;
+    ALTER TABLE tickets ADD COLUMN value TEXT;
+    ALTER TABLE history ADD COLUMN value TEXT;
+    ALTER TABLE leases ADD COLUMN mode TEXT NOT NULL DEFAULT 'exclusive';
+    ALTER TABLE tickets ADD COLUMN mode TEXT NOT NULL DEFAULT 'exclusive';
+    ALTER TABLE history ADD COLUMN mode TEXT NOT NULL DEFAULT 'exclusive';
     ",
 ];
 
@@ -516,7 +528,7 @@ impl Persister for SqlitePersister {
         let mut statement = c
             .prepare(
                 "SELECT id, lock, owner, owner_key, token, ttl_ms, granted_at, expires_at, \
-                 request_id, ticket, api_key FROM leases",
+                 request_id, ticket, api_key, value, mode FROM leases",
             )
             .map_err(sql_error("cannot read leases"))?;
         let rows = statement
@@ -533,12 +545,27 @@ impl Persister for SqlitePersister {
                     row.get::<_, Option<String>>(8)?,
                     row.get::<_, Option<Vec<u8>>>(9)?,
                     row.get::<_, Option<String>>(10)?,
+                    row.get::<_, Option<String>>(11)?,
+                    row.get::<_, String>(12)?,
                 ))
             })
             .map_err(sql_error("cannot read leases"))?;
         for row in rows {
-            let (id, lock, owner, owner_key, token, ttl, granted, expires, request_id, ticket, key) =
-                row.map_err(sql_error("cannot read a lease"))?;
+            let (
+                id,
+                lock,
+                owner,
+                owner_key,
+                token,
+                ttl,
+                granted,
+                expires,
+                request_id,
+                ticket,
+                key,
+                value,
+                mode,
+            ) = row.map_err(sql_error("cannot read a lease"))?;
             snapshot.leases.push(Lease {
                 id: LeaseId(bytes16(id, "lease id")?),
                 lock: name(lock)?,
@@ -553,13 +580,15 @@ impl Persister for SqlitePersister {
                     .map(|t| bytes16(t, "ticket id").map(TicketId))
                     .transpose()?,
                 api_key: key,
+                value,
+                mode: mode_of(&mode)?,
             });
         }
 
         let mut statement = c
             .prepare(
                 "SELECT id, lock, owner, owner_key, ttl_ms, request_id, lease_id, queued_at, \
-                 lapse_at, seq, api_key FROM tickets",
+                 lapse_at, seq, api_key, value, mode FROM tickets",
             )
             .map_err(sql_error("cannot read tickets"))?;
         let rows = statement
@@ -576,12 +605,27 @@ impl Persister for SqlitePersister {
                     row.get::<_, i64>(8)?,
                     row.get::<_, i64>(9)?,
                     row.get::<_, Option<String>>(10)?,
+                    row.get::<_, Option<String>>(11)?,
+                    row.get::<_, String>(12)?,
                 ))
             })
             .map_err(sql_error("cannot read tickets"))?;
         for row in rows {
-            let (id, lock, owner, owner_key, ttl, request_id, lease_id, queued, lapse, seq, key) =
-                row.map_err(sql_error("cannot read a ticket"))?;
+            let (
+                id,
+                lock,
+                owner,
+                owner_key,
+                ttl,
+                request_id,
+                lease_id,
+                queued,
+                lapse,
+                seq,
+                key,
+                value,
+                mode,
+            ) = row.map_err(sql_error("cannot read a ticket"))?;
             snapshot.tickets.push(Ticket {
                 id: TicketId(bytes16(id, "ticket id")?),
                 lock: name(lock)?,
@@ -595,13 +639,15 @@ impl Persister for SqlitePersister {
                 seq: unsigned(seq, "sequence")?,
                 waiter_gone: false,
                 api_key: key,
+                value,
+                mode: mode_of(&mode)?,
             });
         }
 
         let mut statement = c
             .prepare(
                 "SELECT lock, owner, token, granted_at, ended_at, end_reason, lease_id, \
-                 request_id FROM history ORDER BY ended_at",
+                 request_id, value, mode FROM history ORDER BY ended_at",
             )
             .map_err(sql_error("cannot read history"))?;
         let rows = statement
@@ -615,11 +661,13 @@ impl Persister for SqlitePersister {
                     row.get::<_, String>(5)?,
                     row.get::<_, Option<Vec<u8>>>(6)?,
                     row.get::<_, Option<String>>(7)?,
+                    row.get::<_, Option<String>>(8)?,
+                    row.get::<_, String>(9)?,
                 ))
             })
             .map_err(sql_error("cannot read history"))?;
         for row in rows {
-            let (lock, owner, token, granted, ended, end, lease_id, request_id) =
+            let (lock, owner, token, granted, ended, end, lease_id, request_id, value, mode) =
                 row.map_err(sql_error("cannot read a history record"))?;
             snapshot.history.push(HistoryRecord {
                 // Records written before version 2 have no lease id: an all-zero id matches
@@ -639,6 +687,8 @@ impl Persister for SqlitePersister {
                 end: LeaseEnd::parse(&end).ok_or_else(|| {
                     PersistError(format!("a stored end reason is unknown: {end}"))
                 })?,
+                value,
+                mode: mode_of(&mode)?,
             });
         }
         snapshot.jobs = load_jobs(c)?;
@@ -686,8 +736,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::LeasePut(lease) => c
             .prepare_cached(
                 "INSERT OR REPLACE INTO leases (id, lock, owner, owner_key, token, ttl_ms, \
-                 granted_at, expires_at, request_id, ticket, api_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 granted_at, expires_at, request_id, ticket, api_key, value, mode) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -702,6 +752,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     lease.request_id,
                     lease.ticket.map(|t| t.0.to_vec()),
                     lease.api_key,
+                    lease.value,
+                    lease.mode.as_str(),
                 ])
             }),
         Change::LeaseDelete(id) => c
@@ -710,8 +762,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::TicketPut(ticket) => c
             .prepare_cached(
                 "INSERT OR REPLACE INTO tickets (id, lock, owner, owner_key, ttl_ms, request_id, \
-                 lease_id, queued_at, lapse_at, seq, api_key) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                 lease_id, queued_at, lapse_at, seq, api_key, value, mode) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -726,6 +778,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     to_i64(ticket.lapse_at),
                     to_i64(ticket.seq),
                     ticket.api_key,
+                    ticket.value,
+                    ticket.mode.as_str(),
                 ])
             }),
         Change::TicketDelete(id) => c
@@ -740,7 +794,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
         Change::HistoryAppend(record) => c
             .prepare_cached(
                 "INSERT INTO history (lock, owner, token, granted_at, ended_at, end_reason, \
-                 lease_id, request_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                 lease_id, request_id, value, mode) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
             )
             .and_then(|mut s| {
                 s.execute(params![
@@ -752,6 +807,8 @@ fn apply(c: &rusqlite::Transaction<'_>, change: &Change) -> Result<(), PersistEr
                     record.end.as_str(),
                     &record.lease_id.0[..],
                     record.request_id,
+                    record.value,
+                    record.mode.as_str(),
                 ])
             }),
         Change::JobPut(job) => put_job(c, job),
@@ -806,6 +863,10 @@ fn put_job(c: &rusqlite::Transaction<'_>, job: &Job) -> rusqlite::Result<usize> 
         job.once_per_ms.map(to_i64),
         job.api_key,
     ])
+}
+
+fn mode_of(text: &str) -> Result<Mode, PersistError> {
+    Mode::parse(text).ok_or_else(|| PersistError(format!("a stored lease mode is unknown: {text}")))
 }
 
 fn optional_time(value: Option<i64>, what: &str) -> Result<Option<u64>, PersistError> {

@@ -72,6 +72,81 @@ fn a_newer_schema_is_refused() {
     assert!(error.to_string().contains("newer"), "{error}");
 }
 
+/// A database of schema version 6 (before lease values and modes) keeps its leases on open,
+/// exclusive with no value, and gains the value and mode columns: a lease, ticket and history record written after the
+/// migration keep theirs across a reopen.
+#[tokio::test]
+async fn a_version_6_database_gains_lease_values() {
+    use baton_core::{Change, HistoryRecord, Lease, LeaseEnd, LeaseId, LockName};
+    use baton_store::Persister;
+    let root = tempfile::tempdir().expect("a temporary folder");
+    let lock = LockName::new("leader").expect("a name");
+    let lease = |n: u8, value: Option<&str>| Lease {
+        mode: baton_core::Mode::Exclusive,
+        value: value.map(str::to_owned),
+        id: LeaseId([n; 16]),
+        lock: lock.clone(),
+        owner: "o".into(),
+        owner_key: None,
+        token: u64::from(n),
+        ttl_ms: 1_000,
+        granted_at: 1,
+        expires_at: 1_001,
+        request_id: None,
+        ticket: None,
+        api_key: None,
+    };
+    {
+        let mut persister = SqlitePersister::open(root.path()).expect("create");
+        persister
+            .commit(&[Change::LeasePut(lease(1, None))])
+            .expect("commit");
+    }
+    let connection =
+        rusqlite::Connection::open(root.path().join(baton_store_sqlite::DATABASE_FILE))
+            .expect("open directly");
+    connection
+        .execute_batch(
+            "ALTER TABLE leases DROP COLUMN value; ALTER TABLE tickets DROP COLUMN value;
+             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN mode;
+             ALTER TABLE tickets DROP COLUMN mode; ALTER TABLE history DROP COLUMN mode; PRAGMA user_version = 6;",
+        )
+        .expect("go back to version 6");
+    drop(connection);
+    let mut persister = SqlitePersister::open(root.path()).expect("migrate");
+    persister
+        .commit(&[
+            Change::LeasePut(lease(2, Some("10.0.0.2:7000"))),
+            Change::HistoryAppend(HistoryRecord {
+                mode: baton_core::Mode::Exclusive,
+                lease_id: LeaseId([3; 16]),
+                request_id: None,
+                lock: lock.clone(),
+                owner: "o".into(),
+                token: 3,
+                granted_at: 1,
+                ended_at: 2,
+                end: LeaseEnd::Released,
+                value: Some("10.0.0.3:7000".into()),
+            }),
+            Change::Counters {
+                next_token: 4,
+                forgotten_token_floor: 0,
+            },
+        ])
+        .expect("commit");
+    drop(persister);
+    let mut persister = SqlitePersister::open(root.path()).expect("reopen");
+    let snapshot = persister.load().expect("load");
+    let mut leases = snapshot.leases.clone();
+    leases.sort_by_key(|lease| lease.token);
+    assert_eq!(
+        leases,
+        vec![lease(1, None), lease(2, Some("10.0.0.2:7000"))]
+    );
+    assert_eq!(snapshot.history[0].value.as_deref(), Some("10.0.0.3:7000"));
+}
+
 /// A database of schema version 3 (before API keys) gains the key and audit tables on open.
 #[tokio::test]
 async fn a_version_3_database_gains_keys_and_audit() {
@@ -83,7 +158,9 @@ async fn a_version_3_database_gains_keys_and_audit() {
             .expect("open directly");
     connection
         .execute_batch(
-            "DROP TABLE api_keys; DROP TABLE audit_log; ALTER TABLE jobs DROP COLUMN once_per_ms;
+            "ALTER TABLE leases DROP COLUMN value; ALTER TABLE tickets DROP COLUMN value;
+             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN mode;
+             ALTER TABLE tickets DROP COLUMN mode; ALTER TABLE history DROP COLUMN mode; DROP TABLE api_keys; DROP TABLE audit_log; ALTER TABLE jobs DROP COLUMN once_per_ms;
              ALTER TABLE tickets DROP COLUMN api_key; ALTER TABLE leases DROP COLUMN api_key;
              ALTER TABLE locks DROP COLUMN api_key; ALTER TABLE jobs DROP COLUMN api_key;
              PRAGMA user_version = 3;",
@@ -143,7 +220,9 @@ async fn a_version_5_database_gains_per_key_quotas() {
             .expect("open directly");
     connection
         .execute_batch(
-            "ALTER TABLE leases DROP COLUMN api_key; ALTER TABLE locks DROP COLUMN api_key;
+            "ALTER TABLE leases DROP COLUMN value; ALTER TABLE tickets DROP COLUMN value;
+             ALTER TABLE history DROP COLUMN value; ALTER TABLE leases DROP COLUMN mode;
+             ALTER TABLE tickets DROP COLUMN mode; ALTER TABLE history DROP COLUMN mode; ALTER TABLE leases DROP COLUMN api_key; ALTER TABLE locks DROP COLUMN api_key;
              ALTER TABLE jobs DROP COLUMN api_key; ALTER TABLE api_keys DROP COLUMN leases_max;
              ALTER TABLE api_keys DROP COLUMN waiters_max; ALTER TABLE api_keys DROP COLUMN locks_max;
              ALTER TABLE api_keys DROP COLUMN jobs_max; PRAGMA user_version = 5;",
@@ -176,6 +255,8 @@ async fn a_version_5_database_gains_per_key_quotas() {
                 api_key: Some(key.id.clone()),
             }),
             Change::LeasePut(Lease {
+                mode: baton_core::Mode::Exclusive,
+                value: None,
                 id: LeaseId([3; 16]),
                 lock: lock.clone(),
                 owner: "o".into(),
@@ -210,6 +291,8 @@ async fn a_key_at_its_quota_is_still_at_it_after_a_restart() {
     use baton_store::{AcquireArgs, AcquireOutcome, StoreError};
     let root = tempfile::tempdir().expect("a temporary folder");
     let args = |lock: &str, key: &str| AcquireArgs {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         lock: LockName::new(lock).expect("a name"),
         owner: "o".into(),
         owner_key: None,

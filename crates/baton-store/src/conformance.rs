@@ -40,8 +40,8 @@ use async_trait::async_trait;
 use baton_core::{
     AcquireError, CancelOutcome, Cancelled, Config, FinishJob, HistoryRecord, Job, JobCapability,
     JobCreated, JobError, JobFilter, JobId, JobState, Lease, LeaseEnd, LeaseError, LeaseId,
-    LockName, LockView, Millis, Policy, QueuedTicket, Released, StopReason, TicketEnd, TicketError,
-    TicketId, TicketStatus, TokenError, limits,
+    LockName, LockView, Millis, Mode, Policy, QueuedTicket, Released, StopReason, TicketEnd,
+    TicketError, TicketId, TicketStatus, TokenError, limits,
 };
 use tokio::time::Instant;
 
@@ -106,6 +106,8 @@ macro_rules! __conformance_each_case {
         $($callback)*! {
             $($args)*
             grant_renew_release
+            lease_values
+            read_write_locks
             unknown_ids_and_bad_input
             mutex_excludes
             semaphore_capacity
@@ -230,6 +232,8 @@ fn name(text: &str) -> LockName {
 /// A try: no wait, no queue, the suite's ttl.
 fn req(lock: &str, owner: &str) -> AcquireArgs {
     AcquireArgs {
+        mode: Mode::Exclusive,
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: name(lock),
@@ -538,7 +542,11 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
     assert!(view.waiters.is_empty());
 
     c.advance(5_000);
-    let renewed = c.store.renew(a.id, None).await.expect("renew a live lease");
+    let renewed = c
+        .store
+        .renew(a.id, None, None)
+        .await
+        .expect("renew a live lease");
     assert_eq!(
         renewed.expires_at,
         c.now() + TTL,
@@ -567,7 +575,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
 
     let longer = c
         .store
-        .renew(a.id, Some(2 * TTL))
+        .renew(a.id, Some(2 * TTL), None)
         .await
         .expect("renew with a new ttl");
     assert_eq!(longer.ttl_ms, 2 * TTL);
@@ -578,7 +586,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
     );
     let shorter = c
         .store
-        .renew(a.id, Some(limits::TTL_MS_MIN))
+        .renew(a.id, Some(limits::TTL_MS_MIN), None)
         .await
         .expect("renew shorter");
     assert!(
@@ -586,7 +594,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
         "a renewal never shortens a deadline already promised"
     );
     assert_eq!(
-        c.store.renew(a.id, Some(1)).await,
+        c.store.renew(a.id, Some(1), None).await,
         Err(StoreError::Lease(LeaseError::InvalidTtl)),
         "renew with a ttl out of bounds"
     );
@@ -607,7 +615,7 @@ pub async fn grant_renew_release(backend: &dyn Backend) {
         "a clean release starts no lock-delay"
     );
     assert_eq!(
-        c.store.renew(a.id, None).await,
+        c.store.renew(a.id, None, None).await,
         Err(StoreError::Lease(LeaseError::Ended(LeaseEnd::Released))),
         "renew after release"
     );
@@ -638,7 +646,7 @@ pub async fn unknown_ids_and_bad_input(backend: &dyn Backend) {
         Err(StoreError::Token(TokenError::Unknown))
     );
     assert_eq!(
-        c.store.renew(lease, None).await,
+        c.store.renew(lease, None, None).await,
         Err(StoreError::Lease(LeaseError::NotFound))
     );
     assert_eq!(
@@ -1263,7 +1271,7 @@ pub async fn expiry_and_lock_delay(backend: &dyn Backend) {
         "ended at its expiry"
     );
     assert_eq!(
-        c.store.renew(a.id, None).await,
+        c.store.renew(a.id, None, None).await,
         Err(StoreError::Lease(LeaseError::Ended(LeaseEnd::Expired)))
     );
     assert_eq!(
@@ -1774,7 +1782,7 @@ pub async fn cancel_ticket(backend: &dyn Backend) {
         other => panic!("cancel of a collected ticket: got {other:?}"),
     }
     assert_eq!(tokens(&c.view("cancel").await.holders), [lease.token]);
-    assert!(c.store.renew(lease.id, None).await.is_ok());
+    assert!(c.store.renew(lease.id, None, None).await.is_ok());
 }
 
 /// G7: a retried request id returns the same lease or ticket (also eight racing at once); the
@@ -2014,7 +2022,7 @@ pub async fn revoke(backend: &dyn Backend) {
         (a.id, a.token, "alice")
     );
     assert_eq!(
-        c.store.renew(a.id, None).await,
+        c.store.renew(a.id, None, None).await,
         Err(StoreError::Lease(LeaseError::Ended(LeaseEnd::Revoked))),
         "the holder learns it at its next renewal"
     );
@@ -2074,7 +2082,7 @@ pub async fn revoke(backend: &dyn Backend) {
         .expect("revoke one holder");
     assert_eq!(tokens(&c.view("revoke-sem").await.holders), [s2.token]);
     assert!(
-        c.store.renew(s2.id, None).await.is_ok(),
+        c.store.renew(s2.id, None, None).await.is_ok(),
         "the other holder is untouched"
     );
 }
@@ -2242,6 +2250,158 @@ pub async fn listings(backend: &dyn Backend) {
     );
 }
 
+/// A lease's value: set at acquire (directly, or carried by a ticket to its grant), replaced by
+/// a renewal that carries one and kept by one that does not, shown in listings and history, and
+/// (on a durable store) the same after a restart, the renewed value included: a store that
+/// persisted only the value given at acquire, or dropped the ticket's, fails here. A value over
+/// the bound is refused and changes nothing.
+pub async fn lease_values(backend: &dyn Backend) {
+    let c = Case::open(backend, "values").await;
+    let with = |owner: &str, value: &str| AcquireArgs {
+        value: Some(value.to_owned()),
+        ..req("values", owner)
+    };
+    let a = c.grant(with("alice", "10.0.0.1:7000")).await;
+    assert_eq!(a.value.as_deref(), Some("10.0.0.1:7000"));
+    let w = c.enqueue(with("bob", "10.0.0.2:7000")).await;
+    assert_eq!(w.ticket.value.as_deref(), Some("10.0.0.2:7000"));
+    let too_long = "x".repeat(limits::LEASE_VALUE_BYTES_MAX + 1);
+    assert!(
+        matches!(
+            c.acquire(with("carol", &too_long)).await,
+            Err(StoreError::Acquire(AcquireError::InvalidValue(_)))
+        ),
+        "a value over the bound is refused"
+    );
+    assert!(matches!(
+        c.store.renew(a.id, None, Some(too_long)).await,
+        Err(StoreError::Lease(LeaseError::InvalidValue(_)))
+    ));
+    let kept = c.store.renew(a.id, None, None).await.expect("renew");
+    assert_eq!(
+        kept.value.as_deref(),
+        Some("10.0.0.1:7000"),
+        "a renewal without a value keeps it"
+    );
+    let renewed = c
+        .store
+        .renew(a.id, None, Some("10.0.0.1:7001".into()))
+        .await
+        .expect("renew with a value");
+    assert_eq!(renewed.value.as_deref(), Some("10.0.0.1:7001"));
+    let c = if backend.durable() {
+        c.reopen(backend).await
+    } else {
+        c
+    };
+    let view = c.view("values").await;
+    assert_eq!(
+        view.holders[0].value.as_deref(),
+        Some("10.0.0.1:7001"),
+        "the listing shows the renewed value (after a restart on a durable store)"
+    );
+    assert_eq!(view.waiters[0].value.as_deref(), Some("10.0.0.2:7000"));
+    c.release(&renewed).await;
+    let b = c.granted(w.ticket.id).await;
+    assert_eq!(
+        b.value.as_deref(),
+        Some("10.0.0.2:7000"),
+        "the ticket's value goes to its lease"
+    );
+    let history = c.store.history(name("values"), 10).await.expect("history");
+    assert_eq!(history[0].owner, "alice");
+    assert_eq!(
+        history[0].value.as_deref(),
+        Some("10.0.0.1:7001"),
+        "history keeps the value"
+    );
+}
+
+/// Read-write locks: shared leases hold a lock of capacity 1 together; a queued writer waits
+/// for every reader and holds back the readers queued after it (and a shared try); readers in
+/// a row at the head are granted together when the writer releases; every grant has a greater
+/// token; modes survive a restart (durable stores); history records them; a shared acquire on a
+/// semaphore is a mode conflict. A store that lost a lease's mode in its rows would restore
+/// readers as exclusive holders and fail here.
+pub async fn read_write_locks(backend: &dyn Backend) {
+    let c = Case::open(backend, "rw").await;
+    let read = |owner: &str| AcquireArgs {
+        mode: Mode::Shared,
+        ..req("rw", owner)
+    };
+    let r1 = c.grant(read("r1")).await;
+    let r2 = c.grant(read("r2")).await;
+    assert_eq!((r1.mode, r2.mode), (Mode::Shared, Mode::Shared));
+    assert_increasing("readers", &[r1.token, r2.token]);
+    let w = c.enqueue(req("rw", "w")).await;
+    assert_eq!(
+        c.busy(read("late")).await.len(),
+        2,
+        "a shared try never jumps the queue"
+    );
+    let r3 = c.enqueue(read("r3")).await;
+    let r4 = c.enqueue(read("r4")).await;
+    let c = if backend.durable() {
+        c.reopen(backend).await
+    } else {
+        c
+    };
+    let view = c.view("rw").await;
+    assert_eq!(holder_owners(&view), ["r1", "r2"]);
+    assert!(view.holders.iter().all(|lease| lease.mode == Mode::Shared));
+    assert_eq!(waiter_owners(&view), ["w", "r3", "r4"]);
+    assert_eq!(
+        view.waiters.iter().map(|t| t.mode).collect::<Vec<_>>(),
+        [Mode::Exclusive, Mode::Shared, Mode::Shared]
+    );
+    c.release(&r1).await;
+    assert_eq!(
+        c.position(w.ticket.id).await,
+        1,
+        "the writer waits for the last reader"
+    );
+    c.release(&r2).await;
+    let writer = c.granted(w.ticket.id).await;
+    assert_eq!(writer.mode, Mode::Exclusive);
+    assert_eq!(holder_owners(&c.view("rw").await), ["w"]);
+    c.release(&writer).await;
+    let g3 = c.granted(r3.ticket.id).await;
+    let g4 = c.granted(r4.ticket.id).await;
+    assert_increasing("grants", &[r2.token, writer.token, g3.token, g4.token]);
+    assert_eq!(holder_owners(&c.view("rw").await), ["r3", "r4"]);
+    let history = c.store.history(name("rw"), 10).await.expect("history");
+    let modes: Vec<(&str, Mode)> = history
+        .iter()
+        .map(|record| (record.owner.as_str(), record.mode))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("w", Mode::Exclusive),
+            ("r2", Mode::Shared),
+            ("r1", Mode::Shared)
+        ]
+    );
+    c.grant(AcquireArgs {
+        capacity: Some(2),
+        ..req("rw-sem", "a")
+    })
+    .await;
+    assert!(
+        matches!(
+            c.acquire(AcquireArgs {
+                mode: Mode::Shared,
+                ..req("rw-sem", "b")
+            })
+            .await,
+            Err(StoreError::Acquire(AcquireError::ModeConflict {
+                capacity: 2
+            }))
+        ),
+        "shared mode on a semaphore is a mode conflict"
+    );
+}
+
 /// G2/G3/G7 across a restart (durable backends only): held leases stay live with a deadline not
 /// earlier than before, queues keep their order, request ids their answers, fences their newest
 /// token; a ticket granted just before the restart returns its lease; a released lock stays
@@ -2283,7 +2443,7 @@ pub async fn restart_keeps_state(backend: &dyn Backend) {
     c.advance(1_000);
     let a = c
         .store
-        .renew(a.id, None)
+        .renew(a.id, None, None)
         .await
         .expect("renew before the restart");
     assert_eq!(
@@ -2394,7 +2554,7 @@ pub async fn restart_keeps_state(backend: &dyn Backend) {
     );
 
     assert!(
-        c.store.renew(a.id, None).await.is_ok(),
+        c.store.renew(a.id, None, None).await.is_ok(),
         "a surviving lease renews"
     );
     c.release(&a).await;
@@ -2598,6 +2758,8 @@ pub async fn concurrent_tries(backend: &dyn Backend) {
 /// A job named `job` (also its lock), no wait, the suite's ttl.
 fn job_req(job: &str, owner: &str, policy: Policy) -> CreateJobArgs {
     CreateJobArgs {
+        mode: Mode::Exclusive,
+        value: None,
         quota: Default::default(),
         api_key: None,
         name: job.to_owned(),

@@ -868,6 +868,8 @@ impl Store for Engine {
             quota: args.quota,
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
+            value: args.value,
+            mode: args.mode,
         };
         let (acquired, required) =
             self.transact(|shared, now| shared.core.acquire(command, now))?;
@@ -950,8 +952,15 @@ impl Store for Engine {
             .await
     }
 
-    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError> {
-        Ok(self.run(|core, now| core.renew(id, ttl_ms, now)).await??)
+    async fn renew(
+        &self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
+    ) -> Result<Lease, StoreError> {
+        Ok(self
+            .run(|core, now| core.renew_with_value(id, ttl_ms, value, now))
+            .await??)
     }
 
     async fn release(&self, id: LeaseId) -> Result<Released, StoreError> {
@@ -1027,6 +1036,8 @@ impl Store for Engine {
             quota: args.quota,
             lease_id: LeaseId(self.random_id()?),
             ticket_id: TicketId(self.random_id()?),
+            value: args.value,
+            mode: args.mode,
         };
         let (created, required) =
             self.transact(|shared, now| shared.core.create_job(command, now))?;

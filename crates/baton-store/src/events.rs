@@ -305,6 +305,8 @@ mod tests {
 
     fn ended(token: u64) -> Event {
         Event::Ended(HistoryRecord {
+            mode: baton_core::Mode::Exclusive,
+            value: None,
             lease_id: LeaseId([0; 16]),
             request_id: None,
             lock: LockName::new("a").unwrap_or_else(|_| unreachable!()),

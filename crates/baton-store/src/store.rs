@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use baton_core::{
     AcquireError, CancelOutcome, Cancelled, FinishJob, Gauges, HistoryRecord, Job, JobCapability,
     JobCreated, JobError, JobFilter, JobId, KeyQuota, Lease, LeaseError, LeaseId, LockName,
-    LockView, Millis, OutputAppended, Policy, QueuedTicket, Released, StopReason, TicketError,
-    TicketId, TicketStatus, TokenError,
+    LockView, Millis, Mode, OutputAppended, Policy, QueuedTicket, Released, StopReason,
+    TicketError, TicketId, TicketStatus, TokenError,
 };
 
 /// An acquire as the server passes it on (validated; ids are the store's to choose).
@@ -39,6 +39,10 @@ pub struct AcquireArgs {
     pub api_key: Option<String>,
     /// That key's own quotas ([`ApiKey::quota`]); the core's defaults fill the ones it lacks.
     pub quota: KeyQuota,
+    /// The value the lease carries ([`Lease::value`], validated by the core).
+    pub value: Option<String>,
+    /// How the lease holds the lock (shared only on a lock of capacity 1).
+    pub mode: Mode,
 }
 
 /// What an acquire ended with.
@@ -86,6 +90,10 @@ pub struct CreateJobArgs {
     pub api_key: Option<String>,
     /// That key's own quotas, as for [`AcquireArgs::quota`].
     pub quota: KeyQuota,
+    /// The value the job's lease carries, as for [`AcquireArgs::value`].
+    pub value: Option<String>,
+    /// How the job's lease holds the lock, as for [`AcquireArgs::mode`].
+    pub mode: Mode,
 }
 
 /// Why a store operation failed.
@@ -204,8 +212,14 @@ pub trait Store: Send + Sync + 'static {
     /// many were cancelled.
     async fn cancel_tickets_of_key(&self, key_id: &str) -> Result<usize, StoreError>;
 
-    /// Renews a lease.
-    async fn renew(&self, id: LeaseId, ttl_ms: Option<u64>) -> Result<Lease, StoreError>;
+    /// Renews a lease, replacing its value when `value` is given (the change is durable
+    /// before the answer, as for every change of a lease's record).
+    async fn renew(
+        &self,
+        id: LeaseId,
+        ttl_ms: Option<u64>,
+        value: Option<String>,
+    ) -> Result<Lease, StoreError>;
 
     /// Releases a lease, handing the lock on at once.
     async fn release(&self, id: LeaseId) -> Result<Released, StoreError>;

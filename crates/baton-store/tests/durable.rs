@@ -207,6 +207,8 @@ async fn answers_wait_for_their_commit() {
             let mut released: Option<baton_core::LeaseId> = None;
             for _ in 0..10 {
                 let args = baton_store::AcquireArgs {
+                    mode: baton_core::Mode::Exclusive,
+                    value: None,
                     quota: Default::default(),
                     api_key: None,
                     lock: baton_core::LockName::new("g2").unwrap(),
@@ -249,6 +251,8 @@ async fn answers_wait_for_their_commit() {
 
 fn acquire_args(lock: &str, owner: String) -> baton_store::AcquireArgs {
     baton_store::AcquireArgs {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         quota: Default::default(),
         api_key: None,
         lock: baton_core::LockName::new(lock).unwrap(),

@@ -85,6 +85,8 @@ fn drive<T>(engine: &Engine, mut future: Pin<Box<dyn Future<Output = T> + Send +
 
 fn args(owner: &str, queue: bool, request_id: Option<&str>) -> AcquireArgs {
     AcquireArgs {
+        mode: baton_core::Mode::Exclusive,
+        value: None,
         lock: LockName::new("x").unwrap(),
         owner: owner.into(),
         owner_key: None,

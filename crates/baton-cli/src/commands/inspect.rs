@@ -1,6 +1,6 @@
 //! `baton status`, `baton locks` and `baton history`: read-only views of the server's state.
 
-use baton_proto::{HoldEnd, LockInfo};
+use baton_proto::{HoldEnd, LockInfo, LockMode};
 use jiff::Timestamp;
 use serde::Serialize;
 
@@ -98,15 +98,36 @@ fn render_lock(info: &LockInfo, now: Timestamp) -> String {
     if info.holders.is_empty() {
         text.push_str("  none\n");
     } else {
-        let mut table = Table::new(&["TOKEN", "OWNER", "SINCE", "EXPIRES", "JOB"]);
+        // The MODE and VALUE columns only when some holder is shared or published a value:
+        // most locks have neither.
+        let modes = info
+            .holders
+            .iter()
+            .any(|holder| holder.mode == LockMode::Shared);
+        let values = info.holders.iter().any(|holder| holder.value.is_some());
+        let mut headers = vec!["TOKEN", "OWNER", "SINCE", "EXPIRES", "JOB"];
+        if modes {
+            headers.push("MODE");
+        }
+        if values {
+            headers.push("VALUE");
+        }
+        let mut table = Table::new(&headers);
         for holder in &info.holders {
-            table.row(vec![
+            let mut row = vec![
                 holder.token.to_string(),
                 holder.owner.clone(),
                 relative(holder.since, now),
                 relative(holder.expires_at, now),
                 holder.job.clone().unwrap_or_else(|| "-".into()),
-            ]);
+            ];
+            if modes {
+                row.push(holder.mode.as_str().to_owned());
+            }
+            if values {
+                row.push(holder.value.clone().unwrap_or_else(|| "-".into()));
+            }
+            table.row(row);
         }
         text.push_str(&indent(&table.render()));
     }
@@ -208,6 +229,8 @@ mod tests {
             name: "deploy".into(),
             capacity: 2,
             holders: vec![Holder {
+                mode: baton_proto::LockMode::Exclusive,
+                value: None,
                 owner: "h/u/1".into(),
                 token: 41,
                 since: at(940),
@@ -215,6 +238,7 @@ mod tests {
                 job: None,
             }],
             waiters: vec![Waiter {
+                mode: baton_proto::LockMode::Exclusive,
                 position: 1,
                 owner: "h/u/2".into(),
                 since: at(990),

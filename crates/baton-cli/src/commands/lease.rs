@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use baton_client::{LockOptions, owner_label};
-use baton_proto::Lease;
+use baton_proto::{Lease, LockMode};
 
 use super::Context;
 use super::keeper::Signals;
@@ -38,6 +38,12 @@ pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8>
             args.wait
         },
         request_id: args.request_id,
+        value: args.value,
+        mode: if args.shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        },
         ..LockOptions::default()
     };
     // Listening from before the first request: a signal while queued gives the place up
@@ -93,7 +99,10 @@ fn printed(lease: &Lease, print: PrintArg) -> String {
 
 /// `baton renew`.
 pub async fn renew(context: &Context, args: RenewArgs) -> anyhow::Result<u8> {
-    let granted = context.client.renew(&args.lease_id, args.ttl).await?;
+    let granted = context
+        .client
+        .renew_with_value(&args.lease_id, args.ttl, args.value)
+        .await?;
     let lease = granted.lease;
     eprintln!(
         "renewed {}: token {}, expires in {}",
@@ -144,6 +153,8 @@ mod tests {
 
     fn lease() -> Lease {
         Lease {
+            mode: LockMode::Exclusive,
+            value: None,
             id: "L1".into(),
             lock: "team-a/deploy".into(),
             owner: "o".into(),

@@ -3,6 +3,7 @@
 //! code in one place ([`crate::exit`]).
 
 pub mod admin;
+pub mod elect;
 pub mod generate;
 pub mod inspect;
 pub mod jobs;

@@ -907,6 +907,8 @@ async fn take_slot(
     capacity: Option<u32>,
 ) -> Result<Slot, Error> {
     let request = CreateJobRequest {
+        mode: None,
+        value: None,
         name: task.name.clone(),
         lock: Some(lock.to_owned()),
         capacity,

@@ -105,6 +105,8 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
     };
     let (ttl, grace) = (timing.ttl, timing.grace);
     let request = CreateJobRequest {
+        value: args.value.clone(),
+        mode: args.shared.then_some(baton_client::proto::LockMode::Shared),
         name: args.name.clone(),
         lock: Some(lock.clone()),
         capacity: args.capacity,

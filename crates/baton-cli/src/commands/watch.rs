@@ -127,6 +127,8 @@ mod tests {
 
     fn event(kind: EventKind) -> Event {
         Event {
+            mode: None,
+            value: None,
             id: "s-1".into(),
             seq: 1,
             kind,

@@ -12,7 +12,7 @@ use crate::limits;
 use super::events::JobChange;
 use super::{
     Acquire, AcquireError, Acquired, Change, Deadline, Event, KeyQuota, Lease, LeaseEnd,
-    LeaseError, QueuedTicket, Quota, State, TicketEnd,
+    LeaseError, Mode, QueuedTicket, Quota, State, TicketEnd,
 };
 
 /// What to do when the lock is busy.
@@ -290,6 +290,10 @@ pub struct CreateJob {
     pub lease_id: LeaseId,
     /// The ticket id, if one is queued.
     pub ticket_id: TicketId,
+    /// The value the job's lease carries ([`Lease::value`]): a leader's address.
+    pub value: Option<String>,
+    /// How the job's lease holds the lock.
+    pub mode: Mode,
 }
 
 /// What creating a job did.
@@ -431,6 +435,9 @@ fn validate(command: &CreateJob) -> Result<(), JobError> {
             "once_per_ms must be between a second and a year",
         ));
     }
+    if let Some(value) = &command.value {
+        crate::ids::validate_lease_value(value).map_err(AcquireError::from)?;
+    }
     Ok(())
 }
 
@@ -552,7 +559,7 @@ impl State {
             job.once_slot = Some(slot);
             job.once_per_ms = Some(period);
         }
-        let free = self.lock_free(&command.lock, now);
+        let free = self.lock_free(&command.lock, command.mode, now);
         if !free && command.policy == Policy::Coalesce {
             let pending = self
                 .pending_coalesce
@@ -583,6 +590,8 @@ impl State {
                 quota: command.quota,
                 lease_id: command.lease_id,
                 ticket_id: command.ticket_id,
+                value: command.value.clone(),
+                mode: command.mode,
             },
             now,
         )?;
@@ -621,10 +630,10 @@ impl State {
         Ok(self.record_job(job))
     }
 
-    fn lock_free(&self, name: &LockName, now: Millis) -> bool {
+    fn lock_free(&self, name: &LockName, mode: Mode, now: Millis) -> bool {
         self.locks
             .get(name)
-            .is_none_or(|entry| entry.has_room(now) && entry.queue.is_empty())
+            .is_none_or(|entry| entry.has_room(mode, now) && entry.queue.is_empty())
     }
 
     fn request_stop_of_holders(&mut self, name: &LockName) {
