@@ -17,7 +17,7 @@
 //! standby answers `503 not_active` naming the active (the feed lives in the active's engine).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,7 +32,9 @@ use tokio::sync::{broadcast, mpsc};
 use crate::auth::{Auth, Caller, KeySet};
 use crate::error::ApiError;
 use crate::extract::QueryMap;
-use crate::routes::{AppState, timestamp};
+use crate::state::AppState;
+use crate::telemetry::{DROPPED, SUBSCRIBERS};
+use crate::wire::timestamp;
 
 /// How often a keep-alive comment is sent.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -44,11 +46,6 @@ pub const SUBSCRIBER_BUFFER: usize = 1_024;
 /// events carry up to 16 KiB of a job's output each, so a count alone would let a slow
 /// subscriber hold far more memory than its buffer of small events does.
 pub const SUBSCRIBER_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Subscribers connected now, and dropped since start (for `/metrics`).
-pub static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
-/// Subscribers dropped for falling behind since start.
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Follow lock and job events (Server-Sent Events).
 #[utoipa::path(get, path = "/v1/events", tag = "events",

@@ -16,10 +16,10 @@ use baton_store::{AuditEntry, CreateJobArgs, Role};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JobPath, JsonBody, QueryMap};
-use crate::routes::{
-    AppState, authorize_by_id, lease_wire, lock_wire, ticket_wire, timestamp, ttl,
-    validate_requester, wait_duration,
-};
+use crate::limits::{ttl, validate_requester, wait_duration};
+use crate::scope::authorize_by_id;
+use crate::state::AppState;
+use crate::wire::{lease_wire, lock_wire, ticket_wire, timestamp};
 
 /// The largest finish body: the output tail plus room for the rest.
 pub const FINISH_BODY_BYTES_MAX: usize = limits::OUTPUT_TAIL_BYTES_MAX * 2 + 16 * 1024;
@@ -194,7 +194,7 @@ pub(crate) async fn create(
         .store
         .create_job(args)
         .await
-        .map_err(|error| crate::routes::conflict_in_scope(&caller, error))?;
+        .map_err(|error| crate::scope::conflict_in_scope(&caller, error))?;
     if created.job.policy == Policy::Fail && created.job.state == JobState::Skipped {
         return Err(busy_job(&state, &created.job, lock).await);
     }
