@@ -680,8 +680,8 @@ pub fn key_wire(key: &ApiKey, source: KeySource) -> baton_proto::KeyInfo {
         waiters_max: key.quota.waiters_max.map(wire_count),
         locks_max: key.quota.locks_max.map(wire_count),
         jobs_max: key.quota.jobs_max.map(wire_count),
-        created_at: crate::routes::timestamp(key.created_at),
-        revoked_at: key.revoked_at.map(crate::routes::timestamp),
+        created_at: crate::wire::timestamp(key.created_at),
+        revoked_at: key.revoked_at.map(crate::wire::timestamp),
         source: match source {
             KeySource::Store => "store",
             KeySource::File => "file",

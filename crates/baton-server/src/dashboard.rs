@@ -27,8 +27,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use sha2::{Digest, Sha256};
 
-use crate::routes::AppState;
-
 /// One file of the dashboard.
 struct Asset {
     /// The path it is served at.
@@ -77,7 +75,7 @@ pub fn is_page_path(path: &str) -> bool {
 }
 
 /// The dashboard's routes, added to the API's router.
-pub(crate) fn routes(router: axum::Router<AppState>) -> axum::Router<AppState> {
+pub(crate) fn routes<S: Clone + Send + Sync + 'static>(router: axum::Router<S>) -> axum::Router<S> {
     ASSETS.iter().fold(router, |router, asset| {
         router.route(
             asset.path,

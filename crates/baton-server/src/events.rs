@@ -17,7 +17,7 @@
 //! standby answers `503 not_active` naming the active (the feed lives in the active's engine).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -32,7 +32,9 @@ use tokio::sync::{broadcast, mpsc};
 use crate::auth::{Auth, Caller, KeySet};
 use crate::error::ApiError;
 use crate::extract::QueryMap;
-use crate::routes::{AppState, timestamp};
+use crate::state::AppState;
+use crate::telemetry::{DROPPED, SUBSCRIBERS};
+use crate::wire::timestamp;
 
 /// How often a keep-alive comment is sent.
 pub const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -44,11 +46,6 @@ pub const SUBSCRIBER_BUFFER: usize = 1_024;
 /// events carry up to 16 KiB of a job's output each, so a count alone would let a slow
 /// subscriber hold far more memory than its buffer of small events does.
 pub const SUBSCRIBER_BUFFER_BYTES_MAX: usize = 4 * 1024 * 1024;
-
-/// Subscribers connected now, and dropped since start (for `/metrics`).
-pub static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
-/// Subscribers dropped for falling behind since start.
-pub static DROPPED: AtomicU64 = AtomicU64::new(0);
 
 /// Follow lock and job events (Server-Sent Events).
 #[utoipa::path(get, path = "/v1/events", tag = "events",
@@ -347,7 +344,7 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.expires_at = Some(timestamp(lease.expires_at));
             wire.from_queue = Some(lease.ticket.is_some());
             wire.value = lease.value.clone();
-            wire.mode = Some(crate::routes::mode_wire(lease.mode));
+            wire.mode = Some(crate::wire::mode_wire(lease.mode));
         }
         Event::Ended(record) => {
             wire.kind = match record.end {
@@ -358,13 +355,13 @@ pub(crate) fn event_wire(stream: &str, published: &Published) -> proto::Event {
             wire.owner = Some(record.owner.clone());
             wire.token = Some(record.token);
             wire.granted_at = Some(timestamp(record.granted_at));
-            wire.mode = Some(crate::routes::mode_wire(record.mode));
+            wire.mode = Some(crate::wire::mode_wire(record.mode));
         }
         Event::Queued { queued, .. } => {
             wire.kind = proto::EventKind::Queued;
             wire.owner = Some(queued.ticket.owner.clone());
             wire.position = Some(queued.position);
-            wire.mode = Some(crate::routes::mode_wire(queued.ticket.mode));
+            wire.mode = Some(crate::wire::mode_wire(queued.ticket.mode));
         }
         Event::LeftQueue { ticket, why, .. } => {
             wire.kind = proto::EventKind::LeftQueue;

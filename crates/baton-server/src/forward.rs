@@ -29,7 +29,8 @@ use baton_store::StoreError;
 
 use crate::error::ApiError;
 use crate::extract::{BODY_BYTES_MAX, BodyReadTimeout};
-use crate::routes::{AppState, WAIT_MS_MAX};
+use crate::limits::WAIT_MS_MAX;
+use crate::state::AppState;
 
 /// The header a forwarded request carries: the forwarding standby's node id.
 pub const FORWARDED_BY: &str = "baton-forwarded-by";

@@ -16,10 +16,10 @@ use baton_store::{AuditEntry, CreateJobArgs, Role};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{JobPath, JsonBody, QueryMap};
-use crate::routes::{
-    AppState, authorize_by_id, lease_wire, lock_wire, ticket_wire, timestamp, ttl,
-    validate_requester, wait_duration,
-};
+use crate::limits::{ttl, validate_requester, wait_duration};
+use crate::scope::authorize_by_id;
+use crate::state::AppState;
+use crate::wire::{lease_wire, lock_wire, ticket_wire, timestamp};
 
 /// The largest finish body: the output tail plus room for the rest.
 pub const FINISH_BODY_BYTES_MAX: usize = limits::OUTPUT_TAIL_BYTES_MAX * 2 + 16 * 1024;
@@ -170,7 +170,7 @@ pub(crate) async fn create(
         request.request_id.as_deref(),
         request.capacity,
     )?;
-    crate::routes::validate_value(request.value.as_deref())?;
+    crate::limits::validate_value(request.value.as_deref())?;
     optional_label(request.host.as_ref(), "host", limits::HOST_BYTES_MAX)?;
     optional_label(request.batch.as_ref(), "batch", limits::BATCH_BYTES_MAX)?;
     let args = CreateJobArgs {
@@ -190,14 +190,14 @@ pub(crate) async fn create(
         api_key: caller.key_id(),
         quota: caller.quota(),
         value: request.value,
-        mode: crate::routes::mode_core(request.mode),
+        mode: crate::wire::mode_core(request.mode),
     };
     let lock = args.lock.clone();
     let created = state
         .store
         .create_job(args)
         .await
-        .map_err(|error| crate::routes::conflict_in_scope(&caller, error))?;
+        .map_err(|error| crate::scope::conflict_in_scope(&caller, error))?;
     if created.job.policy == Policy::Fail && created.job.state == JobState::Skipped {
         return Err(busy_job(&state, &created.job, lock).await);
     }

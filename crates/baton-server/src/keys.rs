@@ -11,7 +11,8 @@ use baton_store::{ApiKey, AuditEntry};
 use crate::auth::{self, Caller, KeySource};
 use crate::error::ApiError;
 use crate::extract::{JsonBody, QueryMap};
-use crate::routes::{AppState, timestamp};
+use crate::state::AppState;
+use crate::wire::timestamp;
 
 /// Most audit entries one `GET /v1/audit` returns.
 pub const AUDIT_LIMIT_MAX: usize = 1_000;

@@ -5,8 +5,12 @@
 //!   and calls [`run`].
 //! - [`run`] serves a router over a listener it is given until a shutdown future completes, so
 //!   tests pass a listener bound to `127.0.0.1:0`.
-//! - `routes` holds the handlers (wire → store → wire), `extract` the request extractors,
-//!   `error` the one mapping from failures to HTTP answers.
+//! - `routes` is the router and its middleware layers. The handlers (wire → store → wire)
+//!   live with their API: `locks` (locks, tickets, leases), `jobs`, `keys`, `events`,
+//!   `health`, `openapi`. Below them, shared by all and importing no handler: `state`
+//!   ([`AppState`]), `wire` (core → wire conversions), `limits` (request limits and their
+//!   checks), `scope` (answers kept within what the caller may see), `auth`, `telemetry`,
+//!   `extract` the request extractors, `error` the one mapping from failures to HTTP answers.
 //! - [`dashboard`] serves the web page at `/` (compiled in; it reads the keyed API in the
 //!   browser).
 //!
@@ -19,13 +23,19 @@ mod error;
 mod events;
 mod extract;
 mod forward;
+mod health;
 mod jobs;
 mod keys;
+mod limits;
 mod listen;
+mod locks;
 mod openapi;
 mod routes;
+mod scope;
+mod state;
 mod telemetry;
 mod tls;
+mod wire;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -39,7 +49,9 @@ use baton_store_sqlite::SqlitePersister;
 
 pub use error::ApiError;
 pub use extract::{BODY_BYTES_MAX, BODY_READ_TIMEOUT_MS_DEFAULT};
-pub use routes::{AppState, HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX, router};
+pub use limits::{HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX};
+pub use routes::router;
+pub use state::AppState;
 pub use telemetry::{REQUEST_ID_HEADER, Telemetry};
 pub use tls::{TlsFiles, TlsSetupError};
 

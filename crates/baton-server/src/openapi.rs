@@ -7,22 +7,26 @@
 //!
 //! A client (or schemathesis, run by `.ci/run`) that keeps to the document is therefore never
 //! refused for input the document allows, and every status it can see is documented.
+//!
+//! `ApiDoc` lists the documented operations (each handler lives with its API) and declares the
+//! bearer key; [`openapi`] serves the document at `/v1/openapi.json`.
 
 use std::sync::OnceLock;
 
+use axum::response::{IntoResponse, Response};
 use baton_core::limits;
 use serde_json::{Map, Value, json};
 use utoipa::OpenApi;
 
 use crate::jobs::JOB_LIST_LIMIT_MAX;
-use crate::routes::{HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX};
+use crate::limits::{HISTORY_LIMIT_MAX, LIST_LIMIT_MAX, WAIT_MS_MAX};
 
 /// The document as JSON text, built once.
 pub fn document_json() -> String {
     static DOCUMENT: OnceLock<String> = OnceLock::new();
     DOCUMENT
         .get_or_init(|| {
-            let mut document = crate::routes::ApiDoc::openapi();
+            let mut document = ApiDoc::openapi();
             document.info.version = env!("CARGO_PKG_VERSION").to_owned();
             serde_json::to_value(&document)
                 .map(|mut value| {
@@ -34,6 +38,95 @@ pub fn document_json() -> String {
                 })
         })
         .clone()
+}
+
+/// `GET /v1/openapi.json`: the document, open without a key.
+pub(crate) async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        crate::openapi::document_json(),
+    )
+        .into_response()
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "baton",
+        description = "Leases, fencing tokens and fair queues across machines."
+    ),
+    paths(
+        crate::locks::acquire,
+        crate::locks::wait_ticket,
+        crate::locks::cancel_ticket,
+        crate::locks::renew,
+        crate::locks::release,
+        crate::locks::list_locks,
+        crate::locks::get_lock,
+        crate::locks::revoke,
+        crate::locks::fence,
+        crate::locks::history,
+        crate::health::healthz,
+        crate::health::readyz,
+        crate::health::metrics,
+        crate::jobs::create,
+        crate::jobs::list,
+        crate::jobs::get_one,
+        crate::jobs::wait,
+        crate::jobs::heartbeat,
+        crate::jobs::finish,
+        crate::jobs::append_output,
+        crate::jobs::cancel,
+        crate::keys::create,
+        crate::keys::list,
+        crate::keys::revoke,
+        crate::keys::audit,
+        crate::events::events
+    ),
+    modifiers(&BearerAuth)
+)]
+pub(crate) struct ApiDoc;
+
+/// Declares the bearer API key in the OpenAPI document, required everywhere but the open paths.
+struct BearerAuth;
+
+/// The paths answered without a key (see `auth`).
+const OPEN_PATHS: &[&str] = &["/healthz", "/readyz", "/v1/openapi.json"];
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{
+            HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme,
+        };
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "api_key",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "An API key (`baton_…`), when the server has any. 401 without a valid \
+                         one, 403 when it does not grant the call, 429 over its rate limit.",
+                    ))
+                    .build(),
+            ),
+        );
+        openapi.security = Some(vec![SecurityRequirement::new(
+            "api_key",
+            Vec::<String>::new(),
+        )]);
+        // The open paths need no key: say so per operation (an empty requirement list).
+        for path in OPEN_PATHS {
+            if let Some(item) = openapi.paths.paths.get_mut(*path) {
+                for operation in [&mut item.get, &mut item.post, &mut item.delete]
+                    .into_iter()
+                    .flatten()
+                {
+                    operation.security = Some(Vec::new());
+                }
+            }
+        }
+    }
 }
 
 /// A lock name: 1 to 255 characters of `A-Z a-z 0-9 . _ : / @ -`, but not `.` or `..` (spelled

@@ -64,6 +64,12 @@ struct RouteOnly {
     route: String,
 }
 
+/// Subscribers of `GET /v1/events` connected now. This and [`DROPPED`] are counted by the
+/// event pumps (`events`) and reported here in `/metrics`.
+pub static SUBSCRIBERS: AtomicU64 = AtomicU64::new(0);
+/// Subscribers dropped for falling behind since start.
+pub static DROPPED: AtomicU64 = AtomicU64::new(0);
+
 /// The key id a request was authenticated with, left in the answer's extensions by
 /// authentication for the request log.
 #[derive(Debug, Clone)]
@@ -493,13 +499,13 @@ impl Collector for StoreCollector {
             &mut encoder,
             "baton_event_subscribers_dropped",
             "Subscribers of GET /v1/events dropped for falling behind",
-            crate::events::DROPPED.load(Ordering::Relaxed),
+            DROPPED.load(Ordering::Relaxed),
         )?;
         gauge(
             &mut encoder,
             "baton_event_subscribers",
             "Subscribers of GET /v1/events connected now",
-            count(crate::events::SUBSCRIBERS.load(Ordering::Relaxed)),
+            count(SUBSCRIBERS.load(Ordering::Relaxed)),
         )?;
         if let Some(leadership) = self.store.leadership() {
             gauge(
