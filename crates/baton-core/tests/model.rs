@@ -475,7 +475,7 @@ impl Model {
         if end != LeaseEnd::Released && delay > 0 {
             let until = now + delay;
             lock.delayed_slots = if lock.delayed(now) {
-                (lock.delayed_slots + 1).min(lock.capacity)
+                lock.delayed_slots.saturating_add(1)
             } else {
                 1
             };

@@ -726,6 +726,33 @@ fn a_capacity_changed_during_a_lock_delay_keeps_its_slots_held_back() {
     state.check_invariants();
 }
 
+/// Found by the model test once read-write locks landed: two readers of a capacity-1 lock
+/// revoked together held back one slot only (the count was capped by the capacity), so raising
+/// the idle lock's capacity to 2 during the delay let a writer in beside two readers that may
+/// still run.
+#[test]
+fn two_unclean_shared_ends_hold_back_two_slots_when_the_capacity_is_raised() {
+    let mut state = State::new(config(), T0);
+    let shared = |owner: &str, n: u8| Acquire {
+        mode: Mode::Shared,
+        ..req("rw", owner, n)
+    };
+    let a = granted(state.acquire(shared("a", 1), T0));
+    let b = granted(state.acquire(shared("b", 2), T0));
+    state.revoke(&name("rw"), a.token, T0 + 10).unwrap();
+    state.revoke(&name("rw"), b.token, T0 + 10).unwrap();
+    // Idle, so its capacity may change; both slots of the raised capacity stay held back.
+    let writer = |n: u8| Acquire {
+        capacity: Some(2),
+        ..req("rw", "w", n)
+    };
+    busy(state.acquire(writer(3), T0 + 20));
+    state.check_invariants();
+    state.tick(T0 + 10 + DELAY);
+    granted(state.acquire(writer(4), T0 + 10 + DELAY));
+    state.check_invariants();
+}
+
 #[test]
 fn cancel_with_forget_request_lets_a_retry_acquire_afresh() {
     let mut state = State::new(config(), T0);

@@ -519,8 +519,9 @@ impl Persister for SqlitePersister {
                 newest_granted: unsigned(newest_granted, "token")?,
                 delayed_until: delayed_until.map(|v| unsigned(v, "time")).transpose()?,
                 // How many slots a lock-delay held back is not stored: after a restart a
-                // lock-delay in force holds back every slot until it ends (conservative).
-                delayed_slots: capacity,
+                // lock-delay in force holds back every slot until it ends (conservative),
+                // whatever the capacity becomes meanwhile.
+                delayed_slots: if delayed_until.is_some() { u32::MAX } else { 0 },
                 api_key,
             });
         }
