@@ -29,5 +29,5 @@ wait $waiter
 "$baton" release "$(cat /tmp/baton-demo-b.lease)"
 echo; echo "== history"
 "$baton" history demo/nightly
-echo; echo "The server is still running on $BATON_URL (data in ./baton-data). Ctrl-C stops it."
+echo; echo "The server is still running on $BATON_URL (data in ./baton-data); its dashboard is at $BATON_URL/ in a browser. Ctrl-C stops it."
 wait $server
