@@ -564,10 +564,15 @@ impl State {
     }
 
     /// Rebuilds [`State::set_siblings`] from restored tickets: the tickets of a set share one
-    /// arrival number, which no other request has. `tickets` is sorted by it.
+    /// arrival number, which no other request has. `tickets` is sorted by it. The request's
+    /// lock order is not stored; the members are put in lock-name order, so a restored table
+    /// is the same whatever order the store read them in (a retry still answers in the order
+    /// of its own request: it looks each lock up).
     pub(super) fn regroup_sets(&mut self, tickets: &[Ticket]) {
         for group in tickets.chunk_by(|a, b| a.seq == b.seq) {
             if group.len() > 1 {
+                let mut group: Vec<&Ticket> = group.iter().collect();
+                group.sort_by(|a, b| a.lock.cmp(&b.lock));
                 let members: Vec<TicketId> = group.iter().map(|ticket| ticket.id).collect();
                 for id in &members {
                     self.set_siblings.insert(*id, members.clone());
