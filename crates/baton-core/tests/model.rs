@@ -25,6 +25,10 @@
 //! - G7: a retried request id returns the same lease or ticket (or says it ended), never a
 //!   second one; an acquire with the owner key of a holder returns that holder's lease.
 //!
+//! Lock sets have a property of their own at the end of this file: set requests over four
+//! mutexes against a model of the one grant rule (the oldest request on each of its locks, all
+//! of them free), with G1, FIFO, all-or-nothing and no deadlock checked after every step.
+//!
 //! A failing case is shrunk and printed by proptest, and its seed saved in
 //! `tests/model.proptest-regressions` (commit it: it is replayed first on every run). The table
 //! is deterministic, so a case replays exactly. `PROPTEST_CASES` raises the case count.
