@@ -1837,14 +1837,17 @@ proptest! {
 // Lock sets against a model of their one rule: a request (one lock or several) is granted when
 // it is the oldest queued request on each of its locks and each of them is free. Random
 // interleavings of set acquires (try and queue, one to three of four mutexes, in any order),
-// waits, releases and the passing of time (expiries and lapses) are applied to the table and
-// the model; after every step both must agree on every lock's holder and queue, and:
+// waits, cancels, waiters that go away, releases and the passing of time (expiries and lapses)
+// are applied to the table and the model; after every step both must agree on every lock's
+// holder and queue, and:
 // - G1: a lock has at most one holder (checked by the table's invariants too);
 // - FIFO: every queue is in arrival order, one arrival number for all of a set's tickets;
 // - all or nothing: a request is granted on all of its locks in one step, or queued on all;
 // - no deadlock: whenever nothing is held, nothing is queued (the head request was granted),
 //   and the oldest queued request heads every one of its queues.
-// Times are distinct per step, so no two lapses fall on the same instant.
+// A waiter that went away keeps its places but is never granted: when it could be, it leaves.
+// Times are distinct per step, so no two lapses fall on the same instant. (Restarts of queued
+// sets are covered by `tests/sets.rs` and the stores' conformance case `lock_sets`.)
 // ---------------------------------------------------------------------------------------------
 
 const SET_LOCKS: [&str; 4] = ["s0", "s1", "s2", "s3"];
@@ -1858,6 +1861,11 @@ enum SetOp {
     Wait(Index),
     /// Release every lease of a holding request (the index picks one).
     Release(Index),
+    /// Cancel one ticket of a queued request (the index picks one): the whole request leaves.
+    Cancel(Index),
+    /// The waiter of a queued request goes away: it keeps its places until it lapses, but is
+    /// never granted; when it could be, it leaves instead.
+    Depart(Index),
     /// Let time pass, then tick.
     Advance(u64),
 }
@@ -1870,6 +1878,8 @@ fn set_op() -> impl Strategy<Value = SetOp> {
             .prop_map(|locks| SetOp::Acquire(locks, false)),
         2 => any::<Index>().prop_map(SetOp::Wait),
         3 => any::<Index>().prop_map(SetOp::Release),
+        1 => any::<Index>().prop_map(SetOp::Cancel),
+        1 => any::<Index>().prop_map(SetOp::Depart),
         2 => (1u64..700).prop_map(SetOp::Advance),
     ]
 }
@@ -1886,6 +1896,8 @@ struct SetRequest {
     /// Queued: when its tickets lapse. Granted: when its leases expire.
     until: u64,
     granted: bool,
+    /// Its waiter went away (and no wait came back since).
+    gone: bool,
 }
 
 #[derive(Debug, Default)]
@@ -1917,6 +1929,12 @@ impl SetModel {
                             .iter()
                             .all(|earlier| earlier.granted || !earlier.locks.contains(lock))
                 });
+                if heads_all && self.requests[index].gone {
+                    // Nobody would collect the grant: the request leaves its queues.
+                    self.requests.remove(index);
+                    granted_one = true;
+                    break;
+                }
                 if heads_all {
                     self.requests[index].granted = true;
                     self.requests[index].until = now + SET_TTL_MS;
@@ -2062,6 +2080,7 @@ fn run_set_case(ops: &[SetOp]) {
                             leases: lease_ids,
                             until: now + SET_TTL_MS,
                             granted: true,
+                            gone: false,
                         });
                     }
                     (baton_core::AcquiredSet::Queued(tickets), false, true) => {
@@ -2075,6 +2094,7 @@ fn run_set_case(ops: &[SetOp]) {
                             leases: lease_ids,
                             until: now + LAPSE_MS,
                             granted: false,
+                            gone: false,
                         });
                     }
                     (baton_core::AcquiredSet::Busy(_), false, false) => {}
@@ -2092,6 +2112,7 @@ fn run_set_case(ops: &[SetOp]) {
                 }
                 let request = &mut model.requests[queued[index.index(queued.len())]];
                 request.until = request.until.max(now + LAPSE_MS);
+                request.gone = false;
                 let ticket = request.tickets[n as usize % request.tickets.len()];
                 assert!(matches!(
                     state.wait_ticket(ticket, None, now),
@@ -2110,6 +2131,37 @@ fn run_set_case(ops: &[SetOp]) {
                     assert_eq!(state.release(*lease, now), Ok(Released::Released));
                 }
                 model.settle(now);
+            }
+            SetOp::Cancel(index) => {
+                let queued: Vec<usize> = (0..model.requests.len())
+                    .filter(|i| !model.requests[*i].granted)
+                    .collect();
+                if queued.is_empty() {
+                    continue;
+                }
+                let request = model.requests.remove(queued[index.index(queued.len())]);
+                let ticket = request.tickets[n as usize % request.tickets.len()];
+                assert_eq!(
+                    state.cancel_ticket(ticket, false, now),
+                    Ok(Cancelled::Cancelled)
+                );
+                model.settle(now);
+            }
+            SetOp::Depart(index) => {
+                let queued: Vec<usize> = (0..model.requests.len())
+                    .filter(|i| !model.requests[*i].granted)
+                    .collect();
+                if queued.is_empty() {
+                    continue;
+                }
+                let request = &mut model.requests[queued[index.index(queued.len())]];
+                request.gone = true;
+                request.until = request.until.min(now + LAPSE_MS);
+                let ticket = request.tickets[n as usize % request.tickets.len()];
+                assert!(matches!(
+                    state.waiter_left(ticket, false, now),
+                    WaiterLeft::Lapsing(_)
+                ));
             }
             SetOp::Advance(ms) => {
                 now += ms;
