@@ -437,3 +437,40 @@ fn a_restart_keeps_a_queued_set_whole() {
     ));
     restored.check_invariants();
 }
+
+/// Quotas count each lease and ticket of a set: a set that would pass the key's quota is
+/// refused whole, and nothing is held, queued or created.
+#[test]
+fn quotas_count_every_lease_and_ticket_of_a_set() {
+    let mut state = State::new(config(), T0);
+    let quota = baton_core::KeyQuota {
+        leases_max: Some(2),
+        waiters_max: Some(1),
+        ..Default::default()
+    };
+    let keyed = |locks: &[&str], n: u8| AcquireSet {
+        api_key: Some("key-1".to_owned()),
+        quota: quota.clone(),
+        ..set(locks, "k", n)
+    };
+    assert!(matches!(
+        state.acquire_set(keyed(&["a", "b", "c"], 1), T0),
+        Err(AcquireError::QuotaExceeded {
+            quota: baton_core::Quota::Leases,
+            limit: 2
+        })
+    ));
+    assert!(state.lock(&name("a")).is_none(), "nothing created");
+    let held = set_granted(state.acquire_set(keyed(&["a", "b"], 2), T0));
+    assert_eq!(held.len(), 2);
+    assert!(matches!(
+        state.acquire_set(keyed(&["b", "c"], 4), T0 + 1),
+        Err(AcquireError::QuotaExceeded {
+            quota: baton_core::Quota::Waiters,
+            limit: 1
+        })
+    ));
+    assert_eq!(state.gauges(T0 + 1).waiters, 0, "nothing queued");
+    assert!(state.lock(&name("c")).is_none(), "nothing created");
+    state.check_invariants();
+}

@@ -179,7 +179,18 @@ impl State {
             }
             return Ok(AcquiredSet::Busy(holders));
         }
-        let refused = command
+        if let Some(error) = self.queue_refusal(&command) {
+            self.drop_created(&created, now);
+            return Err(error);
+        }
+        Ok(AcquiredSet::Queued(self.queue_set(command, now)))
+    }
+
+    /// Why the set may not queue, if a bound stops it: a lock's queue is full, the key's
+    /// waiter quota would be passed by the set's tickets, or the table's waiter bound.
+    fn queue_refusal(&self, command: &AcquireSet) -> Option<AcquireError> {
+        let count = command.locks.len();
+        command
             .locks
             .iter()
             .any(|lock| {
@@ -200,12 +211,7 @@ impl State {
             .or_else(|| {
                 (self.tickets.len() + count > self.config.waiters_total_max)
                     .then_some(AcquireError::LimitReached("too many waiters"))
-            });
-        if let Some(error) = refused {
-            self.drop_created(&created, now);
-            return Err(error);
-        }
-        Ok(AcquiredSet::Queued(self.queue_set(command, now)))
+            })
     }
 
     /// The answer to a retry of the set request `request_id`, or `None` if it is new.
