@@ -450,7 +450,7 @@ fn quotas_count_every_lease_and_ticket_of_a_set() {
     };
     let keyed = |locks: &[&str], n: u8| AcquireSet {
         api_key: Some("key-1".to_owned()),
-        quota: quota.clone(),
+        quota,
         ..set(locks, "k", n)
     };
     assert!(matches!(
