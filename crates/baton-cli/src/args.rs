@@ -514,7 +514,8 @@ pub enum StoreArg {
 /// `baton acquire`.
 #[derive(Debug, Args)]
 pub struct AcquireArgs {
-    /// The lock's name: 1 to 255 of `A-Z a-z 0-9 . _ : / @ -`.
+    /// The lock's name: 1 to 255 of `A-Z a-z 0-9 . _ : / @ -`. A comma list (`a,b`) takes
+    /// every lock together: all granted at once or none, fairly and without deadlock.
     pub name: String,
 
     /// Who holds the lease, as listings show it [default: HOST/USER/PID of the calling shell].
@@ -767,7 +768,8 @@ pub struct LeaderArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("policy").args(["wait", "skip", "fail", "replace", "coalesce"])))]
 pub struct RunArgs {
-    /// The job's name; also the lock's unless --lock is given.
+    /// The job's name; also the lock's unless --lock is given. A comma list (`a,b`) takes
+    /// several locks at once (see --lock).
     pub name: String,
 
     /// The command and its arguments, after `--`. It runs without a shell.
@@ -795,9 +797,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub coalesce: bool,
 
-    /// The lock to hold [default: NAME].
-    #[arg(long, value_name = "LOCK")]
-    pub lock: Option<String>,
+    /// The lock to hold [default: NAME]. Repeat it (or give a comma list) to hold several
+    /// locks at once: all are granted together or none, in one fair order with every other
+    /// request, never deadlocking however sets overlap. With several locks the run keeps no
+    /// job record, and only the wait, --skip and --fail policies apply.
+    #[arg(long, value_name = "LOCK", value_delimiter = ',')]
+    pub lock: Vec<String>,
 
     /// How many runs may hold the lock at once.
     #[arg(long, value_name = "N")]
@@ -862,6 +867,15 @@ impl RunArgs {
             Policy::Coalesce
         } else {
             Policy::Wait
+        }
+    }
+
+    /// The locks to hold: every `--lock`, or the comma list NAME.
+    pub fn locks(&self) -> Vec<String> {
+        if self.lock.is_empty() {
+            self.name.split(',').map(str::to_owned).collect()
+        } else {
+            self.lock.clone()
         }
     }
 

@@ -196,6 +196,49 @@ fn dropping_a_blocking_guard_hands_the_lock_on_at_once() {
     assert!(waiter_token > holder_token);
 }
 
+/// `lock_set` takes two locks together with a guard per lease; an overlapping set waits until
+/// both guards are dropped, then gets both locks, each with a newer token.
+#[test]
+fn blocking_lock_sets_are_granted_whole_and_released_by_their_guards() {
+    let (_runtime, server) = start_server();
+    let client = Client::new(&server.base).unwrap();
+    let ttl = Duration::from_secs(60);
+    let names = |list: &[&str]| {
+        list.iter()
+            .map(|name| (*name).to_owned())
+            .collect::<Vec<_>>()
+    };
+    let held = client
+        .lock_set(&names(&["set-1", "set-2"]), options("holder", ttl))
+        .unwrap();
+    assert_eq!(held.len(), 2);
+    assert_eq!(held[0].lease().lock, "set-1");
+    assert_eq!(held[1].lease().lock, "set-2");
+    let waiter_client = client.clone();
+    let waiter = std::thread::spawn(move || {
+        waiter_client
+            .lock_set(&names(&["set-2", "set-3"]), options("waiter", ttl))
+            .unwrap()
+            .iter()
+            .map(|guard| (guard.lease().lock, guard.token()))
+            .collect::<Vec<_>>()
+    });
+    eventually("the set queued on set-2", || {
+        is_waiting(&client, "set-2", "waiter")
+    });
+    let newest = held.iter().map(|guard| guard.token()).max().unwrap();
+    drop(held);
+    let granted = waiter.join().unwrap();
+    assert_eq!(
+        granted
+            .iter()
+            .map(|(lock, _)| lock.as_str())
+            .collect::<Vec<_>>(),
+        ["set-2", "set-3"]
+    );
+    assert!(granted.iter().all(|(_, token)| *token > newest));
+}
+
 #[test]
 fn a_revoked_lease_is_reported_lost_by_the_blocking_guard() {
     let (_runtime, server) = start_server();

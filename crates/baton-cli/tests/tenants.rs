@@ -574,6 +574,21 @@ fn cases(t: &Tenants, v: &Victim) -> Vec<Case> {
             403,
             403,
         ),
+        // A lock set needs the acquire role on every lock: the attacker's own lock beside
+        // team-b's is refused whole, and nothing of it is held, queued or created.
+        case(
+            "POST",
+            "/v1/locksets/acquire",
+            "/v1/locksets/acquire".into(),
+            Some(json!({
+                "locks": ["team-a/mine", "team-b/deploy"],
+                "owner": "x",
+                "queue": true,
+                "request_id": "nightly"
+            })),
+            403,
+            403,
+        ),
         case(
             "POST",
             "/v1/locks/{name}/revoke",

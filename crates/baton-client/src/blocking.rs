@@ -21,8 +21,8 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use baton_proto::{
-    AcquireRequest, CancelResponse, FenceResponse, Health, History, Lease, LockInfo, LockList,
-    ReleaseResponse, RevokeResponse,
+    AcquireRequest, AcquireSetRequest, CancelResponse, FenceResponse, Health, History, Lease,
+    LockInfo, LockList, ReleaseResponse, RevokeResponse,
 };
 use tokio::sync::oneshot;
 
@@ -30,6 +30,7 @@ use crate::client::{Acquired, Granted, LockOptions};
 use crate::error::{Error, Result};
 use crate::guard::{LeaseStatus, LostReason};
 use crate::retry::RetryPolicy;
+use crate::sets::AcquiredSet;
 
 /// The name of the thread that runs the private runtime.
 const RUNTIME_THREAD_NAME: &str = "baton-client";
@@ -247,6 +248,27 @@ impl Client {
             inner: Some(guard),
             runtime: Arc::clone(&self.runtime),
         })
+    }
+
+    /// See [`crate::Client::acquire_set`].
+    pub fn acquire_set(&self, request: &AcquireSetRequest) -> Result<AcquiredSet> {
+        let request = request.clone();
+        self.run(|client| async move { client.acquire_set(&request).await })
+    }
+
+    /// Acquires every lock of `names` together as [`crate::Client::lock_set`] does and returns
+    /// one guard per lease, in the order of `names`: each renews its lease on the runtime
+    /// thread and releases it when dropped.
+    pub fn lock_set(&self, names: &[String], options: LockOptions) -> Result<Vec<LeaseGuard>> {
+        let names = names.to_vec();
+        let guards = self.run(|client| async move { client.lock_set(&names, options).await })?;
+        Ok(guards
+            .into_iter()
+            .map(|guard| LeaseGuard {
+                inner: Some(guard),
+                runtime: Arc::clone(&self.runtime),
+            })
+            .collect())
     }
 
     /// See [`crate::Client::locks`].

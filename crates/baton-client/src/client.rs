@@ -48,7 +48,7 @@ const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// The longest pause between two ticket waits while the server is unreachable. It must stay
 /// well under a ticket's lapse time (10 s by default) so the ticket survives a short outage.
-const TICKET_RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
+pub(crate) const TICKET_RETRY_PAUSE_MAX: Duration = Duration::from_secs(1);
 
 /// A typed async client for one baton deployment (one server, or several sharing a store).
 ///
@@ -328,31 +328,31 @@ pub(crate) fn millis(duration: Duration) -> u64 {
 }
 
 /// One HTTP request, ready to be sent to any of the base URLs.
-struct Call<'a> {
-    method: Method,
+pub(crate) struct Call<'a> {
+    pub(crate) method: Method,
     /// The path after the base URL, query included, e.g. `/v1/locks/x/history?limit=5`.
-    path: &'a str,
+    pub(crate) path: &'a str,
     /// The JSON body, already serialized.
-    body: Option<Vec<u8>>,
+    pub(crate) body: Option<Vec<u8>>,
     /// How long the server may hold the request open, on top of the normal timeout.
-    wait: Duration,
+    pub(crate) wait: Duration,
     /// Whether the request may be sent again after an `Unavailable` failure.
-    retry: RetryPolicy,
+    pub(crate) retry: RetryPolicy,
 }
 
 /// A successful (2xx) HTTP answer.
-struct Answer {
-    status: StatusCode,
-    body: Vec<u8>,
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Vec<u8>,
     /// The full URL that answered, for error messages.
     url: String,
     /// When the answered request was sent.
-    sent_at: Instant,
+    pub(crate) sent_at: Instant,
 }
 
 impl Answer {
     /// Decodes the body as `T`.
-    fn decode<T: DeserializeOwned>(&self) -> Result<T> {
+    pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T> {
         serde_json::from_slice(&self.body).map_err(|error| Error::Protocol {
             url: self.url.clone(),
             message: format!("cannot decode the answer ({}): {error}", self.status),
@@ -360,7 +360,7 @@ impl Answer {
     }
 
     /// The error for a 2xx status this call does not expect.
-    fn unexpected(&self) -> Error {
+    pub(crate) fn unexpected(&self) -> Error {
         Error::Protocol {
             url: self.url.clone(),
             message: format!("unexpected status {}", self.status),
@@ -585,6 +585,11 @@ impl Client {
     }
 
     // ----- locks and leases -------------------------------------------------------------------
+
+    /// The retry policy of this client's ordinary requests.
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        self.inner.retry
+    }
 
     /// `POST /v1/locks/{name}/acquire`: one acquire, long-polling up to `request.wait_ms`.
     ///
@@ -876,7 +881,7 @@ impl Client {
     /// long-poll that can be longer ago than the TTL although the server granted the lease only
     /// just now. Such a grant is not thrown away: the renewal is answered `lease_lost` if the
     /// lease really ended, and otherwise gives a deadline counted from a fresh send.
-    async fn confirm_grant(&self, granted: Granted) -> Result<Granted> {
+    pub(crate) async fn confirm_grant(&self, granted: Granted) -> Result<Granted> {
         let renew_at = renewal_instant(
             granted.sent_at,
             Duration::from_millis(granted.lease.expires_in_ms),
@@ -1080,7 +1085,7 @@ impl Client {
     }
 
     /// Sends a call; every non-2xx answer becomes an [`Error`].
-    async fn send(&self, call: Call<'_>) -> Result<Answer> {
+    pub(crate) async fn send(&self, call: Call<'_>) -> Result<Answer> {
         match self.send_raw(call).await? {
             Ok(answer) => Ok(answer),
             Err((status, url, body)) => Err(Error::from_response(&url, status, &body)),
@@ -1275,7 +1280,7 @@ pub(crate) fn same_base(a: &str, b: &str) -> bool {
 }
 
 /// Serializes a request body.
-fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
+pub(crate) fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
     // Serializing these plain structs cannot fail; map it anyway rather than panic.
     serde_json::to_vec(value).map_err(|error| Error::InvalidInput {
         message: format!("cannot encode the request: {error}"),
@@ -1488,7 +1493,7 @@ fn variant_name(text: &str) -> &str {
 }
 
 /// Time left until `deadline`: `None` for no deadline, zero once it passed.
-fn remaining(deadline: Option<Instant>) -> Option<Duration> {
+pub(crate) fn remaining(deadline: Option<Instant>) -> Option<Duration> {
     deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()))
 }
 

@@ -72,6 +72,7 @@ mod events;
 mod guard;
 mod path;
 mod retry;
+mod sets;
 
 pub use baton_proto as proto;
 pub use client::{
@@ -85,3 +86,4 @@ pub use guard::{
 };
 pub use path::{LOCK_NAME_CHARS_MAX, encode_segment, validate_lock_name};
 pub use retry::RetryPolicy;
+pub use sets::AcquiredSet;

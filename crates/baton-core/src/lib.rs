@@ -25,6 +25,7 @@ pub use state::{
     Released, RequestTarget, RestoreError, Snapshot, State, Ticket, TicketEnd, TicketError,
     TicketStatus, TokenError, WaiterLeft, key_default_of,
 };
+pub use state::{AcquireSet, AcquiredSet, SetStatus, set_member_request_id};
 pub use state::{
     CancelOutcome, CreateJob, Event, FinishJob, Job, JobCapability, JobChange, JobCreated,
     JobError, JobFilter, JobState, OnceSlotKey, OutputAppended, Policy, QueueExit, StopReason,

@@ -10,6 +10,9 @@ pub const REQUEST_ID_BYTES_MAX: usize = 128;
 /// Longest value a holder may attach to its lease, in bytes: room for an address, a version
 /// or a small JSON document, not a data store (every listing and `granted` event carries it).
 pub const LEASE_VALUE_BYTES_MAX: usize = 1024;
+/// Most locks one lock-set request takes together: each is a lease (or ticket) of its own, and
+/// a set's grant is one transition, so this bounds the work of one grant.
+pub const LOCK_SET_LOCKS_MAX: usize = 16;
 /// Largest capacity of a semaphore.
 pub const CAPACITY_MAX: u32 = 10_000;
 /// Shortest lease time-to-live: shorter ones cannot be renewed reliably over a network.

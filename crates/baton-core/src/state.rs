@@ -20,13 +20,17 @@
 //!   exclusive leases at once; shared leases only on a lock of capacity 1 (G1, for modes);
 //! - every token granted is greater than every token granted before (G3);
 //! - the queue of a lock is served strictly in arrival order, and a request that does not queue
-//!   is never granted while the queue is non-empty (G4).
+//!   is never granted while the queue is non-empty (G4);
+//! - a lock with room for the ticket at its head grants it, unless that ticket belongs to a lock
+//!   set that waits for another of its locks (G5, with lock sets: see the `sets` module, which
+//!   also states why sets cannot deadlock).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 mod events;
 mod jobs;
 mod quota;
+mod sets;
 
 pub use events::{Event, JobChange, QueueExit};
 
@@ -35,6 +39,7 @@ pub use jobs::{
     JobState, OnceSlotKey, OutputAppended, Policy, StopReason, append_tail, once_slot,
 };
 pub use quota::{KeyQuota, KeyUsage, Quota};
+pub use sets::{AcquireSet, AcquiredSet, SetStatus, set_member_request_id};
 
 use crate::ids::{JobId, LeaseId, LockName, Millis, TicketId, ValueError, validate_lease_value};
 use crate::limits;
@@ -488,6 +493,12 @@ pub enum AcquireError {
     /// The lease's value is too long or malformed.
     #[error(transparent)]
     InvalidValue(#[from] ValueError),
+    /// A lock set names no lock, too many locks, or a lock twice.
+    #[error(
+        "a lock set names 1 to {max} distinct locks",
+        max = limits::LOCK_SET_LOCKS_MAX
+    )]
+    InvalidLockSet,
     /// A limit on locks, leases or waiters is reached.
     #[error("limit reached: {0}")]
     LimitReached(&'static str),
@@ -785,6 +796,12 @@ pub struct State {
     /// What each API key has in the table, kept as records come and go (never stored: rebuilt
     /// from the records on restore), so a quota check is one lookup.
     key_usage: HashMap<String, KeyUsage>,
+    /// The tickets of each lock-set request, by each of its tickets (every member maps to the
+    /// whole set, in lock order). Kept while the tickets are queued and while their ends are
+    /// remembered, so a wait, a cancel or a departed waiter on one ticket acts on the whole
+    /// set. Never stored: the members of a set share one arrival number (`seq`), which is
+    /// stored with each ticket, and [`State::restore`] regroups them by it.
+    set_siblings: HashMap<TicketId, Vec<TicketId>>,
 }
 
 impl State {
@@ -822,6 +839,7 @@ impl State {
             once_slots: HashMap::new(),
             job_output_bytes: 0,
             key_usage: HashMap::new(),
+            set_siblings: HashMap::new(),
         };
         state.schedule(now + HOUSEKEEPING_INTERVAL_MS, Deadline::Housekeeping, None);
         state
@@ -912,6 +930,7 @@ impl State {
         }
         let mut tickets = snapshot.tickets;
         tickets.sort_by_key(|ticket| ticket.seq);
+        state.regroup_sets(&tickets);
         for mut ticket in tickets {
             ticket.lapse_at = now + state.config.ticket_lapse_ms;
             // Every waiter may come back after a restart.
@@ -1326,8 +1345,16 @@ impl State {
     }
 
     /// Grants queued tickets while the lock has room, and notes an idle lock. Called after
-    /// anything that may free room or end a delay.
+    /// anything that may free room or end a delay. A lock-set grant (or lapse) at the head of
+    /// this lock changes the queues of the set's other locks too; they are settled in turn.
     fn settle(&mut self, name: &LockName, now: Millis) {
+        let mut pending = vec![name.clone()];
+        while let Some(name) = pending.pop() {
+            self.settle_one(&name, now, &mut pending);
+        }
+    }
+
+    fn settle_one(&mut self, name: &LockName, now: Millis, pending: &mut Vec<LockName>) {
         loop {
             let Some(entry) = self.locks.get(name) else {
                 return;
@@ -1344,6 +1371,18 @@ impl State {
                 .map_or(Mode::Exclusive, |t| t.mode);
             if !entry.has_room(head_mode, now) {
                 break;
+            }
+            if self.set_siblings.contains_key(&ticket_id) {
+                // A lock-set ticket: served only together with its set, when it heads every
+                // one of its queues and each lock has room. Until then it holds back every
+                // ticket behind it here (strict FIFO per lock).
+                match self.serve_set(ticket_id, now) {
+                    Some(locks) => {
+                        pending.extend(locks.into_iter().filter(|lock| lock != name));
+                        continue;
+                    }
+                    None => break,
+                }
             }
             if let Some(entry) = self.locks.get_mut(name) {
                 entry.queue.pop_front();
@@ -1521,19 +1560,10 @@ impl State {
         keep_until: Option<Millis>,
         now: Millis,
     ) -> Result<TicketStatus, TicketError> {
-        if let Some(ticket) = self.tickets.get(&id) {
-            let old = ticket.lapse_at;
-            let new = keep_until
-                .unwrap_or(now + self.config.ticket_lapse_ms)
-                .max(old);
-            if new != old {
-                self.unschedule(old, Deadline::TicketLapse(id));
-                self.schedule(new, Deadline::TicketLapse(id), None);
-            }
-            if let Some(ticket) = self.tickets.get_mut(&id) {
-                ticket.lapse_at = new;
-                // A wait came back for it: it is served again when its turn comes.
-                ticket.waiter_gone = false;
+        if self.tickets.contains_key(&id) {
+            // A wait on one ticket of a lock set keeps the whole set: its waiter waits on one.
+            for member in self.members(id) {
+                self.keep_ticket(member, keep_until, now);
             }
             let ticket = self.tickets[&id].clone();
             let position = self.position(&ticket);
@@ -1545,8 +1575,14 @@ impl State {
         match ended.end {
             TicketEnd::Granted(lease_id) => match self.leases.get(&lease_id) {
                 Some(lease) => {
-                    ended.collected = true;
-                    Ok(TicketStatus::Granted(lease.clone()))
+                    let lease = lease.clone();
+                    // The grant of a set reaches its waiter as a whole.
+                    for member in self.members(id) {
+                        if let Some(ended) = self.ended_tickets.get_mut(&member) {
+                            ended.collected = true;
+                        }
+                    }
+                    Ok(TicketStatus::Granted(lease))
                 }
                 None => Err(TicketError::Lapsed),
             },
@@ -1565,8 +1601,22 @@ impl State {
     /// reached its waiter is released cleanly, without a lock-delay, and handed on in this
     /// transition. The ticket is woken, so another wait on it (elsewhere) looks again and
     /// keeps it alive.
+    ///
+    /// For a ticket of a lock set, every ticket of the set is treated alike: its waiter waits
+    /// on one of them for all.
     pub fn waiter_left(&mut self, id: TicketId, collected_here: bool, now: Millis) -> WaiterLeft {
         let now = self.observe(now);
+        let mut outcome = WaiterLeft::Nothing;
+        for member in self.members(id) {
+            let left = self.waiter_left_one(member, collected_here, now);
+            if member == id {
+                outcome = left;
+            }
+        }
+        outcome
+    }
+
+    fn waiter_left_one(&mut self, id: TicketId, collected_here: bool, now: Millis) -> WaiterLeft {
         let lapse_ms = self.config.ticket_lapse_ms;
         if let Some(ticket) = self.tickets.get_mut(&id) {
             let old = ticket.lapse_at;
@@ -1630,6 +1680,8 @@ impl State {
     /// Takes a ticket out of the queue. A ticket granted but not yet collected by a wait has its
     /// lease released (nobody will use it). With `forget_request`, the request id that created
     /// the ticket is forgotten too, so a retry of a "busy" acquire tries afresh.
+    ///
+    /// Cancelling one ticket of a lock set cancels the whole set (all or nothing).
     pub fn cancel_ticket(
         &mut self,
         id: TicketId,
@@ -1637,6 +1689,22 @@ impl State {
         now: Millis,
     ) -> Result<Cancelled, TicketError> {
         let now = self.observe(now);
+        let mut outcome = Err(TicketError::NotFound);
+        for member in self.members(id) {
+            let cancelled = self.cancel_one(member, forget_request, now);
+            if member == id {
+                outcome = cancelled;
+            }
+        }
+        outcome
+    }
+
+    fn cancel_one(
+        &mut self,
+        id: TicketId,
+        forget_request: bool,
+        now: Millis,
+    ) -> Result<Cancelled, TicketError> {
         if let Some(ticket) = self.take_ticket(id) {
             self.unschedule(ticket.lapse_at, Deadline::TicketLapse(id));
             if let Some(entry) = self.locks.get_mut(&ticket.lock) {
@@ -1856,26 +1924,8 @@ impl State {
                         .tickets
                         .get(&id)
                         .is_some_and(|ticket| ticket.lapse_at <= now)
-                        && let Some(ticket) = self.take_ticket(id)
                     {
-                        if let Some(entry) = self.locks.get_mut(&ticket.lock) {
-                            entry.queue.retain(|queued| *queued != id);
-                            if entry.is_idle() {
-                                entry.idle_since = now;
-                            }
-                        }
-                        self.changes.push(Change::TicketDelete(id));
-                        self.events.push(Event::LeftQueue {
-                            why: if ticket.waiter_gone {
-                                QueueExit::Departed
-                            } else {
-                                QueueExit::Lapsed
-                            },
-                            ticket: ticket.clone(),
-                            at: now,
-                        });
-                        self.end_ticket(id, TicketEnd::Lapsed, now);
-                        self.settle(&ticket.lock, now);
+                        self.lapse_tickets(id, now);
                     }
                 }
                 Deadline::LockCheck => {
@@ -1933,6 +1983,7 @@ impl State {
             }
             self.ended_tickets_order.pop_front();
             self.ended_tickets.remove(&id);
+            self.set_siblings.remove(&id);
         }
         // Request ids whose lease or ticket is still live are kept: a retry must never get a
         // second lease. They go to the back of the line.
@@ -2219,8 +2270,10 @@ impl State {
                 last_seq = ticket.seq;
             }
             if let Some(head) = entry.queue.front().and_then(|id| self.tickets.get(id)) {
+                // G5, with lock sets: room for the head means the head is a set's ticket that
+                // waits for another of its locks (see the `sets` module).
                 assert!(
-                    !entry.has_room(head.mode, self.now),
+                    !entry.has_room(head.mode, self.now) || self.set_blocks(head.id),
                     "G5: {name} has room for its head ({:?}) but granted nothing",
                     head.mode
                 );
@@ -2234,6 +2287,7 @@ impl State {
             self.tickets.len(),
             "tickets outside any queue"
         );
+        self.check_set_invariants();
         assert_eq!(
             self.recount_key_usage(),
             self.key_usage,

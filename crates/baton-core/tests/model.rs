@@ -25,6 +25,10 @@
 //! - G7: a retried request id returns the same lease or ticket (or says it ended), never a
 //!   second one; an acquire with the owner key of a holder returns that holder's lease.
 //!
+//! Lock sets have a property of their own at the end of this file: set requests over four
+//! mutexes against a model of the one grant rule (the oldest request on each of its locks, all
+//! of them free), with G1, FIFO, all-or-nothing and no deadlock checked after every step.
+//!
 //! A failing case is shrunk and printed by proptest, and its seed saved in
 //! `tests/model.proptest-regressions` (commit it: it is replayed first on every run). The table
 //! is deterministic, so a case replays exactly. `PROPTEST_CASES` raises the case count.
@@ -1826,5 +1830,367 @@ proptest! {
         ops in prop::collection::vec(op(), 1..200),
     ) {
         run_case(50, capacities, &ops);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Lock sets against a model of their one rule: a request (one lock or several) is granted when
+// it is the oldest queued request on each of its locks and each of them is free. Random
+// interleavings of set acquires (try and queue, one to three of four mutexes, in any order),
+// waits, cancels, waiters that go away, releases and the passing of time (expiries and lapses)
+// are applied to the table and the model; after every step both must agree on every lock's
+// holder and queue, and:
+// - G1: a lock has at most one holder (checked by the table's invariants too);
+// - FIFO: every queue is in arrival order, one arrival number for all of a set's tickets;
+// - all or nothing: a request is granted on all of its locks in one step, or queued on all;
+// - no deadlock: whenever nothing is held, nothing is queued (the head request was granted),
+//   and the oldest queued request heads every one of its queues.
+// A waiter that went away keeps its places but is never granted: when it could be, it leaves.
+// Times are distinct per step, so no two lapses fall on the same instant. (Restarts of queued
+// sets are covered by `tests/sets.rs` and the stores' conformance case `lock_sets`.)
+// ---------------------------------------------------------------------------------------------
+
+const SET_LOCKS: [&str; 4] = ["s0", "s1", "s2", "s3"];
+const SET_TTL_MS: u64 = 1_000;
+
+#[derive(Debug, Clone)]
+enum SetOp {
+    /// A request for the locks at these indexes (deduplicated, order kept); queue or try.
+    Acquire(Vec<usize>, bool),
+    /// Wait on a queued request (the index picks one), which keeps its tickets.
+    Wait(Index),
+    /// Release every lease of a holding request (the index picks one).
+    Release(Index),
+    /// Cancel one ticket of a queued request (the index picks one): the whole request leaves.
+    Cancel(Index),
+    /// The waiter of a queued request goes away: it keeps its places until it lapses, but is
+    /// never granted; when it could be, it leaves instead.
+    Depart(Index),
+    /// Let time pass, then tick.
+    Advance(u64),
+}
+
+fn set_op() -> impl Strategy<Value = SetOp> {
+    prop_oneof![
+        4 => prop::collection::vec(0usize..SET_LOCKS.len(), 1..=3)
+            .prop_map(|locks| SetOp::Acquire(locks, true)),
+        1 => (prop::collection::vec(0usize..SET_LOCKS.len(), 1..=3))
+            .prop_map(|locks| SetOp::Acquire(locks, false)),
+        2 => any::<Index>().prop_map(SetOp::Wait),
+        3 => any::<Index>().prop_map(SetOp::Release),
+        1 => any::<Index>().prop_map(SetOp::Cancel),
+        1 => any::<Index>().prop_map(SetOp::Depart),
+        2 => (1u64..700).prop_map(SetOp::Advance),
+    ]
+}
+
+/// A request the model knows: its locks, and either its leases' expiry or its tickets' lapse.
+#[derive(Debug, Clone)]
+struct SetRequest {
+    owner: String,
+    locks: Vec<LockName>,
+    /// The ticket of each lock (lock order), for waits.
+    tickets: Vec<TicketId>,
+    /// The leases, once granted.
+    leases: Vec<LeaseId>,
+    /// Queued: when its tickets lapse. Granted: when its leases expire.
+    until: u64,
+    granted: bool,
+    /// Its waiter went away (and no wait came back since).
+    gone: bool,
+}
+
+#[derive(Debug, Default)]
+struct SetModel {
+    /// Live requests (queued or holding), in arrival order.
+    requests: Vec<SetRequest>,
+}
+
+impl SetModel {
+    fn held(&self, lock: &LockName) -> bool {
+        self.requests
+            .iter()
+            .any(|request| request.granted && request.locks.contains(lock))
+    }
+
+    /// Grants every queued request that is the oldest queued one on each of its locks, each of
+    /// them free, until none is.
+    fn settle(&mut self, now: u64) {
+        loop {
+            let mut granted_one = false;
+            for index in 0..self.requests.len() {
+                if self.requests[index].granted {
+                    continue;
+                }
+                let request = &self.requests[index];
+                let heads_all = request.locks.iter().all(|lock| {
+                    !self.held(lock)
+                        && self.requests[..index]
+                            .iter()
+                            .all(|earlier| earlier.granted || !earlier.locks.contains(lock))
+                });
+                if heads_all && self.requests[index].gone {
+                    // Nobody would collect the grant: the request leaves its queues.
+                    self.requests.remove(index);
+                    granted_one = true;
+                    break;
+                }
+                if heads_all {
+                    self.requests[index].granted = true;
+                    self.requests[index].until = now + SET_TTL_MS;
+                    granted_one = true;
+                }
+            }
+            if !granted_one {
+                return;
+            }
+        }
+    }
+
+    /// Runs every expiry and lapse due by `now`, in time order, expiries first at an instant;
+    /// grants made on the way are made at `now` (the tick's time), as the table does.
+    fn tick(&mut self, now: u64) {
+        while let Some(at) = self
+            .requests
+            .iter()
+            .map(|request| request.until)
+            .filter(|until| *until <= now)
+            .min()
+        {
+            let before = self.requests.len();
+            self.requests
+                .retain(|request| !(request.granted && request.until == at));
+            if self.requests.len() != before {
+                self.settle(now);
+                continue;
+            }
+            self.requests
+                .retain(|request| request.granted || request.until != at);
+            self.settle(now);
+        }
+    }
+
+    /// Each lock's holder and queue, by owner.
+    fn picture(&self) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+        let mut picture = BTreeMap::new();
+        for lock in SET_LOCKS {
+            let name = LockName::new(lock).unwrap();
+            let mut holders = Vec::new();
+            let mut queue = Vec::new();
+            for request in &self.requests {
+                if request.locks.contains(&name) {
+                    if request.granted {
+                        holders.push(request.owner.clone());
+                    } else {
+                        queue.push(request.owner.clone());
+                    }
+                }
+            }
+            picture.insert(lock.to_owned(), (holders, queue));
+        }
+        picture
+    }
+}
+
+fn table_picture(state: &State) -> BTreeMap<String, (Vec<String>, Vec<String>)> {
+    let mut picture = BTreeMap::new();
+    for lock in SET_LOCKS {
+        let name = LockName::new(lock).unwrap();
+        let (holders, queue) = state.lock(&name).map_or((Vec::new(), Vec::new()), |view| {
+            (
+                view.holders
+                    .iter()
+                    .map(|lease| lease.owner.clone())
+                    .collect(),
+                view.waiters
+                    .iter()
+                    .map(|ticket| ticket.owner.clone())
+                    .collect(),
+            )
+        });
+        picture.insert(lock.to_owned(), (holders, queue));
+    }
+    picture
+}
+
+fn run_set_case(ops: &[SetOp]) {
+    let config = Config {
+        lock_delay_ms: 0,
+        ticket_lapse_ms: LAPSE_MS,
+        ..Config::default()
+    };
+    let mut state = State::new(config, T0);
+    let mut model = SetModel::default();
+    let mut now = T0;
+    for (step, op) in ops.iter().enumerate() {
+        // Every step at its own instant, with what fell due run first: no two lapses
+        // coincide, and no step acts on a lease past its expiry.
+        now += 1;
+        state.tick(now);
+        model.tick(now);
+        let n = step as u64;
+        match op {
+            SetOp::Acquire(indexes, queue) => {
+                let mut locks: Vec<LockName> = Vec::new();
+                for index in indexes {
+                    let name = LockName::new(SET_LOCKS[*index]).unwrap();
+                    if !locks.contains(&name) {
+                        locks.push(name);
+                    }
+                }
+                let owner = format!("r{n}");
+                let lease_ids: Vec<LeaseId> = (0..locks.len() as u64)
+                    .map(|i| LeaseId(id_bytes(n * 100 + i)))
+                    .collect();
+                let ticket_ids: Vec<TicketId> = (0..locks.len() as u64)
+                    .map(|i| TicketId(id_bytes(n * 100 + 50 + i)))
+                    .collect();
+                let free = locks.iter().all(|lock| {
+                    !model.held(lock)
+                        && model
+                            .requests
+                            .iter()
+                            .all(|request| request.granted || !request.locks.contains(lock))
+                });
+                let outcome = state
+                    .acquire_set(
+                        baton_core::AcquireSet {
+                            locks: locks.clone(),
+                            owner: owner.clone(),
+                            ttl_ms: SET_TTL_MS,
+                            queue: *queue,
+                            request_id: None,
+                            api_key: None,
+                            quota: Default::default(),
+                            lease_ids: lease_ids.clone(),
+                            ticket_ids: ticket_ids.clone(),
+                            value: None,
+                            mode: Mode::Exclusive,
+                        },
+                        now,
+                    )
+                    .unwrap();
+                match (&outcome, free, *queue) {
+                    (baton_core::AcquiredSet::Granted(leases), true, _) => {
+                        assert_eq!(leases.len(), locks.len(), "all or nothing");
+                        model.requests.push(SetRequest {
+                            owner,
+                            locks,
+                            tickets: ticket_ids,
+                            leases: lease_ids,
+                            until: now + SET_TTL_MS,
+                            granted: true,
+                            gone: false,
+                        });
+                    }
+                    (baton_core::AcquiredSet::Queued(tickets), false, true) => {
+                        assert_eq!(tickets.len(), locks.len(), "all or nothing");
+                        let seq = tickets[0].ticket.seq;
+                        assert!(tickets.iter().all(|t| t.ticket.seq == seq));
+                        model.requests.push(SetRequest {
+                            owner,
+                            locks,
+                            tickets: ticket_ids,
+                            leases: lease_ids,
+                            until: now + LAPSE_MS,
+                            granted: false,
+                            gone: false,
+                        });
+                    }
+                    (baton_core::AcquiredSet::Busy(_), false, false) => {}
+                    (outcome, free, queue) => {
+                        panic!("step {step}: free {free}, queue {queue}, but {outcome:?}")
+                    }
+                }
+            }
+            SetOp::Wait(index) => {
+                let queued: Vec<usize> = (0..model.requests.len())
+                    .filter(|i| !model.requests[*i].granted)
+                    .collect();
+                if queued.is_empty() {
+                    continue;
+                }
+                let request = &mut model.requests[queued[index.index(queued.len())]];
+                request.until = request.until.max(now + LAPSE_MS);
+                request.gone = false;
+                let ticket = request.tickets[n as usize % request.tickets.len()];
+                assert!(matches!(
+                    state.wait_ticket(ticket, None, now),
+                    Ok(TicketStatus::Queued(_))
+                ));
+            }
+            SetOp::Release(index) => {
+                let holding: Vec<usize> = (0..model.requests.len())
+                    .filter(|i| model.requests[*i].granted)
+                    .collect();
+                if holding.is_empty() {
+                    continue;
+                }
+                let request = model.requests.remove(holding[index.index(holding.len())]);
+                for lease in &request.leases {
+                    assert_eq!(state.release(*lease, now), Ok(Released::Released));
+                }
+                model.settle(now);
+            }
+            SetOp::Cancel(index) => {
+                let queued: Vec<usize> = (0..model.requests.len())
+                    .filter(|i| !model.requests[*i].granted)
+                    .collect();
+                if queued.is_empty() {
+                    continue;
+                }
+                let request = model.requests.remove(queued[index.index(queued.len())]);
+                let ticket = request.tickets[n as usize % request.tickets.len()];
+                assert_eq!(
+                    state.cancel_ticket(ticket, false, now),
+                    Ok(Cancelled::Cancelled)
+                );
+                model.settle(now);
+            }
+            SetOp::Depart(index) => {
+                let queued: Vec<usize> = (0..model.requests.len())
+                    .filter(|i| !model.requests[*i].granted)
+                    .collect();
+                if queued.is_empty() {
+                    continue;
+                }
+                let request = &mut model.requests[queued[index.index(queued.len())]];
+                request.gone = true;
+                request.until = request.until.min(now + LAPSE_MS);
+                let ticket = request.tickets[n as usize % request.tickets.len()];
+                assert!(matches!(
+                    state.waiter_left(ticket, false, now),
+                    WaiterLeft::Lapsing(_)
+                ));
+            }
+            SetOp::Advance(ms) => {
+                now += ms;
+                state.tick(now);
+                model.tick(now);
+            }
+        }
+        state.check_invariants();
+        let picture = table_picture(&state);
+        assert_eq!(picture, model.picture(), "step {step}: {op:?}");
+        if picture.values().all(|(holders, _)| holders.is_empty()) {
+            assert!(
+                picture.values().all(|(_, queue)| queue.is_empty()),
+                "step {step}: nothing is held, yet requests wait: a deadlock"
+            );
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource("proptest-regressions"))),
+        ..ProptestConfig::default()
+    })]
+
+    /// Lock sets over four mutexes: the table grants exactly what the model does.
+    #[test]
+    fn lock_sets_match_model_and_never_deadlock(ops in prop::collection::vec(set_op(), 1..200)) {
+        run_set_case(&ops);
     }
 }

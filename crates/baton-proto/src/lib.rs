@@ -101,6 +101,60 @@ pub struct AcquireRequest {
     pub mode: Option<LockMode>,
 }
 
+/// Body of `POST /v1/locksets/acquire`: several locks taken together, all granted or none,
+/// queued fairly (one arrival order across every lock) and never deadlocking with another set
+/// however they overlap.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct AcquireSetRequest {
+    /// The locks, 1 to 16 distinct names (`LOCK_SET_LOCKS_MAX`). Answers list leases and
+    /// tickets in this order. Each lock keeps its capacity (1 for a new lock).
+    pub locks: Vec<String>,
+    /// A label for whoever holds the leases, shown in listings and history.
+    pub owner: String,
+    /// Time-to-live of every lease; the server's default applies when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_ms: Option<u64>,
+    /// How long the server may hold this request open waiting for the whole set (long-poll).
+    /// 0 or absent: answer at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait_ms: Option<u64>,
+    /// When true and the set is not granted within `wait_ms`, the answer is 202 with one ticket
+    /// per lock, which keep the set's places in the queues; when false, 409 `busy` and nothing
+    /// is held or queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<bool>,
+    /// A retried request with the same id returns the same outcome, never a second set of
+    /// leases or tickets (G7).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
+    /// A small value published with every lease (as on a single acquire).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// `exclusive` (the default) or `shared`, for every lock of the set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<LockMode>,
+}
+
+/// 200 answer of a lock-set acquire: every lease, in the order of the request's locks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct LeasesResponse {
+    /// One lease per lock. Each is renewed and released on its own.
+    pub leases: Vec<Lease>,
+}
+
+/// 202 answer of a lock-set acquire: one ticket per lock, in the order of the request's locks.
+/// Wait on any one of them (`POST /v1/tickets/{id}/wait`) to keep them all; once the set is
+/// granted, a wait on each ticket returns its lease at once. Cancelling one cancels the set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(ToSchema))]
+pub struct TicketsResponse {
+    /// One ticket per lock, each with its position in its lock's queue.
+    pub tickets: Vec<Ticket>,
+}
+
 /// A granted lease, as its holder sees it. Only the holder's own requests return this.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(ToSchema))]
@@ -486,6 +540,8 @@ error_codes! {
     InvalidId = ("invalid_id", 400),
     /// A token of 0, or one this store has never granted.
     UnknownToken = ("unknown_token", 400),
+    /// A lock set names no lock, more than 16 locks (`LOCK_SET_LOCKS_MAX`), or a lock twice.
+    InvalidLockSet = ("invalid_lock_set", 400),
     /// The lock is held to capacity (or has a queue) and the request did not queue.
     Busy = ("busy", 409),
     /// The request asked for a capacity other than the lock's while the lock is in use.

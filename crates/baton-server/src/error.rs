@@ -122,6 +122,9 @@ impl From<StoreError> for ApiError {
                 AcquireError::InvalidCapacity => {
                     ApiError::new(ErrorCode::InvalidCapacity, error.to_string())
                 }
+                AcquireError::InvalidLockSet => {
+                    ApiError::new(ErrorCode::InvalidLockSet, error.to_string())
+                }
                 AcquireError::InvalidValue(_) => {
                     ApiError::new(ErrorCode::InvalidValue, error.to_string())
                 }

@@ -29,6 +29,7 @@ mod keys;
 mod limits;
 mod listen;
 mod locks;
+mod locksets;
 mod openapi;
 mod routes;
 mod scope;

@@ -132,6 +132,10 @@ pub(crate) async fn acquire(
 /// for a wait that comes back, but is not granted while nobody waits: when its turn comes it
 /// lapses and the lock goes to the next waiter; a grant made while this wait was parked and
 /// never delivered is released cleanly (no lock-delay) and handed on.
+///
+/// A ticket of a lock set (`POST /v1/locksets/acquire`) stands for the whole set: a wait on it
+/// keeps every ticket of the set, a departed waiter is a departure from the set, and once the
+/// set is granted a wait on each of its tickets returns that ticket's lease at once.
 #[utoipa::path(post, path = "/v1/tickets/{id}/wait", tag = "tickets",
     params(("id" = String, Path, description = "The ticket's id")),
     request_body = proto::WaitRequest,
@@ -161,6 +165,9 @@ pub(crate) async fn wait_ticket(
 }
 
 /// Leave the queue.
+///
+/// Cancelling one ticket of a lock set cancels the whole set: a set is queued all together or
+/// not at all.
 #[utoipa::path(delete, path = "/v1/tickets/{id}", tag = "tickets",
     params(("id" = String, Path, description = "The ticket's id")),
     responses(

@@ -57,6 +57,7 @@ pub(crate) async fn openapi() -> Response {
     ),
     paths(
         crate::locks::acquire,
+        crate::locksets::acquire_set,
         crate::locks::wait_ticket,
         crate::locks::cancel_ticket,
         crate::locks::renew,
@@ -205,6 +206,21 @@ fn body_constraints() -> Vec<(&'static str, &'static str, Value)> {
         ("AcquireRequest", "wait_ms", wait_schema()),
         ("AcquireRequest", "request_id", request_id_schema()),
         ("AcquireRequest", "value", value_schema()),
+        ("AcquireSetRequest", "owner", owner_schema()),
+        ("AcquireSetRequest", "ttl_ms", ttl_schema()),
+        ("AcquireSetRequest", "wait_ms", wait_schema()),
+        ("AcquireSetRequest", "request_id", request_id_schema()),
+        ("AcquireSetRequest", "value", value_schema()),
+        (
+            "AcquireSetRequest",
+            "locks",
+            json!({
+                "minItems": 1,
+                "maxItems": limits::LOCK_SET_LOCKS_MAX,
+                "uniqueItems": true,
+                "items": {"type": "string", "pattern": lock_name_pattern()},
+            }),
+        ),
         ("RenewRequest", "value", value_schema()),
         ("CreateJobRequest", "value", value_schema()),
         ("WaitRequest", "wait_ms", wait_schema()),
@@ -395,13 +411,17 @@ fn refine(document: &mut Value) {
 
 /// Operations that can answer `429 quota_exceeded`: the ones that create a lease, a ticket, a
 /// lock or a job record (a ticket granted from the queue never is).
-pub(crate) const QUOTA: [(&str, &str); 2] =
-    [("post", "/v1/locks/{name}/acquire"), ("post", "/v1/jobs")];
+pub(crate) const QUOTA: [(&str, &str); 3] = [
+    ("post", "/v1/locks/{name}/acquire"),
+    ("post", "/v1/locksets/acquire"),
+    ("post", "/v1/jobs"),
+];
 
 /// Operations that can answer 410: a retried request whose lease or ticket ended, a lapsed or
 /// cancelled ticket, a lost or revoked lease.
-const GONE: [&str; 8] = [
+const GONE: [&str; 9] = [
     "/v1/locks/{name}/acquire",
+    "/v1/locksets/acquire",
     "/v1/tickets/{id}/wait",
     "/v1/leases/{id}/renew",
     "/v1/jobs",

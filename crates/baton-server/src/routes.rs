@@ -27,6 +27,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/locks/{name}/revoke", post(revoke))
         .route("/v1/locks/{name}/fence", post(fence))
         .route("/v1/locks/{name}/history", get(history))
+        .route("/v1/locksets/acquire", post(crate::locksets::acquire_set))
         .route("/v1/tickets/{id}/wait", post(wait_ticket))
         .route("/v1/tickets/{id}", delete(cancel_ticket))
         .route("/v1/leases/{id}/renew", post(renew))

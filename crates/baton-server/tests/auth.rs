@@ -274,6 +274,14 @@ fn routes(w: &World) -> Vec<Route> {
         ),
         route(
             "POST",
+            "/v1/locksets/acquire",
+            "/v1/locksets/acquire".into(),
+            Some(json!({"locks": ["team-a/lock", "team-a/other"], "owner": "x", "queue": true})),
+            403,
+            403,
+        ),
+        route(
+            "POST",
             "/v1/locks/{name}/revoke",
             "/v1/locks/team-a%2Flock/revoke".into(),
             Some(token.clone()),
@@ -494,6 +502,42 @@ async fn every_route_refuses_missing_wrong_and_out_of_scope_keys_without_changin
             );
         }
     }
+}
+
+/// A lock set needs the acquire role on every one of its locks: a key with it on some of them
+/// only is refused with 403 and nothing is held, queued or created.
+#[tokio::test]
+async fn a_lock_set_needs_acquire_on_every_lock() {
+    let w = world().await;
+    let base = w.server.base.as_str();
+    let before = snapshot(base, &w.admin).await;
+    let body = json!({"locks": ["team-a/set-1", "team-b/set-2"], "owner": "a", "queue": true});
+    let answer = call(
+        base,
+        Some(&w.team_a),
+        "POST",
+        "/v1/locksets/acquire",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(answer.status, 403, "{}", answer.text);
+    assert_eq!(answer.body["error"]["code"], "forbidden");
+    assert_eq!(
+        snapshot(base, &w.admin).await,
+        before,
+        "a refused set changed the state"
+    );
+    // With the role on every lock, the set is granted whole.
+    let body = json!({"locks": ["team-a/set-1", "team-a/set-2"], "owner": "a"});
+    let granted = ok(
+        base,
+        Some(&w.team_a),
+        "POST",
+        "/v1/locksets/acquire",
+        Some(&body),
+    )
+    .await;
+    assert_eq!(granted["leases"].as_array().map(Vec::len), Some(2));
 }
 
 #[tokio::test]

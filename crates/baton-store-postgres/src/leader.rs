@@ -51,8 +51,8 @@ use baton_core::{
 };
 use baton_store::leadership::{self, AfterRenewal, LeaderTiming, Renewal};
 use baton_store::{
-    AcquireArgs, AcquireOutcome, ApiKey, AuditEntry, Clock, CreateJobArgs, Engine, EngineOptions,
-    Leadership, Persister, Store, StoreError, StoreStats,
+    AcquireArgs, AcquireOutcome, AcquireSetArgs, AcquireSetOutcome, ApiKey, AuditEntry, Clock,
+    CreateJobArgs, Engine, EngineOptions, Leadership, Persister, Store, StoreError, StoreStats,
 };
 use tokio::sync::watch;
 use tokio_postgres::NoTls;
@@ -735,6 +735,11 @@ impl Store for HaStore {
 
     async fn acquire(&self, args: AcquireArgs) -> Result<AcquireOutcome, StoreError> {
         self.on_active(|engine| async move { engine.acquire(args).await })
+            .await
+    }
+
+    async fn acquire_set(&self, args: AcquireSetArgs) -> Result<AcquireSetOutcome, StoreError> {
+        self.on_active(|engine| async move { engine.acquire_set(args).await })
             .await
     }
 

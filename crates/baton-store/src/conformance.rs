@@ -47,7 +47,10 @@ use tokio::time::Instant;
 
 use crate::clock::{Clock, ManualClock};
 use crate::keys::{ApiKey, AuditEntry, KeyGrant, Role};
-use crate::store::{AcquireArgs, AcquireOutcome, CreateJobArgs, Store, StoreError};
+use crate::store::{
+    AcquireArgs, AcquireOutcome, AcquireSetArgs, AcquireSetOutcome, CreateJobArgs, Store,
+    StoreError,
+};
 
 /// What the suite needs of a backend.
 ///
@@ -108,6 +111,7 @@ macro_rules! __conformance_each_case {
             grant_renew_release
             lease_values
             read_write_locks
+            lock_sets
             unknown_ids_and_bad_input
             mutex_excludes
             semaphore_capacity
@@ -2399,6 +2403,132 @@ pub async fn read_write_locks(backend: &dyn Backend) {
             }))
         ),
         "shared mode on a semaphore is a mode conflict"
+    );
+}
+
+fn set_req(locks: &[&str], owner: &str) -> AcquireSetArgs {
+    AcquireSetArgs {
+        locks: locks.iter().map(|lock| name(lock)).collect(),
+        owner: owner.to_owned(),
+        ttl_ms: TTL,
+        wait: Duration::ZERO,
+        queue: true,
+        request_id: None,
+        api_key: None,
+        quota: Default::default(),
+        value: None,
+        mode: Mode::Exclusive,
+    }
+}
+
+/// Lock sets: a try that finds a lock busy leaves nothing (not even a lock); queued sets take
+/// one place per lock in one arrival order and are granted whole, in one step, when they head
+/// every queue; a single waiter behind a set keeps its place; overlapping sets are served in
+/// arrival order; a restart (durable backends) keeps queued set tickets whole and held set
+/// leases; a retry with the request id returns the same set.
+pub async fn lock_sets(backend: &dyn Backend) {
+    let c = Case::open(backend, "sets").await;
+    let holder = c.grant(req("set-b", "holder")).await;
+    let tried = c
+        .store
+        .acquire_set(AcquireSetArgs {
+            queue: false,
+            ..set_req(&["set-a", "set-b"], "try")
+        })
+        .await;
+    assert!(
+        matches!(&tried, Ok(AcquireSetOutcome::Busy(holders)) if holders == std::slice::from_ref(&holder)),
+        "{}: a try on a busy set is busy, got {tried:?}",
+        c.key
+    );
+    assert_eq!(
+        c.store.lock(name("set-a")).await.expect("lock"),
+        None,
+        "{}: a refused try leaves no lock behind",
+        c.key
+    );
+    let first = match c
+        .store
+        .acquire_set(set_req(&["set-a", "set-b"], "s1"))
+        .await
+    {
+        Ok(AcquireSetOutcome::Queued(tickets)) => tickets,
+        other => panic!("{}: expected the set queued, got {other:?}", c.key),
+    };
+    assert_eq!(first.len(), 2);
+    assert_eq!(
+        first[0].ticket.seq, first[1].ticket.seq,
+        "one arrival number for the whole set"
+    );
+    let late = c.enqueue(req("set-a", "late")).await;
+    assert_eq!(late.position, 2, "a single waiter queues behind the set");
+    let second = match c
+        .store
+        .acquire_set(AcquireSetArgs {
+            request_id: Some("set-second".into()),
+            ..set_req(&["set-b", "set-c"], "s2")
+        })
+        .await
+    {
+        Ok(AcquireSetOutcome::Queued(tickets)) => tickets,
+        other => panic!("{}: expected the set queued, got {other:?}", c.key),
+    };
+    let c = if backend.durable() {
+        c.reopen(backend).await
+    } else {
+        c
+    };
+    let a = c.view("set-a").await;
+    assert!(a.holders.is_empty(), "{}: s1 waits whole", c.key);
+    assert_eq!(waiter_owners(&a), ["s1", "late"]);
+    assert_eq!(waiter_owners(&c.view("set-b").await), ["s1", "s2"]);
+    let set_c = c.view("set-c").await;
+    assert!(set_c.holders.is_empty(), "{}: s2 waits whole", c.key);
+    assert_eq!(waiter_owners(&set_c), ["s2"]);
+    c.release(&holder).await;
+    let s1a = c.granted(first[0].ticket.id).await;
+    let s1b = c.granted(first[1].ticket.id).await;
+    assert_eq!(
+        s1a.granted_at, s1b.granted_at,
+        "{}: a set is granted in one step",
+        c.key
+    );
+    assert!(
+        s1a.token > holder.token && s1b.token > holder.token && s1a.token != s1b.token,
+        "{}: each lease of a set has its own new token",
+        c.key
+    );
+    assert!(
+        c.view("set-c").await.holders.is_empty(),
+        "{}: s2 still waits for set-b",
+        c.key
+    );
+    let c = if backend.durable() {
+        c.reopen(backend).await
+    } else {
+        c
+    };
+    assert_eq!(holder_owners(&c.view("set-a").await), ["s1"]);
+    assert_eq!(holder_owners(&c.view("set-b").await), ["s1"]);
+    c.release(&s1a).await;
+    c.release(&s1b).await;
+    let late_lease = c.granted(late.ticket.id).await;
+    let s2b = c.granted(second[0].ticket.id).await;
+    let s2c = c.granted(second[1].ticket.id).await;
+    assert!(late_lease.token > s1a.token.max(s1b.token));
+    assert_eq!((s2b.lock.as_str(), s2c.lock.as_str()), ("set-b", "set-c"));
+    let retried = c
+        .store
+        .acquire_set(AcquireSetArgs {
+            request_id: Some("set-second".into()),
+            ..set_req(&["set-b", "set-c"], "s2")
+        })
+        .await;
+    assert_eq!(
+        retried,
+        Ok(AcquireSetOutcome::Granted(vec![s2b, s2c])),
+        "{}: a retry returns the same leases",
+        c.key
     );
 }
 

@@ -23,10 +23,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use baton_core::JobError;
 use baton_core::{
-    Acquire, Acquired, CancelOutcome, Cancelled, Change, Config, CreateJob, FinishJob,
-    HistoryRecord, Job, JobCapability, JobCreated, JobFilter, JobId, Lease, LeaseId, LockName,
-    LockView, Millis, OutputAppended, Released, Snapshot, State, StopReason, TicketId,
-    TicketStatus,
+    Acquire, AcquireSet, Acquired, AcquiredSet, CancelOutcome, Cancelled, Change, Config,
+    CreateJob, FinishJob, HistoryRecord, Job, JobCapability, JobCreated, JobFilter, JobId, Lease,
+    LeaseId, LockName, LockView, Millis, OutputAppended, Released, SetStatus, Snapshot, State,
+    StopReason, TicketId, TicketStatus,
 };
 use tokio::sync::{Notify, futures::OwnedNotified, watch};
 
@@ -34,8 +34,8 @@ use crate::clock::Clock;
 use crate::events::{EVENT_WINDOW, EventHub};
 use crate::keys::{ApiKey, AuditEntry};
 use crate::store::{
-    AcquireArgs, AcquireOutcome, COMMIT_BUCKETS_MICROS, CreateJobArgs, Store, StoreError,
-    StoreStats, commit_bucket,
+    AcquireArgs, AcquireOutcome, AcquireSetArgs, AcquireSetOutcome, COMMIT_BUCKETS_MICROS,
+    CreateJobArgs, Store, StoreError, StoreStats, commit_bucket,
 };
 
 /// A failure to load or commit.
@@ -924,6 +924,67 @@ impl Store for Engine {
                     }
                     Parked::Busy(holders) => Ok(AcquireOutcome::Busy(holders)),
                 }
+            }
+        }
+    }
+
+    async fn acquire_set(&self, args: AcquireSetArgs) -> Result<AcquireSetOutcome, StoreError> {
+        let count = args.locks.len();
+        let mut lease_ids = Vec::with_capacity(count);
+        let mut ticket_ids = Vec::with_capacity(count);
+        for _ in 0..count {
+            lease_ids.push(LeaseId(self.random_id()?));
+            ticket_ids.push(TicketId(self.random_id()?));
+        }
+        let command = AcquireSet {
+            locks: args.locks,
+            owner: args.owner,
+            ttl_ms: args.ttl_ms,
+            // As for one lock: a request that waits at all queues, and withdraws if its wait
+            // runs out and it does not keep its places.
+            queue: args.queue || !args.wait.is_zero(),
+            request_id: args.request_id,
+            api_key: args.api_key,
+            quota: args.quota,
+            lease_ids,
+            ticket_ids,
+            value: args.value,
+            mode: args.mode,
+        };
+        let (acquired, required) =
+            self.transact(|shared, now| shared.core.acquire_set(command, now))?;
+        let tickets = match acquired? {
+            AcquiredSet::Granted(leases) => {
+                self.durable(required).await?;
+                return Ok(AcquireSetOutcome::Granted(leases));
+            }
+            AcquiredSet::Busy(holders) => {
+                self.durable(required).await?;
+                return Ok(AcquireSetOutcome::Busy(holders));
+            }
+            AcquiredSet::Queued(tickets) => tickets,
+        };
+        if args.wait.is_zero() {
+            self.durable(required).await?;
+            return Ok(AcquireSetOutcome::Queued(tickets));
+        }
+        // The set is granted as a whole, so parking on its first ticket parks on all of it: a
+        // wait keeps every ticket of the set, and a waiter that goes away is a departure from
+        // the whole set (State::waiter_left).
+        let Some(first) = tickets.first().map(|queued| queued.ticket.id) else {
+            return Ok(AcquireSetOutcome::Queued(tickets));
+        };
+        match self.park(first, args.wait, args.queue).await? {
+            Parked::Busy(holders) => Ok(AcquireSetOutcome::Busy(holders)),
+            Parked::Status(_) => {
+                // Collect every member's status in one step: all granted, or all queued.
+                let status = self
+                    .run(|core, now| core.wait_set(first, None, now))
+                    .await??;
+                Ok(match status {
+                    SetStatus::Granted(leases) => AcquireSetOutcome::Granted(leases),
+                    SetStatus::Queued(tickets) => AcquireSetOutcome::Queued(tickets),
+                })
             }
         }
     }

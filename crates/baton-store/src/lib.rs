@@ -27,6 +27,6 @@ pub use engine::{Engine, EngineOptions, IdSource, MemoryPersister, PersistError,
 pub use events::{EventCounts, EventHub, EventId, Published, QUEUE_EXITS, Subscription};
 pub use keys::{ApiKey, AuditEntry, KeyGrant, Role};
 pub use store::{
-    AcquireArgs, AcquireOutcome, COMMIT_BUCKETS_MICROS, CreateJobArgs, Leadership, Store,
-    StoreError, StoreStats, commit_bucket,
+    AcquireArgs, AcquireOutcome, AcquireSetArgs, AcquireSetOutcome, COMMIT_BUCKETS_MICROS,
+    CreateJobArgs, Leadership, Store, StoreError, StoreStats, commit_bucket,
 };

@@ -56,6 +56,46 @@ pub enum AcquireOutcome {
     Busy(Vec<Lease>),
 }
 
+/// A lock-set acquire as the server passes it on (validated; ids are the store's to choose):
+/// several locks, all granted together or none ([`baton_core::AcquireSet`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcquireSetArgs {
+    /// The locks, distinct; answers list leases and tickets in this order.
+    pub locks: Vec<LockName>,
+    /// The owner label of every lease.
+    pub owner: String,
+    /// The time-to-live of every lease.
+    pub ttl_ms: u64,
+    /// How long to wait for the whole set before answering.
+    pub wait: Duration,
+    /// Keep the set's places in the queues when the wait ends without a grant.
+    pub queue: bool,
+    /// Makes retries idempotent.
+    pub request_id: Option<String>,
+    /// The id of the API key the request came with (see [`AcquireArgs::api_key`]).
+    pub api_key: Option<String>,
+    /// That key's own quotas; each lease and ticket of the set counts.
+    pub quota: KeyQuota,
+    /// The value every lease carries.
+    pub value: Option<String>,
+    /// How every lease holds its lock.
+    pub mode: Mode,
+}
+
+/// What a lock-set acquire ended with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AcquireSetOutcome {
+    /// Every lock granted: one lease per lock, in lock order.
+    Granted(Vec<Lease>),
+    /// Still queued after the wait (only when `queue` was asked for): one ticket per lock, in
+    /// lock order. A wait on any of them keeps them all, and returns its own lease once the
+    /// set is granted.
+    Queued(Vec<QueuedTicket>),
+    /// Some lock is busy, and the request did not queue (or its wait ran out); nothing is held
+    /// or queued.
+    Busy(Vec<Lease>),
+}
+
 /// A job as the server passes it on (validated; ids are the store's to choose).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateJobArgs {
@@ -199,6 +239,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Acquires a lease, waiting up to `args.wait` in the FIFO queue.
     async fn acquire(&self, args: AcquireArgs) -> Result<AcquireOutcome, StoreError>;
+
+    /// Acquires several locks together, waiting up to `args.wait` in their FIFO queues: all
+    /// are granted in one durable batch, or none.
+    async fn acquire_set(&self, args: AcquireSetArgs) -> Result<AcquireSetOutcome, StoreError>;
 
     /// Waits up to `wait` for a ticket to be granted.
     async fn wait_ticket(&self, id: TicketId, wait: Duration) -> Result<TicketStatus, StoreError>;

@@ -28,7 +28,7 @@ pub async fn elect(context: &Context, args: ElectArgs) -> anyhow::Result<u8> {
         fail: false,
         replace: false,
         coalesce: false,
-        lock: None,
+        lock: Vec::new(),
         capacity: None,
         ttl: args.ttl,
         min_hold: None,

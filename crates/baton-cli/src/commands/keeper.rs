@@ -192,6 +192,77 @@ pub async fn keep_lease(
     }
 }
 
+/// Renews every lease of a lock set (plain leases, no job) until the task is aborted, or stops
+/// the tree through `control` and reports why through `stopped` when any of them is lost or
+/// cannot be renewed in time. The deadline that counts is the earliest of the leases' local
+/// deadlines, so the tree is gone before the first lease could expire (G6 for sets).
+pub async fn keep_leases(
+    client: Client,
+    leases: Vec<Granted>,
+    timing: LeaseTiming,
+    control: Control,
+    stopped: impl Fn(KeeperStop) + Send + 'static,
+) {
+    let earliest = |leases: &[Granted]| {
+        leases
+            .iter()
+            .map(|granted| timing.deadline_of(granted))
+            .min()
+            .unwrap_or_else(Instant::now)
+    };
+    let mut leases = leases;
+    let mut deadline = earliest(&leases);
+    let mut renew_at = leases
+        .iter()
+        .map(|granted| granted.sent_at)
+        .min()
+        .unwrap_or_else(Instant::now)
+        + timing.heartbeat;
+    let grace = timing.grace;
+    let stop = |why: KeeperStop, grace: Duration| {
+        stopped(why);
+        control.request_stop(grace);
+    };
+    loop {
+        let stop_by = timing.stop_by(deadline);
+        tokio::time::sleep_until(renew_at.min(stop_by)).await;
+        if Instant::now() >= stop_by {
+            stop(KeeperStop::Deadline, grace);
+            return;
+        }
+        let mut failed = false;
+        for granted in leases.iter_mut() {
+            let attempt = client.renew(&granted.lease.id, Some(timing.ttl));
+            match tokio::time::timeout_at(stop_by, attempt).await {
+                Ok(Ok(renewed)) => *granted = renewed,
+                Ok(Err(Error::LeaseLost { revoked, .. })) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    stop(KeeperStop::LeaseLost { revoked }, grace.min(left));
+                    return;
+                }
+                Ok(Err(Error::NotFound { .. })) => {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    stop(KeeperStop::LeaseLost { revoked: false }, grace.min(left));
+                    return;
+                }
+                Ok(Err(_)) | Err(_) => failed = true,
+            }
+        }
+        deadline = earliest(&leases);
+        control.set_deadline(deadline.into_std());
+        renew_at = if failed {
+            Instant::now() + timing.retry
+        } else {
+            leases
+                .iter()
+                .map(|granted| granted.sent_at)
+                .min()
+                .unwrap_or_else(Instant::now)
+                + timing.heartbeat
+        };
+    }
+}
+
 /// Confirms a lease just granted after waiting in the queue, with a renewal whose send time is
 /// known, before the command starts (G6).
 ///

@@ -24,8 +24,11 @@ fn default_owner() -> String {
     owner_label(pid)
 }
 
-/// `baton acquire`.
+/// `baton acquire`. A comma list of names takes every lock together ([`acquire_set`]).
 pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8> {
+    if args.name.contains(',') {
+        return acquire_set(context, args).await;
+    }
     baton_client::validate_lock_name(&args.name)?;
     let options = LockOptions {
         owner: args.owner.unwrap_or_else(default_owner),
@@ -79,6 +82,92 @@ pub async fn acquire(context: &Context, args: AcquireArgs) -> anyhow::Result<u8>
         output::print_json(&lease)?;
     } else {
         print_line(&printed(&lease, args.print))?;
+    }
+    Ok(exit::SUCCESS)
+}
+
+/// `baton acquire a,b`: every lock together (all granted in one step, or none), in one fair
+/// order with every other request. Prints each lease as `--print` says, one per line in the
+/// order given (`--print env` prints the first lease's variables plus `BATON_LOCKS`,
+/// `BATON_LEASE_IDS` and `BATON_FENCING_TOKENS`); `--json` prints `{"leases": [...]}`.
+async fn acquire_set(context: &Context, args: AcquireArgs) -> anyhow::Result<u8> {
+    if args.owner_key.is_some() || args.capacity.is_some() {
+        return Ok(context.usage_error(
+            "baton acquire",
+            "--owner-key and --capacity apply to one lock, not to a comma list of locks",
+        ));
+    }
+    let names: Vec<String> = args.name.split(',').map(str::to_owned).collect();
+    for name in &names {
+        baton_client::validate_lock_name(name)?;
+    }
+    let options = LockOptions {
+        owner: args.owner.unwrap_or_else(default_owner),
+        ttl: args.ttl,
+        wait: if args.no_wait {
+            Some(Duration::ZERO)
+        } else {
+            args.wait
+        },
+        request_id: args.request_id,
+        value: args.value,
+        mode: if args.shared {
+            LockMode::Shared
+        } else {
+            LockMode::Exclusive
+        },
+        ..LockOptions::default()
+    };
+    let mut signals = Signals::new()?;
+    let waited = context
+        .client
+        .wait_for_lease_set_until(&names, &options, signals.next())
+        .await?;
+    let leases: Vec<Lease> = match waited {
+        Ok(leases) => leases.into_iter().map(|granted| granted.lease).collect(),
+        Err(signal) => {
+            let message = format!(
+                "signal {signal} while waiting for {}; left the queues",
+                args.name
+            );
+            eprintln!("baton: {message}");
+            let code = 128 + u8::try_from(signal).unwrap_or(0);
+            if context.json {
+                output::print_json_error("interrupted", &message, code, None);
+            }
+            return Ok(code);
+        }
+    };
+    for lease in &leases {
+        eprintln!(
+            "acquired {}: token {}, expires in {}",
+            lease.lock,
+            lease.token,
+            output::duration(Duration::from_millis(lease.expires_in_ms))
+        );
+    }
+    if context.json {
+        output::print_json(&serde_json::json!({ "leases": leases }))?;
+        return Ok(exit::SUCCESS);
+    }
+    match (args.print, leases.first()) {
+        (PrintArg::Env, Some(first)) => {
+            let join = |field: fn(&Lease) -> String| {
+                leases.iter().map(field).collect::<Vec<_>>().join(",")
+            };
+            print_line(&format!(
+                "{}\nBATON_LOCKS={}\nBATON_LEASE_IDS={}\nBATON_FENCING_TOKENS={}",
+                printed(first, PrintArg::Env),
+                shell_quote(&join(|lease| lease.lock.clone())),
+                shell_quote(&join(|lease| lease.id.clone())),
+                shell_quote(&join(|lease| format!("{}={}", lease.lock, lease.token))),
+            ))?;
+        }
+        (print, _) => {
+            for lease in &leases {
+                print_line(&printed(lease, print))?;
+            }
+        }
     }
     Ok(exit::SUCCESS)
 }

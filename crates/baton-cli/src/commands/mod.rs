@@ -13,6 +13,7 @@ pub mod lease;
 pub mod logs;
 pub mod parallel;
 pub mod run;
+pub mod run_set;
 pub mod server;
 pub mod stream;
 pub mod watch;

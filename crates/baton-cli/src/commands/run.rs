@@ -97,8 +97,15 @@ async fn run_job(context: &Context, args: RunArgs, record: &mut Record) -> anyho
     if let Err(error) = supervise::available() {
         return Ok(context.usage_error("baton run", &error.to_string()));
     }
+    let locks = args.locks();
+    if locks.len() > 1 {
+        return crate::commands::run_set::run_set(context, args, locks).await;
+    }
     let policy = args.policy();
-    let lock = args.lock.clone().unwrap_or_else(|| args.name.clone());
+    let lock = locks
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| args.name.clone());
     let timing = match LeaseTiming::new(args.ttl, args.grace) {
         Ok(timing) => timing,
         Err(message) => return Ok(context.usage_error("baton run", &message)),

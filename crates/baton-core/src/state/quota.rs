@@ -164,6 +164,32 @@ impl State {
         Ok(())
     }
 
+    /// Like [`State::check_quota`] for `adding` more at once (a lock set's leases, tickets or
+    /// new locks): refused unless all of them fit.
+    pub(super) fn check_quota_for(
+        &self,
+        key: Option<&str>,
+        quota: &KeyQuota,
+        which: Quota,
+        adding: usize,
+    ) -> Result<(), AcquireError> {
+        let Some(key) = key else {
+            return Ok(());
+        };
+        let limit = quota.limit(which, &self.config);
+        let count = self
+            .key_usage
+            .get(key)
+            .map_or(0, |usage| usage.count(which));
+        if count + adding > limit {
+            return Err(AcquireError::QuotaExceeded {
+                quota: which,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Counts one more (`added`) or one fewer lease, ticket or lock of `key`.
     pub(super) fn count_for_key(&mut self, key: Option<&str>, which: Quota, added: bool) {
         let Some(key) = key else {
