@@ -27,6 +27,7 @@ ERROR_CODES: Dict[str, int] = {
     "invalid_wait": 400,
     "invalid_capacity": 400,
     "invalid_value": 400,
+    "invalid_lock_set": 400,
     "invalid_request_id": 400,
     "invalid_query": 400,
     "invalid_id": 400,
