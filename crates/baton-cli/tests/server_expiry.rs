@@ -209,7 +209,7 @@ async fn a_ticket_nobody_waits_on_lapses_out_of_the_queue() {
     };
     assert_eq!(
         lock["waiters"],
-        json!([{"position": 1, "owner": "active", "since": lock["waiters"][0]["since"]}]),
+        json!([{"position": 1, "owner": "active", "mode": "exclusive", "since": lock["waiters"][0]["since"]}]),
         "the waited-on ticket must stay, at the head: {lock}"
     );
 
