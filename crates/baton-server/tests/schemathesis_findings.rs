@@ -307,3 +307,33 @@ async fn key_bounds_and_security_are_documented() {
     let (status, body) = call("GET", &format!("{base}/v1/audit?before=5"), None).await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Found by schemathesis once the renewal had two optional fields: serde reads a struct from a
+/// JSON array of its fields too, so `[null, null]` renewed a lease. Every body is an object.
+#[tokio::test]
+async fn a_body_that_is_not_an_object_is_refused() {
+    let (base, _stop) = start().await;
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/locks/arrays/acquire"),
+        Some(r#"{"owner":"me","ttl_ms":60000}"#),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["lease"]["id"].as_str().unwrap().to_owned();
+    for bad in ["[null, null]", "[]", "[60000]", "null", "7", r#""text""#] {
+        let (status, body) = call("POST", &format!("{base}/v1/leases/{id}/renew"), Some(bad)).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_body", "{bad}");
+    }
+    let (status, body) = call(
+        "POST",
+        &format!("{base}/v1/locks/arrays/acquire"),
+        Some(r#"["me", null, 60000]"#),
+    )
+    .await;
+    assert_eq!(status, 400, "an acquire as an array: {body}");
+    // An empty body still reads as `{}`.
+    let (status, body) = call("POST", &format!("{base}/v1/leases/{id}/renew"), None).await;
+    assert_eq!(status, 200, "{body}");
+}
