@@ -194,3 +194,47 @@ async fn baton_acquire_takes_a_comma_list_together() {
     assert_eq!(leases[0]["lock"], "set-p");
     assert_eq!(leases[1]["lock"], "set-q");
 }
+
+/// G6 for a run over several locks: when any one of its leases is lost (here revoked), the
+/// command's whole process is stopped and `baton run` exits with the lease-lost code (79), even
+/// though its other lease is still held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_one_lease_of_a_set_stops_the_command() {
+    let server = Server::start(&[]).await;
+    let dir = workdir("baton-set-lost");
+    let run = server.spawn_baton(
+        &[
+            "run",
+            "lost-a,lost-b",
+            "--ttl",
+            "3s",
+            "--",
+            "sh",
+            "-c",
+            "echo $$ > pid; exec sleep 120",
+        ],
+        Some(dir.path()),
+    );
+    let pid: i32 = harness::eventually("the command's pid", PATIENCE, async || {
+        std::fs::read_to_string(dir.path().join("pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .await;
+    assert!(harness::process_alive(pid), "the command runs");
+    let (status, view) = server.get("/v1/locks/lost-b").await;
+    assert_eq!(status, 200, "{view}");
+    let token = view["holders"][0]["token"].clone();
+    let (status, body) = server
+        .post(
+            "/v1/locks/lost-b/revoke",
+            serde_json::json!({"token": token}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let exited = run.wait(PATIENCE).await;
+    assert_code(&exited, 79, "baton run a,b after one lease was revoked");
+    assert!(!harness::process_alive(pid), "the command is gone");
+}
